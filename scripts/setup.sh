@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what rps needs on Debian (idempotent: only missing packages are installed),
+# then builds the release binary. Safe to run any number of times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+cargo build --release --locked 2>&1 | grep -v '^\s*Compiling' >&2 || true
+test -x target/release/rps || { echo "setup: build failed" >&2; exit 1; }

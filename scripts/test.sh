@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, checks formatting, lints, docs, and
+# runs unit and multi-rank tests (real mpirun) in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+cargo fmt --all -- --check
+cargo clippy --release --locked --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps
+cargo test --release --locked

@@ -1,0 +1,167 @@
+//! Command-line interface: the only module that knows clap.
+//!
+//! Parses flags into plain structs ([`crate::config::TrainArgs`],
+//! [`crate::data::convert::ConvertOptions`]); validation lives in `config.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Algorithm};
+use crate::data::convert::ConvertOptions;
+
+/// Distributed training over deliberately unreliable networks: the Robust Parameter
+/// Server (RPS) algorithm of Yu et al., "Distributed Learning over Unreliable Networks"
+/// (ICML 2019), on MPI.
+#[derive(Debug, Parser)]
+#[command(name = "rps", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the reference CNN under mpirun (every rank runs this same command).
+    ///
+    /// Example: mpirun -n 5 rps train --dataset data/fashion-mnist.h5
+    /// --metrics runs/p0.1.h5 --servers 1 --drop-rate 0.1 --epochs 1
+    Train(TrainFlags),
+    /// Convert a public dataset into rps's HDF5 layout (no MPI needed).
+    Convert(ConvertFlags),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlgorithmFlag {
+    /// Robust Parameter Server: workers send model blocks to servers, which average what
+    /// arrives; lost messages are simply missing (the paper's algorithm).
+    Rps,
+    /// Reliable baseline: model averaging with MPI_Allreduce after every local step.
+    Allreduce,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainFlags {
+    /// HDF5 dataset file (made by `rps convert`): /train and /test with images and labels.
+    #[arg(long, value_name = "FILE")]
+    pub dataset: PathBuf,
+    /// HDF5 metrics file written by rank 0 (parent directories are created; an existing
+    /// file is refused unless --force).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: PathBuf,
+    /// Also write the final averaged model (flat f32 parameters) to this HDF5 file.
+    #[arg(long, value_name = "FILE")]
+    pub save_model: Option<PathBuf>,
+    /// Dedicated mode: the first S ranks are servers, the rest workers; the model is cut
+    /// into S blocks, one per server [default: 1 when --colocated is not given].
+    #[arg(long, value_name = "S", conflicts_with = "colocated")]
+    pub servers: Option<usize>,
+    /// Co-located mode (the paper's setting): every rank is a worker and the server of
+    /// one block; the block→server assignment is a fresh random permutation each step.
+    #[arg(long)]
+    pub colocated: bool,
+    /// Probability that each worker→server and server→worker message is dropped
+    /// (i.i.d. Bernoulli, decided from the seed and the message's coordinates).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Training algorithm.
+    #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
+    pub algorithm: AlgorithmFlag,
+    /// Number of passes over each worker's shard [default: 1].
+    #[arg(long, value_name = "E", conflicts_with = "steps")]
+    pub epochs: Option<u64>,
+    /// Number of training steps (instead of --epochs).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Minibatch size per worker.
+    #[arg(long, value_name = "B", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Learning rate of each worker's SGD.
+    #[arg(long, value_name = "LR", default_value_t = 0.05)]
+    pub lr: f32,
+    /// Momentum of each worker's SGD (kept locally per worker, as in the paper).
+    #[arg(long, value_name = "M", default_value_t = 0.9)]
+    pub momentum: f32,
+    /// L2 weight decay added to the gradient (PyTorch semantics).
+    #[arg(long, value_name = "WD", default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Seed of model initialisation, data order, block assignment and drops.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Evaluate the averaged model on the test set every K steps (0: only at the end).
+    #[arg(long, value_name = "K", default_value_t = 100)]
+    pub eval_every: u64,
+    /// Overwrite an existing metrics or model file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetFormat {
+    /// The four IDX files of Fashion-MNIST (gzipped or not).
+    FashionMnist,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertFlags {
+    /// Format of the input.
+    #[arg(value_enum)]
+    pub format: DatasetFormat,
+    /// Directory holding the input files.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/usr/share/datasets/fashion-mnist"
+    )]
+    pub input: PathBuf,
+    /// HDF5 file to write (atomically: a temporary file renamed when complete).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Keep only the first N training samples (small files for quick tests).
+    #[arg(long, value_name = "N")]
+    pub limit_train: Option<usize>,
+    /// Keep only the first N test samples.
+    #[arg(long, value_name = "N")]
+    pub limit_test: Option<usize>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl From<TrainFlags> for config::TrainArgs {
+    fn from(f: TrainFlags) -> Self {
+        config::TrainArgs {
+            dataset: f.dataset,
+            metrics: f.metrics,
+            save_model: f.save_model,
+            servers: f.servers,
+            colocated: f.colocated,
+            algorithm: match f.algorithm {
+                AlgorithmFlag::Rps => Algorithm::Rps,
+                AlgorithmFlag::Allreduce => Algorithm::Allreduce,
+            },
+            drop_rate: f.drop_rate,
+            epochs: f.epochs,
+            steps: f.steps,
+            batch_size: f.batch_size,
+            lr: f.lr,
+            momentum: f.momentum,
+            weight_decay: f.weight_decay,
+            seed: f.seed,
+            eval_every: f.eval_every,
+            force: f.force,
+        }
+    }
+}
+
+impl From<ConvertFlags> for ConvertOptions {
+    fn from(f: ConvertFlags) -> Self {
+        ConvertOptions {
+            input: f.input,
+            output: f.output,
+            limit_train: f.limit_train,
+            limit_test: f.limit_test,
+            force: f.force,
+        }
+    }
+}

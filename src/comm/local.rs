@@ -1,0 +1,219 @@
+//! An in-process [`Transport`]: n "ranks" as threads sharing mailboxes.
+//!
+//! Used by unit tests to run the RPS exchange and the training driver on several ranks
+//! without MPI. Semantics follow MPI's: messages between a pair with the same tag arrive
+//! in order, collectives must be entered by every rank in the same order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{CommError, Incoming, Outgoing, Transport};
+
+#[derive(Default)]
+struct State {
+    /// (from, to, tag) → queued payloads.
+    mail: HashMap<(usize, usize, i32), VecDeque<Vec<f32>>>,
+    /// Contributions to the collective in progress, indexed by rank.
+    contributions: Vec<Option<Vec<f64>>>,
+    /// Result of the last completed collective, and how many ranks still have to read it.
+    result: Option<(Vec<Vec<f64>>, usize)>,
+    generation: u64,
+}
+
+struct Shared {
+    size: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// One rank's handle on an in-process network.
+pub struct LocalTransport {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl LocalTransport {
+    /// Creates a network of `size` ranks; hand one handle to each thread.
+    pub fn network(size: usize) -> Vec<LocalTransport> {
+        let shared = Arc::new(Shared {
+            size,
+            state: Mutex::new(State {
+                contributions: vec![None; size],
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+        });
+        (0..size)
+            .map(|rank| LocalTransport {
+                rank,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
+    }
+
+    /// Every rank contributes a vector; every rank receives all contributions in rank
+    /// order. The building block of all collectives here.
+    fn all_contributions(&self, mine: Vec<f64>) -> Vec<Vec<f64>> {
+        let sh = &self.shared;
+        let mut st = sh.state.lock().expect("local network poisoned");
+        // Wait until the previous collective's result has been read by everyone.
+        while st.result.is_some() {
+            st = sh.wake.wait(st).expect("local network poisoned");
+        }
+        st.contributions[self.rank] = Some(mine);
+        let generation = st.generation;
+        if st.contributions.iter().all(Option::is_some) {
+            let all = st
+                .contributions
+                .iter_mut()
+                .map(|c| c.take().unwrap_or_default())
+                .collect();
+            st.result = Some((all, sh.size));
+            st.generation += 1;
+            sh.wake.notify_all();
+        }
+        while st.generation == generation {
+            st = sh.wake.wait(st).expect("local network poisoned");
+        }
+        let (all, readers) = st.result.as_mut().expect("collective result present");
+        let out = all.clone();
+        *readers -= 1;
+        if *readers == 0 {
+            st.result = None;
+            sh.wake.notify_all();
+        }
+        out
+    }
+}
+
+impl Transport for LocalTransport {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn exchange(
+        &self,
+        sends: &[Outgoing<'_>],
+        recvs: &mut [Incoming<'_>],
+    ) -> Result<(), CommError> {
+        let sh = &self.shared;
+        let mut st = sh.state.lock().expect("local network poisoned");
+        for s in sends {
+            if s.to >= sh.size {
+                return Err(CommError::Rank(s.to, sh.size));
+            }
+            st.mail
+                .entry((self.rank, s.to, s.tag))
+                .or_default()
+                .push_back(s.data.to_vec());
+        }
+        sh.wake.notify_all();
+        for r in recvs.iter_mut() {
+            let key = (r.from, self.rank, r.tag);
+            let msg = loop {
+                if let Some(m) = st.mail.get_mut(&key).and_then(VecDeque::pop_front) {
+                    break m;
+                }
+                st = sh.wake.wait(st).expect("local network poisoned");
+            };
+            if msg.len() != r.buf.len() {
+                return Err(CommError::Length {
+                    from: r.from,
+                    tag: r.tag,
+                    expected: r.buf.len(),
+                    found: msg.len(),
+                });
+            }
+            r.buf.copy_from_slice(&msg);
+        }
+        Ok(())
+    }
+
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) {
+        let all = self.all_contributions(buf.iter().map(|&x| x as f64).collect());
+        // Sum in f32, in rank order, as a reduction on f32 data would.
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = all.iter().fold(0.0f32, |acc, c| acc + c[i] as f32);
+        }
+    }
+
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) {
+        let all = self.all_contributions(buf.to_vec());
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = all.iter().map(|c| c[i]).sum();
+        }
+    }
+
+    fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
+        let all = self.all_contributions(send.iter().map(|&b| b as f64).collect());
+        all.iter()
+            .flat_map(|c| c.iter().map(|&b| b as u8))
+            .collect()
+    }
+
+    fn barrier(&self) {
+        self.all_contributions(Vec::new());
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        panic!(
+            "rank {} aborted the local network with code {code}",
+            self.rank
+        )
+    }
+
+    fn processor_name(&self) -> String {
+        "local".into()
+    }
+
+    fn library_version(&self) -> String {
+        "in-process".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_and_collectives() {
+        let handles: Vec<_> = LocalTransport::network(3)
+            .into_iter()
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let r = t.rank();
+                    let next = (r + 1) % 3;
+                    let prev = (r + 2) % 3;
+                    let data = [r as f32; 4];
+                    let mut buf = [0f32; 4];
+                    t.exchange(
+                        &[Outgoing {
+                            to: next,
+                            tag: 7,
+                            data: &data,
+                        }],
+                        &mut [Incoming {
+                            from: prev,
+                            tag: 7,
+                            buf: &mut buf,
+                        }],
+                    )
+                    .unwrap();
+                    assert_eq!(buf, [prev as f32; 4]);
+                    let mut v = [1.0f64, r as f64];
+                    t.allreduce_sum_f64(&mut v);
+                    assert_eq!(v, [3.0, 3.0]);
+                    let g = t.allgather_bytes(&[r as u8, 9]);
+                    assert_eq!(g, vec![0, 9, 1, 9, 2, 9]);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+}

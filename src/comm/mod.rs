@@ -1,0 +1,131 @@
+//! The wire between the RPS algorithm and the network.
+//!
+//! [`Transport`] is the one trait the training code talks to: point-to-point exchanges
+//! of `f32` blocks (the lossy part of RPS, where drops are decided by the caller) and a
+//! few reliable collectives used for evaluation, metrics and error agreement. The MPI
+//! implementation lives in [`mpi`] (the only module that imports the `mpi` crate); an
+//! in-process implementation in [`local`] makes unit tests fast and deterministic.
+
+pub mod local;
+pub mod mpi;
+
+use thiserror::Error;
+
+/// One outgoing message of an exchange.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub to: usize,
+    pub tag: i32,
+    pub data: &'a [f32],
+}
+
+/// One expected incoming message of an exchange; `buf.len()` is the exact message length.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    pub from: usize,
+    pub tag: i32,
+    pub buf: &'a mut [f32],
+}
+
+#[derive(Debug, Error)]
+pub enum CommError {
+    #[error("message from rank {from} (tag {tag}) has {found} elements, expected {expected}")]
+    Length {
+        from: usize,
+        tag: i32,
+        expected: usize,
+        found: usize,
+    },
+    #[error("rank {0} is outside the communicator of size {1}")]
+    Rank(usize, usize),
+}
+
+/// The network as seen by one rank.
+///
+/// Collectives must be called by every rank of the job in the same order (MPI semantics).
+pub trait Transport {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+
+    /// Posts every send and receive of one exchange phase, nonblocking, and completes all
+    /// of them before returning. The caller only lists messages that will really be sent
+    /// (drops are decided before, identically on both ends), so this never waits for a
+    /// message that will not come.
+    ///
+    /// # Errors
+    /// A received message whose length differs from its buffer.
+    fn exchange(&self, sends: &[Outgoing<'_>], recvs: &mut [Incoming<'_>])
+        -> Result<(), CommError>;
+
+    /// Reliable element-wise sum over all ranks, result on every rank.
+    fn allreduce_sum_f32(&self, buf: &mut [f32]);
+    /// Reliable element-wise sum over all ranks, result on every rank.
+    fn allreduce_sum_f64(&self, buf: &mut [f64]);
+    /// Gathers `send` (the same length on every rank) from all ranks, in rank order.
+    fn allgather_bytes(&self, send: &[u8]) -> Vec<u8>;
+    fn barrier(&self);
+    /// Kills the whole job at once (used when one rank fails where the others cannot
+    /// learn of it, so nobody hangs waiting for it).
+    fn abort(&self, code: i32) -> !;
+
+    /// Host name and MPI library description, for the metrics file.
+    fn processor_name(&self) -> String;
+    fn library_version(&self) -> String;
+}
+
+/// Length of each rank's slot in [`agree`]'s message exchange.
+const MESSAGE_SLOT: usize = 1024;
+
+/// Failure learned through [`agree`]: which rank failed first and why.
+#[derive(Debug, Error)]
+#[error("rank {rank} failed: {message}")]
+pub struct Disagreement {
+    /// Lowest failing rank.
+    pub rank: usize,
+    /// Its error message (truncated to about 1 KB).
+    pub message: String,
+    /// This rank's own error, if it failed too.
+    pub own: Option<anyhow::Error>,
+}
+
+/// Collective error agreement: every rank passes its local outcome and every rank learns
+/// whether any rank failed, so a bad input stops all ranks together instead of leaving
+/// the healthy ones waiting in the next collective.
+///
+/// # Errors
+/// If any rank failed: the lowest failing rank and its message, plus this rank's own
+/// error where it has one.
+pub fn agree<T, X>(t: &T, local: anyhow::Result<X>) -> Result<X, Disagreement>
+where
+    T: Transport + ?Sized,
+{
+    let mut slot = vec![0u8; MESSAGE_SLOT];
+    if let Err(e) = &local {
+        // Byte 0 flags failure; the rest carries the message, cut on a char boundary.
+        slot[0] = 1;
+        let text = format!("{e:#}");
+        let mut end = text.len().min(MESSAGE_SLOT - 1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        slot[1..1 + end].copy_from_slice(&text.as_bytes()[..end]);
+    }
+    let all = t.allgather_bytes(&slot);
+    let first = all
+        .chunks(MESSAGE_SLOT)
+        .enumerate()
+        .find(|(_, s)| s[0] == 1);
+    match (first, local) {
+        (None, Ok(x)) => Ok(x),
+        (None, Err(e)) => unreachable!("own failure not seen in the gathered flags: {e:#}"),
+        (Some((rank, s)), local) => {
+            let body = &s[1..];
+            let len = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+            Err(Disagreement {
+                rank,
+                message: String::from_utf8_lossy(&body[..len]).into_owned(),
+                own: local.err(),
+            })
+        }
+    }
+}

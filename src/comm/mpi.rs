@@ -1,0 +1,143 @@
+//! [`Transport`] over MPI (rsmpi): the only module of rps that talks to `mpi`.
+//!
+//! Every exchange posts its nonblocking sends and receives inside one
+//! `mpi::request::scope` and completes them there, so no request outlives the step that
+//! made it.
+
+use std::cell::RefCell;
+
+use mpi::collective::SystemOperation;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use super::{CommError, Incoming, Outgoing, Transport};
+
+/// The MPI environment of this process. Dropping it finalises MPI.
+pub struct MpiTransport {
+    // Field order matters: the communicator must be dropped before the universe.
+    world: SimpleCommunicator,
+    /// Copy of an in-place reduction's input (MPI forbids aliasing send and receive
+    /// buffers); kept between calls to avoid re-allocating the model size every step.
+    scratch: RefCell<Vec<f32>>,
+    _universe: mpi::environment::Universe,
+}
+
+impl MpiTransport {
+    /// Initialises MPI. Returns `None` if MPI was already initialised.
+    pub fn init() -> Option<Self> {
+        let universe = mpi::initialize()?;
+        let world = universe.world();
+        Some(MpiTransport {
+            world,
+            scratch: RefCell::new(Vec::new()),
+            _universe: universe,
+        })
+    }
+}
+
+impl Transport for MpiTransport {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn exchange(
+        &self,
+        sends: &[Outgoing<'_>],
+        recvs: &mut [Incoming<'_>],
+    ) -> Result<(), CommError> {
+        let size = self.size();
+        if let Some(bad) = sends
+            .iter()
+            .map(|s| s.to)
+            .chain(recvs.iter().map(|r| r.from))
+            .find(|&r| r >= size)
+        {
+            return Err(CommError::Rank(bad, size));
+        }
+        let expected: Vec<(usize, i32, usize)> =
+            recvs.iter().map(|r| (r.from, r.tag, r.buf.len())).collect();
+        let statuses = mpi::request::scope(|scope| {
+            let mut requests = Vec::with_capacity(sends.len() + recvs.len());
+            for r in recvs.iter_mut() {
+                requests.push(
+                    self.world
+                        .process_at_rank(r.from as i32)
+                        .immediate_receive_into_with_tag(scope, &mut r.buf[..], r.tag),
+                );
+            }
+            let receives = requests.len();
+            for s in sends {
+                requests.push(
+                    self.world
+                        .process_at_rank(s.to as i32)
+                        .immediate_send_with_tag(scope, s.data, s.tag),
+                );
+            }
+            let mut statuses = Vec::with_capacity(receives);
+            for (i, req) in requests.into_iter().enumerate() {
+                let status = req.wait();
+                if i < receives {
+                    statuses.push(status);
+                }
+            }
+            statuses
+        });
+        for (status, (from, tag, len)) in statuses.iter().zip(expected) {
+            let found = status.count(f32::equivalent_datatype()) as usize;
+            if found != len {
+                return Err(CommError::Length {
+                    from,
+                    tag,
+                    expected: len,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) {
+        let mut scratch = self.scratch.borrow_mut();
+        scratch.clear();
+        scratch.extend_from_slice(buf);
+        self.world
+            .all_reduce_into(&scratch[..], buf, SystemOperation::sum());
+    }
+
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) {
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+    }
+
+    fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
+        let mut recv = vec![0u8; send.len() * self.size()];
+        self.world.all_gather_into(send, &mut recv[..]);
+        recv
+    }
+
+    fn barrier(&self) {
+        self.world.barrier();
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+
+    fn processor_name(&self) -> String {
+        mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    fn library_version(&self) -> String {
+        mpi::environment::library_version()
+            .map(|v| {
+                v.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "unknown".into())
+    }
+}

@@ -1,0 +1,374 @@
+//! Opening and validating an rps dataset file, and reading one worker's shard.
+//!
+//! [`DatasetInfo::open`] checks everything a run relies on (groups, dtypes, shapes, label
+//! range) before training starts; every rank runs the same checks on the same file, so a
+//! bad dataset fails everywhere at once with the same message. [`Shard::read`] then
+//! reads only the rows of one worker by hyperslab.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use hdf5::types::{IntSize, TypeDescriptor, VarLenUnicode};
+use ndarray::{s, Ix1, Ix4};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use thiserror::Error;
+
+use crate::drop::hash_words;
+
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    #[error("dataset {path}: file not found")]
+    Missing { path: PathBuf },
+    #[error("dataset {path}: not a readable HDF5 file ({why})")]
+    NotHdf5 { path: PathBuf, why: String },
+    #[error("dataset {path}: missing {what} (expected groups /train and /test, each with datasets images and labels, and a root attribute classes; see README \"Dataset files\")")]
+    MissingObject { path: PathBuf, what: String },
+    #[error("dataset {path}: {name} has type {found}, expected {expected}")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("dataset {path}: {name} has shape {found:?}, expected {expected}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        found: Vec<usize>,
+    },
+    #[error("dataset {path}: split {split} is empty")]
+    Empty { path: PathBuf, split: String },
+    #[error("dataset {path}: {split}/labels[{index}] = {label} is outside the {classes} classes [0, {classes})")]
+    LabelRange {
+        path: PathBuf,
+        split: String,
+        index: usize,
+        label: i64,
+        classes: usize,
+    },
+    #[error("dataset {path}: cannot read {name}: {source}")]
+    Read {
+        path: PathBuf,
+        name: String,
+        source: hdf5::Error,
+    },
+}
+
+/// Shape of one split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitInfo {
+    pub count: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl SplitInfo {
+    pub fn sample_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// What a validated dataset file holds.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    pub path: PathBuf,
+    pub source: String,
+    pub classes: Vec<String>,
+    pub train: SplitInfo,
+    pub test: SplitInfo,
+}
+
+impl DatasetInfo {
+    /// Opens and validates a dataset file, reading all labels to check their range.
+    ///
+    /// # Errors
+    /// Every way the file can differ from the layout: see [`DatasetError`].
+    pub fn open(path: &Path) -> Result<Self, DatasetError> {
+        let p = || path.to_path_buf();
+        if !path.exists() {
+            return Err(DatasetError::Missing { path: p() });
+        }
+        let file = hdf5::File::open(path).map_err(|e| DatasetError::NotHdf5 {
+            path: p(),
+            why: e.to_string(),
+        })?;
+        let missing = |what: &str| DatasetError::MissingObject {
+            path: p(),
+            what: what.to_string(),
+        };
+        let classes: Vec<String> = file
+            .attr("classes")
+            .map_err(|_| missing("root attribute classes"))?
+            .read_raw::<VarLenUnicode>()
+            .map_err(|e| DatasetError::Dtype {
+                path: p(),
+                name: "attribute classes".into(),
+                expected: "an array of variable-length strings".into(),
+                found: e.to_string(),
+            })?
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        if classes.len() < 2 {
+            return Err(DatasetError::Shape {
+                path: p(),
+                name: "attribute classes".into(),
+                expected: "at least 2 class names".into(),
+                found: vec![classes.len()],
+            });
+        }
+        let source = file
+            .attr("source")
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let train = check_split(&file, path, "train", classes.len())?;
+        let test = check_split(&file, path, "test", classes.len())?;
+        if (train.channels, train.height, train.width) != (test.channels, test.height, test.width) {
+            return Err(DatasetError::Shape {
+                path: p(),
+                name: "test/images".into(),
+                expected: format!(
+                    "N×{}×{}×{} like train/images",
+                    train.channels, train.height, train.width
+                ),
+                found: vec![test.count, test.channels, test.height, test.width],
+            });
+        }
+        Ok(DatasetInfo {
+            path: p(),
+            source,
+            classes,
+            train,
+            test,
+        })
+    }
+
+    pub fn split(&self, name: &str) -> SplitInfo {
+        if name == "train" {
+            self.train
+        } else {
+            self.test
+        }
+    }
+}
+
+fn check_split(
+    file: &hdf5::File,
+    path: &Path,
+    split: &str,
+    classes: usize,
+) -> Result<SplitInfo, DatasetError> {
+    let p = || path.to_path_buf();
+    let missing = |what: String| DatasetError::MissingObject { path: p(), what };
+    let group = file
+        .group(split)
+        .map_err(|_| missing(format!("group /{split}")))?;
+    let images = group
+        .dataset("images")
+        .map_err(|_| missing(format!("dataset /{split}/images")))?;
+    let labels = group
+        .dataset("labels")
+        .map_err(|_| missing(format!("dataset /{split}/labels")))?;
+    let read_err = |name: &str| {
+        let name = format!("{split}/{name}");
+        move |source| DatasetError::Read {
+            path: p(),
+            name,
+            source,
+        }
+    };
+    let dtype = images
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(read_err("images"))?;
+    if dtype != TypeDescriptor::Unsigned(IntSize::U1) {
+        return Err(DatasetError::Dtype {
+            path: p(),
+            name: format!("{split}/images"),
+            expected: "u8".into(),
+            found: dtype.to_string(),
+        });
+    }
+    let shape = images.shape();
+    if shape.len() != 4 || shape[1..].contains(&0) {
+        return Err(DatasetError::Shape {
+            path: p(),
+            name: format!("{split}/images"),
+            expected: "N×C×H×W with C, H, W ≥ 1".into(),
+            found: shape,
+        });
+    }
+    let ldtype = labels
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(read_err("labels"))?;
+    if !matches!(
+        ldtype,
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)
+    ) {
+        return Err(DatasetError::Dtype {
+            path: p(),
+            name: format!("{split}/labels"),
+            expected: "an integer type".into(),
+            found: ldtype.to_string(),
+        });
+    }
+    if labels.shape() != [shape[0]] {
+        return Err(DatasetError::Shape {
+            path: p(),
+            name: format!("{split}/labels"),
+            expected: format!("[{}] (one label per image)", shape[0]),
+            found: labels.shape(),
+        });
+    }
+    if shape[0] == 0 {
+        return Err(DatasetError::Empty {
+            path: p(),
+            split: split.into(),
+        });
+    }
+    let values = labels.read_raw::<i64>().map_err(read_err("labels"))?;
+    if let Some((index, &label)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l < 0 || l as usize >= classes)
+    {
+        return Err(DatasetError::LabelRange {
+            path: p(),
+            split: split.into(),
+            index,
+            label,
+            classes,
+        });
+    }
+    Ok(SplitInfo {
+        count: shape[0],
+        channels: shape[1],
+        height: shape[2],
+        width: shape[3],
+    })
+}
+
+/// The contiguous range of samples of `part` when `count` samples are cut into `parts`
+/// equal shards (the remainder, fewer than `parts` samples, is left out so that every
+/// shard has the same size and all workers take the same number of steps).
+pub fn shard_range(count: usize, parts: usize, part: usize) -> Range<usize> {
+    let each = count / parts;
+    part * each..(part + 1) * each
+}
+
+/// One worker's rows of a split, held in memory as bytes.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub info: SplitInfo,
+    /// Global index of the first sample.
+    pub offset: usize,
+    images: Vec<u8>,
+    labels: Vec<usize>,
+}
+
+impl Shard {
+    /// Reads samples `range` of `split` by hyperslab (only those rows leave the disk).
+    ///
+    /// # Errors
+    /// I/O or HDF5 failures (for example a truncated file).
+    pub fn read(
+        info: &DatasetInfo,
+        split: &str,
+        range: Range<usize>,
+    ) -> Result<Self, DatasetError> {
+        let p = || info.path.clone();
+        let read_err = |name: &str| {
+            let name = format!("{split}/{name}");
+            move |source| DatasetError::Read {
+                path: p(),
+                name,
+                source,
+            }
+        };
+        let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
+            path: p(),
+            why: e.to_string(),
+        })?;
+        let split_info = info.split(split);
+        let (lo, hi) = (range.start, range.end);
+        let images = file
+            .dataset(&format!("{split}/images"))
+            .and_then(|d| d.read_slice::<u8, _, Ix4>(s![lo..hi, .., .., ..]))
+            .map_err(read_err("images"))?;
+        let labels = file
+            .dataset(&format!("{split}/labels"))
+            .and_then(|d| d.read_slice::<i64, _, Ix1>(s![lo..hi]))
+            .map_err(read_err("labels"))?;
+        let (images, _) = images.into_raw_vec_and_offset();
+        Ok(Shard {
+            info: SplitInfo {
+                count: hi - lo,
+                ..split_info
+            },
+            offset: lo,
+            images,
+            // Range validated by DatasetInfo::open.
+            labels: labels.iter().map(|&l| l as usize).collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Fills `images` (N·C·H·W floats in [0, 1]) and `labels` with the samples at
+    /// `indices` (shard-local).
+    pub fn fill_batch(&self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<usize>) {
+        let len = self.info.sample_len();
+        images.clear();
+        labels.clear();
+        for &i in indices {
+            images.extend(
+                self.images[i * len..(i + 1) * len]
+                    .iter()
+                    .map(|&b| b as f32 * (1.0 / 255.0)),
+            );
+            labels.push(self.labels[i]);
+        }
+    }
+}
+
+/// The order in which a worker visits its shard in `epoch`: a permutation seeded by
+/// (seed, worker, epoch), so runs are reproducible and every algorithm sees the same data.
+pub fn epoch_order(seed: u64, worker: usize, epoch: u64, len: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    let s = hash_words(&[seed, worker as u64, epoch, 0x4441_5441]); // "DATA"
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(s));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_equal_and_disjoint() {
+        let r: Vec<_> = (0..3).map(|i| shard_range(10, 3, i)).collect();
+        assert_eq!(r, vec![0..3, 3..6, 6..9]);
+    }
+
+    #[test]
+    fn epoch_order_is_a_seeded_permutation() {
+        let a = epoch_order(1, 0, 0, 100);
+        assert_eq!(a, epoch_order(1, 0, 0, 100));
+        assert_ne!(a, epoch_order(1, 0, 1, 100));
+        assert_ne!(a, epoch_order(1, 1, 0, 100));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+}

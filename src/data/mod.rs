@@ -1,0 +1,28 @@
+//! Datasets: conversion of public formats into rps's HDF5 layout, and per-worker shards.
+//!
+//! Layout (see README): one group per split (`train`, `test`) holding `images`
+//! (u8, N×C×H×W) and `labels` (integer, N); root attributes `source`, `classes`,
+//! `format`. Each worker reads only its shard of the images by hyperslab.
+
+pub mod convert;
+pub mod dataset;
+pub mod idx;
+
+pub use dataset::{DatasetError, DatasetInfo, Shard, SplitInfo};
+
+/// Fashion-MNIST's class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Value of the root attribute `format` written by the converter and checked on open.
+pub const FORMAT: &str = "rps-dataset-1";

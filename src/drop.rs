@@ -1,0 +1,201 @@
+//! Drop models: which messages of the model exchange the network "loses".
+//!
+//! A decision is a pure function of the seed and the message's coordinates
+//! ([`MessageId`]), computed with a counter-based hash, so every rank can evaluate any
+//! link's decision without communication (oracle detection) and runs are reproducible
+//! bit for bit, whatever the order in which ranks ask.
+
+use std::fmt;
+
+/// Direction of a message in the parameter-server exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Worker → server (a block of the worker's locally updated model).
+    Up = 0,
+    /// Server → worker (the averaged block).
+    Down = 1,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        })
+    }
+}
+
+/// Coordinates of one message: enough to name it uniquely within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub step: u64,
+    pub direction: Direction,
+    /// Sending rank.
+    pub src: usize,
+    /// Receiving rank.
+    pub dst: usize,
+    pub block: usize,
+}
+
+/// Decides, for every message, whether the network drops it.
+///
+/// Implementations must be pure: the same `MessageId` always gives the same answer on
+/// every rank, since sender and receiver evaluate it independently.
+pub trait DropModel: Send + Sync {
+    /// `true` if the message is lost.
+    fn drops(&self, msg: &MessageId) -> bool;
+    /// Short human-readable description, recorded in the metrics file.
+    fn describe(&self) -> String;
+}
+
+/// The paper's model: every message is lost independently with probability `p`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bernoulli {
+    seed: u64,
+    p: f64,
+    /// `p` scaled to the 53-bit uniform integers drawn by [`uniform53`]; a message is
+    /// dropped when its draw is below this threshold, so p = 0 never drops and p = 1
+    /// always does, exactly.
+    threshold: u64,
+}
+
+impl Bernoulli {
+    /// # Panics
+    /// If `p` is not within [0, 1]; the configuration layer validates user input first.
+    pub fn new(seed: u64, p: f64) -> Self {
+        assert!(
+            (0.0..=1.0).contains(&p),
+            "drop probability {p} outside [0, 1]"
+        );
+        let threshold = (p * (1u64 << 53) as f64).round() as u64;
+        Bernoulli { seed, p, threshold }
+    }
+
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+}
+
+impl DropModel for Bernoulli {
+    fn drops(&self, msg: &MessageId) -> bool {
+        uniform53(self.seed, msg) < self.threshold
+    }
+
+    fn describe(&self) -> String {
+        format!("bernoulli(p={})", self.p)
+    }
+}
+
+/// SplitMix64's finaliser: a bijective mix with full avalanche, the standard building
+/// block of counter-based generators.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Hashes a sequence of words into one 64-bit value by chaining [`mix64`].
+pub fn hash_words(words: &[u64]) -> u64 {
+    words
+        .iter()
+        .fold(0x5250_535F_4452_4F50, |h, &w| mix64(h ^ w))
+}
+
+/// A uniform draw in [0, 2^53) determined by the seed and the message coordinates.
+fn uniform53(seed: u64, msg: &MessageId) -> u64 {
+    hash_words(&[
+        seed,
+        msg.step,
+        msg.direction as u64,
+        msg.src as u64,
+        msg.dst as u64,
+        msg.block as u64,
+    ]) >> 11
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(step: u64, i: usize) -> MessageId {
+        MessageId {
+            step,
+            direction: if i % 2 == 0 {
+                Direction::Up
+            } else {
+                Direction::Down
+            },
+            src: i % 7,
+            dst: (i / 7) % 5,
+            block: i % 3,
+        }
+    }
+
+    #[test]
+    fn extremes_are_exact() {
+        let never = Bernoulli::new(1, 0.0);
+        let always = Bernoulli::new(1, 1.0);
+        for s in 0..2000 {
+            let m = msg(s, s as usize);
+            assert!(!never.drops(&m));
+            assert!(always.drops(&m));
+        }
+    }
+
+    #[test]
+    fn empirical_rate_matches_p() {
+        for &p in &[0.01, 0.1, 0.3, 0.5] {
+            let model = Bernoulli::new(42, p);
+            let n = 200_000u64;
+            let dropped = (0..n).filter(|&s| model.drops(&msg(s, s as usize))).count();
+            let rate = dropped as f64 / n as f64;
+            // Five standard deviations of a binomial proportion.
+            let tol = 5.0 * (p * (1.0 - p) / n as f64).sqrt();
+            assert!(
+                (rate - p).abs() < tol,
+                "p={p}: observed {rate}, tolerance {tol}"
+            );
+        }
+    }
+
+    #[test]
+    fn pure_function_of_seed_and_coordinates() {
+        let a = Bernoulli::new(7, 0.5);
+        let b = Bernoulli::new(7, 0.5);
+        let c = Bernoulli::new(8, 0.5);
+        let decisions = |m: &Bernoulli| (0..512).map(|s| m.drops(&msg(s, 3))).collect::<Vec<_>>();
+        assert_eq!(decisions(&a), decisions(&b));
+        assert_ne!(decisions(&a), decisions(&c));
+    }
+
+    #[test]
+    fn coordinates_are_independent() {
+        // Decisions for the two directions of the same link must not be correlated.
+        let model = Bernoulli::new(3, 0.5);
+        let n = 100_000u64;
+        let both = (0..n)
+            .filter(|&s| {
+                let up = MessageId {
+                    step: s,
+                    direction: Direction::Up,
+                    src: 1,
+                    dst: 0,
+                    block: 0,
+                };
+                let down = MessageId {
+                    direction: Direction::Down,
+                    src: 0,
+                    dst: 1,
+                    ..up
+                };
+                model.drops(&up) && model.drops(&down)
+            })
+            .count();
+        let rate = both as f64 / n as f64;
+        assert!(
+            (rate - 0.25).abs() < 5.0 * (0.25f64 * 0.75 / n as f64).sqrt(),
+            "{rate}"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! rps: the Robust Parameter Server algorithm of Yu et al., *Distributed Learning over
+//! Unreliable Networks* (ICML 2019), as an MPI application.
+//!
+//! The module tree is the architecture: [`nn`] and [`optim`] (the model, knowing
+//! nothing of MPI), [`data`] (HDF5 datasets and shards), [`drop`] (drop models),
+//! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
+//! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
+//! [`train`] (the driver), [`config`] and [`cli`].
+
+pub mod cli;
+pub mod comm;
+pub mod config;
+pub mod data;
+pub mod drop;
+pub mod metrics;
+pub mod nn;
+pub mod optim;
+pub mod rps;
+pub mod train;

@@ -1,0 +1,148 @@
+//! The `rps` binary: parses the command line, starts MPI for `train`, reports errors.
+//!
+//! Exit status: 0 on success, 2 for invalid flags, 1 for any other failure. Every rank
+//! of a failed job exits non-zero; only one rank prints the error.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rps::cli::{Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
+use rps::comm::mpi::MpiTransport;
+use rps::comm::Transport;
+use rps::config::TrainConfig;
+use rps::train::{train, Failure};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under mpirun every rank parses the same flags: let one of them speak.
+            if launcher_rank().unwrap_or(0) == 0 {
+                let _ = e.print();
+            }
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Convert(flags) => convert(flags),
+        Command::Train(flags) => train_command(flags),
+    }
+}
+
+/// The rank the launcher assigned, read before MPI starts.
+fn launcher_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// Logs go to stderr, prefixed with the rank; rank 0 logs `info` by default, the others
+/// only warnings. `RUST_LOG` overrides both.
+fn init_logger(rank: Option<usize>) {
+    let default = if rank.unwrap_or(0) == 0 {
+        "info"
+    } else {
+        "warn"
+    };
+    let tag = rank.map(|r| format!("[rank {r}] ")).unwrap_or_default();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} {}{:<5} {}",
+                buf.timestamp_seconds(),
+                tag,
+                record.level(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn convert(flags: ConvertFlags) -> ExitCode {
+    init_logger(None);
+    let format = flags.format;
+    let opts = flags.into();
+    let result = match format {
+        DatasetFormat::FashionMnist => rps::data::convert::fashion_mnist(&opts),
+    };
+    match result {
+        Ok(summary) => {
+            println!(
+                "wrote {} ({} training and {} test samples)",
+                opts.output.display(),
+                summary.train,
+                summary.test
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn train_command(flags: TrainFlags) -> ExitCode {
+    let Some(transport) = MpiTransport::init() else {
+        eprintln!("error: MPI was already initialised");
+        return ExitCode::FAILURE;
+    };
+    let rank = transport.rank();
+    init_logger(Some(rank));
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    // Every rank validates the same flags identically, so all fail together; rank 0 says why.
+    let cfg = match TrainConfig::from_args(flags.into(), transport.size(), command_line) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            if rank == 0 {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match train(&transport, &cfg) {
+        Ok(s) => {
+            if rank == 0 {
+                println!(
+                    "final test accuracy {:.4} (test loss {:.4}, consensus distance {:.3e}) after {} steps in {:.1} s; dropped {} of {} messages; metrics: {}",
+                    s.test_accuracy,
+                    s.test_loss,
+                    s.consensus_distance,
+                    s.steps,
+                    s.wall_s,
+                    s.dropped,
+                    s.attempted,
+                    cfg.metrics.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Agreed(d)) => {
+            if d.rank == rank {
+                match &d.own {
+                    Some(e) => eprintln!("error [rank {rank}]: {e:#}"),
+                    None => eprintln!("error [rank {rank}]: {}", d.message),
+                }
+            } else {
+                log::debug!("stopping because {d}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(Failure::Local(e)) => {
+            eprintln!("error [rank {rank}]: {e:#}");
+            let _ = std::io::stderr().flush();
+            transport.abort(1)
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The HDF5 run log, written by rank 0.
+//!
+//! Root attributes hold the configuration and environment; groups `train`, `eval`,
+//! `comm` and `time` hold 1-D extendable, chunked datasets that grow by one row per step
+//! (or per evaluation). The file is flushed after every evaluation, so a killed job keeps
+//! what it had recorded up to its last evaluation. The layout is documented in README.md.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hdf5::types::VarLenUnicode;
+use hdf5::H5Type;
+use ndarray::s;
+
+/// Value of a root attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl From<&str> for AttrValue {
+    fn from(s: &str) -> Self {
+        AttrValue::Str(s.to_string())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(s: String) -> Self {
+        AttrValue::Str(s)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<f64> for AttrValue {
+    fn from(v: f64) -> Self {
+        AttrValue::Float(v)
+    }
+}
+
+/// One training step, already reduced over ranks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepRecord {
+    pub step: u64,
+    /// Mean training loss over the workers' minibatches.
+    pub loss: f64,
+    pub accuracy: f64,
+    pub sent_up: u64,
+    pub dropped_up: u64,
+    pub sent_down: u64,
+    pub dropped_down: u64,
+    pub bytes_sent: u64,
+    /// Mean over ranks of the time spent in the local step (data, forward, backward,
+    /// update) and in the exchange.
+    pub compute_s: f64,
+    pub comm_s: f64,
+    /// Seconds since training started, on rank 0, at the end of the step.
+    pub wall_s: f64,
+}
+
+/// One evaluation of the averaged model.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Mean over workers of ‖x_i − x̄‖².
+    pub consensus_distance: f64,
+    pub wall_s: f64,
+}
+
+const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
+const STEP_U64: [&str; 6] = [
+    "train/step",
+    "comm/sent_up",
+    "comm/dropped_up",
+    "comm/sent_down",
+    "comm/dropped_down",
+    "comm/bytes_sent",
+];
+const STEP_F64: [&str; 5] = [
+    "train/loss",
+    "train/accuracy",
+    "time/compute_s",
+    "time/comm_s",
+    "time/wall_s",
+];
+const EVAL_U64: [&str; 1] = ["eval/step"];
+const EVAL_F64: [&str; 4] = [
+    "eval/test_loss",
+    "eval/test_accuracy",
+    "eval/consensus_distance",
+    "eval/wall_s",
+];
+
+/// Rows per chunk of every extendable dataset.
+const CHUNK: usize = 1024;
+
+/// An open metrics file.
+pub struct MetricsWriter {
+    file: hdf5::File,
+    path: PathBuf,
+}
+
+fn text(s: &str) -> Result<VarLenUnicode> {
+    s.parse::<VarLenUnicode>()
+        .map_err(|e| anyhow::anyhow!("cannot store {s:?} as HDF5 text: {e}"))
+}
+
+impl MetricsWriter {
+    /// Creates the file (and its parent directories) with the given root attributes.
+    ///
+    /// # Errors
+    /// The file exists and `force` is false, or it cannot be created.
+    pub fn create(path: &Path, force: bool, attrs: &[(&str, AttrValue)]) -> Result<Self> {
+        if path.exists() && !force {
+            bail!(
+                "--metrics {} already exists (use --force to overwrite it)",
+                path.display()
+            );
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "--metrics {}: cannot create directory {}",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
+        }
+        let file = hdf5::File::create(path)
+            .with_context(|| format!("--metrics {}: cannot create the file", path.display()))?;
+        let w = MetricsWriter {
+            file,
+            path: path.to_path_buf(),
+        };
+        if let Err(e) = w.init(attrs) {
+            // Leave no half-initialised file behind.
+            drop(w);
+            let _ = std::fs::remove_file(path);
+            return Err(e.context(format!(
+                "--metrics {}: cannot write the layout",
+                path.display()
+            )));
+        }
+        Ok(w)
+    }
+
+    fn init(&self, attrs: &[(&str, AttrValue)]) -> Result<()> {
+        for (name, value) in attrs {
+            self.set_attr(name, value)?;
+        }
+        for g in GROUPS {
+            self.file.create_group(g)?;
+        }
+        for name in STEP_U64.iter().chain(&EVAL_U64) {
+            self.file
+                .new_dataset::<u64>()
+                .chunk(CHUNK)
+                .shape(0..)
+                .create(*name)?;
+        }
+        for name in STEP_F64.iter().chain(&EVAL_F64) {
+            self.file
+                .new_dataset::<f64>()
+                .chunk(CHUNK)
+                .shape(0..)
+                .create(*name)?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets (or replaces) a root attribute.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn set_attr(&self, name: &str, value: &AttrValue) -> Result<()> {
+        if self.file.attr(name).is_ok() {
+            self.file.delete_attr(name)?;
+        }
+        match value {
+            AttrValue::Str(s) => self
+                .file
+                .new_attr::<VarLenUnicode>()
+                .shape(())
+                .create(name)?
+                .write_scalar(&text(s)?)?,
+            AttrValue::Int(v) => self
+                .file
+                .new_attr::<i64>()
+                .shape(())
+                .create(name)?
+                .write_scalar(v)?,
+            AttrValue::Float(v) => self
+                .file
+                .new_attr::<f64>()
+                .shape(())
+                .create(name)?
+                .write_scalar(v)?,
+        }
+        Ok(())
+    }
+
+    fn append<T: H5Type + Copy>(&self, name: &str, values: &[T]) -> Result<()> {
+        let ds = self.file.dataset(name)?;
+        let old = ds.shape()[0];
+        ds.resize(old + values.len())?;
+        ds.write_slice(values, s![old..old + values.len()])?;
+        Ok(())
+    }
+
+    /// Appends step rows to every per-step dataset.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn append_steps(&self, rows: &[StepRecord]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let u = |f: fn(&StepRecord) -> u64| rows.iter().map(f).collect::<Vec<_>>();
+        let f = |f: fn(&StepRecord) -> f64| rows.iter().map(f).collect::<Vec<_>>();
+        let columns_u64 = [
+            u(|r| r.step),
+            u(|r| r.sent_up),
+            u(|r| r.dropped_up),
+            u(|r| r.sent_down),
+            u(|r| r.dropped_down),
+            u(|r| r.bytes_sent),
+        ];
+        let columns_f64 = [
+            f(|r| r.loss),
+            f(|r| r.accuracy),
+            f(|r| r.compute_s),
+            f(|r| r.comm_s),
+            f(|r| r.wall_s),
+        ];
+        for (name, col) in STEP_U64.iter().zip(&columns_u64) {
+            self.append(name, col)?;
+        }
+        for (name, col) in STEP_F64.iter().zip(&columns_f64) {
+            self.append(name, col)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one evaluation row.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn append_eval(&self, r: &EvalRecord) -> Result<()> {
+        self.append(EVAL_U64[0], &[r.step])?;
+        let values = [r.test_loss, r.test_accuracy, r.consensus_distance, r.wall_s];
+        for (name, v) in EVAL_F64.iter().zip(values) {
+            self.append(name, &[v])?;
+        }
+        Ok(())
+    }
+
+    /// Pushes everything written so far to disk.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn flush(&self) -> Result<()> {
+        self.file.flush()?;
+        Ok(())
+    }
+
+    /// Flushes and closes the file.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn close(self) -> Result<()> {
+        self.file.flush()?;
+        self.file.close()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_append_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/m.h5");
+        let w = MetricsWriter::create(
+            &path,
+            false,
+            &[
+                ("algorithm", "rps".into()),
+                ("seed", 7i64.into()),
+                ("drop_rate", 0.1.into()),
+            ],
+        )
+        .unwrap();
+        let rows: Vec<StepRecord> = (0..3)
+            .map(|i| StepRecord {
+                step: i,
+                loss: i as f64,
+                sent_up: 2 * i,
+                ..Default::default()
+            })
+            .collect();
+        w.append_steps(&rows).unwrap();
+        w.append_steps(&rows[..1]).unwrap();
+        w.append_eval(&EvalRecord {
+            step: 2,
+            test_accuracy: 0.5,
+            ..Default::default()
+        })
+        .unwrap();
+        w.set_attr("status", &"completed".into()).unwrap();
+        w.set_attr("status", &"done".into()).unwrap();
+        w.close().unwrap();
+
+        let f = hdf5::File::open(&path).unwrap();
+        assert_eq!(
+            f.dataset("train/step").unwrap().read_raw::<u64>().unwrap(),
+            vec![0, 1, 2, 0]
+        );
+        assert_eq!(
+            f.dataset("comm/sent_up")
+                .unwrap()
+                .read_raw::<u64>()
+                .unwrap(),
+            vec![0, 2, 4, 0]
+        );
+        assert_eq!(
+            f.dataset("train/loss").unwrap().read_raw::<f64>().unwrap(),
+            vec![0.0, 1.0, 2.0, 0.0]
+        );
+        assert_eq!(
+            f.dataset("eval/test_accuracy")
+                .unwrap()
+                .read_raw::<f64>()
+                .unwrap(),
+            vec![0.5]
+        );
+        assert_eq!(f.attr("seed").unwrap().read_scalar::<i64>().unwrap(), 7);
+        assert_eq!(
+            f.attr("status")
+                .unwrap()
+                .read_scalar::<VarLenUnicode>()
+                .unwrap()
+                .as_str(),
+            "done"
+        );
+        drop(f);
+        let err = MetricsWriter::create(&path, false, &[]).err().unwrap();
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Test-only helpers for checking analytic gradients against central finite differences.
+//! Losses are accumulated in f64 so the only f32 error left is the model's own rounding;
+//! comparisons use an absolute plus relative tolerance, strict enough that a visibly wrong
+//! gradient fails (see `rejects_a_wrong_gradient`).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A seeded RNG for reproducible tests.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values drawn uniformly from `[lo, hi)`.
+pub fn random_vec(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// `Σ a_i·b_i` accumulated in f64: the scalar "loss" used to probe linear-ish layers.
+pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot_f64: length mismatch");
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// Central-difference derivative of `f` with respect to `x[i]` for each `i` in `indices`.
+/// `x` is restored afterwards. The step actually taken in f32 is used as the divisor,
+/// because `x + eps` rounds.
+pub fn numeric_grad_at(
+    x: &mut [f32],
+    indices: &[usize],
+    eps: f32,
+    mut f: impl FnMut(&[f32]) -> f64,
+) -> Vec<f64> {
+    indices
+        .iter()
+        .map(|&i| {
+            let orig = x[i];
+            let plus = orig + eps;
+            let minus = orig - eps;
+            x[i] = plus;
+            let lp = f(x);
+            x[i] = minus;
+            let lm = f(x);
+            x[i] = orig;
+            (lp - lm) / (plus as f64 - minus as f64)
+        })
+        .collect()
+}
+
+/// Central-difference gradient of `f` with respect to every entry of `x`.
+pub fn numeric_grad(x: &mut [f32], eps: f32, f: impl FnMut(&[f32]) -> f64) -> Vec<f64> {
+    let all: Vec<usize> = (0..x.len()).collect();
+    numeric_grad_at(x, &all, eps, f)
+}
+
+/// The first entry where `analytic` and `numeric` disagree beyond `atol + rtol·max(|a|,|n|)`.
+pub fn first_mismatch(analytic: &[f32], numeric: &[f64], atol: f64, rtol: f64) -> Option<String> {
+    assert_eq!(analytic.len(), numeric.len(), "gradient length mismatch");
+    analytic
+        .iter()
+        .zip(numeric)
+        .enumerate()
+        .find_map(|(i, (&a, &n))| {
+            let a = a as f64;
+            let tol = atol + rtol * a.abs().max(n.abs());
+            ((a - n).abs() > tol || !a.is_finite()).then(|| {
+                format!("entry {i}: analytic {a:.6e}, numeric {n:.6e}, tolerance {tol:.1e}")
+            })
+        })
+}
+
+/// Panics with a readable message if the gradients disagree (see [`first_mismatch`]).
+pub fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f64], atol: f64, rtol: f64) {
+    if let Some(msg) = first_mismatch(analytic, numeric, atol, rtol) {
+        panic!("{what}: gradient mismatch at {msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checker must accept a right gradient and reject a slightly wrong one, otherwise
+    /// the layer tests built on it prove nothing.
+    #[test]
+    fn rejects_a_wrong_gradient() {
+        let mut r = rng(1);
+        let mut x = random_vec(&mut r, 20, -1.0, 1.0);
+        // f(x) = Σ sin(x_i)·x_i, computed in f32 like a layer would, accumulated in f64.
+        let f = |x: &[f32]| x.iter().map(|&v| (v.sin() * v) as f64).sum::<f64>();
+        let analytic: Vec<f32> = x.iter().map(|&v| v.cos() * v + v.sin()).collect();
+        let numeric = numeric_grad(&mut x, 1e-2, f);
+        assert_grad_close("sin(x)x", &analytic, &numeric, 1e-3, 1e-2);
+
+        let mut wrong = analytic.clone();
+        wrong[7] *= 1.05;
+        wrong[7] += 0.01;
+        assert!(first_mismatch(&wrong, &numeric, 1e-3, 1e-2).is_some());
+    }
+}

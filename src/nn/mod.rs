@@ -1,0 +1,92 @@
+//! Neural-network engine: the reference CNN, its layers and their kernels.
+//! Every parameter lives in one flat `f32` buffer (and every gradient in one of the same
+//! layout); layers only know their offsets into it and borrow ndarray views of sub-slices,
+//! so a distributed algorithm can cut the model into contiguous blocks that are plain slices.
+//! Kernels are single-threaded and write into buffers they are given.
+
+pub mod cnn;
+pub mod conv2d;
+pub mod linear;
+pub mod loss;
+pub mod pool;
+pub mod relu;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+
+pub use cnn::{BatchStats, Cnn};
+
+use ndarray::{ArrayView, ArrayViewMut, Dimension};
+
+/// Errors raised by the network engine.
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    /// The model cannot be built with the requested geometry.
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// An argument does not have the shape or length the model expects.
+    #[error("shape mismatch for {what}: expected {expected}, found {found}")]
+    Shape {
+        /// Which argument was wrong.
+        what: String,
+        /// What the model expected.
+        expected: String,
+        /// What was passed.
+        found: String,
+    },
+    /// A label is not a valid class index.
+    #[error("label {label} of sample {index} is out of range for {num_classes} classes")]
+    Label {
+        /// Position of the offending sample in the batch.
+        index: usize,
+        /// The label found there.
+        label: usize,
+        /// Number of classes of the model.
+        num_classes: usize,
+    },
+    /// A kernel was handed a view that is not contiguous in standard (row-major) order.
+    #[error("{0} must be contiguous in standard layout")]
+    Layout(&'static str),
+    /// An ndarray view could not be built over a buffer.
+    #[error(transparent)]
+    Array(#[from] ndarray::ShapeError),
+}
+
+/// Builds a [`NnError::Shape`] from anything printable.
+pub(crate) fn shape_err(
+    what: impl Into<String>,
+    expected: impl std::fmt::Debug,
+    found: impl std::fmt::Debug,
+) -> NnError {
+    NnError::Shape {
+        what: what.into(),
+        expected: format!("{expected:?}"),
+        found: format!("{found:?}"),
+    }
+}
+
+/// Checks that a view has exactly the expected shape.
+pub(crate) fn check_shape(what: &str, found: &[usize], expected: &[usize]) -> Result<(), NnError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(shape_err(what, expected, found))
+    }
+}
+
+/// The contiguous slice behind a read-only view; kernels work on slices in their inner
+/// loops because ndarray indexing there costs several times more.
+pub(crate) fn as_slice<'a, D: Dimension>(
+    view: &ArrayView<'a, f32, D>,
+    what: &'static str,
+) -> Result<&'a [f32], NnError> {
+    view.to_slice().ok_or(NnError::Layout(what))
+}
+
+/// The contiguous slice behind a mutable view (see [`as_slice`]).
+pub(crate) fn as_slice_mut<'a, D: Dimension>(
+    view: ArrayViewMut<'a, f32, D>,
+    what: &'static str,
+) -> Result<&'a mut [f32], NnError> {
+    view.into_slice().ok_or(NnError::Layout(what))
+}

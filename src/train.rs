@@ -1,0 +1,572 @@
+//! The training driver: setup agreed by all ranks, the step loop, evaluation, metrics.
+//!
+//! Generic over [`Transport`], so the same code runs under MPI and, in unit tests, on
+//! the in-process network. Invariant: every rank executes the same sequence of
+//! collectives (exchanges, evaluations, metric reductions) in the same order, whatever
+//! its role, so no rank ever waits for a peer that took another branch.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use log::{debug, info};
+use ndarray::ArrayView4;
+use thiserror::Error;
+
+use crate::comm::{agree, Disagreement, Transport};
+use crate::config::{Algorithm, Duration, TrainConfig};
+use crate::data::dataset::{epoch_order, shard_range};
+use crate::data::{DatasetInfo, Shard};
+use crate::drop::{hash_words, Bernoulli, DropModel};
+use crate::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
+use crate::nn::Cnn;
+use crate::optim::Sgd;
+use crate::rps::{Exchange, Layout, Mode};
+
+/// Samples per forward pass when evaluating the test set.
+const EVAL_BATCH: usize = 100;
+
+/// What a finished run reports to the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub steps: u64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub consensus_distance: f64,
+    pub wall_s: f64,
+    /// Messages the drop model discarded / messages attempted (sent + dropped).
+    pub dropped: u64,
+    pub attempted: u64,
+}
+
+/// How a run failed, which decides how the process must end.
+#[derive(Debug, Error)]
+pub enum Failure {
+    /// Every rank learned of the failure through a collective; each can finish MPI
+    /// normally and exit non-zero. The lowest failing rank reports it.
+    #[error("{0}")]
+    Agreed(Disagreement),
+    /// Only this rank knows; the job must be aborted so that the others do not wait
+    /// for it forever.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
+}
+
+/// Everything the step loop needs, prepared (and validated) before training starts.
+struct Setup {
+    info: DatasetInfo,
+    model: Cnn,
+    layout: Layout,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    /// This rank's worker index and its shards of the training and test sets.
+    worker: Option<(usize, Shard, Shard)>,
+}
+
+fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
+    check_launcher(size)?;
+    let info = DatasetInfo::open(&cfg.dataset)?;
+    let t = info.train;
+    let model = Cnn::new(t.channels, t.height, t.width, info.classes.len()).with_context(|| {
+        format!(
+            "dataset {}: images of {}×{}×{} do not fit the CNN",
+            info.path.display(),
+            t.channels,
+            t.height,
+            t.width
+        )
+    })?;
+    let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
+    let workers = layout.num_workers();
+    let per_worker = t.count / workers;
+    let steps_per_epoch = (per_worker / cfg.batch_size) as u64;
+    ensure!(
+        steps_per_epoch > 0,
+        "--batch-size {} exceeds the {} training samples of each worker ({} samples over {} workers)",
+        cfg.batch_size,
+        per_worker,
+        t.count,
+        workers
+    );
+    let total_steps = match cfg.duration {
+        Duration::Epochs(e) => e * steps_per_epoch,
+        Duration::Steps(s) => s,
+    };
+    let worker = match layout.worker_index(rank) {
+        Some(w) => {
+            let train = Shard::read(&info, "train", shard_range(t.count, workers, w))?;
+            let test = Shard::read(&info, "test", balanced_range(info.test.count, workers, w))?;
+            Some((w, train, test))
+        }
+        None => None,
+    };
+    Ok(Setup {
+        info,
+        model,
+        layout,
+        steps_per_epoch,
+        total_steps,
+        worker,
+    })
+}
+
+/// Test samples `part` of `parts` evaluates: every sample once, sizes differ by at most one.
+fn balanced_range(count: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+    part * count / parts..(part + 1) * count / parts
+}
+
+/// A binary started by another MPI's launcher runs as N one-rank jobs, silently; catch
+/// that by comparing with the size the launcher announced.
+fn check_launcher(size: usize) -> Result<()> {
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if n != size {
+                bail!("the launcher started {n} ranks ({var}) but MPI reports a world of {size}: rps was built against a different MPI than the mpirun that started it");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-step values each rank contributes; summed over ranks at every metrics flush.
+mod field {
+    pub const LOSS_SUM: usize = 0;
+    pub const CORRECT: usize = 1;
+    pub const COUNT: usize = 2;
+    pub const SENT_UP: usize = 3;
+    pub const DROPPED_UP: usize = 4;
+    pub const SENT_DOWN: usize = 5;
+    pub const DROPPED_DOWN: usize = 6;
+    pub const BYTES: usize = 7;
+    pub const COMPUTE_S: usize = 8;
+    pub const COMM_S: usize = 9;
+    pub const WALL_S: usize = 10;
+    pub const N: usize = 11;
+}
+
+/// Runs training on every rank of `t`.
+///
+/// # Errors
+/// [`Failure::Agreed`] for anything detected before training starts (bad dataset,
+/// unwritable output, impossible roles); [`Failure::Local`] for a failure on this rank
+/// during training.
+pub fn train<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> Result<Summary, Failure> {
+    let (rank, size) = (t.rank(), t.size());
+    let setup = agree(t, prepare(rank, size, cfg)).map_err(Failure::Agreed)?;
+    let hosts = gather_hosts(t);
+    let drop_model = Bernoulli::new(hash_words(&[cfg.seed, 0x4452_4F50]), cfg.drop_rate);
+    let writer = if rank == 0 {
+        open_outputs(t, cfg, &setup, &hosts, &drop_model).map(Some)
+    } else {
+        Ok(None)
+    };
+    let writer = agree(t, writer).map_err(Failure::Agreed)?;
+    let mut run = Run::new(t, cfg, setup, writer, Box::new(drop_model));
+    run.steps().map_err(Failure::Local)
+}
+
+fn gather_hosts<T: Transport + ?Sized>(t: &T) -> Vec<String> {
+    const SLOT: usize = 64;
+    let mut mine = t.processor_name().into_bytes();
+    mine.resize(SLOT, 0);
+    t.allgather_bytes(&mine)
+        .chunks(SLOT)
+        .map(|c| {
+            String::from_utf8_lossy(&c[..c.iter().position(|&b| b == 0).unwrap_or(SLOT)])
+                .into_owned()
+        })
+        .collect()
+}
+
+fn open_outputs<T: Transport + ?Sized>(
+    t: &T,
+    cfg: &TrainConfig,
+    s: &Setup,
+    hosts: &[String],
+    drop_model: &dyn DropModel,
+) -> Result<MetricsWriter> {
+    if let Some(p) = &cfg.save_model {
+        ensure!(
+            cfg.force || !p.exists(),
+            "--save-model {} already exists (use --force to overwrite it)",
+            p.display()
+        );
+    }
+    let (mode, colocated) = match cfg.mode {
+        Mode::Dedicated { .. } => ("dedicated", 0),
+        Mode::Colocated => ("colocated", 1),
+    };
+    let workers = s.layout.workers();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let attrs: Vec<(&str, AttrValue)> = vec![
+        ("rps_version", env!("CARGO_PKG_VERSION").into()),
+        ("command_line", cfg.command_line.clone().into()),
+        ("status", "running".into()),
+        ("started_at_unix", started.into()),
+        ("algorithm", cfg.algorithm.name().into()),
+        ("mode", mode.into()),
+        ("colocated", (colocated as i64).into()),
+        ("world_size", (t.size() as i64).into()),
+        ("servers", (s.layout.num_servers() as i64).into()),
+        ("workers", (s.layout.num_workers() as i64).into()),
+        (
+            "worker_ranks",
+            format!("{}..{}", workers.start, workers.end).into(),
+        ),
+        ("blocks", (s.layout.num_blocks() as i64).into()),
+        ("drop_rate", cfg.drop_rate.into()),
+        ("drop_model", drop_model.describe().into()),
+        ("detection", "oracle".into()),
+        ("seed", (cfg.seed as i64).into()),
+        ("batch_size", (cfg.batch_size as i64).into()),
+        ("lr", (cfg.lr as f64).into()),
+        ("momentum", (cfg.momentum as f64).into()),
+        ("weight_decay", (cfg.weight_decay as f64).into()),
+        ("steps", (s.total_steps as i64).into()),
+        ("steps_per_epoch", (s.steps_per_epoch as i64).into()),
+        (
+            "epochs",
+            (s.total_steps as f64 / s.steps_per_epoch as f64).into(),
+        ),
+        ("eval_every", (cfg.eval_every as i64).into()),
+        ("model", "cnn".into()),
+        ("num_params", (s.model.num_params() as i64).into()),
+        ("dataset", cfg.dataset.display().to_string().into()),
+        ("dataset_source", s.info.source.clone().into()),
+        ("train_samples", (s.info.train.count as i64).into()),
+        ("test_samples", (s.info.test.count as i64).into()),
+        ("mpi_library_version", t.library_version().into()),
+        ("hosts", hosts.join(",").into()),
+    ];
+    MetricsWriter::create(&cfg.metrics, cfg.force, &attrs)
+}
+
+/// The state of one rank during the step loop.
+struct Run<'a, T: Transport + ?Sized> {
+    t: &'a T,
+    cfg: &'a TrainConfig,
+    s: Setup,
+    writer: Option<MetricsWriter>,
+    exchange: Exchange,
+    /// This rank's replica (empty on a pure server).
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    sgd: Sgd,
+    /// The average of the worker replicas (evaluation, all-reduce baseline).
+    average: Vec<f32>,
+    /// Per-step contributions not yet reduced, `field::N` per step.
+    pending: Vec<f64>,
+    images: Vec<f32>,
+    labels: Vec<usize>,
+    order: Vec<usize>,
+    start: Instant,
+    dropped: u64,
+    attempted: u64,
+}
+
+impl<'a, T: Transport + ?Sized> Run<'a, T> {
+    fn new(
+        t: &'a T,
+        cfg: &'a TrainConfig,
+        s: Setup,
+        writer: Option<MetricsWriter>,
+        drop: Box<dyn DropModel>,
+    ) -> Self {
+        let d = s.model.num_params();
+        let replica = if s.worker.is_some() { d } else { 0 };
+        let params = if replica > 0 {
+            s.model.init_params(cfg.seed)
+        } else {
+            Vec::new()
+        };
+        Run {
+            t,
+            cfg,
+            exchange: Exchange::new(s.layout.clone(), drop),
+            params,
+            grads: vec![0.0; replica],
+            sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
+            average: vec![0.0; d],
+            pending: Vec::new(),
+            images: Vec::new(),
+            labels: Vec::new(),
+            order: Vec::new(),
+            start: Instant::now(),
+            dropped: 0,
+            attempted: 0,
+            s,
+            writer,
+        }
+    }
+
+    fn steps(&mut self) -> Result<Summary> {
+        let total = self.s.total_steps;
+        if self.t.rank() == 0 {
+            info!(
+                "{} {} workers, {} servers ({}), {} steps ({} per epoch), batch {} per worker, drop rate {}, {} parameters in {} blocks",
+                self.cfg.algorithm.name(),
+                self.s.layout.num_workers(),
+                self.s.layout.num_servers(),
+                if self.cfg.mode == Mode::Colocated { "co-located" } else { "dedicated" },
+                total,
+                self.s.steps_per_epoch,
+                self.cfg.batch_size,
+                self.cfg.drop_rate,
+                self.s.model.num_params(),
+                self.s.layout.num_blocks()
+            );
+        }
+        self.start = Instant::now();
+        let mut last = EvalRecord::default();
+        for step in 0..total {
+            let mut rec = [0f64; field::N];
+            self.local_step(step, &mut rec)?;
+            let t0 = Instant::now();
+            self.communicate(step, &mut rec)?;
+            rec[field::COMM_S] = t0.elapsed().as_secs_f64();
+            if self.t.rank() == 0 {
+                rec[field::WALL_S] = self.start.elapsed().as_secs_f64();
+            }
+            self.pending.extend_from_slice(&rec);
+            let done = step + 1;
+            if done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0) {
+                let rows = self.flush_steps(done)?;
+                last = self.evaluate(done)?;
+                self.report(&rows, &last)?;
+            }
+        }
+        self.finish(last)
+    }
+
+    /// Worker part of a step: minibatch, forward, backward, optimizer update.
+    fn local_step(&mut self, step: u64, rec: &mut [f64; field::N]) -> Result<()> {
+        let Some((w, shard, _)) = &self.s.worker else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let spe = self.s.steps_per_epoch;
+        let (epoch, j) = (step / spe, (step % spe) as usize);
+        if j == 0 || self.order.is_empty() {
+            self.order = epoch_order(self.cfg.seed, *w, epoch, shard.len());
+        }
+        let b = self.cfg.batch_size;
+        shard.fill_batch(
+            &self.order[j * b..(j + 1) * b],
+            &mut self.images,
+            &mut self.labels,
+        );
+        let i = shard.info;
+        let view = ArrayView4::from_shape((b, i.channels, i.height, i.width), &self.images)?;
+        let stats = self
+            .s
+            .model
+            .train_batch(&self.params, &mut self.grads, view, &self.labels)?;
+        self.sgd.step(&mut self.params, &self.grads);
+        rec[field::LOSS_SUM] = stats.loss_sum;
+        rec[field::CORRECT] = stats.correct as f64;
+        rec[field::COUNT] = stats.count as f64;
+        rec[field::COMPUTE_S] = t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The exchange of a step: RPS over the lossy network, or the reliable all-reduce.
+    fn communicate(&mut self, step: u64, rec: &mut [f64; field::N]) -> Result<()> {
+        match self.cfg.algorithm {
+            Algorithm::Rps => {
+                let c = self.exchange.step(self.t, step, &mut self.params)?;
+                rec[field::SENT_UP] = c.sent_up as f64;
+                rec[field::DROPPED_UP] = c.dropped_up as f64;
+                rec[field::SENT_DOWN] = c.sent_down as f64;
+                rec[field::DROPPED_DOWN] = c.dropped_down as f64;
+                rec[field::BYTES] = c.bytes_sent as f64;
+            }
+            Algorithm::Allreduce => {
+                self.average_replicas();
+                if !self.params.is_empty() {
+                    self.params.copy_from_slice(&self.average);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `self.average` to the mean of the worker replicas (pure servers add zeros).
+    fn average_replicas(&mut self) {
+        if self.params.is_empty() {
+            self.average.fill(0.0);
+        } else {
+            self.average.copy_from_slice(&self.params);
+        }
+        self.t.allreduce_sum_f32(&mut self.average);
+        let scale = 1.0 / self.s.layout.num_workers() as f32;
+        self.average.iter_mut().for_each(|x| *x *= scale);
+    }
+
+    /// Reduces the pending per-step records over ranks; rank 0 appends them to the file.
+    fn flush_steps(&mut self, done: u64) -> Result<Vec<StepRecord>> {
+        self.t.allreduce_sum_f64(&mut self.pending);
+        let n = self.pending.len() / field::N;
+        let size = self.t.size() as f64;
+        let first = done - n as u64;
+        let rows: Vec<StepRecord> = self
+            .pending
+            .chunks_exact(field::N)
+            .enumerate()
+            .map(|(k, r)| StepRecord {
+                step: first + k as u64 + 1,
+                loss: r[field::LOSS_SUM] / r[field::COUNT].max(1.0),
+                accuracy: r[field::CORRECT] / r[field::COUNT].max(1.0),
+                sent_up: r[field::SENT_UP] as u64,
+                dropped_up: r[field::DROPPED_UP] as u64,
+                sent_down: r[field::SENT_DOWN] as u64,
+                dropped_down: r[field::DROPPED_DOWN] as u64,
+                bytes_sent: r[field::BYTES] as u64,
+                compute_s: r[field::COMPUTE_S] / size,
+                comm_s: r[field::COMM_S] / size,
+                wall_s: r[field::WALL_S],
+            })
+            .collect();
+        self.pending.clear();
+        for r in &rows {
+            self.dropped += r.dropped_up + r.dropped_down;
+            self.attempted += r.sent_up + r.dropped_up + r.sent_down + r.dropped_down;
+        }
+        if let Some(w) = &self.writer {
+            w.append_steps(&rows)?;
+        }
+        Ok(rows)
+    }
+
+    /// Evaluates the average of the worker replicas on the test set, and the consensus
+    /// distance. Uses reliable collectives: measurement, not training traffic.
+    fn evaluate(&mut self, done: u64) -> Result<EvalRecord> {
+        self.average_replicas();
+        // [consensus sum, test loss sum, correct, count]
+        let mut stats = [0f64; 4];
+        if let Some((_, _, test)) = &self.s.worker {
+            stats[0] = self
+                .params
+                .iter()
+                .zip(&self.average)
+                .map(|(&x, &a)| ((x - a) as f64).powi(2))
+                .sum();
+            let i = test.info;
+            let indices: Vec<usize> = (0..test.len()).collect();
+            for chunk in indices.chunks(EVAL_BATCH) {
+                test.fill_batch(chunk, &mut self.images, &mut self.labels);
+                let view = ArrayView4::from_shape(
+                    (chunk.len(), i.channels, i.height, i.width),
+                    &self.images,
+                )?;
+                let b = self.s.model.eval_batch(&self.average, view, &self.labels)?;
+                stats[1] += b.loss_sum;
+                stats[2] += b.correct as f64;
+                stats[3] += b.count as f64;
+            }
+        }
+        self.t.allreduce_sum_f64(&mut stats);
+        Ok(EvalRecord {
+            step: done,
+            consensus_distance: stats[0] / self.s.layout.num_workers() as f64,
+            test_loss: stats[1] / stats[3].max(1.0),
+            test_accuracy: stats[2] / stats[3].max(1.0),
+            wall_s: self.start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Rank 0: writes the evaluation, flushes the file, logs a progress line.
+    fn report(&mut self, rows: &[StepRecord], e: &EvalRecord) -> Result<()> {
+        let Some(w) = &self.writer else {
+            return Ok(());
+        };
+        w.append_eval(e)?;
+        w.flush()?;
+        let n = rows.len().max(1) as f64;
+        let loss = rows.iter().map(|r| r.loss).sum::<f64>() / n;
+        let acc = rows.iter().map(|r| r.accuracy).sum::<f64>() / n;
+        info!(
+            "step {}/{} (epoch {:.2}): train loss {:.4} acc {:.3} | test loss {:.4} acc {:.4} | consensus {:.3e} | dropped {}/{} messages | {:.1} s",
+            e.step,
+            self.s.total_steps,
+            e.step as f64 / self.s.steps_per_epoch as f64,
+            loss,
+            acc,
+            e.test_loss,
+            e.test_accuracy,
+            e.consensus_distance,
+            self.dropped,
+            self.attempted,
+            e.wall_s
+        );
+        Ok(())
+    }
+
+    fn finish(&mut self, last: EvalRecord) -> Result<Summary> {
+        let wall_s = self.start.elapsed().as_secs_f64();
+        if let Some(w) = self.writer.take() {
+            if let Some(p) = &self.cfg.save_model {
+                save_model(p, &self.s.model, &self.average)?;
+                w.set_attr("saved_model", &p.display().to_string().into())?;
+            }
+            for (name, v) in [
+                ("final_test_accuracy", last.test_accuracy),
+                ("final_test_loss", last.test_loss),
+                ("final_consensus_distance", last.consensus_distance),
+                ("wall_time_s", wall_s),
+            ] {
+                w.set_attr(name, &v.into())?;
+            }
+            w.set_attr("steps_completed", &(last.step as i64).into())?;
+            w.set_attr("status", &"completed".into())?;
+            w.close()?;
+        }
+        debug!("rank {} finished", self.t.rank());
+        Ok(Summary {
+            steps: last.step,
+            test_loss: last.test_loss,
+            test_accuracy: last.test_accuracy,
+            consensus_distance: last.consensus_distance,
+            wall_s,
+            dropped: self.dropped,
+            attempted: self.attempted,
+        })
+    }
+}
+
+/// Writes the flat parameter vector and its layout (one attribute per tensor: offset
+/// and length) to an HDF5 file.
+fn save_model(path: &Path, model: &Cnn, params: &[f32]) -> Result<()> {
+    let ctx = || format!("--save-model {}: cannot write the model", path.display());
+    let f = hdf5::File::create(path).with_context(ctx)?;
+    let ds = f
+        .new_dataset_builder()
+        .with_data(params)
+        .create("params")
+        .with_context(ctx)?;
+    for (name, range) in model.param_layout() {
+        ds.new_attr::<u64>()
+            .shape(2)
+            .create(name)
+            .and_then(|a| a.write(&[range.start as u64, range.len() as u64]))
+            .with_context(ctx)?;
+    }
+    f.close().with_context(ctx)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_ranges_cover_everything() {
+        let r: Vec<_> = (0..3).map(|p| balanced_range(10, 3, p)).collect();
+        assert_eq!(r, vec![0..3, 3..6, 6..10]);
+    }
+}

@@ -1,0 +1,156 @@
+//! Helpers shared by the multi-rank tests: the real binary under real `mpirun`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+pub const RPS: &str = env!("CARGO_BIN_EXE_rps");
+
+/// The machine has 2 cores: one mpirun at a time, whatever the test harness's threads.
+static MPIRUN: Mutex<()> = Mutex::new(());
+
+/// Result of one mpirun.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+    pub fn assert_ok(&self) {
+        assert!(
+            self.ok(),
+            "mpirun failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+fn finish(out: Output) -> Run {
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `rps <args>` on `n` ranks with a hard 60 s limit (mpirun kills a hung job).
+pub fn mpirun(n: usize, args: &[&str]) -> Run {
+    let _guard = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("mpirun")
+        .args(["-n", &n.to_string(), "--timeout", "60", RPS])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("cannot start mpirun (is openmpi-bin installed? run scripts/setup.sh)");
+    finish(out)
+}
+
+/// Runs `rps <args>` without mpirun.
+pub fn rps(args: &[&str]) -> Run {
+    finish(
+        Command::new(RPS)
+            .args(args)
+            .output()
+            .expect("cannot run rps"),
+    )
+}
+
+/// A small Fashion-MNIST file (512 training, 200 test images) converted once from the
+/// Debian package's IDX files.
+pub fn small_dataset() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("fashion-mnist-small.h5");
+        let run = rps(&[
+            "convert",
+            "fashion-mnist",
+            "--input",
+            "/usr/share/datasets/fashion-mnist",
+            "--output",
+            path.to_str().unwrap(),
+            "--limit-train",
+            "512",
+            "--limit-test",
+            "200",
+            "--force",
+        ]);
+        run.assert_ok();
+        path
+    })
+    .clone()
+}
+
+/// A fresh directory for one test's outputs.
+pub fn out_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rps-test")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+pub fn read_u64(path: &Path, name: &str) -> Vec<u64> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read_raw::<u64>()
+        .unwrap()
+}
+
+pub fn read_f64(path: &Path, name: &str) -> Vec<f64> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read_raw::<f64>()
+        .unwrap()
+}
+
+pub fn read_params(path: &Path) -> Vec<f32> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset("params")
+        .unwrap()
+        .read_raw::<f32>()
+        .unwrap()
+}
+
+pub fn attr_f64(path: &Path, name: &str) -> f64 {
+    hdf5::File::open(path)
+        .unwrap()
+        .attr(name)
+        .unwrap()
+        .read_scalar::<f64>()
+        .unwrap()
+}
+
+pub fn attr_i64(path: &Path, name: &str) -> i64 {
+    hdf5::File::open(path)
+        .unwrap()
+        .attr(name)
+        .unwrap()
+        .read_scalar::<i64>()
+        .unwrap()
+}
+
+pub fn attr_str(path: &Path, name: &str) -> String {
+    hdf5::File::open(path)
+        .unwrap()
+        .attr(name)
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .as_str()
+        .to_string()
+}
