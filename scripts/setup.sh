@@ -22,5 +22,5 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
-cargo build --release --locked 2>&1 | grep -v '^\s*Compiling' >&2 || true
+cargo build --release --locked
 test -x target/release/rps || { echo "setup: build failed" >&2; exit 1; }

@@ -62,7 +62,12 @@ pub struct TrainFlags {
     pub colocated: bool,
     /// Probability that each worker→server and server→worker message is dropped
     /// (i.i.d. Bernoulli, decided from the seed and the message's coordinates).
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub drop_rate: f64,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
@@ -77,13 +82,28 @@ pub struct TrainFlags {
     #[arg(long, value_name = "B", default_value_t = 32)]
     pub batch_size: usize,
     /// Learning rate of each worker's SGD.
-    #[arg(long, value_name = "LR", default_value_t = 0.05)]
+    #[arg(
+        long,
+        value_name = "LR",
+        default_value_t = 0.05,
+        allow_negative_numbers = true
+    )]
     pub lr: f32,
     /// Momentum of each worker's SGD (kept locally per worker, as in the paper).
-    #[arg(long, value_name = "M", default_value_t = 0.9)]
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
     pub momentum: f32,
     /// L2 weight decay added to the gradient (PyTorch semantics).
-    #[arg(long, value_name = "WD", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "WD",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub weight_decay: f32,
     /// Seed of model initialisation, data order, block assignment and drops.
     #[arg(long, default_value_t = 1)]

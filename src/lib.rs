@@ -2,7 +2,7 @@
 //! Unreliable Networks* (ICML 2019), as an MPI application.
 //!
 //! The module tree is the architecture: [`nn`] and [`optim`] (the model, knowing
-//! nothing of MPI), [`data`] (HDF5 datasets and shards), [`drop`] (drop models),
+//! nothing of MPI), [`data`] (HDF5 datasets and shards), [`mod@drop`] (drop models),
 //! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
 //! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
 //! [`train`] (the driver), [`config`] and [`cli`].

@@ -34,6 +34,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Lets one rank print a message, then synchronises every rank before they exit, so the
+/// message is out before mpirun reacts to a non-zero exit status by killing the job.
+fn stop_together<T: Transport>(t: &T, speaker: bool, print: impl FnOnce()) {
+    if speaker {
+        print();
+        let _ = std::io::stderr().flush();
+    }
+    t.barrier();
+}
+
 /// The rank the launcher assigned, read before MPI starts.
 fn launcher_rank() -> Option<usize> {
     [
@@ -105,9 +115,7 @@ fn train_command(flags: TrainFlags) -> ExitCode {
     let cfg = match TrainConfig::from_args(flags.into(), transport.size(), command_line) {
         Ok(cfg) => cfg,
         Err(e) => {
-            if rank == 0 {
-                eprintln!("error: {e}");
-            }
+            stop_together(&transport, rank == 0, || eprintln!("error: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -129,14 +137,11 @@ fn train_command(flags: TrainFlags) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(Failure::Agreed(d)) => {
-            if d.rank == rank {
-                match &d.own {
-                    Some(e) => eprintln!("error [rank {rank}]: {e:#}"),
-                    None => eprintln!("error [rank {rank}]: {}", d.message),
-                }
-            } else {
-                log::debug!("stopping because {d}");
-            }
+            log::debug!("stopping because {d}");
+            stop_together(&transport, d.rank == rank, || match &d.own {
+                Some(e) => eprintln!("error [rank {rank}]: {e:#}"),
+                None => eprintln!("error [rank {rank}]: {}", d.message),
+            });
             ExitCode::FAILURE
         }
         Err(Failure::Local(e)) => {

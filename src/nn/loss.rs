@@ -10,7 +10,7 @@ use crate::nn::{check_shape, NnError};
 /// Sum of per-sample losses and number of correct argmax predictions of a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossSums {
-    /// Σ over samples of −log softmax(logits)[label].
+    /// Σ over samples of −log softmax(logits)\[label\].
     pub loss_sum: f64,
     /// Samples whose first maximal logit is at the label.
     pub correct: usize,

@@ -11,7 +11,7 @@ pub fn relu_forward<D: Dimension>(mut x: ArrayViewMut<f32, D>) {
     x.mapv_inplace(|v| if v > 0.0 { v } else { 0.0 });
 }
 
-/// grad ← grad · [output > 0], in place, where `output` is what [`relu_forward`] produced.
+/// grad ← grad · 𝟙(output > 0), in place, where `output` is what [`relu_forward`] produced.
 pub fn relu_backward<D: Dimension>(
     grad: ArrayViewMut<f32, D>,
     output: ArrayView<f32, D>,

@@ -1,0 +1,198 @@
+//! `rps convert fashion-mnist` on files in the exact IDX format, gzipped and not.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::path::Path;
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8], gzip: bool) {
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(bytes).unwrap();
+        std::fs::write(dir.join(format!("{name}.gz")), gz.finish().unwrap()).unwrap();
+    } else {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Writes a tiny Fashion-MNIST-shaped set: n train and m test 4×4 images, pixel = index.
+fn fake(dir: &Path, n: usize, m: usize, gzip: bool) {
+    for (prefix, count) in [("train", n), ("t10k", m)] {
+        let pixels: Vec<u8> = (0..count * 16).map(|i| (i % 251) as u8).collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+        write(
+            dir,
+            &format!("{prefix}-images-idx3-ubyte"),
+            &idx(&[count as u32, 4, 4], &pixels),
+            gzip,
+        );
+        write(
+            dir,
+            &format!("{prefix}-labels-idx1-ubyte"),
+            &idx(&[count as u32], &labels),
+            gzip,
+        );
+    }
+}
+
+fn convert(input: &Path, output: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "convert",
+        "fashion-mnist",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    rps(&args)
+}
+
+#[test]
+fn converts_idx_files_exactly() {
+    for gzip in [true, false] {
+        let dir = out_dir();
+        fake(dir.path(), 12, 5, gzip);
+        let out = dir.path().join("sub/fm.h5");
+        let run = convert(dir.path(), &out, &[]);
+        run.assert_ok();
+        assert!(
+            run.stdout.contains("12 training and 5 test samples"),
+            "{}",
+            run.stdout
+        );
+        let f = hdf5::File::open(&out).unwrap();
+        let images = f.dataset("train/images").unwrap();
+        assert_eq!(images.shape(), vec![12, 1, 4, 4]);
+        let px = images.read_raw::<u8>().unwrap();
+        assert_eq!(
+            px,
+            (0..12 * 16).map(|i| (i % 251) as u8).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            f.dataset("test/labels").unwrap().read_raw::<u8>().unwrap(),
+            vec![0, 1, 2, 3, 4]
+        );
+        let classes = f
+            .attr("classes")
+            .unwrap()
+            .read_raw::<hdf5::types::VarLenUnicode>()
+            .unwrap();
+        assert_eq!(classes.len(), 10);
+        assert_eq!(classes[9].as_str(), "Ankle boot");
+        assert!(attr_str(&out, "source").contains("Fashion-MNIST"));
+        // Nothing but the output is left in the directory.
+        let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+    }
+}
+
+#[test]
+fn limits_keep_the_first_samples() {
+    let dir = out_dir();
+    fake(dir.path(), 12, 5, true);
+    let out = dir.path().join("fm.h5");
+    convert(
+        dir.path(),
+        &out,
+        &["--limit-train", "3", "--limit-test", "2"],
+    )
+    .assert_ok();
+    assert_eq!(read_shape(&out, "train/images"), vec![3, 1, 4, 4]);
+    assert_eq!(read_shape(&out, "test/labels"), vec![2]);
+}
+
+fn read_shape(path: &Path, name: &str) -> Vec<usize> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .shape()
+}
+
+#[test]
+fn bad_inputs_are_named_and_leave_nothing() {
+    let dir = out_dir();
+    let out = dir.path().join("fm.h5");
+    let run = convert(&dir.path().join("absent"), &out, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("absent: not a directory"),
+        "{}",
+        run.stderr
+    );
+
+    let empty = out_dir();
+    let run = convert(empty.path(), &out, &[]);
+    assert!(
+        run.stderr.contains("has no train-images-idx3-ubyte.gz"),
+        "{}",
+        run.stderr
+    );
+
+    fake(dir.path(), 12, 5, false);
+    // Truncate the training labels: the header promises 12 bytes.
+    std::fs::write(
+        dir.path().join("train-labels-idx1-ubyte"),
+        idx(&[12], &[1, 2, 3]),
+    )
+    .unwrap();
+    let run = convert(dir.path(), &out, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr
+            .contains("train-labels-idx1-ubyte is not an unsigned-byte IDX file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("partial")
+            })
+            .count(),
+        0
+    );
+
+    fake(dir.path(), 12, 5, false);
+    std::fs::write(&out, "keep me").unwrap();
+    let run = convert(dir.path(), &out, &[]);
+    assert!(
+        run.stderr.contains("already exists (use --force"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    convert(dir.path(), &out, &["--force"]).assert_ok();
+}
+
+#[test]
+fn converts_the_debian_package() {
+    // The real files: 60,000 + 10,000 images in the published order.
+    let path = small_dataset();
+    assert_eq!(read_shape(&path, "train/images"), vec![512, 1, 28, 28]);
+    let labels = hdf5::File::open(&path)
+        .unwrap()
+        .dataset("train/labels")
+        .unwrap()
+        .read_raw::<u8>()
+        .unwrap();
+    // The first training labels of Fashion-MNIST are 9 (ankle boot), 0, 0, 3.
+    assert_eq!(&labels[..4], &[9, 0, 0, 3]);
+}

@@ -1,0 +1,328 @@
+//! Bad input under real mpirun: one clear error, a non-zero exit on every rank, no
+//! panic, no hang, and no output file left behind.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+use hdf5::types::VarLenUnicode;
+use ndarray::{Array1, Array3, Array4};
+
+/// Runs a job expected to fail and checks how it failed.
+fn expect_failure(n: usize, args: &[&str], needle: &str) -> Run {
+    let run = mpirun(n, args);
+    assert!(!run.ok(), "job succeeded:\n{}", run.stdout);
+    assert!(
+        run.code != Some(110),
+        "job hung until mpirun's timeout:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(needle),
+        "expected {needle:?} in stderr:\n{}",
+        run.stderr
+    );
+    let errors = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .count();
+    assert_eq!(
+        errors, 1,
+        "expected exactly one error line:\n{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "panic:\n{}", run.stderr);
+    run
+}
+
+fn train_args<'a>(data: &'a str, metrics: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--dataset",
+        data,
+        "--metrics",
+        metrics,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
+}
+
+fn classes(file: &hdf5::File, n: usize) {
+    let names: Array1<VarLenUnicode> = (0..n).map(|i| format!("c{i}").parse().unwrap()).collect();
+    file.new_attr::<VarLenUnicode>()
+        .shape(n)
+        .create("classes")
+        .unwrap()
+        .write(&names)
+        .unwrap();
+}
+
+fn split(file: &hdf5::File, name: &str, n: usize, label: u8) {
+    let g = file.create_group(name).unwrap();
+    g.new_dataset_builder()
+        .with_data(&Array4::<u8>::zeros((n, 1, 8, 8)))
+        .create("images")
+        .unwrap();
+    g.new_dataset_builder()
+        .with_data(&Array1::from_elem(n, label))
+        .create("labels")
+        .unwrap();
+}
+
+/// Writes an HDF5 file whose content `build` decides.
+fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> String {
+    let f = hdf5::File::create(path).unwrap();
+    build(&f);
+    f.close().unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn dataset_problems() {
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    let text = dir.path().join("notes.h5");
+    std::fs::write(&text, "not an HDF5 file\n").unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            dir.path().join("absent.h5").to_str().unwrap().into(),
+            "file not found",
+        ),
+        (text.to_str().unwrap().into(), "not a readable HDF5 file"),
+        (
+            h5(&dir.path().join("nogroups.h5"), |f| classes(f, 10)),
+            "missing group /train",
+        ),
+        (
+            h5(&dir.path().join("noclasses.h5"), |f| {
+                split(f, "train", 8, 0)
+            }),
+            "missing root attribute classes",
+        ),
+        (
+            h5(&dir.path().join("nolabels.h5"), |f| {
+                classes(f, 10);
+                split(f, "train", 8, 0);
+                let g = f.create_group("test").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<u8>::zeros((4, 1, 8, 8)))
+                    .create("images")
+                    .unwrap();
+            }),
+            "missing dataset /test/labels",
+        ),
+        (
+            h5(&dir.path().join("shape.h5"), |f| {
+                classes(f, 10);
+                let g = f.create_group("train").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array3::<u8>::zeros((8, 8, 8)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::<u8>::zeros(8))
+                    .create("labels")
+                    .unwrap();
+                split(f, "test", 4, 0);
+            }),
+            "train/images has shape [8, 8, 8]",
+        ),
+        (
+            h5(&dir.path().join("dtype.h5"), |f| {
+                classes(f, 10);
+                let g = f.create_group("train").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<f32>::zeros((8, 1, 8, 8)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::<u8>::zeros(8))
+                    .create("labels")
+                    .unwrap();
+                split(f, "test", 4, 0);
+            }),
+            "train/images has type float32, expected u8",
+        ),
+        (
+            h5(&dir.path().join("labels.h5"), |f| {
+                classes(f, 10);
+                split(f, "train", 8, 0);
+                split(f, "test", 4, 12);
+            }),
+            "test/labels[0] = 12 is outside the 10 classes",
+        ),
+        (
+            h5(&dir.path().join("count.h5"), |f| {
+                classes(f, 10);
+                split(f, "train", 8, 0);
+                let g = f.create_group("test").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<u8>::zeros((4, 1, 8, 8)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::<u8>::zeros(3))
+                    .create("labels")
+                    .unwrap();
+            }),
+            "test/labels has shape [3], expected [4]",
+        ),
+        (
+            h5(&dir.path().join("empty.h5"), |f| {
+                classes(f, 10);
+                split(f, "train", 0, 0);
+                split(f, "test", 4, 0);
+            }),
+            "split train is empty",
+        ),
+        (
+            h5(&dir.path().join("geometry.h5"), |f| {
+                classes(f, 10);
+                let g = f.create_group("train").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<u8>::zeros((8, 1, 6, 6)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::<u8>::zeros(8))
+                    .create("labels")
+                    .unwrap();
+                let g = f.create_group("test").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<u8>::zeros((4, 1, 6, 6)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::<u8>::zeros(4))
+                    .create("labels")
+                    .unwrap();
+            }),
+            "do not fit the CNN",
+        ),
+    ];
+    for (data, needle) in cases {
+        expect_failure(3, &train_args(&data, m), needle);
+        assert!(
+            !metrics.exists(),
+            "{needle}: a metrics file was left behind"
+        );
+    }
+}
+
+#[test]
+fn truncated_dataset_fails_cleanly() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let cut = dir.path().join("cut.h5");
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let m = dir.path().join("m.h5");
+    let run = mpirun(3, &train_args(cut.to_str().unwrap(), m.to_str().unwrap()));
+    assert!(
+        !run.ok() && run.code != Some(110),
+        "{:?}\n{}",
+        run.code,
+        run.stderr
+    );
+    assert!(run.stderr.contains("cut.h5"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(!m.exists());
+}
+
+#[test]
+fn flag_problems() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    let with = |extra: &[&'static str]| {
+        let mut a = vec!["train", "--dataset", data, "--metrics", m, "--steps", "2"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            with(&["--drop-rate", "1.5"]),
+            "--drop-rate 1.5 is outside [0, 1]",
+        ),
+        (
+            with(&["--drop-rate", "-0.1"]),
+            "--drop-rate -0.1 is outside [0, 1]",
+        ),
+        (
+            with(&["--servers", "3"]),
+            "--servers 3 leaves no worker in a job of 3 rank(s)",
+        ),
+        (with(&["--servers", "0"]), "--servers must be at least 1"),
+        (
+            with(&["--batch-size", "0"]),
+            "--batch-size must be at least 1",
+        ),
+        (
+            with(&["--batch-size", "300"]),
+            "--batch-size 300 exceeds the 256 training samples of each worker",
+        ),
+        (with(&["--lr", "-1"]), "--lr -1 must be a finite number > 0"),
+        (with(&["--momentum", "1"]), "--momentum 1 must be in [0, 1)"),
+        (
+            with(&["--algorithm", "allreduce", "--drop-rate", "0.1"]),
+            "applies to --algorithm rps only",
+        ),
+        (
+            with(&["--servers", "1", "--colocated"]),
+            "cannot be used with",
+        ),
+        (
+            with(&["--drop-rate", "abc"]),
+            "invalid value 'abc' for '--drop-rate <P>'",
+        ),
+        (
+            with(&["--no-such-flag"]),
+            "unexpected argument '--no-such-flag'",
+        ),
+    ];
+    for (args, needle) in cases {
+        let run = expect_failure(3, &args, needle);
+        assert!(
+            !metrics.exists(),
+            "{needle}: a metrics file was left behind"
+        );
+        assert!(run.code.is_some());
+    }
+}
+
+#[test]
+fn output_problems() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    // A path below a regular file cannot be created, even by root.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let below = blocker.join("m.h5");
+    expect_failure(
+        3,
+        &train_args(data, below.to_str().unwrap()),
+        "cannot create directory",
+    );
+
+    // An existing metrics file is kept unless --force.
+    let existing = dir.path().join("existing.h5");
+    std::fs::write(&existing, "precious").unwrap();
+    expect_failure(
+        3,
+        &train_args(data, existing.to_str().unwrap()),
+        "already exists (use --force",
+    );
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+    let mut forced = train_args(data, existing.to_str().unwrap());
+    forced.push("--force");
+    mpirun(3, &forced).assert_ok();
+    assert_eq!(attr_str(&existing, "status"), "completed");
+}
