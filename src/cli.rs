@@ -26,7 +26,7 @@ pub enum Command {
     ///
     /// Example: mpirun -n 5 rps train --dataset data/fashion-mnist.h5
     /// --metrics runs/p0.1.h5 --servers 1 --drop-rate 0.1 --epochs 1
-    Train(TrainFlags),
+    Train(Box<TrainFlags>),
     /// Convert a public dataset into rps's HDF5 layout (no MPI needed).
     Convert(ConvertFlags),
 }
@@ -38,6 +38,15 @@ pub enum AlgorithmFlag {
     Rps,
     /// Reliable baseline: model averaging with MPI_Allreduce after every local step.
     Allreduce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DropModelFlag {
+    /// i.i.d. loss (--drop-rate, --drop-up, --drop-down, --link-rates).
+    Bernoulli,
+    /// Bursty loss: a good/bad Markov chain per link (--ge-p, --ge-r, --ge-bad-loss,
+    /// --ge-good-loss).
+    GilbertElliott,
 }
 
 #[derive(Debug, Args)]
@@ -60,8 +69,9 @@ pub struct TrainFlags {
     /// one block; the block→server assignment is a fresh random permutation each step.
     #[arg(long)]
     pub colocated: bool,
-    /// Probability that each worker→server and server→worker message is dropped
-    /// (i.i.d. Bernoulli, decided from the seed and the message's coordinates).
+    /// Probability that each worker→server and server→worker message (or packet) is
+    /// dropped: i.i.d. Bernoulli, decided from the seed and the message's coordinates.
+    /// Sets both --drop-up and --drop-down.
     #[arg(
         long,
         value_name = "P",
@@ -69,6 +79,65 @@ pub struct TrainFlags {
         allow_negative_numbers = true
     )]
     pub drop_rate: f64,
+    /// Drop probability of worker→server messages [default: --drop-rate].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub drop_up: Option<f64>,
+    /// Drop probability of server→worker messages [default: --drop-rate].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub drop_down: Option<f64>,
+    /// Drop model.
+    #[arg(long, value_enum, default_value_t = DropModelFlag::Bernoulli)]
+    pub drop_model: DropModelFlag,
+    /// Gilbert–Elliott: probability of moving from the good to the bad state, per packet
+    /// slot (netem gemodel's p, as a probability rather than percent).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.01,
+        allow_negative_numbers = true
+    )]
+    pub ge_p: f64,
+    /// Gilbert–Elliott: probability of moving from the bad to the good state (netem's r;
+    /// the mean burst is 1/r slots).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.3,
+        allow_negative_numbers = true
+    )]
+    pub ge_r: f64,
+    /// Gilbert–Elliott: loss probability in the bad state (netem's 1-h).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub ge_bad_loss: f64,
+    /// Gilbert–Elliott: loss probability in the good state (netem's 1-k).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub ge_good_loss: f64,
+    /// Per-link drop rates from FILE (rules `default P`, `rank R[-R2] P`,
+    /// `link SRC DST P`; see README); links it does not name use --drop-up/--drop-down.
+    #[arg(long, value_name = "FILE")]
+    pub link_rates: Option<PathBuf>,
+    /// Cut each block into packets of N bytes, dropped independently; receivers merge
+    /// the packets that arrived and keep their own values elsewhere [default: whole
+    /// blocks are the unit of loss].
+    #[arg(long, value_name = "N")]
+    pub packet_bytes: Option<usize>,
+    /// Record every drop decision in the metrics file (/trace/dropped).
+    #[arg(long)]
+    pub record_trace: bool,
+    /// Replay the drops recorded (with --record-trace) in an earlier run's metrics file;
+    /// the configuration must match the recording run.
+    #[arg(long, value_name = "FILE")]
+    pub replay_trace: Option<PathBuf>,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
     pub algorithm: AlgorithmFlag,
@@ -161,6 +230,22 @@ impl From<TrainFlags> for config::TrainArgs {
                 AlgorithmFlag::Allreduce => Algorithm::Allreduce,
             },
             drop_rate: f.drop_rate,
+            drop_up: f.drop_up,
+            drop_down: f.drop_down,
+            drop_model: match f.drop_model {
+                DropModelFlag::Bernoulli => config::DropModelKind::Bernoulli,
+                DropModelFlag::GilbertElliott => config::DropModelKind::GilbertElliott,
+            },
+            ge: crate::drop::GeParams {
+                p: f.ge_p,
+                r: f.ge_r,
+                bad_loss: f.ge_bad_loss,
+                good_loss: f.ge_good_loss,
+            },
+            link_rates: f.link_rates,
+            packet_bytes: f.packet_bytes,
+            record_trace: f.record_trace,
+            replay_trace: f.replay_trace,
             epochs: f.epochs,
             steps: f.steps,
             batch_size: f.batch_size,

@@ -8,7 +8,38 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::drop::GeParams;
 use crate::rps::Mode;
+
+/// Which drop model decides the fate of each message (or packet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DropSpec {
+    /// i.i.d. loss with a rate per direction (the paper's model when up == down).
+    Bernoulli { up: f64, down: f64 },
+    /// Bursty loss, one Markov chain per directed link.
+    GilbertElliott(GeParams),
+    /// i.i.d. loss with rates per link from a file, `up`/`down` for links it does not name.
+    PerLink { up: f64, down: f64, file: PathBuf },
+    /// The drops recorded in an earlier run's metrics file.
+    Replay { file: PathBuf },
+}
+
+impl DropSpec {
+    /// Whether this model can drop anything at all.
+    pub fn is_lossless(&self) -> bool {
+        matches!(self, DropSpec::Bernoulli { up, down } if *up == 0.0 && *down == 0.0)
+    }
+
+    /// Short name recorded in the metrics file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DropSpec::Bernoulli { .. } => "bernoulli",
+            DropSpec::GilbertElliott(_) => "gilbert-elliott",
+            DropSpec::PerLink { .. } => "per-link",
+            DropSpec::Replay { .. } => "replay",
+        }
+    }
+}
 
 /// Which training algorithm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +75,13 @@ pub struct TrainConfig {
     pub save_model: Option<PathBuf>,
     pub mode: Mode,
     pub algorithm: Algorithm,
+    /// `--drop-rate` as given (0 when absent); the model actually used is `drop`.
     pub drop_rate: f64,
+    pub drop: DropSpec,
+    /// Bytes per packet when blocks are cut into independently dropped packets.
+    pub packet_bytes: Option<usize>,
+    /// Record every drop decision in the metrics file.
+    pub record_trace: bool,
     pub duration: Duration,
     pub batch_size: usize,
     pub lr: f32,
@@ -59,6 +96,13 @@ pub struct TrainConfig {
     pub command_line: String,
 }
 
+/// The `--drop-model` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropModelKind {
+    Bernoulli,
+    GilbertElliott,
+}
+
 /// Raw training arguments as given by the user (any front end: flags, later job files).
 #[derive(Debug, Clone)]
 pub struct TrainArgs {
@@ -69,6 +113,14 @@ pub struct TrainArgs {
     pub colocated: bool,
     pub algorithm: Algorithm,
     pub drop_rate: f64,
+    pub drop_up: Option<f64>,
+    pub drop_down: Option<f64>,
+    pub drop_model: DropModelKind,
+    pub ge: GeParams,
+    pub link_rates: Option<PathBuf>,
+    pub packet_bytes: Option<usize>,
+    pub record_trace: bool,
+    pub replay_trace: Option<PathBuf>,
     pub epochs: Option<u64>,
     pub steps: Option<u64>,
     pub batch_size: usize,
@@ -82,10 +134,20 @@ pub struct TrainArgs {
 
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
-    #[error("--drop-rate {0} is outside [0, 1]")]
-    DropRate(f64),
-    #[error("--drop-rate {0} applies to --algorithm rps only; --algorithm allreduce is the reliable baseline")]
-    DropWithAllreduce(f64),
+    #[error("--{flag} {value} is outside [0, 1]")]
+    Probability { flag: &'static str, value: f64 },
+    #[error("drops (--{0}) apply to --algorithm rps only; --algorithm allreduce is the reliable baseline")]
+    DropWithAllreduce(&'static str),
+    #[error(
+        "--{0} cannot be combined with --drop-model gilbert-elliott (its loss comes from --ge-*)"
+    )]
+    GilbertElliottWith(&'static str),
+    #[error(
+        "--replay-trace takes every decision from the trace; it cannot be combined with --{0}"
+    )]
+    ReplayWith(&'static str),
+    #[error("--packet-bytes {0} must be a positive multiple of 4 (one f32 element)")]
+    PacketBytes(usize),
     #[error("--batch-size must be at least 1")]
     BatchSize,
     #[error("--{flag} must be at least 1")]
@@ -123,11 +185,30 @@ impl TrainConfig {
         command_line: String,
     ) -> Result<Self, ConfigError> {
         let a = args;
-        if !(0.0..=1.0).contains(&a.drop_rate) {
-            return Err(ConfigError::DropRate(a.drop_rate));
+        let drop = Self::drop_spec(&a)?;
+        if let Some(n) = a.packet_bytes {
+            if n == 0 || n % 4 != 0 {
+                return Err(ConfigError::PacketBytes(n));
+            }
         }
-        if a.algorithm == Algorithm::Allreduce && a.drop_rate > 0.0 {
-            return Err(ConfigError::DropWithAllreduce(a.drop_rate));
+        if a.algorithm == Algorithm::Allreduce {
+            let flag = if !drop.is_lossless() {
+                Some(match &drop {
+                    DropSpec::GilbertElliott(_) => "drop-model",
+                    DropSpec::Replay { .. } => "replay-trace",
+                    DropSpec::PerLink { .. } => "link-rates",
+                    DropSpec::Bernoulli { .. } => "drop-rate",
+                })
+            } else if a.packet_bytes.is_some() {
+                Some("packet-bytes")
+            } else if a.record_trace {
+                Some("record-trace")
+            } else {
+                None
+            };
+            if let Some(flag) = flag {
+                return Err(ConfigError::DropWithAllreduce(flag));
+            }
         }
         if a.batch_size == 0 {
             return Err(ConfigError::BatchSize);
@@ -175,6 +256,9 @@ impl TrainConfig {
             mode,
             algorithm: a.algorithm,
             drop_rate: a.drop_rate,
+            drop,
+            packet_bytes: a.packet_bytes,
+            record_trace: a.record_trace,
             duration,
             batch_size: a.batch_size,
             lr: a.lr,
@@ -185,6 +269,64 @@ impl TrainConfig {
             force: a.force,
             command_line,
         })
+    }
+}
+
+impl TrainConfig {
+    fn drop_spec(a: &TrainArgs) -> Result<DropSpec, ConfigError> {
+        let prob = |flag: &'static str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::Probability { flag, value })
+            }
+        };
+        let rate = prob("drop-rate", a.drop_rate)?;
+        let up = prob("drop-up", a.drop_up.unwrap_or(rate))?;
+        let down = prob("drop-down", a.drop_down.unwrap_or(rate))?;
+        let explicit_rates = a.drop_rate != 0.0 || a.drop_up.is_some() || a.drop_down.is_some();
+        if let Some(file) = &a.replay_trace {
+            let conflict = if explicit_rates {
+                Some("drop-rate")
+            } else if a.drop_model != DropModelKind::Bernoulli {
+                Some("drop-model")
+            } else if a.link_rates.is_some() {
+                Some("link-rates")
+            } else {
+                None
+            };
+            return match conflict {
+                Some(flag) => Err(ConfigError::ReplayWith(flag)),
+                None => Ok(DropSpec::Replay { file: file.clone() }),
+            };
+        }
+        match a.drop_model {
+            DropModelKind::GilbertElliott => {
+                if explicit_rates {
+                    return Err(ConfigError::GilbertElliottWith(
+                        "drop-rate/--drop-up/--drop-down",
+                    ));
+                }
+                if a.link_rates.is_some() {
+                    return Err(ConfigError::GilbertElliottWith("link-rates"));
+                }
+                let g = a.ge;
+                Ok(DropSpec::GilbertElliott(GeParams {
+                    p: prob("ge-p", g.p)?,
+                    r: prob("ge-r", g.r)?,
+                    bad_loss: prob("ge-bad-loss", g.bad_loss)?,
+                    good_loss: prob("ge-good-loss", g.good_loss)?,
+                }))
+            }
+            DropModelKind::Bernoulli => Ok(match &a.link_rates {
+                Some(file) => DropSpec::PerLink {
+                    up,
+                    down,
+                    file: file.clone(),
+                },
+                None => DropSpec::Bernoulli { up, down },
+            }),
+        }
     }
 }
 
@@ -201,6 +343,19 @@ mod tests {
             colocated: false,
             algorithm: Algorithm::Rps,
             drop_rate: 0.1,
+            drop_up: None,
+            drop_down: None,
+            drop_model: DropModelKind::Bernoulli,
+            ge: GeParams {
+                p: 0.01,
+                r: 0.3,
+                bad_loss: 1.0,
+                good_loss: 0.0,
+            },
+            link_rates: None,
+            packet_bytes: None,
+            record_trace: false,
+            replay_trace: None,
             epochs: None,
             steps: None,
             batch_size: 32,
@@ -232,14 +387,51 @@ mod tests {
                     drop_rate: 1.5,
                     ..args()
                 },
-                ConfigError::DropRate(1.5),
+                ConfigError::Probability {
+                    flag: "drop-rate",
+                    value: 1.5,
+                },
             ),
             (
                 TrainArgs {
                     drop_rate: -0.1,
                     ..args()
                 },
-                ConfigError::DropRate(-0.1),
+                ConfigError::Probability {
+                    flag: "drop-rate",
+                    value: -0.1,
+                },
+            ),
+            (
+                TrainArgs {
+                    drop_down: Some(2.0),
+                    ..args()
+                },
+                ConfigError::Probability {
+                    flag: "drop-down",
+                    value: 2.0,
+                },
+            ),
+            (
+                TrainArgs {
+                    packet_bytes: Some(6),
+                    ..args()
+                },
+                ConfigError::PacketBytes(6),
+            ),
+            (
+                TrainArgs {
+                    drop_model: DropModelKind::GilbertElliott,
+                    ..args()
+                },
+                ConfigError::GilbertElliottWith("drop-rate/--drop-up/--drop-down"),
+            ),
+            (
+                TrainArgs {
+                    replay_trace: Some("t.h5".into()),
+                    ..args()
+                },
+                ConfigError::ReplayWith("drop-rate"),
             ),
             (
                 TrainArgs {
@@ -312,7 +504,7 @@ mod tests {
                     algorithm: Algorithm::Allreduce,
                     ..args()
                 },
-                ConfigError::DropWithAllreduce(0.1),
+                ConfigError::DropWithAllreduce("drop-rate"),
             ),
         ];
         for (a, expected) in cases {
@@ -326,6 +518,42 @@ mod tests {
             5
         )
         .is_err());
+    }
+
+    #[test]
+    fn drop_specs() {
+        let c = check(
+            TrainArgs {
+                drop_up: Some(0.2),
+                ..args()
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(c.drop, DropSpec::Bernoulli { up: 0.2, down: 0.1 });
+        let ge = TrainArgs {
+            drop_rate: 0.0,
+            drop_model: DropModelKind::GilbertElliott,
+            ..args()
+        };
+        assert!(matches!(
+            check(ge, 5).unwrap().drop,
+            DropSpec::GilbertElliott(_)
+        ));
+        let links = TrainArgs {
+            link_rates: Some("l.txt".into()),
+            ..args()
+        };
+        assert!(matches!(
+            check(links, 5).unwrap().drop,
+            DropSpec::PerLink { .. }
+        ));
+        let lossless = TrainArgs {
+            drop_rate: 0.0,
+            algorithm: Algorithm::Allreduce,
+            ..args()
+        };
+        assert!(check(lossless, 5).unwrap().drop.is_lossless());
     }
 
     #[test]

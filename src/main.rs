@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Convert(flags) => convert(flags),
-        Command::Train(flags) => train_command(flags),
+        Command::Train(flags) => train_command(*flags),
     }
 }
 
@@ -123,7 +123,7 @@ fn train_command(flags: TrainFlags) -> ExitCode {
         Ok(s) => {
             if rank == 0 {
                 println!(
-                    "final test accuracy {:.4} (test loss {:.4}, consensus distance {:.3e}) after {} steps in {:.1} s; dropped {} of {} messages; metrics: {}",
+                    "final test accuracy {:.4} (test loss {:.4}, consensus distance {:.3e}) after {} steps in {:.1} s; dropped {} of {} {}; metrics: {}",
                     s.test_accuracy,
                     s.test_loss,
                     s.consensus_distance,
@@ -131,6 +131,7 @@ fn train_command(flags: TrainFlags) -> ExitCode {
                     s.wall_s,
                     s.dropped,
                     s.attempted,
+                    rps::train::unit(&cfg),
                     cfg.metrics.display()
                 );
             }

@@ -53,6 +53,11 @@ pub struct StepRecord {
     pub sent_down: u64,
     pub dropped_down: u64,
     pub bytes_sent: u64,
+    /// Packets attempted and dropped per direction (message counts without packets).
+    pub packets_up: u64,
+    pub packets_dropped_up: u64,
+    pub packets_down: u64,
+    pub packets_dropped_down: u64,
     /// Mean over ranks of the time spent in the local step (data, forward, backward,
     /// update) and in the exchange.
     pub compute_s: f64,
@@ -73,13 +78,17 @@ pub struct EvalRecord {
 }
 
 const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
-const STEP_U64: [&str; 6] = [
+const STEP_U64: [&str; 10] = [
     "train/step",
     "comm/sent_up",
     "comm/dropped_up",
     "comm/sent_down",
     "comm/dropped_down",
     "comm/bytes_sent",
+    "comm/packets_up",
+    "comm/packets_dropped_up",
+    "comm/packets_down",
+    "comm/packets_dropped_down",
 ];
 const STEP_F64: [&str; 5] = [
     "train/loss",
@@ -233,6 +242,10 @@ impl MetricsWriter {
             u(|r| r.sent_down),
             u(|r| r.dropped_down),
             u(|r| r.bytes_sent),
+            u(|r| r.packets_up),
+            u(|r| r.packets_dropped_up),
+            u(|r| r.packets_down),
+            u(|r| r.packets_dropped_down),
         ];
         let columns_f64 = [
             f(|r| r.loss),
@@ -260,6 +273,72 @@ impl MetricsWriter {
         for (name, v) in EVAL_F64.iter().zip(values) {
             self.append(name, &[v])?;
         }
+        Ok(())
+    }
+
+    /// Appends rows of the drop trace (`/trace/dropped`, u32 N×6), creating it on first use.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn append_trace(&self, rows: &[crate::drop::TraceRecord]) -> Result<()> {
+        let name = crate::drop::trace::TRACE_DATASET;
+        let ds = match self.file.dataset(name) {
+            Ok(ds) => ds,
+            Err(_) => {
+                if self.file.group("trace").is_err() {
+                    self.file.create_group("trace")?;
+                }
+                let ds = self
+                    .file
+                    .new_dataset::<u32>()
+                    .chunk((4096, 6))
+                    .deflate(4)
+                    .shape((0.., 6))
+                    .create(name)?;
+                ds.new_attr::<VarLenUnicode>()
+                    .shape(())
+                    .create("columns")?
+                    .write_scalar(&text(
+                        "step, direction (0 up, 1 down), src rank, dst rank, block, packet",
+                    )?)?;
+                ds
+            }
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let old = ds.shape()[0];
+        ds.resize((old + rows.len(), 6))?;
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let arr = ndarray::ArrayView2::from_shape((rows.len(), 6), &flat)?;
+        ds.write_slice(arr, s![old..old + rows.len(), ..])?;
+        Ok(())
+    }
+
+    /// Writes a 2-D u64 matrix (e.g. per-link counts) with row and column labels.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn write_matrix(
+        &self,
+        name: &str,
+        m: &ndarray::Array2<u64>,
+        rows: &str,
+        cols: &str,
+    ) -> Result<()> {
+        let (group, _) = name.rsplit_once('/').unwrap_or(("", name));
+        if !group.is_empty() && self.file.group(group).is_err() {
+            self.file.create_group(group)?;
+        }
+        let ds = self.file.new_dataset_builder().with_data(m).create(name)?;
+        ds.new_attr::<VarLenUnicode>()
+            .shape(())
+            .create("rows")?
+            .write_scalar(&text(rows)?)?;
+        ds.new_attr::<VarLenUnicode>()
+            .shape(())
+            .create("columns")?
+            .write_scalar(&text(cols)?)?;
         Ok(())
     }
 

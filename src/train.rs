@@ -14,10 +14,12 @@ use ndarray::ArrayView4;
 use thiserror::Error;
 
 use crate::comm::{agree, Disagreement, Transport};
-use crate::config::{Algorithm, Duration, TrainConfig};
+use crate::config::{Algorithm, DropSpec, Duration, TrainConfig};
 use crate::data::dataset::{epoch_order, shard_range};
 use crate::data::{DatasetInfo, Shard};
-use crate::drop::{hash_words, Bernoulli, DropModel};
+use crate::drop::{
+    hash_words, Bernoulli, DropModel, GilbertElliott, LinkRates, PerLink, Replay, TraceRecord,
+};
 use crate::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
 use crate::nn::Cnn;
 use crate::optim::Sgd;
@@ -34,7 +36,7 @@ pub struct Summary {
     pub test_accuracy: f64,
     pub consensus_distance: f64,
     pub wall_s: f64,
-    /// Messages the drop model discarded / messages attempted (sent + dropped).
+    /// Messages (packets, with `--packet-bytes`) the drop model discarded / attempted.
     pub dropped: u64,
     pub attempted: u64,
 }
@@ -57,6 +59,11 @@ struct Setup {
     info: DatasetInfo,
     model: Cnn,
     layout: Layout,
+    drop: Box<dyn DropModel>,
+    /// Elements per packet, if blocks are cut into packets.
+    packet_elems: Option<usize>,
+    /// Content of the --link-rates file, recorded in the metrics.
+    link_rates_text: Option<String>,
     steps_per_epoch: u64,
     total_steps: u64,
     /// This rank's worker index and its shards of the training and test sets.
@@ -92,6 +99,35 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
         Duration::Epochs(e) => e * steps_per_epoch,
         Duration::Steps(s) => s,
     };
+    let packet_elems = cfg.packet_bytes.map(|b| b / 4);
+    let max_block = layout.blocks().iter().map(|r| r.len()).max().unwrap_or(1);
+    let slots = packet_elems.map_or(1, |pe| max_block.div_ceil(pe)) as u64;
+    let seed = hash_words(&[cfg.seed, 0x4452_4F50]); // "DROP"
+    let mut link_rates_text = None;
+    let drop: Box<dyn DropModel> = match &cfg.drop {
+        DropSpec::Bernoulli { up, down } => Box::new(Bernoulli::with_rates(seed, *up, *down)),
+        DropSpec::GilbertElliott(g) => Box::new(GilbertElliott::new(seed, *g, slots)),
+        DropSpec::PerLink { up, down, file } => {
+            let rules = LinkRates::load(file, size)?;
+            link_rates_text = std::fs::read_to_string(file).ok();
+            Box::new(PerLink::new(seed, *up, *down, rules))
+        }
+        DropSpec::Replay { file } => {
+            let (servers, colocated) = match cfg.mode {
+                Mode::Dedicated { servers } => (servers, 0),
+                Mode::Colocated => (size, 1),
+            };
+            let expected = [
+                ("world_size", size as i64),
+                ("servers", servers as i64),
+                ("colocated", colocated),
+                ("num_params", model.num_params() as i64),
+                ("seed", cfg.seed as i64),
+                ("packet_bytes", cfg.packet_bytes.unwrap_or(0) as i64),
+            ];
+            Box::new(Replay::load(file, &expected, total_steps)?)
+        }
+    };
     let worker = match layout.worker_index(rank) {
         Some(w) => {
             let train = Shard::read(&info, "train", shard_range(t.count, workers, w))?;
@@ -104,6 +140,9 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
         info,
         model,
         layout,
+        drop,
+        packet_elems,
+        link_rates_text,
         steps_per_epoch,
         total_steps,
         worker,
@@ -144,7 +183,11 @@ mod field {
     pub const COMPUTE_S: usize = 8;
     pub const COMM_S: usize = 9;
     pub const WALL_S: usize = 10;
-    pub const N: usize = 11;
+    pub const PACKETS_UP: usize = 11;
+    pub const PACKETS_DROPPED_UP: usize = 12;
+    pub const PACKETS_DOWN: usize = 13;
+    pub const PACKETS_DROPPED_DOWN: usize = 14;
+    pub const N: usize = 15;
 }
 
 /// Runs training on every rank of `t`.
@@ -157,14 +200,13 @@ pub fn train<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> Result<Summary,
     let (rank, size) = (t.rank(), t.size());
     let setup = agree(t, prepare(rank, size, cfg)).map_err(Failure::Agreed)?;
     let hosts = gather_hosts(t);
-    let drop_model = Bernoulli::new(hash_words(&[cfg.seed, 0x4452_4F50]), cfg.drop_rate);
     let writer = if rank == 0 {
-        open_outputs(t, cfg, &setup, &hosts, &drop_model).map(Some)
+        open_outputs(t, cfg, &setup, &hosts).map(Some)
     } else {
         Ok(None)
     };
     let writer = agree(t, writer).map_err(Failure::Agreed)?;
-    let mut run = Run::new(t, cfg, setup, writer, Box::new(drop_model));
+    let mut run = Run::new(t, cfg, setup, writer);
     run.steps().map_err(Failure::Local)
 }
 
@@ -186,7 +228,6 @@ fn open_outputs<T: Transport + ?Sized>(
     cfg: &TrainConfig,
     s: &Setup,
     hosts: &[String],
-    drop_model: &dyn DropModel,
 ) -> Result<MetricsWriter> {
     if let Some(p) = &cfg.save_model {
         ensure!(
@@ -221,7 +262,13 @@ fn open_outputs<T: Transport + ?Sized>(
         ),
         ("blocks", (s.layout.num_blocks() as i64).into()),
         ("drop_rate", cfg.drop_rate.into()),
-        ("drop_model", drop_model.describe().into()),
+        ("drop_model", cfg.drop.name().into()),
+        ("drop_model_description", s.drop.describe().into()),
+        (
+            "packet_bytes",
+            (cfg.packet_bytes.unwrap_or(0) as i64).into(),
+        ),
+        ("trace_recorded", (cfg.record_trace as i64).into()),
         ("detection", "oracle".into()),
         ("seed", (cfg.seed as i64).into()),
         ("batch_size", (cfg.batch_size as i64).into()),
@@ -244,6 +291,28 @@ fn open_outputs<T: Transport + ?Sized>(
         ("mpi_library_version", t.library_version().into()),
         ("hosts", hosts.join(",").into()),
     ];
+    let mut attrs = attrs;
+    match &cfg.drop {
+        DropSpec::Bernoulli { up, down } | DropSpec::PerLink { up, down, .. } => {
+            attrs.push(("drop_up", (*up).into()));
+            attrs.push(("drop_down", (*down).into()));
+        }
+        DropSpec::GilbertElliott(g) => {
+            attrs.push(("ge_p", g.p.into()));
+            attrs.push(("ge_r", g.r.into()));
+            attrs.push(("ge_bad_loss", g.bad_loss.into()));
+            attrs.push(("ge_good_loss", g.good_loss.into()));
+            attrs.push(("ge_mean_loss", g.mean_loss().into()));
+            attrs.push(("ge_mean_burst", g.mean_burst().into()));
+        }
+        DropSpec::Replay { file } => {
+            attrs.push(("replayed_trace", file.display().to_string().into()))
+        }
+    }
+    if let (DropSpec::PerLink { file, .. }, Some(text)) = (&cfg.drop, &s.link_rates_text) {
+        attrs.push(("link_rates_file", file.display().to_string().into()));
+        attrs.push(("link_rates", text.clone().into()));
+    }
     MetricsWriter::create(&cfg.metrics, cfg.force, &attrs)
 }
 
@@ -265,20 +334,19 @@ struct Run<'a, T: Transport + ?Sized> {
     images: Vec<f32>,
     labels: Vec<usize>,
     order: Vec<usize>,
+    /// Rank 0 with --record-trace: drop decisions not yet written.
+    trace: Option<Vec<TraceRecord>>,
     start: Instant,
     dropped: u64,
     attempted: u64,
 }
 
 impl<'a, T: Transport + ?Sized> Run<'a, T> {
-    fn new(
-        t: &'a T,
-        cfg: &'a TrainConfig,
-        s: Setup,
-        writer: Option<MetricsWriter>,
-        drop: Box<dyn DropModel>,
-    ) -> Self {
+    fn new(t: &'a T, cfg: &'a TrainConfig, mut s: Setup, writer: Option<MetricsWriter>) -> Self {
         let d = s.model.num_params();
+        // The exchange owns the drop model from here on; Setup keeps a placeholder.
+        let drop = std::mem::replace(&mut s.drop, Box::new(Bernoulli::new(0, 0.0)));
+        let trace = (cfg.record_trace && writer.is_some()).then(Vec::new);
         let replica = if s.worker.is_some() { d } else { 0 };
         let params = if replica > 0 {
             s.model.init_params(cfg.seed)
@@ -288,7 +356,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         Run {
             t,
             cfg,
-            exchange: Exchange::new(s.layout.clone(), drop),
+            exchange: Exchange::new(s.layout.clone(), drop, s.packet_elems),
             params,
             grads: vec![0.0; replica],
             sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
@@ -297,6 +365,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             images: Vec::new(),
             labels: Vec::new(),
             order: Vec::new(),
+            trace,
             start: Instant::now(),
             dropped: 0,
             attempted: 0,
@@ -385,6 +454,13 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 rec[field::SENT_DOWN] = c.sent_down as f64;
                 rec[field::DROPPED_DOWN] = c.dropped_down as f64;
                 rec[field::BYTES] = c.bytes_sent as f64;
+                rec[field::PACKETS_UP] = c.packets_up as f64;
+                rec[field::PACKETS_DROPPED_UP] = c.packets_dropped_up as f64;
+                rec[field::PACKETS_DOWN] = c.packets_down as f64;
+                rec[field::PACKETS_DROPPED_DOWN] = c.packets_dropped_down as f64;
+                if let Some(trace) = &mut self.trace {
+                    self.exchange.trace_step(step, trace);
+                }
             }
             Algorithm::Allreduce => {
                 self.average_replicas();
@@ -427,6 +503,10 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 sent_down: r[field::SENT_DOWN] as u64,
                 dropped_down: r[field::DROPPED_DOWN] as u64,
                 bytes_sent: r[field::BYTES] as u64,
+                packets_up: r[field::PACKETS_UP] as u64,
+                packets_dropped_up: r[field::PACKETS_DROPPED_UP] as u64,
+                packets_down: r[field::PACKETS_DOWN] as u64,
+                packets_dropped_down: r[field::PACKETS_DROPPED_DOWN] as u64,
                 compute_s: r[field::COMPUTE_S] / size,
                 comm_s: r[field::COMM_S] / size,
                 wall_s: r[field::WALL_S],
@@ -434,11 +514,16 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             .collect();
         self.pending.clear();
         for r in &rows {
-            self.dropped += r.dropped_up + r.dropped_down;
-            self.attempted += r.sent_up + r.dropped_up + r.sent_down + r.dropped_down;
+            // Packets: equal to messages unless blocks are cut into packets.
+            self.dropped += r.packets_dropped_up + r.packets_dropped_down;
+            self.attempted += r.packets_up + r.packets_down;
         }
         if let Some(w) = &self.writer {
             w.append_steps(&rows)?;
+            if let Some(trace) = &mut self.trace {
+                w.append_trace(trace)?;
+                trace.clear();
+            }
         }
         Ok(rows)
     }
@@ -491,7 +576,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         let loss = rows.iter().map(|r| r.loss).sum::<f64>() / n;
         let acc = rows.iter().map(|r| r.accuracy).sum::<f64>() / n;
         info!(
-            "step {}/{} (epoch {:.2}): train loss {:.4} acc {:.3} | test loss {:.4} acc {:.4} | consensus {:.3e} | dropped {}/{} messages | {:.1} s",
+            "step {}/{} (epoch {:.2}): train loss {:.4} acc {:.3} | test loss {:.4} acc {:.4} | consensus {:.3e} | dropped {}/{} {} | {:.1} s",
             e.step,
             self.s.total_steps,
             e.step as f64 / self.s.steps_per_epoch as f64,
@@ -502,14 +587,60 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             e.consensus_distance,
             self.dropped,
             self.attempted,
+            unit(self.cfg),
             e.wall_s
         );
         Ok(())
     }
 
+    /// Sums every rank's per-link counters into servers × workers matrices (row: server
+    /// index, column: worker index), per direction: [sent up, dropped up, sent down,
+    /// dropped down]. Collective.
+    fn link_matrices(&self) -> [ndarray::Array2<u64>; 4] {
+        let layout = &self.s.layout;
+        let (size, servers, workers) = (layout.size(), layout.num_servers(), layout.workers());
+        let (up, down) = self.exchange.link_counts();
+        let mut flat = Vec::with_capacity(4 * servers * workers.len());
+        for (counts, upward) in [
+            (&up.sent, true),
+            (&up.dropped, true),
+            (&down.sent, false),
+            (&down.dropped, false),
+        ] {
+            for s in 0..servers {
+                for w in workers.clone() {
+                    let index = if upward { w * size + s } else { s * size + w };
+                    flat.push(counts[index] as f64);
+                }
+            }
+        }
+        self.t.allreduce_sum_f64(&mut flat);
+        let n = servers * workers.len();
+        std::array::from_fn(|i| {
+            ndarray::Array2::from_shape_fn((servers, workers.len()), |(s, w)| {
+                flat[i * n + s * workers.len() + w] as u64
+            })
+        })
+    }
+
     fn finish(&mut self, last: EvalRecord) -> Result<Summary> {
         let wall_s = self.start.elapsed().as_secs_f64();
+        let links = self.link_matrices();
         if let Some(w) = self.writer.take() {
+            let workers = self.s.layout.workers();
+            let cols = format!("worker ranks {}..{}", workers.start, workers.end);
+            let rows = format!("server ranks 0..{}", self.s.layout.num_servers());
+            for (name, m) in [
+                "links/sent_up",
+                "links/dropped_up",
+                "links/sent_down",
+                "links/dropped_down",
+            ]
+            .iter()
+            .zip(&links)
+            {
+                w.write_matrix(name, m, &rows, &cols)?;
+            }
             if let Some(p) = &self.cfg.save_model {
                 save_model(p, &self.s.model, &self.average)?;
                 w.set_attr("saved_model", &p.display().to_string().into())?;
@@ -536,6 +667,15 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             dropped: self.dropped,
             attempted: self.attempted,
         })
+    }
+}
+
+/// What drop counts count: packets with `--packet-bytes`, else whole messages.
+pub fn unit(cfg: &TrainConfig) -> &'static str {
+    if cfg.packet_bytes.is_some() {
+        "packets"
+    } else {
+        "messages"
     }
 }
 

@@ -272,7 +272,7 @@ fn flag_problems() {
         (with(&["--momentum", "1"]), "--momentum 1 must be in [0, 1)"),
         (
             with(&["--algorithm", "allreduce", "--drop-rate", "0.1"]),
-            "applies to --algorithm rps only",
+            "apply to --algorithm rps only",
         ),
         (
             with(&["--servers", "1", "--colocated"]),

@@ -1,11 +1,19 @@
-//! Drop models: which messages of the model exchange the network "loses".
+//! Drop models: which messages (or packets) of the model exchange the network "loses".
 //!
 //! A decision is a pure function of the seed and the message's coordinates
-//! ([`MessageId`]), computed with a counter-based hash, so every rank can evaluate any
-//! link's decision without communication (oracle detection) and runs are reproducible
-//! bit for bit, whatever the order in which ranks ask.
+//! ([`MessageId`]), computed with a counter-based hash (or read from a recorded trace), so
+//! every rank can evaluate any link's decision without communication (oracle detection)
+//! and runs are reproducible bit for bit, whatever the order in which ranks ask.
+
+pub mod gilbert;
+pub mod links;
+pub mod trace;
 
 use std::fmt;
+
+pub use gilbert::{GeParams, GilbertElliott};
+pub use links::{LinkRates, PerLink};
+pub use trace::{Replay, TraceRecord};
 
 /// Direction of a message in the parameter-server exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +43,8 @@ pub struct MessageId {
     /// Receiving rank.
     pub dst: usize,
     pub block: usize,
+    /// Packet index within the block (0 when whole blocks are the unit of loss).
+    pub packet: u32,
 }
 
 /// Decides, for every message, whether the network drops it.
@@ -48,42 +58,62 @@ pub trait DropModel: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The paper's model: every message is lost independently with probability `p`.
+/// The paper's model: every message is lost independently, with probability `up` on
+/// worker→server links and `down` on server→worker links.
 #[derive(Debug, Clone, Copy)]
 pub struct Bernoulli {
     seed: u64,
-    p: f64,
-    /// `p` scaled to the 53-bit uniform integers drawn by [`uniform53`]; a message is
-    /// dropped when its draw is below this threshold, so p = 0 never drops and p = 1
-    /// always does, exactly.
-    threshold: u64,
+    up: f64,
+    down: f64,
 }
 
 impl Bernoulli {
+    /// The same probability `p` in both directions.
+    ///
     /// # Panics
     /// If `p` is not within [0, 1]; the configuration layer validates user input first.
     pub fn new(seed: u64, p: f64) -> Self {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "drop probability {p} outside [0, 1]"
-        );
-        let threshold = (p * (1u64 << 53) as f64).round() as u64;
-        Bernoulli { seed, p, threshold }
+        Self::with_rates(seed, p, p)
     }
 
-    pub fn p(&self) -> f64 {
-        self.p
+    /// Separate uplink and downlink probabilities.
+    ///
+    /// # Panics
+    /// If a probability is not within [0, 1].
+    pub fn with_rates(seed: u64, up: f64, down: f64) -> Self {
+        for p in [up, down] {
+            assert!(
+                (0.0..=1.0).contains(&p),
+                "drop probability {p} outside [0, 1]"
+            );
+        }
+        Bernoulli { seed, up, down }
     }
 }
 
 impl DropModel for Bernoulli {
     fn drops(&self, msg: &MessageId) -> bool {
-        uniform53(self.seed, msg) < self.threshold
+        let p = match msg.direction {
+            Direction::Up => self.up,
+            Direction::Down => self.down,
+        };
+        bernoulli_draw(self.seed, msg, p)
     }
 
     fn describe(&self) -> String {
-        format!("bernoulli(p={})", self.p)
+        if self.up == self.down {
+            format!("bernoulli(p={})", self.up)
+        } else {
+            format!("bernoulli(up={}, down={})", self.up, self.down)
+        }
     }
+}
+
+/// `true` with probability `p`, from the message's counter-based uniform draw. Exact at
+/// the ends: p = 0 never drops, p = 1 always does.
+pub fn bernoulli_draw(seed: u64, msg: &MessageId, p: f64) -> bool {
+    let threshold = (p * (1u64 << 53) as f64).round() as u64;
+    uniform53(seed, msg) < threshold
 }
 
 /// SplitMix64's finaliser: a bijective mix with full avalanche, the standard building
@@ -111,6 +141,7 @@ fn uniform53(seed: u64, msg: &MessageId) -> u64 {
         msg.src as u64,
         msg.dst as u64,
         msg.block as u64,
+        msg.packet as u64,
     ]) >> 11
 }
 
@@ -129,6 +160,7 @@ mod tests {
             src: i % 7,
             dst: (i / 7) % 5,
             block: i % 3,
+            packet: 0,
         }
     }
 
@@ -170,6 +202,18 @@ mod tests {
     }
 
     #[test]
+    fn directions_have_their_own_rates() {
+        let m = Bernoulli::with_rates(5, 0.0, 1.0);
+        for s in 0..100 {
+            let mut id = msg(s, 0);
+            id.direction = Direction::Up;
+            assert!(!m.drops(&id));
+            id.direction = Direction::Down;
+            assert!(m.drops(&id));
+        }
+    }
+
+    #[test]
     fn coordinates_are_independent() {
         // Decisions for the two directions of the same link must not be correlated.
         let model = Bernoulli::new(3, 0.5);
@@ -182,6 +226,7 @@ mod tests {
                     src: 1,
                     dst: 0,
                     block: 0,
+                    packet: 0,
                 };
                 let down = MessageId {
                     direction: Direction::Down,

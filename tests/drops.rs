@@ -1,0 +1,243 @@
+//! Drop models under real mpirun: bursty loss, per-link rates, packets, trace replay —
+//! each run ends (no hang) with counts that match what the model says.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+fn run_ok(n: usize, metrics: &Path, extra: &[&str]) -> Run {
+    let data = small_dataset();
+    let mut a = vec![
+        "train",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "4",
+        "--force",
+    ];
+    a.extend_from_slice(extra);
+    let run = mpirun(n, &a);
+    run.assert_ok();
+    run
+}
+
+fn total(path: &Path, name: &str) -> u64 {
+    read_u64(path, name).iter().sum()
+}
+
+fn matrix(path: &Path, name: &str) -> ndarray::Array2<u64> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read_2d::<u64>()
+        .unwrap()
+}
+
+#[test]
+fn replayed_trace_reproduces_the_run_bit_for_bit() {
+    let dir = out_dir();
+    let (rec, rep) = (dir.path().join("rec.h5"), dir.path().join("rep.h5"));
+    let common = ["--steps", "8", "--servers", "2", "--packet-bytes", "400000"];
+    let mut a = common.to_vec();
+    a.extend([
+        "--drop-model",
+        "gilbert-elliott",
+        "--ge-p",
+        "0.2",
+        "--ge-r",
+        "0.3",
+        "--record-trace",
+    ]);
+    run_ok(5, &rec, &a);
+    assert_eq!(attr_i64(&rec, "trace_recorded"), 1);
+    let mut b = common.to_vec();
+    b.extend(["--replay-trace", rec.to_str().unwrap()]);
+    run_ok(5, &rep, &b);
+    assert_eq!(attr_str(&rep, "drop_model"), "replay");
+    assert!(
+        total(&rec, "comm/packets_dropped_up") > 0,
+        "the recorded run dropped nothing"
+    );
+    for name in [
+        "train/loss",
+        "train/accuracy",
+        "eval/test_loss",
+        "eval/consensus_distance",
+    ] {
+        assert_eq!(read_f64(&rec, name), read_f64(&rep, name), "{name}");
+    }
+    for name in [
+        "comm/packets_dropped_up",
+        "comm/packets_dropped_down",
+        "comm/sent_up",
+        "comm/bytes_sent",
+    ] {
+        assert_eq!(read_u64(&rec, name), read_u64(&rep, name), "{name}");
+    }
+    // The trace lists exactly the dropped packets.
+    let rows = hdf5::File::open(&rec)
+        .unwrap()
+        .dataset("trace/dropped")
+        .unwrap()
+        .shape()[0] as u64;
+    assert_eq!(
+        rows,
+        total(&rec, "comm/packets_dropped_up") + total(&rec, "comm/packets_dropped_down")
+    );
+
+    // A trace replays only under the configuration that recorded it.
+    let data = small_dataset();
+    let mismatch = mpirun(
+        4,
+        &[
+            "train",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--metrics",
+            dir.path().join("x.h5").to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--steps",
+            "8",
+            "--servers",
+            "2",
+            "--packet-bytes",
+            "400000",
+            "--replay-trace",
+            rec.to_str().unwrap(),
+        ],
+    );
+    assert!(!mismatch.ok());
+    assert!(
+        mismatch
+            .stderr
+            .contains("recorded with world_size = 5, this run has 4"),
+        "{}",
+        mismatch.stderr
+    );
+}
+
+#[test]
+fn fully_bursty_loss_ends_with_every_message_dropped() {
+    let dir = out_dir();
+    let m = dir.path().join("ge.h5");
+    run_ok(
+        4,
+        &m,
+        &[
+            "--steps",
+            "6",
+            "--colocated",
+            "--drop-model",
+            "gilbert-elliott",
+            "--ge-p",
+            "1",
+            "--ge-r",
+            "0",
+        ],
+    );
+    assert_eq!(total(&m, "comm/sent_up") + total(&m, "comm/sent_down"), 0);
+    // 4 ranks × 3 foreign blocks × 6 steps.
+    assert_eq!(total(&m, "comm/dropped_up"), 72);
+    assert_eq!(attr_f64(&m, "ge_mean_loss"), 1.0);
+}
+
+#[test]
+fn per_link_file_can_cut_a_server_off() {
+    let dir = out_dir();
+    let rates = dir.path().join("rates.txt");
+    std::fs::write(&rates, "# server 0 is unreachable\nrank 0 1.0\n").unwrap();
+    let m = dir.path().join("links.h5");
+    run_ok(
+        5,
+        &m,
+        &[
+            "--steps",
+            "6",
+            "--servers",
+            "2",
+            "--link-rates",
+            rates.to_str().unwrap(),
+        ],
+    );
+    // 3 workers: every upload to server 0 dropped, every upload to server 1 delivered;
+    // server 0 never has anything to send back.
+    assert_eq!(
+        matrix(&m, "links/dropped_up").row(0).to_vec(),
+        vec![6, 6, 6]
+    );
+    assert_eq!(matrix(&m, "links/sent_up").row(0).to_vec(), vec![0, 0, 0]);
+    assert_eq!(matrix(&m, "links/sent_up").row(1).to_vec(), vec![6, 6, 6]);
+    assert_eq!(matrix(&m, "links/sent_down").row(0).to_vec(), vec![0, 0, 0]);
+    assert_eq!(matrix(&m, "links/sent_down").row(1).to_vec(), vec![6, 6, 6]);
+    assert!(attr_str(&m, "link_rates").contains("rank 0 1.0"));
+    // Replicas drift on block 0 only, so consensus grows but stays finite.
+    let consensus = read_f64(&m, "eval/consensus_distance");
+    assert!(
+        consensus.iter().all(|c| c.is_finite() && *c > 0.0),
+        "{consensus:?}"
+    );
+
+    std::fs::write(&rates, "rank 0 1.0\nlink 1 9 0.5\n").unwrap();
+    let data = small_dataset();
+    let bad = mpirun(
+        5,
+        &[
+            "train",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--metrics",
+            dir.path().join("x.h5").to_str().unwrap(),
+            "--steps",
+            "2",
+            "--link-rates",
+            rates.to_str().unwrap(),
+        ],
+    );
+    assert!(!bad.ok());
+    assert!(
+        bad.stderr
+            .contains("line 2: rank 9 does not exist in a job of 5 rank(s)"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn packet_loss_counts_add_up() {
+    let dir = out_dir();
+    let m = dir.path().join("packets.h5");
+    // 1,663,370 parameters in 2 blocks of 831,685 floats; 400,000-byte packets hold
+    // 100,000 floats: 9 packets per block.
+    run_ok(
+        4,
+        &m,
+        &[
+            "--steps",
+            "5",
+            "--servers",
+            "2",
+            "--packet-bytes",
+            "400000",
+            "--drop-up",
+            "0.3",
+            "--drop-down",
+            "0.1",
+        ],
+    );
+    let up = total(&m, "comm/packets_up");
+    assert_eq!(up, 2 * 2 * 9 * 5);
+    let rate = total(&m, "comm/packets_dropped_up") as f64 / up as f64;
+    assert!(
+        (rate - 0.3).abs() < 5.0 * (0.21f64 / up as f64).sqrt(),
+        "{rate}"
+    );
+    assert_eq!(attr_i64(&m, "packet_bytes"), 400_000);
+    assert!(total(&m, "comm/bytes_sent") < 4 * 1_663_370 * 2 * 2 * 5);
+}
