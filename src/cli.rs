@@ -41,6 +41,14 @@ pub enum AlgorithmFlag {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectFlag {
+    /// Receivers compute the drop decisions (the default; reproducible).
+    Oracle,
+    /// Receivers wait until a deadline.
+    Deadline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DropModelFlag {
     /// i.i.d. loss (--drop-rate, --drop-up, --drop-down, --link-rates).
     Bernoulli,
@@ -138,6 +146,15 @@ pub struct TrainFlags {
     /// the configuration must match the recording run.
     #[arg(long, value_name = "FILE")]
     pub replay_trace: Option<PathBuf>,
+    /// How a receiver learns that a message was lost: `oracle` evaluates the drop model
+    /// and waits only for what was sent (reproducible bit for bit); `deadline` does not
+    /// consult it and treats what has not arrived by --recv-timeout-ms as lost (realistic;
+    /// on a loaded machine slow messages count as missed, reported separately).
+    #[arg(long, value_enum, default_value_t = DetectFlag::Oracle)]
+    pub detect: DetectFlag,
+    /// Deadline of each exchange phase with --detect deadline, in milliseconds.
+    #[arg(long, value_name = "T", default_value_t = 200)]
+    pub recv_timeout_ms: u64,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
     pub algorithm: AlgorithmFlag,
@@ -246,6 +263,7 @@ impl From<TrainFlags> for config::TrainArgs {
             packet_bytes: f.packet_bytes,
             record_trace: f.record_trace,
             replay_trace: f.replay_trace,
+            deadline_ms: (f.detect == DetectFlag::Deadline).then_some(f.recv_timeout_ms),
             epochs: f.epochs,
             steps: f.steps,
             batch_size: f.batch_size,

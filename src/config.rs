@@ -82,6 +82,7 @@ pub struct TrainConfig {
     pub packet_bytes: Option<usize>,
     /// Record every drop decision in the metrics file.
     pub record_trace: bool,
+    pub detection: Detection,
     pub duration: Duration,
     pub batch_size: usize,
     pub lr: f32,
@@ -94,6 +95,15 @@ pub struct TrainConfig {
     pub force: bool,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
+}
+
+/// How receivers learn that a message was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// Receivers evaluate the drop model and wait only for what was sent (reproducible).
+    Oracle,
+    /// Receivers wait until a deadline and treat what has not arrived as lost.
+    Deadline { timeout: std::time::Duration },
 }
 
 /// The `--drop-model` choice.
@@ -121,6 +131,8 @@ pub struct TrainArgs {
     pub packet_bytes: Option<usize>,
     pub record_trace: bool,
     pub replay_trace: Option<PathBuf>,
+    /// `--detect deadline`: the receive deadline in milliseconds; `None`: oracle.
+    pub deadline_ms: Option<u64>,
     pub epochs: Option<u64>,
     pub steps: Option<u64>,
     pub batch_size: usize,
@@ -148,6 +160,8 @@ pub enum ConfigError {
     ReplayWith(&'static str),
     #[error("--packet-bytes {0} must be a positive multiple of 4 (one f32 element)")]
     PacketBytes(usize),
+    #[error("--recv-timeout-ms must be at least 1")]
+    Timeout,
     #[error("--batch-size must be at least 1")]
     BatchSize,
     #[error("--{flag} must be at least 1")]
@@ -191,8 +205,17 @@ impl TrainConfig {
                 return Err(ConfigError::PacketBytes(n));
             }
         }
+        let detection = match a.deadline_ms {
+            None => Detection::Oracle,
+            Some(0) => return Err(ConfigError::Timeout),
+            Some(ms) => Detection::Deadline {
+                timeout: std::time::Duration::from_millis(ms),
+            },
+        };
         if a.algorithm == Algorithm::Allreduce {
-            let flag = if !drop.is_lossless() {
+            let flag = if a.deadline_ms.is_some() {
+                Some("detect")
+            } else if !drop.is_lossless() {
                 Some(match &drop {
                     DropSpec::GilbertElliott(_) => "drop-model",
                     DropSpec::Replay { .. } => "replay-trace",
@@ -259,6 +282,7 @@ impl TrainConfig {
             drop,
             packet_bytes: a.packet_bytes,
             record_trace: a.record_trace,
+            detection,
             duration,
             batch_size: a.batch_size,
             lr: a.lr,
@@ -356,6 +380,7 @@ mod tests {
             packet_bytes: None,
             record_trace: false,
             replay_trace: None,
+            deadline_ms: None,
             epochs: None,
             steps: None,
             batch_size: 32,

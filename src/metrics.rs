@@ -58,6 +58,11 @@ pub struct StepRecord {
     pub packets_dropped_up: u64,
     pub packets_down: u64,
     pub packets_dropped_down: u64,
+    /// Messages posted but not received before the deadline (0 with oracle detection),
+    /// and messages discarded because they arrived after it.
+    pub missed_up: u64,
+    pub missed_down: u64,
+    pub late: u64,
     /// Mean over ranks of the time spent in the local step (data, forward, backward,
     /// update) and in the exchange.
     pub compute_s: f64,
@@ -78,7 +83,7 @@ pub struct EvalRecord {
 }
 
 const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
-const STEP_U64: [&str; 10] = [
+const STEP_U64: [&str; 13] = [
     "train/step",
     "comm/sent_up",
     "comm/dropped_up",
@@ -89,6 +94,9 @@ const STEP_U64: [&str; 10] = [
     "comm/packets_dropped_up",
     "comm/packets_down",
     "comm/packets_dropped_down",
+    "comm/missed_up",
+    "comm/missed_down",
+    "comm/late",
 ];
 const STEP_F64: [&str; 5] = [
     "train/loss",
@@ -246,6 +254,9 @@ impl MetricsWriter {
             u(|r| r.packets_dropped_up),
             u(|r| r.packets_down),
             u(|r| r.packets_dropped_down),
+            u(|r| r.missed_up),
+            u(|r| r.missed_down),
+            u(|r| r.late),
         ];
         let columns_f64 = [
             f(|r| r.loss),

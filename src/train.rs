@@ -14,7 +14,7 @@ use ndarray::ArrayView4;
 use thiserror::Error;
 
 use crate::comm::{agree, Disagreement, Transport};
-use crate::config::{Algorithm, DropSpec, Duration, TrainConfig};
+use crate::config::{Algorithm, Detection, DropSpec, Duration, TrainConfig};
 use crate::data::dataset::{epoch_order, shard_range};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::{
@@ -187,7 +187,10 @@ mod field {
     pub const PACKETS_DROPPED_UP: usize = 12;
     pub const PACKETS_DOWN: usize = 13;
     pub const PACKETS_DROPPED_DOWN: usize = 14;
-    pub const N: usize = 15;
+    pub const RECEIVED_UP: usize = 15;
+    pub const RECEIVED_DOWN: usize = 16;
+    pub const LATE: usize = 17;
+    pub const N: usize = 18;
 }
 
 /// Runs training on every rank of `t`.
@@ -269,7 +272,22 @@ fn open_outputs<T: Transport + ?Sized>(
             (cfg.packet_bytes.unwrap_or(0) as i64).into(),
         ),
         ("trace_recorded", (cfg.record_trace as i64).into()),
-        ("detection", "oracle".into()),
+        (
+            "detection",
+            match cfg.detection {
+                Detection::Oracle => "oracle",
+                Detection::Deadline { .. } => "deadline",
+            }
+            .into(),
+        ),
+        (
+            "recv_timeout_ms",
+            match cfg.detection {
+                Detection::Oracle => 0i64,
+                Detection::Deadline { timeout } => timeout.as_millis() as i64,
+            }
+            .into(),
+        ),
         ("seed", (cfg.seed as i64).into()),
         ("batch_size", (cfg.batch_size as i64).into()),
         ("lr", (cfg.lr as f64).into()),
@@ -356,7 +374,12 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         Run {
             t,
             cfg,
-            exchange: Exchange::new(s.layout.clone(), drop, s.packet_elems),
+            exchange: match cfg.detection {
+                Detection::Oracle => Exchange::new(s.layout.clone(), drop, s.packet_elems),
+                Detection::Deadline { timeout } => {
+                    Exchange::new(s.layout.clone(), drop, s.packet_elems).with_deadline(timeout)
+                }
+            },
             params,
             grads: vec![0.0; replica],
             sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
@@ -405,6 +428,10 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             self.pending.extend_from_slice(&rec);
             let done = step + 1;
             if done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0) {
+                // Deadline mode: no message may still be in flight when collectives start.
+                let late = self.exchange.quiesce(self.t) as f64;
+                let n = self.pending.len();
+                self.pending[n - field::N + field::LATE] += late;
                 let rows = self.flush_steps(done)?;
                 last = self.evaluate(done)?;
                 self.report(&rows, &last)?;
@@ -458,6 +485,9 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 rec[field::PACKETS_DROPPED_UP] = c.packets_dropped_up as f64;
                 rec[field::PACKETS_DOWN] = c.packets_down as f64;
                 rec[field::PACKETS_DROPPED_DOWN] = c.packets_dropped_down as f64;
+                rec[field::RECEIVED_UP] = c.received_up as f64;
+                rec[field::RECEIVED_DOWN] = c.received_down as f64;
+                rec[field::LATE] = c.late as f64;
                 if let Some(trace) = &mut self.trace {
                     self.exchange.trace_step(step, trace);
                 }
@@ -507,6 +537,9 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 packets_dropped_up: r[field::PACKETS_DROPPED_UP] as u64,
                 packets_down: r[field::PACKETS_DOWN] as u64,
                 packets_dropped_down: r[field::PACKETS_DROPPED_DOWN] as u64,
+                missed_up: (r[field::SENT_UP] - r[field::RECEIVED_UP]).max(0.0) as u64,
+                missed_down: (r[field::SENT_DOWN] - r[field::RECEIVED_DOWN]).max(0.0) as u64,
+                late: r[field::LATE] as u64,
                 compute_s: r[field::COMPUTE_S] / size,
                 comm_s: r[field::COMM_S] / size,
                 wall_s: r[field::WALL_S],
@@ -594,18 +627,20 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     }
 
     /// Sums every rank's per-link counters into servers × workers matrices (row: server
-    /// index, column: worker index), per direction: [sent up, dropped up, sent down,
-    /// dropped down]. Collective.
-    fn link_matrices(&self) -> [ndarray::Array2<u64>; 4] {
+    /// index, column: worker index), per direction: [sent up, dropped up, received up,
+    /// sent down, dropped down, received down]. Collective.
+    fn link_matrices(&self) -> [ndarray::Array2<u64>; 6] {
         let layout = &self.s.layout;
         let (size, servers, workers) = (layout.size(), layout.num_servers(), layout.workers());
         let (up, down) = self.exchange.link_counts();
-        let mut flat = Vec::with_capacity(4 * servers * workers.len());
+        let mut flat = Vec::with_capacity(6 * servers * workers.len());
         for (counts, upward) in [
             (&up.sent, true),
             (&up.dropped, true),
+            (&up.received, true),
             (&down.sent, false),
             (&down.dropped, false),
+            (&down.received, false),
         ] {
             for s in 0..servers {
                 for w in workers.clone() {
@@ -630,15 +665,17 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             let workers = self.s.layout.workers();
             let cols = format!("worker ranks {}..{}", workers.start, workers.end);
             let rows = format!("server ranks 0..{}", self.s.layout.num_servers());
+            let [sent_up, dropped_up, received_up, sent_down, dropped_down, received_down] = links;
+            let missed_up = &sent_up - &received_up;
+            let missed_down = &sent_down - &received_down;
             for (name, m) in [
-                "links/sent_up",
-                "links/dropped_up",
-                "links/sent_down",
-                "links/dropped_down",
-            ]
-            .iter()
-            .zip(&links)
-            {
+                ("links/sent_up", &sent_up),
+                ("links/dropped_up", &dropped_up),
+                ("links/missed_up", &missed_up),
+                ("links/sent_down", &sent_down),
+                ("links/dropped_down", &dropped_down),
+                ("links/missed_down", &missed_down),
+            ] {
                 w.write_matrix(name, m, &rows, &cols)?;
             }
             if let Some(p) = &self.cfg.save_model {

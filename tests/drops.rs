@@ -241,3 +241,93 @@ fn packet_loss_counts_add_up() {
     assert_eq!(attr_i64(&m, "packet_bytes"), 400_000);
     assert!(total(&m, "comm/bytes_sent") < 4 * 1_663_370 * 2 * 2 * 5);
 }
+
+#[test]
+fn deadline_detection_without_late_messages_matches_the_oracle() {
+    let dir = out_dir();
+    let run = |name: &str, extra: &[&str]| {
+        let m = dir.path().join(name);
+        let mut a = vec!["--steps", "6", "--colocated", "--packet-bytes", "1200000"];
+        a.extend_from_slice(extra);
+        run_ok(3, &m, &a);
+        m
+    };
+    // Without drops nobody waits for a message that will not come, and a deadline far
+    // longer than any transfer here means nothing is late: the receivers then see
+    // exactly what the oracle would have told them, bit for bit.
+    let oracle = run("oracle.h5", &[]);
+    let deadline = run(
+        "deadline.h5",
+        &["--detect", "deadline", "--recv-timeout-ms", "5000"],
+    );
+    assert_eq!(attr_str(&deadline, "detection"), "deadline");
+    assert_eq!(
+        total(&deadline, "comm/missed_up") + total(&deadline, "comm/missed_down"),
+        0
+    );
+    assert_eq!(
+        read_f64(&oracle, "train/loss"),
+        read_f64(&deadline, "train/loss")
+    );
+    assert_eq!(
+        read_f64(&oracle, "eval/test_loss"),
+        read_f64(&deadline, "eval/test_loss")
+    );
+
+    // With drops, a receiver cannot tell a lost message from a slow one and waits out
+    // its deadline; the model's decisions on the uplink stay those of the oracle run.
+    let oracle = run("oracle-p.h5", &["--drop-rate", "0.3"]);
+    let deadline = run(
+        "deadline-p.h5",
+        &[
+            "--drop-rate",
+            "0.3",
+            "--detect",
+            "deadline",
+            "--recv-timeout-ms",
+            "50",
+        ],
+    );
+    for name in ["comm/packets_dropped_up", "comm/sent_up", "comm/dropped_up"] {
+        assert_eq!(read_u64(&oracle, name), read_u64(&deadline, name), "{name}");
+    }
+}
+
+#[test]
+fn deadline_shorter_than_any_transfer_ends_with_consistent_counts() {
+    let dir = out_dir();
+    let m = dir.path().join("short.h5");
+    // 1 ms for 3.3 MB blocks between 5 ranks on 2 cores: most messages miss it.
+    let run = run_ok(
+        5,
+        &m,
+        &[
+            "--steps",
+            "8",
+            "--servers",
+            "2",
+            "--drop-rate",
+            "0.1",
+            "--detect",
+            "deadline",
+            "--recv-timeout-ms",
+            "1",
+        ],
+    );
+    assert!(run.stdout.contains("final test accuracy"));
+    let sent = total(&m, "comm/sent_up") + total(&m, "comm/sent_down");
+    let missed = total(&m, "comm/missed_up") + total(&m, "comm/missed_down");
+    assert!(missed > 0, "a 1 ms deadline missed nothing");
+    assert!(missed <= sent);
+    // Every message that missed its deadline was drained and discarded, never applied
+    // to a later step: late ones are counted, and nothing is left at the end.
+    assert!(
+        total(&m, "comm/late") >= missed,
+        "late {} < missed {missed}",
+        total(&m, "comm/late")
+    );
+    let links_missed: u64 =
+        matrix(&m, "links/missed_up").sum() + matrix(&m, "links/missed_down").sum();
+    assert_eq!(links_missed, missed);
+    assert!(read_f64(&m, "eval/test_loss").iter().all(|l| l.is_finite()));
+}

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{CommError, Incoming, Outgoing, Transport};
+use super::{CommError, Incoming, Mailbox, Outgoing, Transport};
 
 #[derive(Default)]
 struct State {
@@ -133,6 +133,50 @@ impl Transport for LocalTransport {
         Ok(())
     }
 
+    fn exchange_until(
+        &self,
+        sends: &[Outgoing<'_>],
+        deadline: std::time::Instant,
+        mailbox: &mut dyn Mailbox,
+    ) -> Result<(), CommError> {
+        let sh = &self.shared;
+        let mut st = sh.state.lock().expect("local network poisoned");
+        for s in sends {
+            if s.to >= sh.size {
+                return Err(CommError::Rank(s.to, sh.size));
+            }
+            st.mail
+                .entry((self.rank, s.to, s.tag))
+                .or_default()
+                .push_back(s.data.to_vec());
+        }
+        sh.wake.notify_all();
+        loop {
+            let late = std::time::Instant::now() >= deadline;
+            for (from, tag, data) in take_mine(&mut st, self.rank) {
+                mailbox.deliver(from, tag, &data, late);
+            }
+            let now = std::time::Instant::now();
+            if mailbox.complete() || now >= deadline {
+                return Ok(());
+            }
+            st = sh
+                .wake
+                .wait_timeout(st, deadline - now)
+                .expect("local network poisoned")
+                .0;
+        }
+    }
+
+    fn quiesce(&self, mailbox: &mut dyn Mailbox) {
+        // In-process sends land at once: after everyone passed the barrier, all are here.
+        self.barrier();
+        let mut st = self.shared.state.lock().expect("local network poisoned");
+        for (from, tag, data) in take_mine(&mut st, self.rank) {
+            mailbox.deliver(from, tag, &data, true);
+        }
+    }
+
     fn allreduce_sum_f32(&self, buf: &mut [f32]) {
         let all = self.all_contributions(buf.iter().map(|&x| x as f64).collect());
         // Sum in f32, in rank order, as a reduction on f32 data would.
@@ -173,6 +217,19 @@ impl Transport for LocalTransport {
     fn library_version(&self) -> String {
         "in-process".into()
     }
+}
+
+/// Removes and returns every message addressed to `rank`, oldest first per sender.
+fn take_mine(st: &mut State, rank: usize) -> Vec<(usize, i32, Vec<f32>)> {
+    let mut keys: Vec<_> = st.mail.keys().filter(|k| k.1 == rank).copied().collect();
+    keys.sort_unstable();
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(q) = st.mail.remove(&k) {
+            out.extend(q.into_iter().map(|m| (k.0, k.2, m)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -64,6 +64,27 @@ pub trait Transport {
     /// Gathers `send` (the same length on every rank) from all ranks, in rank order.
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8>;
     fn barrier(&self);
+    /// Deadline exchange: posts `sends`, then hands every message that arrives (from any
+    /// rank, with any tag) to `mailbox`, until all sends have completed and either the
+    /// mailbox has everything it waits for or `deadline` has passed. Polls with short
+    /// sleeps rather than spinning, since ranks may share cores. Never cancels anything:
+    /// a message that arrives after the deadline is handed over marked late.
+    ///
+    /// # Errors
+    /// A destination outside the communicator.
+    fn exchange_until(
+        &self,
+        sends: &[Outgoing<'_>],
+        deadline: std::time::Instant,
+        mailbox: &mut dyn Mailbox,
+    ) -> Result<(), CommError>;
+
+    /// Drains every message still in flight while all ranks meet in a nonblocking
+    /// barrier, handing each to `mailbox` as late. Called by every rank before any
+    /// collective that follows deadline exchanges, and before the end, so that no
+    /// message outlives the step it belonged to and MPI_Finalize has nothing to wait for.
+    fn quiesce(&self, mailbox: &mut dyn Mailbox);
+
     /// Kills the whole job at once (used when one rank fails where the others cannot
     /// learn of it, so nobody hangs waiting for it).
     fn abort(&self, code: i32) -> !;
@@ -72,6 +93,18 @@ pub trait Transport {
     fn processor_name(&self) -> String;
     fn library_version(&self) -> String;
 }
+
+/// Receives the messages of a deadline exchange.
+pub trait Mailbox {
+    /// A message from rank `from` with `tag`; `late` when its deadline had passed.
+    fn deliver(&mut self, from: usize, tag: i32, data: &[f32], late: bool);
+    /// Whether every awaited message has arrived (the exchange may stop early).
+    fn complete(&self) -> bool;
+}
+
+/// How long a polling loop sleeps when nothing happened: short against a step of tens
+/// of milliseconds, long enough to leave the core to a rank sharing it.
+pub const POLL_SLEEP: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Length of each rank's slot in [`agree`]'s message exchange.
 const MESSAGE_SLOT: usize = 1024;

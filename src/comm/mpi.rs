@@ -10,7 +10,7 @@ use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::{CommError, Incoming, Outgoing, Transport};
+use super::{CommError, Incoming, Mailbox, Outgoing, Transport, POLL_SLEEP};
 
 /// The MPI environment of this process. Dropping it finalises MPI.
 pub struct MpiTransport {
@@ -19,6 +19,8 @@ pub struct MpiTransport {
     /// Copy of an in-place reduction's input (MPI forbids aliasing send and receive
     /// buffers); kept between calls to avoid re-allocating the model size every step.
     scratch: RefCell<Vec<f32>>,
+    /// Receive buffer of the polling paths (sized by each probed message).
+    inbound: RefCell<Vec<f32>>,
     _universe: mpi::environment::Universe,
 }
 
@@ -30,8 +32,33 @@ impl MpiTransport {
         Some(MpiTransport {
             world,
             scratch: RefCell::new(Vec::new()),
+            inbound: RefCell::new(Vec::new()),
             _universe: universe,
         })
+    }
+}
+
+impl MpiTransport {
+    /// Receives every message already waiting, from any rank with any tag, and hands it
+    /// to `mailbox` (late if `late` says so, else if `deadline` has passed). Returns
+    /// whether anything arrived.
+    fn drain(
+        &self,
+        mailbox: &mut dyn Mailbox,
+        late: Option<bool>,
+        deadline: std::time::Instant,
+    ) -> bool {
+        let mut buf = self.inbound.borrow_mut();
+        let mut any = false;
+        while let Some((msg, status)) = self.world.any_process().immediate_matched_probe() {
+            let n = status.count(f32::equivalent_datatype()).max(0) as usize;
+            buf.resize(n, 0.0);
+            msg.matched_receive_into(&mut buf[..]);
+            let late = late.unwrap_or_else(|| std::time::Instant::now() >= deadline);
+            mailbox.deliver(status.source_rank() as usize, status.tag(), &buf, late);
+            any = true;
+        }
+        any
     }
 }
 
@@ -98,6 +125,62 @@ impl Transport for MpiTransport {
             }
         }
         Ok(())
+    }
+
+    fn exchange_until(
+        &self,
+        sends: &[Outgoing<'_>],
+        deadline: std::time::Instant,
+        mailbox: &mut dyn Mailbox,
+    ) -> Result<(), CommError> {
+        let size = self.size();
+        if let Some(bad) = sends.iter().map(|s| s.to).find(|&r| r >= size) {
+            return Err(CommError::Rank(bad, size));
+        }
+        mpi::request::scope(|scope| {
+            let mut pending: Vec<_> = sends
+                .iter()
+                .map(|s| {
+                    self.world
+                        .process_at_rank(s.to as i32)
+                        .immediate_send_with_tag(scope, s.data, s.tag)
+                })
+                .collect();
+            loop {
+                let mut progressed = self.drain(mailbox, None, deadline);
+                let before = pending.len();
+                pending = pending.into_iter().filter_map(|r| r.test().err()).collect();
+                progressed |= pending.len() != before;
+                if pending.is_empty()
+                    && (mailbox.complete() || std::time::Instant::now() >= deadline)
+                {
+                    break;
+                }
+                if !progressed {
+                    std::thread::sleep(POLL_SLEEP);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn quiesce(&self, mailbox: &mut dyn Mailbox) {
+        let mut barrier = Some(self.world.immediate_barrier());
+        let now = std::time::Instant::now();
+        while let Some(b) = barrier.take() {
+            let progressed = self.drain(mailbox, Some(true), now);
+            match b.test() {
+                Ok(_) => {}
+                Err(b) => {
+                    barrier = Some(b);
+                    if !progressed {
+                        std::thread::sleep(POLL_SLEEP);
+                    }
+                }
+            }
+        }
+        // Eager messages sent just before the barrier may still be landing.
+        self.drain(mailbox, Some(true), now);
     }
 
     fn allreduce_sum_f32(&self, buf: &mut [f32]) {

@@ -16,6 +16,9 @@ use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
 
 use super::{Layout, Mode};
 
+mod deadline;
+pub use deadline::Deadline;
+
 /// Message counts of one rank for one step (this rank as sender).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StepCounts {
@@ -33,6 +36,11 @@ pub struct StepCounts {
     pub packets_dropped_down: u64,
     /// Payload bytes of the packets that were not dropped.
     pub bytes_sent: u64,
+    /// Messages this rank received in time, as receiver; sent − received = missed.
+    pub received_up: u64,
+    pub received_down: u64,
+    /// Messages that arrived after their deadline and were discarded (deadline mode).
+    pub late: u64,
 }
 
 impl StepCounts {
@@ -46,15 +54,20 @@ impl StepCounts {
         self.packets_down += o.packets_down;
         self.packets_dropped_down += o.packets_dropped_down;
         self.bytes_sent += o.bytes_sent;
+        self.received_up += o.received_up;
+        self.received_down += o.received_down;
+        self.late += o.late;
     }
 }
 
 /// Messages per directed link, accumulated over the run: `[src * size + dst]`.
+/// `sent` and `dropped` are counted by the sender, `received` (in time) by the receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkCounts {
     pub size: usize,
     pub sent: Vec<u64>,
     pub dropped: Vec<u64>,
+    pub received: Vec<u64>,
 }
 
 impl LinkCounts {
@@ -63,6 +76,7 @@ impl LinkCounts {
             size,
             sent: vec![0; size * size],
             dropped: vec![0; size * size],
+            received: vec![0; size * size],
         }
     }
 }
@@ -87,6 +101,8 @@ pub struct Exchange {
     mask: Vec<bool>,
     up_links: LinkCounts,
     down_links: LinkCounts,
+    /// Deadline detection state, `None` for oracle detection.
+    deadline: Option<deadline::Deadline>,
 }
 
 impl Exchange {
@@ -106,6 +122,29 @@ impl Exchange {
             mask: Vec::new(),
             up_links: LinkCounts::new(size),
             down_links: LinkCounts::new(size),
+            deadline: None,
+        }
+    }
+
+    /// Switches to deadline detection: receivers do not consult the drop model, they
+    /// wait up to `timeout` per phase and treat what has not arrived as lost.
+    pub fn with_deadline(mut self, timeout: std::time::Duration) -> Self {
+        self.deadline = Some(Deadline::new(timeout));
+        self
+    }
+
+    /// Whether receivers detect losses by deadline (else by oracle).
+    pub fn uses_deadline(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Deadline mode: drains every straggling message while all ranks meet in a
+    /// nonblocking barrier; returns how many late messages were discarded. Collective;
+    /// call before any other collective and before the end. Oracle mode: nothing to do.
+    pub fn quiesce<T: Transport + ?Sized>(&mut self, t: &T) -> u64 {
+        match &mut self.deadline {
+            Some(d) => d.quiesce(t),
+            None => 0,
         }
     }
 
@@ -248,44 +287,26 @@ impl Exchange {
         self.layout.owners_into(step, &mut owners);
         self.owners = owners;
         let mut counts = StepCounts::default();
-        let colocated = self.layout.mode() == Mode::Colocated;
-        let size = self.layout.size();
         // The block this rank serves this step, if any.
         let served = self.owners.iter().position(|&s| s == me);
+        if let Some(mut d) = self.deadline.take() {
+            let result = self.step_deadline(t, step, params, served, &mut counts, &mut d);
+            self.deadline = Some(d);
+            result?;
+            return Ok(counts);
+        }
         let mut mask = std::mem::take(&mut self.mask);
 
         // ---- Phase 1: uplink. Workers send their blocks, servers collect copies. ----
-        let mut sends = Vec::new();
-        if self.layout.is_worker(me) {
-            for (b, &server) in self.owners.iter().enumerate() {
-                if server == me {
-                    continue; // a co-located server's own block never crosses the network
-                }
-                self.decide(
-                    Self::id(step, Direction::Up, me, server, b),
-                    None,
-                    &mut mask,
-                );
-                let range = self.layout.block(b);
-                let delivered = mask.iter().filter(|&&m| m).count();
-                counts.packets_up += mask.len() as u64;
-                counts.packets_dropped_up += (mask.len() - delivered) as u64;
-                if delivered == 0 {
-                    counts.dropped_up += 1;
-                    self.up_links.dropped[me * size + server] += 1;
-                } else {
-                    counts.sent_up += 1;
-                    self.up_links.sent[me * size + server] += 1;
-                    counts.bytes_sent += 4 * self.delivered_elems(&mask, range.len()) as u64;
-                    let tag = self.layout.tag(step, Direction::Up, b);
-                    sends.push(Outgoing {
-                        to: server,
-                        tag,
-                        data: &params[range],
-                    });
-                }
-            }
-        }
+        let uploads = self.uplink_decisions(step, me, &mut counts);
+        let sends: Vec<Outgoing> = uploads
+            .iter()
+            .map(|(server, b, _)| Outgoing {
+                to: *server,
+                tag: self.layout.tag(step, Direction::Up, *b),
+                data: &params[self.layout.block(*b)],
+            })
+            .collect();
         let mut received = 0usize;
         if let Some(b) = served {
             let len = self.layout.block(b).len();
@@ -312,6 +333,10 @@ impl Exchange {
                 .map(|(&from, buf)| Incoming { from, tag, buf })
                 .collect();
             t.exchange(&sends, &mut recvs)?;
+            for &w in &senders {
+                self.up_links.received[w * self.layout.size() + me] += 1;
+            }
+            counts.received_up += received as u64;
         } else {
             t.exchange(&sends, &mut [])?;
         }
@@ -319,69 +344,22 @@ impl Exchange {
 
         // ---- Server: average, per packet, the copies that have it (plus its own). ----
         if let Some(b) = served {
-            let range = self.layout.block(b);
-            let len = range.len();
-            let n = self.packets(len);
-            self.average.clear();
-            self.average.resize(len, 0.0);
-            self.available.clear();
-            self.available.resize(n, false);
-            for k in 0..n {
-                let pr = self.packet_range(k, len);
-                let avg = &mut self.average[pr.clone()];
-                let mut copies = 0usize;
-                if colocated {
-                    avg.copy_from_slice(&params[range.start + pr.start..range.start + pr.end]);
-                    copies += 1;
-                }
-                for (i, copy) in self.inbox.chunks(len.max(1)).take(received).enumerate() {
-                    if self.inbox_masks[i][k] {
-                        avg.iter_mut()
-                            .zip(&copy[pr.clone()])
-                            .for_each(|(a, &x)| *a += x);
-                        copies += 1;
-                    }
-                }
-                if copies > 0 {
-                    let scale = 1.0 / copies as f32;
-                    avg.iter_mut().for_each(|a| *a *= scale);
-                    self.available[k] = true;
-                }
-            }
+            self.average_served(b, params, received);
         }
 
         // ---- Phase 2: downlink. Servers send averages, workers merge what arrives. ----
-        let mut sends = Vec::new();
-        if let Some(b) = served {
-            let tag = self.layout.tag(step, Direction::Down, b);
-            let attempted = self.available.iter().filter(|&&a| a).count();
-            if attempted > 0 {
-                for w in self.layout.workers().filter(|&w| w != me) {
-                    self.decide(
-                        Self::id(step, Direction::Down, me, w, b),
-                        Some(&self.available),
-                        &mut mask,
-                    );
-                    let delivered = mask.iter().filter(|&&m| m).count();
-                    counts.packets_down += attempted as u64;
-                    counts.packets_dropped_down += (attempted - delivered) as u64;
-                    if delivered == 0 {
-                        counts.dropped_down += 1;
-                        self.down_links.dropped[me * size + w] += 1;
-                    } else {
-                        counts.sent_down += 1;
-                        self.down_links.sent[me * size + w] += 1;
-                        counts.bytes_sent +=
-                            4 * self.delivered_elems(&mask, self.average.len()) as u64;
-                        sends.push(Outgoing {
-                            to: w,
-                            tag,
-                            data: &self.average,
-                        });
-                    }
-                }
-            }
-        }
+        let replies = self.downlink_decisions(step, me, served, &mut counts);
+        let sends: Vec<Outgoing> = replies
+            .iter()
+            .filter_map(|(w, _)| {
+                let b = served?;
+                Some(Outgoing {
+                    to: *w,
+                    tag: self.layout.tag(step, Direction::Down, b),
+                    data: &self.average,
+                })
+            })
+            .collect();
         // Worker side: for each block, the packets that will arrive.
         let mut expected: Vec<(usize, Vec<bool>)> = Vec::new();
         if self.layout.is_worker(me) {
@@ -429,23 +407,150 @@ impl Exchange {
             t.exchange(&sends, &mut recvs)?;
         }
         drop(sends);
+        let size = self.layout.size();
         for (b, m) in &expected {
-            if m.iter().all(|&x| x) {
-                continue;
-            }
-            let range = self.layout.block(*b);
-            for (k, _) in m.iter().enumerate().filter(|(_, &x)| x) {
-                let pr = self.packet_range(k, range.len());
-                let (lo, hi) = (range.start + pr.start, range.start + pr.end);
-                params[lo..hi].copy_from_slice(&self.partial[lo..hi]);
+            self.down_links.received[self.owners[*b] * size + me] += 1;
+            if !m.iter().all(|&x| x) {
+                self.merge_staged(params, *b, m);
             }
         }
-
-        if let (Some(b), true) = (served, colocated) {
-            params[self.layout.block(b)].copy_from_slice(&self.average);
-        }
+        counts.received_down += expected.len() as u64;
+        self.finish_served(params, served);
         self.mask = mask;
         Ok(counts)
+    }
+
+    /// Uplink decisions of worker `me`: counts every message and returns the ones to
+    /// post as (server, block, packet mask).
+    fn uplink_decisions(
+        &mut self,
+        step: u64,
+        me: usize,
+        counts: &mut StepCounts,
+    ) -> Vec<(usize, usize, Vec<bool>)> {
+        let mut out = Vec::new();
+        if !self.layout.is_worker(me) {
+            return out;
+        }
+        let size = self.layout.size();
+        let mut mask = Vec::new();
+        for (b, &server) in self.owners.iter().enumerate() {
+            if server == me {
+                continue; // a co-located server's own block never crosses the network
+            }
+            self.decide(
+                Self::id(step, Direction::Up, me, server, b),
+                None,
+                &mut mask,
+            );
+            let delivered = mask.iter().filter(|&&m| m).count();
+            counts.packets_up += mask.len() as u64;
+            counts.packets_dropped_up += (mask.len() - delivered) as u64;
+            if delivered == 0 {
+                counts.dropped_up += 1;
+                self.up_links.dropped[me * size + server] += 1;
+            } else {
+                counts.sent_up += 1;
+                self.up_links.sent[me * size + server] += 1;
+                counts.bytes_sent +=
+                    4 * self.delivered_elems(&mask, self.layout.block(b).len()) as u64;
+                out.push((server, b, mask.clone()));
+            }
+        }
+        out
+    }
+
+    /// Sets `self.average` and `self.available` for block `b` from the first `received`
+    /// copies in the inbox (and this rank's own copy when co-located), packet by packet.
+    fn average_served(&mut self, b: usize, params: &[f32], received: usize) {
+        let colocated = self.layout.mode() == Mode::Colocated;
+        let range = self.layout.block(b);
+        let len = range.len();
+        let n = self.packets(len);
+        self.average.clear();
+        self.average.resize(len, 0.0);
+        self.available.clear();
+        self.available.resize(n, false);
+        for k in 0..n {
+            let pr = self.packet_range(k, len);
+            let avg = &mut self.average[pr.clone()];
+            let mut copies = 0usize;
+            if colocated {
+                avg.copy_from_slice(&params[range.start + pr.start..range.start + pr.end]);
+                copies += 1;
+            }
+            for (i, copy) in self.inbox.chunks(len.max(1)).take(received).enumerate() {
+                if self.inbox_masks[i][k] {
+                    avg.iter_mut()
+                        .zip(&copy[pr.clone()])
+                        .for_each(|(a, &x)| *a += x);
+                    copies += 1;
+                }
+            }
+            if copies > 0 {
+                let scale = 1.0 / copies as f32;
+                avg.iter_mut().for_each(|a| *a *= scale);
+                self.available[k] = true;
+            }
+        }
+    }
+
+    /// Downlink decisions of the server of `served`: counts every reply and returns the
+    /// ones to post as (worker, packet mask). A server with nothing sends nothing.
+    fn downlink_decisions(
+        &mut self,
+        step: u64,
+        me: usize,
+        served: Option<usize>,
+        counts: &mut StepCounts,
+    ) -> Vec<(usize, Vec<bool>)> {
+        let mut out = Vec::new();
+        let Some(b) = served else {
+            return out;
+        };
+        let size = self.layout.size();
+        let attempted = self.available.iter().filter(|&&a| a).count();
+        if attempted == 0 {
+            return out;
+        }
+        let mut mask = Vec::new();
+        for w in self.layout.workers().filter(|&w| w != me) {
+            self.decide(
+                Self::id(step, Direction::Down, me, w, b),
+                Some(&self.available),
+                &mut mask,
+            );
+            let delivered = mask.iter().filter(|&&m| m).count();
+            counts.packets_down += attempted as u64;
+            counts.packets_dropped_down += (attempted - delivered) as u64;
+            if delivered == 0 {
+                counts.dropped_down += 1;
+                self.down_links.dropped[me * size + w] += 1;
+            } else {
+                counts.sent_down += 1;
+                self.down_links.sent[me * size + w] += 1;
+                counts.bytes_sent += 4 * self.delivered_elems(&mask, self.average.len()) as u64;
+                out.push((w, mask.clone()));
+            }
+        }
+        out
+    }
+
+    /// Copies the packets of block `b` marked in `mask` from the staging buffer.
+    fn merge_staged(&self, params: &mut [f32], b: usize, mask: &[bool]) {
+        let range = self.layout.block(b);
+        for (k, _) in mask.iter().enumerate().filter(|(_, &x)| x) {
+            let pr = self.packet_range(k, range.len());
+            let (lo, hi) = (range.start + pr.start, range.start + pr.end);
+            params[lo..hi].copy_from_slice(&self.partial[lo..hi]);
+        }
+    }
+
+    /// A co-located server takes its own average (it never crosses the network).
+    fn finish_served(&self, params: &mut [f32], served: Option<usize>) {
+        if let (Some(b), Mode::Colocated) = (served, self.layout.mode()) {
+            params[self.layout.block(b)].copy_from_slice(&self.average);
+        }
     }
 
     /// Elements carried by the delivered packets of a block of `len` elements.
