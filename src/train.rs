@@ -59,9 +59,6 @@ struct Setup {
     info: DatasetInfo,
     model: Cnn,
     layout: Layout,
-    drop: Box<dyn DropModel>,
-    /// Elements per packet, if blocks are cut into packets.
-    packet_elems: Option<usize>,
     /// Content of the --link-rates file, recorded in the metrics.
     link_rates_text: Option<String>,
     steps_per_epoch: u64,
@@ -70,7 +67,8 @@ struct Setup {
     worker: Option<(usize, Shard, Shard)>,
 }
 
-fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
+/// Validates everything and builds the set-up and the exchange (with its drop model).
+fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchange)> {
     check_launcher(size)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let t = info.train;
@@ -136,17 +134,21 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
         }
         None => None,
     };
-    Ok(Setup {
+    let exchange = Exchange::new(layout.clone(), drop, packet_elems);
+    let exchange = match cfg.detection {
+        Detection::Oracle => exchange,
+        Detection::Deadline { timeout } => exchange.with_deadline(timeout),
+    };
+    let setup = Setup {
         info,
         model,
         layout,
-        drop,
-        packet_elems,
         link_rates_text,
         steps_per_epoch,
         total_steps,
         worker,
-    })
+    };
+    Ok((setup, exchange))
 }
 
 /// Test samples `part` of `parts` evaluates: every sample once, sizes differ by at most one.
@@ -201,15 +203,15 @@ mod field {
 /// during training.
 pub fn train<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> Result<Summary, Failure> {
     let (rank, size) = (t.rank(), t.size());
-    let setup = agree(t, prepare(rank, size, cfg)).map_err(Failure::Agreed)?;
+    let (setup, exchange) = agree(t, prepare(rank, size, cfg)).map_err(Failure::Agreed)?;
     let hosts = gather_hosts(t);
     let writer = if rank == 0 {
-        open_outputs(t, cfg, &setup, &hosts).map(Some)
+        open_outputs(t, cfg, &setup, &exchange, &hosts).map(Some)
     } else {
         Ok(None)
     };
     let writer = agree(t, writer).map_err(Failure::Agreed)?;
-    let mut run = Run::new(t, cfg, setup, writer);
+    let mut run = Run::new(t, cfg, setup, exchange, writer);
     run.steps().map_err(Failure::Local)
 }
 
@@ -230,6 +232,7 @@ fn open_outputs<T: Transport + ?Sized>(
     t: &T,
     cfg: &TrainConfig,
     s: &Setup,
+    exchange: &Exchange,
     hosts: &[String],
 ) -> Result<MetricsWriter> {
     if let Some(p) = &cfg.save_model {
@@ -266,7 +269,10 @@ fn open_outputs<T: Transport + ?Sized>(
         ("blocks", (s.layout.num_blocks() as i64).into()),
         ("drop_rate", cfg.drop_rate.into()),
         ("drop_model", cfg.drop.name().into()),
-        ("drop_model_description", s.drop.describe().into()),
+        (
+            "drop_model_description",
+            exchange.drop_model().describe().into(),
+        ),
         (
             "packet_bytes",
             (cfg.packet_bytes.unwrap_or(0) as i64).into(),
@@ -360,10 +366,14 @@ struct Run<'a, T: Transport + ?Sized> {
 }
 
 impl<'a, T: Transport + ?Sized> Run<'a, T> {
-    fn new(t: &'a T, cfg: &'a TrainConfig, mut s: Setup, writer: Option<MetricsWriter>) -> Self {
+    fn new(
+        t: &'a T,
+        cfg: &'a TrainConfig,
+        s: Setup,
+        exchange: Exchange,
+        writer: Option<MetricsWriter>,
+    ) -> Self {
         let d = s.model.num_params();
-        // The exchange owns the drop model from here on; Setup keeps a placeholder.
-        let drop = std::mem::replace(&mut s.drop, Box::new(Bernoulli::new(0, 0.0)));
         let trace = (cfg.record_trace && writer.is_some()).then(Vec::new);
         let replica = if s.worker.is_some() { d } else { 0 };
         let params = if replica > 0 {
@@ -374,12 +384,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         Run {
             t,
             cfg,
-            exchange: match cfg.detection {
-                Detection::Oracle => Exchange::new(s.layout.clone(), drop, s.packet_elems),
-                Detection::Deadline { timeout } => {
-                    Exchange::new(s.layout.clone(), drop, s.packet_elems).with_deadline(timeout)
-                }
-            },
+            exchange,
             params,
             grads: vec![0.0; replica],
             sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
