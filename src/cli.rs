@@ -200,6 +200,18 @@ pub struct TrainFlags {
     /// Overwrite an existing metrics or model file.
     #[arg(long)]
     pub force: bool,
+    /// Write a checkpoint every K steps into --checkpoint-dir (atomically; the newest
+    /// two complete checkpoints are kept).
+    #[arg(long, value_name = "K")]
+    pub checkpoint_every: Option<u64>,
+    /// Directory for checkpoints (shared by all ranks). A checkpoint is also written when
+    /// the job is told to stop (SIGTERM, SIGINT, SIGUSR1) [default: the --resume DIR].
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in DIR, appending to the same
+    /// --metrics file; refused if DIR was written by another configuration.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,6 +285,9 @@ impl From<TrainFlags> for config::TrainArgs {
             seed: f.seed,
             eval_every: f.eval_every,
             force: f.force,
+            checkpoint_every: f.checkpoint_every,
+            checkpoint_dir: f.checkpoint_dir,
+            resume: f.resume,
         }
     }
 }

@@ -93,6 +93,12 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Replace existing output files.
     pub force: bool,
+    /// Write a checkpoint every this many steps (into `checkpoint_dir`).
+    pub checkpoint_every: Option<u64>,
+    /// Where checkpoints go; also written on SIGTERM/SIGINT/SIGUSR1 when set.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in this directory.
+    pub resume: Option<PathBuf>,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
 }
@@ -142,6 +148,9 @@ pub struct TrainArgs {
     pub seed: u64,
     pub eval_every: u64,
     pub force: bool,
+    pub checkpoint_every: Option<u64>,
+    pub checkpoint_dir: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -162,6 +171,10 @@ pub enum ConfigError {
     PacketBytes(usize),
     #[error("--recv-timeout-ms must be at least 1")]
     Timeout,
+    #[error("--checkpoint-every needs --checkpoint-dir (or --resume DIR)")]
+    CheckpointWithoutDir,
+    #[error("--checkpoint-every must be at least 1")]
+    CheckpointEvery,
     #[error("--batch-size must be at least 1")]
     BatchSize,
     #[error("--{flag} must be at least 1")]
@@ -269,6 +282,14 @@ impl TrainConfig {
                 Mode::Dedicated { servers }
             }
         };
+        if a.checkpoint_every == Some(0) {
+            return Err(ConfigError::CheckpointEvery);
+        }
+        // Resuming keeps checkpointing into the directory it resumed from by default.
+        let checkpoint_dir = a.checkpoint_dir.clone().or_else(|| a.resume.clone());
+        if a.checkpoint_every.is_some() && checkpoint_dir.is_none() {
+            return Err(ConfigError::CheckpointWithoutDir);
+        }
         if a.metrics.file_name().is_none() {
             return Err(ConfigError::MetricsPath(a.metrics));
         }
@@ -291,6 +312,9 @@ impl TrainConfig {
             seed: a.seed,
             eval_every: a.eval_every,
             force: a.force,
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_dir,
+            resume: a.resume,
             command_line,
         })
     }
@@ -390,6 +414,9 @@ mod tests {
             seed: 1,
             eval_every: 100,
             force: false,
+            checkpoint_every: None,
+            checkpoint_dir: None,
+            resume: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
 //! [`train`] (the driver), [`config`] and [`cli`].
 
+pub mod checkpoint;
 pub mod cli;
 pub mod comm;
 pub mod config;

@@ -1,10 +1,14 @@
 //! The `rps` binary: parses the command line, starts MPI for `train`, reports errors.
 //!
-//! Exit status: 0 on success, 2 for invalid flags, 1 for any other failure. Every rank
-//! of a failed job exits non-zero; only one rank prints the error.
+//! Exit status: 0 on success, 2 for invalid flags, 75 (EX_TEMPFAIL) when told to stop
+//! by SIGTERM, SIGINT or SIGUSR1 (after a clean stop: metrics closed, checkpoint
+//! written if `--checkpoint-dir` was given), 1 for any other failure. Every rank of a
+//! failed job exits non-zero; only one rank prints the error.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::Parser;
 use rps::cli::{Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
@@ -17,20 +21,38 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // Under mpirun every rank parses the same flags: let one of them speak.
-            if launcher_rank().unwrap_or(0) == 0 {
-                let _ = e.print();
-            }
-            return if e.use_stderr() {
+            let code = if e.use_stderr() {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
             };
+            // Under mpirun every rank parses the same flags: one speaks, and all wait
+            // for it before exiting, since mpirun tears the job down (and may drop the
+            // speaker's output) as soon as any rank exits non-zero.
+            if launcher_rank().is_some() {
+                if let Some(t) = MpiTransport::init() {
+                    stop_together(&t, t.rank() == 0, || print_clap(&e));
+                    return code;
+                }
+            }
+            print_clap(&e);
+            return code;
         }
     };
     match cli.command {
         Command::Convert(flags) => convert(flags),
         Command::Train(flags) => train_command(*flags),
+    }
+}
+
+/// Prints a clap message (help to stdout, errors to stderr) and flushes it.
+fn print_clap(e: &clap::Error) {
+    if e.use_stderr() {
+        eprint!("{e}");
+        let _ = std::io::stderr().flush();
+    } else {
+        print!("{e}");
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -42,6 +64,26 @@ fn stop_together<T: Transport>(t: &T, speaker: bool, print: impl FnOnce()) {
         let _ = std::io::stderr().flush();
     }
     t.barrier();
+    // mpirun drains the output of a rank that exits, but may tear the job down before it
+    // has read the output of others: let the speaker be the first to exit.
+    if !speaker {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// SIGTERM (Slurm's warning before the time limit, `scancel`), SIGINT (Ctrl-C) and
+/// SIGUSR1 (which `mpirun` forwards to every rank) raise `stop`; training then stops
+/// cleanly at the next step boundary. A second SIGTERM or SIGINT kills at once.
+fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::flag;
+    for sig in [SIGTERM, SIGINT] {
+        // Order matters: the shutdown hook sees the flag still unset on the first signal.
+        flag::register_conditional_shutdown(sig, 1, Arc::clone(stop))?;
+        flag::register(sig, Arc::clone(stop))?;
+    }
+    flag::register(SIGUSR1, Arc::clone(stop))?;
+    Ok(())
 }
 
 /// The rank the launcher assigned, read before MPI starts.
@@ -110,6 +152,10 @@ fn train_command(flags: TrainFlags) -> ExitCode {
     };
     let rank = transport.rank();
     init_logger(Some(rank));
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Err(e) = stop_on_signals(&stop) {
+        log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
+    }
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     // Every rank validates the same flags identically, so all fail together; rank 0 says why.
     let cfg = match TrainConfig::from_args(flags.into(), transport.size(), command_line) {
@@ -119,7 +165,7 @@ fn train_command(flags: TrainFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match train(&transport, &cfg) {
+    match train(&transport, &cfg, &stop) {
         Ok(s) => {
             if rank == 0 {
                 println!(
@@ -144,6 +190,23 @@ fn train_command(flags: TrainFlags) -> ExitCode {
                 None => eprintln!("error [rank {rank}]: {}", d.message),
             });
             ExitCode::FAILURE
+        }
+        Err(Failure::Interrupted { step, checkpoint }) => {
+            stop_together(&transport, rank == 0, || {
+                match checkpoint {
+                    Some(c) => eprintln!(
+                        "stopped by a signal after step {step}; checkpoint {}; metrics {} (status \"interrupted\"); continue with the same command plus --resume {}",
+                        c.display(),
+                        cfg.metrics.display(),
+                        c.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                    None => eprintln!(
+                        "stopped by a signal after step {step}; metrics {} (status \"interrupted\"); no checkpoint (no --checkpoint-dir)",
+                        cfg.metrics.display()
+                    ),
+                }
+            });
+            ExitCode::from(75)
         }
         Err(Failure::Local(e)) => {
             eprintln!("error [rank {rank}]: {e:#}");

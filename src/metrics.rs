@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use hdf5::types::VarLenUnicode;
 use hdf5::H5Type;
 use ndarray::s;
@@ -190,6 +190,69 @@ impl MetricsWriter {
         Ok(())
     }
 
+    /// Reopens the metrics file of an interrupted run to continue it: every per-step,
+    /// per-evaluation and trace dataset is cut back to the rows it had at the checkpoint
+    /// (`rows`: steps, evaluations, trace), so resumed steps are neither missing nor
+    /// duplicated; `attrs` are set or replaced.
+    ///
+    /// # Errors
+    /// The file is missing, not a metrics file, or cannot be written.
+    pub fn reopen(path: &Path, rows: [u64; 3], attrs: &[(&str, AttrValue)]) -> Result<Self> {
+        let ctx = || {
+            format!(
+                "--resume needs the run's metrics file --metrics {}",
+                path.display()
+            )
+        };
+        let file = hdf5::File::open_rw(path).with_context(ctx)?;
+        let w = MetricsWriter {
+            file,
+            path: path.to_path_buf(),
+        };
+        let cut = |name: &str, n: u64| -> Result<()> {
+            let ds = w.file.dataset(name).with_context(ctx)?;
+            let shape = ds.shape();
+            ensure!(
+                shape[0] as u64 >= n,
+                "--metrics {}: {name} has {} rows, the checkpoint expects {n}",
+                path.display(),
+                shape[0]
+            );
+            match shape.len() {
+                1 => ds.resize(n as usize)?,
+                _ => ds.resize((n as usize, shape[1]))?,
+            }
+            Ok(())
+        };
+        for name in STEP_U64.iter().chain(&STEP_F64) {
+            cut(name, rows[0])?;
+        }
+        for name in EVAL_U64.iter().chain(&EVAL_F64) {
+            cut(name, rows[1])?;
+        }
+        if w.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
+            cut(crate::drop::trace::TRACE_DATASET, rows[2])?;
+        }
+        for (name, value) in attrs {
+            w.set_attr(name, value)?;
+        }
+        Ok(w)
+    }
+
+    /// Rows of the per-step, per-evaluation and trace datasets (for checkpoints).
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn rows(&self) -> Result<[u64; 3]> {
+        let n = |name: &str| -> Result<u64> { Ok(self.file.dataset(name)?.shape()[0] as u64) };
+        let trace = if self.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
+            n(crate::drop::trace::TRACE_DATASET)?
+        } else {
+            0
+        };
+        Ok([n(STEP_U64[0])?, n(EVAL_U64[0])?, trace])
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -337,6 +400,9 @@ impl MetricsWriter {
         rows: &str,
         cols: &str,
     ) -> Result<()> {
+        if self.file.dataset(name).is_ok() {
+            self.file.unlink(name)?; // a resumed run that had finished once
+        }
         let (group, _) = name.rsplit_once('/').unwrap_or(("", name));
         if !group.is_empty() && self.file.group(group).is_err() {
             self.file.create_group(group)?;

@@ -5,7 +5,8 @@
 //! collectives (exchanges, evaluations, metric reductions) in the same order, whatever
 //! its role, so no rank ever waits for a peer that took another branch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -13,6 +14,7 @@ use log::{debug, info};
 use ndarray::ArrayView4;
 use thiserror::Error;
 
+use crate::checkpoint::{self, RankState};
 use crate::comm::{agree, Disagreement, Transport};
 use crate::config::{Algorithm, Detection, DropSpec, Duration, TrainConfig};
 use crate::data::dataset::{epoch_order, shard_range};
@@ -52,7 +54,18 @@ pub enum Failure {
     /// for it forever.
     #[error("{0:#}")]
     Local(anyhow::Error),
+    /// Every rank stopped together at a step boundary because the job was told to stop
+    /// (SIGTERM, SIGINT, SIGUSR1); metrics are flushed and closed, and a checkpoint
+    /// was written if a checkpoint directory was given.
+    #[error("stopped by a signal after {step} steps")]
+    Interrupted {
+        step: u64,
+        checkpoint: Option<PathBuf>,
+    },
 }
+
+/// Keeps the newest this many complete checkpoints.
+const KEEP_CHECKPOINTS: usize = 2;
 
 /// Everything the step loop needs, prepared (and validated) before training starts.
 struct Setup {
@@ -65,6 +78,10 @@ struct Setup {
     total_steps: u64,
     /// This rank's worker index and its shards of the training and test sets.
     worker: Option<(usize, Shard, Shard)>,
+    /// Everything that must match between a checkpoint and the run resuming it.
+    fingerprint: String,
+    /// The state to continue from, with --resume.
+    resume: Option<RankState>,
 }
 
 /// Validates everything and builds the set-up and the exchange (with its drop model).
@@ -134,6 +151,54 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         }
         None => None,
     };
+    let fingerprint = [
+        format!("world_size={size}"),
+        format!("mode={:?}", cfg.mode),
+        "model=cnn".to_string(),
+        format!("num_params={}", model.num_params()),
+        format!(
+            "dataset={}",
+            cfg.dataset
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        format!("train_samples={}", info.train.count),
+        format!("algorithm={}", cfg.algorithm.name()),
+        format!("batch_size={}", cfg.batch_size),
+        format!("lr={}", cfg.lr),
+        format!("momentum={}", cfg.momentum),
+        format!("weight_decay={}", cfg.weight_decay),
+        format!("seed={}", cfg.seed),
+        format!("drop={}", drop.describe()),
+        format!("packet_bytes={}", cfg.packet_bytes.unwrap_or(0)),
+        format!("detection={:?}", cfg.detection),
+    ]
+    .join(";");
+    let resume = match &cfg.resume {
+        Some(dir) => {
+            let state = checkpoint::read_newest(dir, rank, &fingerprint)?;
+            let expected = if worker.is_some() {
+                model.num_params()
+            } else {
+                0
+            };
+            ensure!(
+                state.params.len() == expected && state.velocity.len() == expected,
+                "--resume {}: rank {rank}'s checkpoint holds {} parameters, expected {expected}",
+                dir.display(),
+                state.params.len()
+            );
+            ensure!(
+                state.step < total_steps,
+                "--resume {}: the checkpoint is at step {}, but this run has only {total_steps} steps (raise --steps or --epochs)",
+                dir.display(),
+                state.step
+            );
+            Some(state)
+        }
+        None => None,
+    };
     let exchange = Exchange::new(layout.clone(), drop, packet_elems);
     let exchange = match cfg.detection {
         Detection::Oracle => exchange,
@@ -147,6 +212,8 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         steps_per_epoch,
         total_steps,
         worker,
+        fingerprint,
+        resume,
     };
     Ok((setup, exchange))
 }
@@ -201,9 +268,28 @@ mod field {
 /// [`Failure::Agreed`] for anything detected before training starts (bad dataset,
 /// unwritable output, impossible roles); [`Failure::Local`] for a failure on this rank
 /// during training.
-pub fn train<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> Result<Summary, Failure> {
+///
+/// `stop` is raised (by a signal handler) to ask for a clean stop; all ranks then stop
+/// at the same step boundary.
+pub fn train<T: Transport + ?Sized>(
+    t: &T,
+    cfg: &TrainConfig,
+    stop: &AtomicBool,
+) -> Result<Summary, Failure> {
     let (rank, size) = (t.rank(), t.size());
     let (setup, exchange) = agree(t, prepare(rank, size, cfg)).map_err(Failure::Agreed)?;
+    // Every rank must resume from the same step (a shared checkpoint directory).
+    let step = setup.resume.as_ref().map_or(0, |r| r.step);
+    let steps: Vec<u64> = t
+        .allgather_bytes(&step.to_le_bytes())
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let same = match steps.iter().all(|&s| s == step) {
+        true => Ok(()),
+        false => Err(anyhow::anyhow!("--resume: ranks found different newest checkpoints (steps {steps:?}); is the directory shared by all ranks?")),
+    };
+    agree(t, same).map_err(Failure::Agreed)?;
     let hosts = gather_hosts(t);
     let writer = if rank == 0 {
         open_outputs(t, cfg, &setup, &exchange, &hosts).map(Some)
@@ -211,8 +297,14 @@ pub fn train<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> Result<Summary,
         Ok(None)
     };
     let writer = agree(t, writer).map_err(Failure::Agreed)?;
-    let mut run = Run::new(t, cfg, setup, exchange, writer);
-    run.steps().map_err(Failure::Local)
+    let mut run = Run::new(t, cfg, setup, exchange, writer, stop).map_err(Failure::Local)?;
+    run.steps().map_err(|e| match e.downcast::<Failure>() {
+        Ok(f) => f,
+        Err(e) => match e.downcast::<Disagreement>() {
+            Ok(d) => Failure::Agreed(d),
+            Err(e) => Failure::Local(e),
+        },
+    })
 }
 
 fn gather_hosts<T: Transport + ?Sized>(t: &T) -> Vec<String> {
@@ -337,7 +429,23 @@ fn open_outputs<T: Transport + ?Sized>(
         attrs.push(("link_rates_file", file.display().to_string().into()));
         attrs.push(("link_rates", text.clone().into()));
     }
-    MetricsWriter::create(&cfg.metrics, cfg.force, &attrs)
+    match &s.resume {
+        Some(state) => {
+            let resumed = format!("{}", state.step);
+            let attrs = [
+                ("status", "running".into()),
+                ("steps", (s.total_steps as i64).into()),
+                (
+                    "epochs",
+                    (s.total_steps as f64 / s.steps_per_epoch as f64).into(),
+                ),
+                ("resumed_at_step", resumed.into()),
+                ("command_line", cfg.command_line.clone().into()),
+            ];
+            MetricsWriter::reopen(&cfg.metrics, state.metrics_rows, &attrs)
+        }
+        None => MetricsWriter::create(&cfg.metrics, cfg.force, &attrs),
+    }
 }
 
 /// The state of one rank during the step loop.
@@ -363,31 +471,44 @@ struct Run<'a, T: Transport + ?Sized> {
     start: Instant,
     dropped: u64,
     attempted: u64,
+    /// First step to run (after a resumed checkpoint).
+    first_step: u64,
+    stop: &'a AtomicBool,
 }
 
 impl<'a, T: Transport + ?Sized> Run<'a, T> {
     fn new(
         t: &'a T,
         cfg: &'a TrainConfig,
-        s: Setup,
-        exchange: Exchange,
+        mut s: Setup,
+        mut exchange: Exchange,
         writer: Option<MetricsWriter>,
-    ) -> Self {
+        stop: &'a AtomicBool,
+    ) -> Result<Self> {
         let d = s.model.num_params();
         let trace = (cfg.record_trace && writer.is_some()).then(Vec::new);
         let replica = if s.worker.is_some() { d } else { 0 };
-        let params = if replica > 0 {
+        let mut params = if replica > 0 {
             s.model.init_params(cfg.seed)
         } else {
             Vec::new()
         };
-        Run {
+        let mut sgd = Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay);
+        let (mut first_step, mut totals) = (0, [0, 0]);
+        if let Some(state) = s.resume.take() {
+            params = state.params;
+            sgd.velocity_mut().copy_from_slice(&state.velocity);
+            exchange.set_link_state(&state.links)?;
+            first_step = state.step;
+            totals = state.totals;
+        }
+        Ok(Run {
             t,
             cfg,
             exchange,
             params,
             grads: vec![0.0; replica],
-            sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
+            sgd,
             average: vec![0.0; d],
             pending: Vec::new(),
             images: Vec::new(),
@@ -395,11 +516,13 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             order: Vec::new(),
             trace,
             start: Instant::now(),
-            dropped: 0,
-            attempted: 0,
+            dropped: totals[0],
+            attempted: totals[1],
+            first_step,
+            stop,
             s,
             writer,
-        }
+        })
     }
 
     fn steps(&mut self) -> Result<Summary> {
@@ -421,7 +544,10 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         }
         self.start = Instant::now();
         let mut last = EvalRecord::default();
-        for step in 0..total {
+        if self.first_step > 0 && self.t.rank() == 0 {
+            info!("resuming after step {}", self.first_step);
+        }
+        for step in self.first_step..total {
             let mut rec = [0f64; field::N];
             self.local_step(step, &mut rec)?;
             let t0 = Instant::now();
@@ -432,17 +558,93 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             }
             self.pending.extend_from_slice(&rec);
             let done = step + 1;
-            if done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0) {
-                // Deadline mode: no message may still be in flight when collectives start.
+            let eval_due =
+                done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0);
+            let checkpoint_due =
+                done < total && self.cfg.checkpoint_every.is_some_and(|k| done % k == 0);
+            let sync_point = eval_due || checkpoint_due;
+            // No message may still be in flight when a collective starts: with deadline
+            // detection ranks drain stragglers first, and agree on stopping only where
+            // they synchronise anyway (oracle exchanges leave nothing in flight).
+            if sync_point {
                 let late = self.exchange.quiesce(self.t) as f64;
                 let n = self.pending.len();
                 self.pending[n - field::N + field::LATE] += late;
+            }
+            let stop = (sync_point || !self.exchange.uses_deadline()) && self.stop_requested();
+            if sync_point || stop {
                 let rows = self.flush_steps(done)?;
-                last = self.evaluate(done)?;
-                self.report(&rows, &last)?;
+                if eval_due {
+                    last = self.evaluate(done)?;
+                    self.report(&rows, &last)?;
+                } else if let Some(w) = &self.writer {
+                    w.flush()?;
+                }
+            }
+            if checkpoint_due || (stop && self.cfg.checkpoint_dir.is_some()) {
+                self.checkpoint(done)?;
+            }
+            if stop && done < total {
+                return Err(self.interrupted(done)?.into());
             }
         }
         self.finish(last)
+    }
+
+    /// Whether any rank was told to stop (collective).
+    fn stop_requested(&self) -> bool {
+        let mut flag = [f64::from(u8::from(self.stop.load(Ordering::Relaxed)))];
+        self.t.allreduce_sum_f64(&mut flag);
+        flag[0] > 0.0
+    }
+
+    /// Every rank writes its state after `done` steps; once all have, rank 0 marks the
+    /// checkpoint complete. Collective.
+    fn checkpoint(&mut self, done: u64) -> Result<()> {
+        let Some(dir) = self.cfg.checkpoint_dir.clone() else {
+            return Ok(());
+        };
+        let rows = match &self.writer {
+            Some(w) => w.rows()?,
+            None => [0; 3],
+        };
+        let state = RankState {
+            step: done,
+            params: self.params.clone(),
+            velocity: self.sgd.velocity().to_vec(),
+            links: self.exchange.link_state(),
+            metrics_rows: rows,
+            totals: [self.dropped, self.attempted],
+        };
+        let written = checkpoint::write_rank(&dir, self.t.rank(), &self.s.fingerprint, &state);
+        agree(self.t, written)?;
+        if self.t.rank() == 0 {
+            checkpoint::mark_complete(&dir, done, self.t.size(), KEEP_CHECKPOINTS)?;
+            info!(
+                "checkpoint after step {done} in {}",
+                checkpoint::step_dir(&dir, done).display()
+            );
+        }
+        self.t.barrier();
+        Ok(())
+    }
+
+    /// Closes the metrics as interrupted and reports where to resume from.
+    fn interrupted(&mut self, done: u64) -> Result<Failure> {
+        if let Some(w) = self.writer.take() {
+            w.set_attr("status", &"interrupted".into())?;
+            w.set_attr("steps_completed", &(done as i64).into())?;
+            w.close()?;
+        }
+        let checkpoint = self
+            .cfg
+            .checkpoint_dir
+            .as_ref()
+            .map(|d| checkpoint::step_dir(d, done));
+        Ok(Failure::Interrupted {
+            step: done,
+            checkpoint,
+        })
     }
 
     /// Worker part of a step: minibatch, forward, backward, optimizer update.

@@ -161,6 +161,38 @@ impl Exchange {
         (&self.up_links, &self.down_links)
     }
 
+    /// The per-link counters flattened, for checkpoints.
+    pub fn link_state(&self) -> Vec<u64> {
+        [&self.up_links, &self.down_links]
+            .iter()
+            .flat_map(|l| l.sent.iter().chain(&l.dropped).chain(&l.received))
+            .copied()
+            .collect()
+    }
+
+    /// Restores counters saved by [`Exchange::link_state`].
+    ///
+    /// # Errors
+    /// A state of another world size.
+    pub fn set_link_state(&mut self, state: &[u64]) -> Result<(), CommError> {
+        let n = self.layout.size() * self.layout.size();
+        if state.len() != 6 * n {
+            return Err(CommError::Length {
+                from: 0,
+                tag: 0,
+                expected: 6 * n,
+                found: state.len(),
+            });
+        }
+        let mut chunks = state.chunks_exact(n);
+        for l in [&mut self.up_links, &mut self.down_links] {
+            for v in [&mut l.sent, &mut l.dropped, &mut l.received] {
+                v.copy_from_slice(chunks.next().unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
     /// Packets of a block of `len` elements.
     fn packets(&self, len: usize) -> usize {
         len.div_ceil(self.packet_elems).max(1)

@@ -40,9 +40,14 @@ fn finish(out: Output) -> Run {
     }
 }
 
+/// Holds the machine for one mpirun at a time (for tests that start their own).
+pub fn lock_mpirun() -> std::sync::MutexGuard<'static, ()> {
+    MPIRUN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `rps <args>` on `n` ranks with a hard 60 s limit (mpirun kills a hung job).
 pub fn mpirun(n: usize, args: &[&str]) -> Run {
-    let _guard = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = lock_mpirun();
     let out = Command::new("mpirun")
         .args(["-n", &n.to_string(), "--timeout", "60", RPS])
         .args(args)

@@ -1,0 +1,332 @@
+//! Surviving the cluster under real mpirun: clean stops on signals, exact resume from
+//! checkpoints, a dead rank, a killed job's metrics file.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts mpirun in the background (the caller must hold no other mpirun).
+fn spawn(n: usize, args: &[&str]) -> Child {
+    Command::new("mpirun")
+        .args(["-n", &n.to_string(), "--timeout", "90", RPS])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start mpirun")
+}
+
+fn finish(child: Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// PIDs of the rank processes (not mpirun) whose command line contains `needle`.
+fn ranks_of(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if comm.trim() == "rps" && String::from_utf8_lossy(&cmd).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until `path` exists (training has produced something) or panics.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pids: &[i32], sig: &str) {
+    assert!(!pids.is_empty(), "no process to signal");
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(|p| p.to_string()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn train_args<'a>(
+    data: &'a str,
+    metrics: &'a str,
+    model: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--dataset",
+        data,
+        "--metrics",
+        metrics,
+        "--save-model",
+        model,
+        "--steps",
+        "40",
+        "--eval-every",
+        "10",
+        "--batch-size",
+        "8",
+        "--servers",
+        "1",
+        "--drop-rate",
+        "0.2",
+        "--seed",
+        "4",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (full, full_model) = (p("full.h5"), p("full-model.h5"));
+    mpirun(4, &train_args(data, &full, &full_model, &[])).assert_ok();
+
+    // Stop twice — SIGUSR1 to mpirun (forwarded to every rank), then SIGTERM to every
+    // rank directly, as Slurm does — and resume each time.
+    let (part, part_model, ckpt) = (p("part.h5"), p("part-model.h5"), p("ckpt"));
+    let _guard = lock_mpirun();
+    for (round, sig) in ["USR1", "TERM"].iter().enumerate() {
+        let mut extra = vec!["--checkpoint-every", "7", "--checkpoint-dir", &ckpt];
+        if round > 0 {
+            extra.extend(["--resume", &ckpt, "--force"]);
+        }
+        let args = train_args(data, &part, &part_model, &extra);
+        let child = spawn(4, &args);
+        let marker = Path::new(&ckpt)
+            .join(if round == 0 {
+                "step-00000007"
+            } else {
+                "step-00000028"
+            })
+            .join("COMPLETE");
+        wait_for(&marker);
+        if *sig == "USR1" {
+            signal(&[child.id() as i32], sig);
+        } else {
+            signal(&ranks_of(&part), sig);
+        }
+        let run = finish(child);
+        assert_eq!(run.code, Some(75), "round {round}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("stopped by a signal after step"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.matches("stopped by a signal").count(),
+            1,
+            "{}",
+            run.stderr
+        );
+        assert_eq!(attr_str(part.as_ref(), "status"), "interrupted");
+    }
+    drop(_guard);
+    let args = train_args(data, &part, &part_model, &["--resume", &ckpt, "--force"]);
+    let run = mpirun(4, &args);
+    run.assert_ok();
+    assert!(run.stderr.contains("resuming after step"), "{}", run.stderr);
+
+    assert_eq!(
+        read_params(part_model.as_ref()),
+        read_params(full_model.as_ref())
+    );
+    let (a, b) = (Path::new(&full), Path::new(&part));
+    assert_eq!(read_u64(b, "train/step"), (1..=40).collect::<Vec<u64>>());
+    for name in [
+        "train/loss",
+        "train/accuracy",
+        "eval/test_loss",
+        "eval/consensus_distance",
+    ] {
+        assert_eq!(read_f64(a, name), read_f64(b, name), "{name}");
+    }
+    for name in [
+        "comm/dropped_up",
+        "comm/dropped_down",
+        "comm/sent_up",
+        "eval/step",
+    ] {
+        assert_eq!(read_u64(a, name), read_u64(b, name), "{name}");
+    }
+    assert_eq!(attr_str(b, "status"), "completed");
+    assert_eq!(
+        hdf5::File::open(a)
+            .unwrap()
+            .dataset("links/dropped_up")
+            .unwrap()
+            .read_raw::<u64>()
+            .unwrap(),
+        hdf5::File::open(b)
+            .unwrap()
+            .dataset("links/dropped_up")
+            .unwrap()
+            .read_raw::<u64>()
+            .unwrap()
+    );
+
+    // A checkpoint of another configuration is refused, naming what differs.
+    let args = train_args(
+        data,
+        &part,
+        &part_model,
+        &["--resume", &ckpt, "--force", "--momentum", "0.5"],
+    );
+    let run = mpirun(4, &args);
+    assert!(!run.ok());
+    assert!(
+        run.stderr
+            .contains("incompatible configuration (momentum: checkpoint 0.9, now 0.5)"),
+        "{}",
+        run.stderr
+    );
+    let run = mpirun(
+        3,
+        &train_args(data, &part, &part_model, &["--resume", &ckpt, "--force"]),
+    );
+    assert!(
+        run.stderr.contains("world_size: checkpoint 4, now 3"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Reads the job's stderr until `count` progress lines (printed by rank 0 right after
+/// each flush of the metrics file) have gone by; returns the rest of the stream.
+fn after_progress_lines(
+    child: &mut Child,
+    count: usize,
+) -> std::io::BufReader<std::process::ChildStderr> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < count {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the job ended early"
+        );
+        if line.contains("INFO  step ") {
+            seen += 1;
+        }
+    }
+    reader
+}
+
+fn long_job(n: usize, data: &Path, metrics: &Path) -> Child {
+    spawn(
+        n,
+        &[
+            "train",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+            "--steps",
+            "100000",
+            "--eval-every",
+            "10",
+            "--batch-size",
+            "8",
+        ],
+    )
+}
+
+#[test]
+fn a_dead_rank_ends_the_job_promptly_and_is_named() {
+    use std::io::Read;
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("dead.h5");
+    let _guard = lock_mpirun();
+    let mut child = long_job(4, &data, &m);
+    let mut rest = after_progress_lines(&mut child, 1);
+    let ranks = ranks_of(m.to_str().unwrap());
+    assert_eq!(ranks.len(), 4);
+    let killed = Instant::now();
+    signal(&ranks[2..3], "KILL");
+    let mut stderr = String::new();
+    rest.read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    while !ranks_of(m.to_str().unwrap()).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "the job did not end promptly"
+    );
+    assert!(
+        status.code().is_some_and(|c| c != 0 && c != 110),
+        "{status:?}"
+    );
+    assert!(stderr.contains("exited on signal 9"), "{stderr}");
+    assert!(stderr.contains("rank"), "{stderr}");
+    // What was flushed before the crash is readable.
+    let steps = read_u64(&m, "eval/step");
+    assert!(
+        !steps.is_empty() && steps.iter().all(|s| s % 10 == 0),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_killed_job_leaves_a_readable_metrics_file() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("killed.h5");
+    let _guard = lock_mpirun();
+    let mut child = long_job(3, &data, &m);
+    // Right after a flush: the metrics file is complete up to that evaluation.
+    let _rest = after_progress_lines(&mut child, 2);
+    let mut all = ranks_of(m.to_str().unwrap());
+    all.push(child.id() as i32);
+    signal(&all, "KILL");
+    let _ = child.wait();
+    while !ranks_of(m.to_str().unwrap()).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("h5dump")
+        .args(["-H", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "h5dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps = read_u64(&m, "train/step");
+    let evals = read_u64(&m, "eval/step");
+    assert!(evals.len() >= 2, "{evals:?}");
+    // Flushed at every evaluation: the step rows end exactly at the last evaluation.
+    assert_eq!(steps.len() as u64, *evals.last().unwrap());
+    assert_eq!(attr_str(&m, "status"), "running");
+}
