@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::BenchOptions;
 use crate::config::{self, Algorithm};
 use crate::data::convert::ConvertOptions;
 
@@ -29,6 +30,11 @@ pub enum Command {
     Train(TrainFlags),
     /// Convert a public dataset into rps's HDF5 layout (no MPI needed).
     Convert(ConvertFlags),
+    /// Time the model's training step on one thread, per stage, optionally side by side
+    /// with the identical PyTorch model (no MPI needed).
+    ///
+    /// Example: rps bench --batch-sizes 32,128 --pytorch
+    Bench(BenchFlags),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +152,84 @@ pub struct ConvertFlags {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelFlag {
+    /// The reference CNN: two 5×5 convolutions with pooling, two fully connected layers.
+    Cnn,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFlags {
+    /// Model to benchmark.
+    #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
+    pub model: ModelFlag,
+    /// Batch sizes, comma-separated.
+    #[arg(
+        long,
+        value_name = "B,B,...",
+        value_delimiter = ',',
+        default_value = "32,128"
+    )]
+    pub batch_sizes: Vec<usize>,
+    /// Input image as channels,height,width (Fashion-MNIST: 1,28,28).
+    #[arg(
+        long,
+        value_name = "C,H,W",
+        value_delimiter = ',',
+        num_args = 1,
+        default_value = "1,28,28"
+    )]
+    pub image: Vec<usize>,
+    /// Number of classes.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub classes: usize,
+    /// Untimed steps before measuring.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed steps per batch size (the per-stage table uses as many again).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub repeats: usize,
+    /// Also run bench/pytorch_reference.py (PyTorch from PyPI in its own virtual
+    /// environment, one thread) and print `ratio rps/pytorch batch=B: R` lines; fails if
+    /// the reference cannot run.
+    #[arg(long)]
+    pub pytorch: bool,
+    /// Python interpreter that starts the reference script.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// The reference script.
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_reference.py"))]
+    pub pytorch_script: PathBuf,
+    /// Virtual environment the script creates and installs PyTorch into (reused).
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv"))]
+    pub venv: PathBuf,
+}
+
+impl TryFrom<BenchFlags> for BenchOptions {
+    type Error = String;
+
+    fn try_from(f: BenchFlags) -> Result<Self, String> {
+        let image: [usize; 3] = f.image.as_slice().try_into().map_err(|_| {
+            format!(
+                "--image needs exactly three numbers C,H,W, got {}",
+                f.image.len()
+            )
+        })?;
+        let ModelFlag::Cnn = f.model;
+        Ok(BenchOptions {
+            image,
+            classes: f.classes,
+            batch_sizes: f.batch_sizes,
+            warmup: f.warmup,
+            repeats: f.repeats,
+            pytorch: f.pytorch,
+            python: f.python,
+            script: f.pytorch_script,
+            venv: f.venv,
+        })
+    }
 }
 
 impl From<TrainFlags> for config::TrainArgs {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rps::cli::{Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
+use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
 use rps::comm::mpi::MpiTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
@@ -31,6 +31,26 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Convert(flags) => convert(flags),
         Command::Train(flags) => train_command(flags),
+        Command::Bench(flags) => bench(flags),
+    }
+}
+
+/// `rps bench`: one process, one thread, no MPI.
+fn bench(flags: BenchFlags) -> ExitCode {
+    init_logger(None);
+    let opts = match rps::bench::BenchOptions::try_from(flags) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rps::bench::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

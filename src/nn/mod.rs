@@ -9,6 +9,7 @@ pub mod conv2d;
 pub mod linear;
 pub mod loss;
 pub mod pool;
+pub mod profile;
 pub mod relu;
 
 #[cfg(test)]
