@@ -172,10 +172,10 @@ impl Cnn {
         let fc = |l: &Linear| 2.0 * (l.in_features * l.out_features) as f64;
         vec![
             ("input copy", 0.0),
-            ("conv1 fwd", conv(&self.conv1)),
-            ("relu+pool1 fwd", 0.0),
-            ("conv2 fwd", conv(&self.conv2)),
-            ("relu+pool2 fwd", 0.0),
+            ("conv1+relu fwd", conv(&self.conv1)),
+            ("pool1 fwd", 0.0),
+            ("conv2+relu fwd", conv(&self.conv2)),
+            ("pool2 fwd", 0.0),
             ("fc1+relu fwd", fc(&self.fc1)),
             ("fc2 fwd", fc(&self.fc2)),
             ("loss", 0.0),
@@ -373,33 +373,32 @@ impl Cnn {
         let (c1, c2) = (&self.conv1, &self.conv2);
         let (h, w) = (self.height, self.width);
 
-        c1.forward(params, n, &s.x, &mut s.col, &mut s.a1)?;
-        self.laps.lap("conv1 fwd");
-        let a1 = &mut s.a1[..n * c1.out_size()];
-        relu_forward(ArrayViewMut1::from(&mut *a1));
+        // Bias and ReLU are fused into the pass that lays the product out in NCHW.
+        c1.forward_act(params, n, &s.x, &mut s.col, &mut s.a1, true)?;
+        self.laps.lap("conv1+relu fwd");
+        let a1 = &s.a1[..n * c1.out_size()];
         maxpool2_forward(
-            ArrayView3::from_shape((n * CONV1_FILTERS, h, w), &*a1)?,
+            ArrayView3::from_shape((n * CONV1_FILTERS, h, w), a1)?,
             ArrayViewMut3::from_shape(
                 (n * CONV1_FILTERS, h / 2, w / 2),
                 &mut s.p1[..n * c2.in_size()],
             )?,
             &mut s.arg1,
         )?;
-        self.laps.lap("relu+pool1 fwd");
+        self.laps.lap("pool1 fwd");
 
-        c2.forward(params, n, &s.p1, &mut s.col, &mut s.a2)?;
-        self.laps.lap("conv2 fwd");
-        let a2 = &mut s.a2[..n * c2.out_size()];
-        relu_forward(ArrayViewMut1::from(&mut *a2));
+        c2.forward_act(params, n, &s.p1, &mut s.col, &mut s.a2, true)?;
+        self.laps.lap("conv2+relu fwd");
+        let a2 = &s.a2[..n * c2.out_size()];
         maxpool2_forward(
-            ArrayView3::from_shape((n * CONV2_FILTERS, h / 2, w / 2), &*a2)?,
+            ArrayView3::from_shape((n * CONV2_FILTERS, h / 2, w / 2), a2)?,
             ArrayViewMut3::from_shape(
                 (n * CONV2_FILTERS, h / 4, w / 4),
                 &mut s.p2[..n * self.fc1.in_features],
             )?,
             &mut s.arg2,
         )?;
-        self.laps.lap("relu+pool2 fwd");
+        self.laps.lap("pool2 fwd");
 
         self.fc1.forward(params, n, &s.p2, &mut s.h1)?;
         relu_forward(ArrayViewMut1::from(&mut s.h1[..n * HIDDEN]));
