@@ -331,6 +331,13 @@ impl Conv2d {
         })
     }
 
+    /// The same layer without a bias (its bias range becomes empty), as convolutions
+    /// followed by batch normalization have; every parameter after it moves down by F.
+    pub fn without_bias(mut self) -> Conv2d {
+        self.bias = self.weight.end..self.weight.end;
+        self
+    }
+
     /// Output height Ho.
     pub fn out_h(&self) -> usize {
         (self.in_h + 2 * self.pad - self.kernel) / self.stride + 1
@@ -478,11 +485,12 @@ impl Conv2d {
             let prod = as_slice(&prod.view(), "conv2d product")?;
             for j in 0..g {
                 let out = &mut output[(first + j) * os..(first + j + 1) * os];
-                for ((dst, &b), src) in out
+                for (fi, (dst, src)) in out
                     .chunks_exact_mut(hw)
-                    .zip(bias)
                     .zip(prod.chunks_exact(g * hw))
+                    .enumerate()
                 {
+                    let b = bias.get(fi).copied().unwrap_or(0.0);
                     let src = &src[j * hw..(j + 1) * hw];
                     if relu {
                         for (d, &v) in dst.iter_mut().zip(src) {
@@ -543,11 +551,13 @@ impl Conv2d {
             let g = gmax.min(n - first);
             // Gather the group's output gradient into (F, G·Ho·Wo) and sum the bias gradient.
             let dy = &mut dy_buf[..f * g * hw];
-            for (fi, (row, gbf)) in dy.chunks_exact_mut(g * hw).zip(gb.iter_mut()).enumerate() {
+            for (fi, row) in dy.chunks_exact_mut(g * hw).enumerate() {
                 for (j, dst) in row.chunks_exact_mut(hw).enumerate() {
                     let at = (first + j) * os + fi * hw;
                     dst.copy_from_slice(&grad_output[at..at + hw]);
-                    *gbf += dst.iter().sum::<f32>();
+                    if let Some(gbf) = gb.get_mut(fi) {
+                        *gbf += dst.iter().sum::<f32>();
+                    }
                 }
             }
             let dy = ArrayView2::from_shape((f, g * hw), &*dy)?;
