@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for `rps bench`: the same CNN, batch, and SGD step, on one CPU thread.
+"""PyTorch reference for `rps bench`: the same model, batch, and SGD step, on one CPU thread.
 
 Started by `rps bench --pytorch` (or by hand with any python3). On first use it creates a
 virtual environment (--venv, default target/bench-venv), installs `torch` from PyPI into
@@ -12,6 +12,8 @@ The model matches rps's reference CNN exactly: conv5x5(32, pad 2)-ReLU-maxpool2,
 conv5x5(64, pad 2)-ReLU-maxpool2, flatten, linear(64*H/4*W/4 -> 512)-ReLU,
 linear(512 -> classes), mean softmax cross-entropy; SGD lr 0.01, momentum 0.9,
 weight decay 5e-4. A timed step is zero_grad, forward, loss, backward, optimizer step.
+--model resnet20 builds the CIFAR ResNet-20 of rps (He et al. 2016, option-A shortcuts:
+subsample and zero-pad channels; bias-free convolutions, batch norm).
 """
 
 import argparse
@@ -24,6 +26,7 @@ import time
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venv", default=os.path.join(os.path.dirname(__file__), "..", "target", "bench-venv"))
+    p.add_argument("--model", choices=["cnn", "resnet20"], default="cnn")
     p.add_argument("--batch-sizes", default="32,128")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=20)
@@ -77,6 +80,43 @@ def quantiles(ms):
     return median, q(0.25), q(0.75), s[0], s[-1]
 
 
+def build(name, c, h, w, k):
+    from torch import nn
+    import torch.nn.functional as F
+
+    if name == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), 512), nn.ReLU(),
+            nn.Linear(512, k),
+        )
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.pad = (cout - cin) // 2 if stride != 1 else None
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            short = x if self.pad is None else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+            return F.relu(out + short)
+
+    layers, cin = [nn.Conv2d(c, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+    for s, cout in enumerate([16, 32, 64]):
+        for b in range(3):
+            layers.append(Block(cin, cout, 2 if s > 0 and b == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, k)]
+    return nn.Sequential(*layers)
+
+
 def main():
     args = parse_args()
     ensure_venv(args.venv)
@@ -90,13 +130,7 @@ def main():
     for batch in sorted({int(b) for b in args.batch_sizes.split(",")}):
         reset_peak_rss()
         torch.manual_seed(1)
-        model = nn.Sequential(
-            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), 512), nn.ReLU(),
-            nn.Linear(512, k),
-        )
+        model = build(args.model, c, h, w, k)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         loss_fn = nn.CrossEntropyLoss()
         x = torch.rand(batch, c, h, w) * 2 - 1

@@ -1,5 +1,5 @@
-//! `rps bench`: times the training step (forward, backward, SGD update) of the reference
-//! CNN on one thread, per batch size and per stage, against a measured single-core
+//! `rps bench`: times the training step (forward, backward, SGD update) of a model (the
+//! reference CNN or ResNet-20) on one thread, per batch size and per stage, against a measured single-core
 //! matrix-product peak, and optionally runs the identical PyTorch model in the same
 //! invocation (`bench/pytorch_reference.py`) so the rps/PyTorch ratio is side by side.
 //! No MPI: the benchmark is one process, one thread, like one rank of a training job.
@@ -14,7 +14,7 @@ use ndarray::{Array2, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::nn::Cnn;
+use crate::nn::ModelKind;
 use crate::optim::Sgd;
 
 /// Optimiser settings of the benchmarked step; the PyTorch reference uses the same.
@@ -27,6 +27,8 @@ const PEAK_N: usize = 1024;
 /// What to benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The network.
+    pub model: ModelKind,
     /// Channels, height, width of one input image.
     pub image: [usize; 3],
     /// Number of classes.
@@ -145,10 +147,11 @@ pub struct BatchResult {
 fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResult> {
     let rss_reset = reset_peak_rss();
     let [c, h, w] = opts.image;
-    let mut model = Cnn::new(c, h, w, opts.classes)?;
+    let mut model = opts.model.build(c, h, w, opts.classes)?;
     let mut params = model.init_params(seed);
     let mut grads = vec![0.0; model.num_params()];
     let mut sgd = Sgd::new(model.num_params(), LR, MOMENTUM, WEIGHT_DECAY);
+    sgd.set_trainable(model.trainable());
     let mut rng = StdRng::seed_from_u64(seed);
     let x = Array4::from_shape_fn((batch, c, h, w), |_| rng.random_range(-1.0f32..1.0));
     let y: Vec<usize> = (0..batch)
@@ -156,7 +159,7 @@ fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResu
         .collect();
 
     let steps = time_ms(opts.warmup, opts.repeats, || {
-        model.train_batch(&params, &mut grads, x.view(), &y)?;
+        model.train_batch(&mut params, &mut grads, x.view(), &y)?;
         sgd.step(&mut params, &grads);
         Ok(())
     })?;
@@ -166,7 +169,7 @@ fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResu
     model.set_profiling(true);
     let mut per_stage: Vec<(&'static str, Vec<f64>)> = Vec::new();
     for _ in 0..opts.repeats {
-        model.train_batch(&params, &mut grads, x.view(), &y)?;
+        model.train_batch(&mut params, &mut grads, x.view(), &y)?;
         let t = Instant::now();
         sgd.step(&mut params, &grads);
         let sgd_s = t.elapsed().as_secs_f64();
@@ -247,6 +250,7 @@ fn run_reference(opts: &BenchOptions) -> Result<Vec<ReferenceResult>> {
         .arg(&opts.script)
         .arg("--venv")
         .arg(&opts.venv)
+        .args(["--model", opts.model.name()])
         .args(["--batch-sizes", &sizes.join(",")])
         .args(["--warmup", &opts.warmup.to_string()])
         .args(["--repeats", &opts.repeats.to_string()])
@@ -301,10 +305,13 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     );
     ensure!(opts.repeats > 0, "--repeats must be at least 1");
     let [c, h, w] = opts.image;
-    let probe = Cnn::new(c, h, w, opts.classes)
-        .with_context(|| format!("image {c}×{h}×{w} does not fit the CNN"))?;
+    let name = opts.model.name();
+    let probe = opts
+        .model
+        .build(c, h, w, opts.classes)
+        .with_context(|| format!("image {c}×{h}×{w} does not fit the {name}"))?;
     println!(
-        "rps bench: model cnn ({c}×{h}×{w}, {} classes, {} parameters), one thread, SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, warmup {}, repeats {}",
+        "rps bench: model {name} ({c}×{h}×{w}, {} classes, {} parameters), one thread, SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, warmup {}, repeats {}",
         opts.classes,
         probe.num_params(),
         opts.warmup,

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::bench::BenchOptions;
 use crate::config::{self, Algorithm};
 use crate::data::convert::ConvertOptions;
+use crate::nn::ModelKind;
 
 /// Distributed training over deliberately unreliable networks: the Robust Parameter
 /// Server (RPS) algorithm of Yu et al., "Distributed Learning over Unreliable Networks"
@@ -23,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the reference CNN under mpirun (every rank runs this same command).
+    /// Train a model (the reference CNN by default) under mpirun (every rank runs this same command).
     ///
     /// Example: mpirun -n 5 rps train --dataset data/fashion-mnist.h5
     /// --metrics runs/p0.1.h5 --servers 1 --drop-rate 0.1 --epochs 1
@@ -120,6 +121,10 @@ pub struct TrainFlags {
     /// Overwrite an existing metrics or model file.
     #[arg(long)]
     pub force: bool,
+    /// Network every worker trains (resnet20: the paper's CIFAR model, batch norm
+    /// included in the exchanged state).
+    #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
+    pub model: ModelFlag,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +163,17 @@ pub struct ConvertFlags {
 pub enum ModelFlag {
     /// The reference CNN: two 5×5 convolutions with pooling, two fully connected layers.
     Cnn,
+    /// CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, batch norm.
+    Resnet20,
+}
+
+impl From<ModelFlag> for ModelKind {
+    fn from(f: ModelFlag) -> ModelKind {
+        match f {
+            ModelFlag::Cnn => ModelKind::Cnn,
+            ModelFlag::Resnet20 => ModelKind::ResNet20,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -173,15 +189,10 @@ pub struct BenchFlags {
         default_value = "32,128"
     )]
     pub batch_sizes: Vec<usize>,
-    /// Input image as channels,height,width (Fashion-MNIST: 1,28,28).
-    #[arg(
-        long,
-        value_name = "C,H,W",
-        value_delimiter = ',',
-        num_args = 1,
-        default_value = "1,28,28"
-    )]
-    pub image: Vec<usize>,
+    /// Input image as channels,height,width [default: 1,28,28 (Fashion-MNIST) for cnn,
+    /// 3,32,32 (CIFAR-10) for resnet20].
+    #[arg(long, value_name = "C,H,W", value_delimiter = ',')]
+    pub image: Option<Vec<usize>>,
     /// Number of classes.
     #[arg(long, value_name = "K", default_value_t = 10)]
     pub classes: usize,
@@ -211,14 +222,18 @@ impl TryFrom<BenchFlags> for BenchOptions {
     type Error = String;
 
     fn try_from(f: BenchFlags) -> Result<Self, String> {
-        let image: [usize; 3] = f.image.as_slice().try_into().map_err(|_| {
+        let image = f.image.unwrap_or_else(|| match f.model {
+            ModelFlag::Cnn => vec![1, 28, 28],
+            ModelFlag::Resnet20 => vec![3, 32, 32],
+        });
+        let image: [usize; 3] = image.as_slice().try_into().map_err(|_| {
             format!(
                 "--image needs exactly three numbers C,H,W, got {}",
-                f.image.len()
+                image.len()
             )
         })?;
-        let ModelFlag::Cnn = f.model;
         Ok(BenchOptions {
+            model: f.model.into(),
             image,
             classes: f.classes,
             batch_sizes: f.batch_sizes,
@@ -254,6 +269,7 @@ impl From<TrainFlags> for config::TrainArgs {
             seed: f.seed,
             eval_every: f.eval_every,
             force: f.force,
+            model: f.model.into(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::nn::ModelKind;
 use crate::rps::Mode;
 
 /// Which training algorithm runs.
@@ -57,6 +58,8 @@ pub struct TrainConfig {
     pub force: bool,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
+    /// The network every worker trains.
+    pub model: ModelKind,
 }
 
 /// Raw training arguments as given by the user (any front end: flags, later job files).
@@ -78,6 +81,7 @@ pub struct TrainArgs {
     pub seed: u64,
     pub eval_every: u64,
     pub force: bool,
+    pub model: ModelKind,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -184,6 +188,7 @@ impl TrainConfig {
             eval_every: a.eval_every,
             force: a.force,
             command_line,
+            model: a.model,
         })
     }
 }
@@ -210,6 +215,7 @@ mod tests {
             seed: 1,
             eval_every: 100,
             force: false,
+            model: ModelKind::Cnn,
         }
     }
 

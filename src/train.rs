@@ -19,7 +19,7 @@ use crate::data::dataset::{epoch_order, shard_range};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::{hash_words, Bernoulli, DropModel};
 use crate::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
-use crate::nn::Cnn;
+use crate::nn::Model;
 use crate::optim::Sgd;
 use crate::rps::{Exchange, Layout, Mode};
 
@@ -55,7 +55,7 @@ pub enum Failure {
 /// Everything the step loop needs, prepared (and validated) before training starts.
 struct Setup {
     info: DatasetInfo,
-    model: Cnn,
+    model: Box<dyn Model>,
     layout: Layout,
     steps_per_epoch: u64,
     total_steps: u64,
@@ -67,15 +67,19 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
     check_launcher(size)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let t = info.train;
-    let model = Cnn::new(t.channels, t.height, t.width, info.classes.len()).with_context(|| {
-        format!(
-            "dataset {}: images of {}×{}×{} do not fit the CNN",
-            info.path.display(),
-            t.channels,
-            t.height,
-            t.width
-        )
-    })?;
+    let model = cfg
+        .model
+        .build(t.channels, t.height, t.width, info.classes.len())
+        .with_context(|| {
+            format!(
+                "dataset {}: images of {}×{}×{} do not fit the {}",
+                info.path.display(),
+                t.channels,
+                t.height,
+                t.width,
+                cfg.model.name()
+            )
+        })?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
     let workers = layout.num_workers();
     let per_worker = t.count / workers;
@@ -235,7 +239,7 @@ fn open_outputs<T: Transport + ?Sized>(
             (s.total_steps as f64 / s.steps_per_epoch as f64).into(),
         ),
         ("eval_every", (cfg.eval_every as i64).into()),
-        ("model", "cnn".into()),
+        ("model", cfg.model.name().into()),
         ("num_params", (s.model.num_params() as i64).into()),
         ("dataset", cfg.dataset.display().to_string().into()),
         ("dataset_source", s.info.source.clone().into()),
@@ -291,7 +295,14 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             exchange: Exchange::new(s.layout.clone(), drop),
             params,
             grads: vec![0.0; replica],
-            sgd: Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay),
+            sgd: {
+                let mut sgd = Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay);
+                if replica > 0 {
+                    // Batch-norm running statistics are exchanged, never trained.
+                    sgd.set_trainable(s.model.trainable());
+                }
+                sgd
+            },
             average: vec![0.0; d],
             pending: Vec::new(),
             images: Vec::new(),
@@ -363,10 +374,10 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         );
         let i = shard.info;
         let view = ArrayView4::from_shape((b, i.channels, i.height, i.width), &self.images)?;
-        let stats = self
-            .s
-            .model
-            .train_batch(&self.params, &mut self.grads, view, &self.labels)?;
+        let stats =
+            self.s
+                .model
+                .train_batch(&mut self.params, &mut self.grads, view, &self.labels)?;
         self.sgd.step(&mut self.params, &self.grads);
         rec[field::LOSS_SUM] = stats.loss_sum;
         rec[field::CORRECT] = stats.correct as f64;
@@ -509,9 +520,11 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
 
     fn finish(&mut self, last: EvalRecord) -> Result<Summary> {
         let wall_s = self.start.elapsed().as_secs_f64();
+        let peak_rss = max_over_ranks(self.t, crate::bench::peak_rss_bytes().unwrap_or(0));
         if let Some(w) = self.writer.take() {
+            w.set_attr("peak_rss_bytes_max", &(peak_rss as i64).into())?;
             if let Some(p) = &self.cfg.save_model {
-                save_model(p, &self.s.model, &self.average)?;
+                save_model(p, &*self.s.model, &self.average)?;
                 w.set_attr("saved_model", &p.display().to_string().into())?;
             }
             for (name, v) in [
@@ -539,9 +552,22 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     }
 }
 
+/// The largest of every rank's `value` (a collective: all ranks call it).
+fn max_over_ranks<T: Transport + ?Sized>(t: &T, value: u64) -> u64 {
+    t.allgather_bytes(&value.to_le_bytes())
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Writes the flat parameter vector and its layout (one attribute per tensor: offset
 /// and length) to an HDF5 file.
-fn save_model(path: &Path, model: &Cnn, params: &[f32]) -> Result<()> {
+fn save_model(path: &Path, model: &dyn Model, params: &[f32]) -> Result<()> {
     let ctx = || format!("--save-model {}: cannot write the model", path.display());
     let f = hdf5::File::create(path).with_context(ctx)?;
     let ds = f
@@ -552,7 +578,7 @@ fn save_model(path: &Path, model: &Cnn, params: &[f32]) -> Result<()> {
     for (name, range) in model.param_layout() {
         ds.new_attr::<u64>()
             .shape(2)
-            .create(name)
+            .create(name.as_str())
             .and_then(|a| a.write(&[range.start as u64, range.len() as u64]))
             .with_context(ctx)?;
     }
