@@ -309,7 +309,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let probe = opts
         .model
         .build(c, h, w, opts.classes)
-        .with_context(|| format!("image {c}×{h}×{w} does not fit the {name}"))?;
+        .with_context(|| format!("image {c}×{h}×{w} does not fit the {}", opts.model.title()))?;
     println!(
         "rps bench: model {name} ({c}×{h}×{w}, {} classes, {} parameters), one thread, SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, warmup {}, repeats {}",
         opts.classes,

@@ -121,6 +121,10 @@ pub struct TrainFlags {
     /// Overwrite an existing metrics or model file.
     #[arg(long)]
     pub force: bool,
+    /// Augment training batches: random 32×32-style crop of the image zero-padded by 4
+    /// pixels, and a horizontal flip with probability 1/2, seeded by (seed, worker, step).
+    #[arg(long)]
+    pub augment: bool,
     /// Network every worker trains (resnet20: the paper's CIFAR model, batch norm
     /// included in the exchanged state).
     #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
@@ -131,6 +135,9 @@ pub struct TrainFlags {
 pub enum DatasetFormat {
     /// The four IDX files of Fashion-MNIST (gzipped or not).
     FashionMnist,
+    /// The CIFAR-10 binary version: data_batch_1.bin … data_batch_5.bin and
+    /// test_batch.bin (cifar-10-binary.tar.gz extracted to cifar-10-batches-bin/).
+    Cifar10,
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +145,8 @@ pub struct ConvertFlags {
     /// Format of the input.
     #[arg(value_enum)]
     pub format: DatasetFormat,
-    /// Directory holding the input files.
+    /// Directory holding the input files (for cifar10: the extracted
+    /// cifar-10-batches-bin/).
     #[arg(
         long,
         value_name = "DIR",
@@ -270,6 +278,7 @@ impl From<TrainFlags> for config::TrainArgs {
             eval_every: f.eval_every,
             force: f.force,
             model: f.model.into(),
+            augment: f.augment,
         }
     }
 }

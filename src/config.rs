@@ -60,6 +60,8 @@ pub struct TrainConfig {
     pub command_line: String,
     /// The network every worker trains.
     pub model: ModelKind,
+    /// Random crop (padding 4) and horizontal flip of training batches.
+    pub augment: bool,
 }
 
 /// Raw training arguments as given by the user (any front end: flags, later job files).
@@ -82,6 +84,7 @@ pub struct TrainArgs {
     pub eval_every: u64,
     pub force: bool,
     pub model: ModelKind,
+    pub augment: bool,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -189,6 +192,7 @@ impl TrainConfig {
             force: a.force,
             command_line,
             model: a.model,
+            augment: a.augment,
         })
     }
 }
@@ -216,6 +220,7 @@ mod tests {
             eval_every: 100,
             force: false,
             model: ModelKind::Cnn,
+            augment: false,
         }
     }
 

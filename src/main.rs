@@ -105,6 +105,7 @@ fn convert(flags: ConvertFlags) -> ExitCode {
     let opts = flags.into();
     let result = match format {
         DatasetFormat::FashionMnist => rps::data::convert::fashion_mnist(&opts),
+        DatasetFormat::Cifar10 => rps::data::cifar::cifar10(&opts),
     };
     match result {
         Ok(summary) => {

@@ -77,7 +77,7 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<Setup> {
                 t.channels,
                 t.height,
                 t.width,
-                cfg.model.name()
+                cfg.model.title()
             )
         })?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
@@ -240,6 +240,7 @@ fn open_outputs<T: Transport + ?Sized>(
         ),
         ("eval_every", (cfg.eval_every as i64).into()),
         ("model", cfg.model.name().into()),
+        ("augment", (cfg.augment as i64).into()),
         ("num_params", (s.model.num_params() as i64).into()),
         ("dataset", cfg.dataset.display().to_string().into()),
         ("dataset_source", s.info.source.clone().into()),
@@ -367,10 +368,16 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             self.order = epoch_order(self.cfg.seed, *w, epoch, shard.len());
         }
         let b = self.cfg.batch_size;
-        shard.fill_batch(
+        // Augmentation draws from (seed, worker, step), so every run is reproducible.
+        let augment = self
+            .cfg
+            .augment
+            .then(|| hash_words(&[self.cfg.seed, *w as u64, step, 0x4155_4731]));
+        shard.fill_batch_augmented(
             &self.order[j * b..(j + 1) * b],
             &mut self.images,
             &mut self.labels,
+            augment,
         );
         let i = shard.info;
         let view = ArrayView4::from_shape((b, i.channels, i.height, i.width), &self.images)?;

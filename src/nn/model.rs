@@ -27,6 +27,14 @@ impl ModelKind {
         }
     }
 
+    /// The name in prose (`CNN`, `ResNet-20`), for messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            ModelKind::Cnn => "CNN",
+            ModelKind::ResNet20 => "ResNet-20",
+        }
+    }
+
     /// Builds the model for images of `channels`×`height`×`width` and `classes` classes.
     ///
     /// # Errors

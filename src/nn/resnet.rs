@@ -4,7 +4,7 @@
 //! Stride-2 shortcuts are option A of the paper, as in the common PyTorch CIFAR code:
 //! subsample x[:, :, ::2, ::2] and zero-pad channels (out/4 on each side) — no parameters,
 //! so the model has the paper's 0.27 M weights. One flat buffer holds the weights and the
-//! batch-norm running statistics; [`ResNet20::trainable`] lists what SGD may update.
+//! batch-norm running statistics; `Model::trainable` lists what SGD may update.
 
 use std::ops::Range;
 
