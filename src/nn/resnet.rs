@@ -168,6 +168,12 @@ impl ResNet20 {
         })
     }
 
+    /// Every conv-BN layer in order: the stem, then each block's two (no allocation).
+    fn layers(&self) -> impl Iterator<Item = &ConvBn> {
+        std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| [&b.c1, &b.c2]))
+    }
+
+    /// [`ResNet20::layers`] with their name prefixes, for the parameter layout.
     fn conv_bns(&self) -> impl Iterator<Item = (String, &ConvBn)> {
         std::iter::once(("".to_string(), &self.stem)).chain(
             self.blocks.iter().enumerate().flat_map(|(i, b)| {
@@ -525,7 +531,7 @@ impl crate::nn::Model for ResNet20 {
                 *v = std * rng.sample::<f32, _>(StandardNormal);
             }
         };
-        let layers: Vec<ConvBn> = self.conv_bns().map(|(_, l)| l.clone()).collect();
+        let layers: Vec<ConvBn> = self.layers().cloned().collect();
         for l in &layers {
             normal(l.conv.weight.clone(), l.conv.fan_in(), &mut p);
             l.bn.init(&mut p);
@@ -572,9 +578,8 @@ impl crate::nn::Model for ResNet20 {
         self.laps.lap("loss");
         self.backward(params, grads, n)?;
         // Running statistics change only after the gradient used the batch statistics.
-        let s = &self.scratch;
-        for (i, (_, l)) in self.conv_bns().enumerate() {
-            l.bn.update_running(params, n, &s.saved[i]);
+        for (l, saved) in self.layers().zip(&self.scratch.saved) {
+            l.bn.update_running(params, n, saved);
         }
         Ok(self.stats(n, sums))
     }
