@@ -20,6 +20,10 @@ fn main() -> ExitCode {
             // Under mpirun every rank parses the same flags: let one of them speak.
             if launcher_rank().unwrap_or(0) == 0 {
                 let _ = e.print();
+            } else if e.use_stderr() {
+                // mpirun kills the job as soon as one rank exits non-zero; MPI is not up,
+                // so no barrier: give rank 0 a moment to print the message first.
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
             return if e.use_stderr() {
                 ExitCode::from(2)
