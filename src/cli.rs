@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::BenchOptions;
 use crate::config::{self, Algorithm};
 use crate::data::convert::ConvertOptions;
+use crate::nn::ModelKind;
 
 /// Distributed training over deliberately unreliable networks: the Robust Parameter
 /// Server (RPS) algorithm of Yu et al., "Distributed Learning over Unreliable Networks"
@@ -22,13 +24,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the reference CNN under mpirun (every rank runs this same command).
+    /// Train a model (the reference CNN by default) under mpirun (every rank runs this same command).
     ///
     /// Example: mpirun -n 5 rps train --dataset data/fashion-mnist.h5
     /// --metrics runs/p0.1.h5 --servers 1 --drop-rate 0.1 --epochs 1
     Train(Box<TrainFlags>),
     /// Convert a public dataset into rps's HDF5 layout (no MPI needed).
     Convert(ConvertFlags),
+    /// Time the model's training step on one thread, per stage, optionally side by side
+    /// with the identical PyTorch model (no MPI needed).
+    ///
+    /// Example: rps bench --batch-sizes 32,128 --pytorch
+    Bench(BenchFlags),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,12 +219,23 @@ pub struct TrainFlags {
     /// --metrics file; refused if DIR was written by another configuration.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Augment training batches: random 32×32-style crop of the image zero-padded by 4
+    /// pixels, and a horizontal flip with probability 1/2, seeded by (seed, worker, step).
+    #[arg(long)]
+    pub augment: bool,
+    /// Network every worker trains (resnet20: the paper's CIFAR model, batch norm
+    /// included in the exchanged state).
+    #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
+    pub model: ModelFlag,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatasetFormat {
     /// The four IDX files of Fashion-MNIST (gzipped or not).
     FashionMnist,
+    /// The CIFAR-10 binary version: data_batch_1.bin … data_batch_5.bin and
+    /// test_batch.bin (cifar-10-binary.tar.gz extracted to cifar-10-batches-bin/).
+    Cifar10,
 }
 
 #[derive(Debug, Args)]
@@ -225,7 +243,8 @@ pub struct ConvertFlags {
     /// Format of the input.
     #[arg(value_enum)]
     pub format: DatasetFormat,
-    /// Directory holding the input files.
+    /// Directory holding the input files (for cifar10: the extracted
+    /// cifar-10-batches-bin/).
     #[arg(
         long,
         value_name = "DIR",
@@ -244,6 +263,94 @@ pub struct ConvertFlags {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelFlag {
+    /// The reference CNN: two 5×5 convolutions with pooling, two fully connected layers.
+    Cnn,
+    /// CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, batch norm.
+    Resnet20,
+}
+
+impl From<ModelFlag> for ModelKind {
+    fn from(f: ModelFlag) -> ModelKind {
+        match f {
+            ModelFlag::Cnn => ModelKind::Cnn,
+            ModelFlag::Resnet20 => ModelKind::ResNet20,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFlags {
+    /// Model to benchmark.
+    #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
+    pub model: ModelFlag,
+    /// Batch sizes, comma-separated.
+    #[arg(
+        long,
+        value_name = "B,B,...",
+        value_delimiter = ',',
+        default_value = "32,128"
+    )]
+    pub batch_sizes: Vec<usize>,
+    /// Input image as channels,height,width [default: 1,28,28 (Fashion-MNIST) for cnn,
+    /// 3,32,32 (CIFAR-10) for resnet20].
+    #[arg(long, value_name = "C,H,W", value_delimiter = ',')]
+    pub image: Option<Vec<usize>>,
+    /// Number of classes.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub classes: usize,
+    /// Untimed steps before measuring.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed steps per batch size (the per-stage table uses as many again).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub repeats: usize,
+    /// Also run bench/pytorch_reference.py (PyTorch from PyPI in its own virtual
+    /// environment, one thread) and print `ratio rps/pytorch batch=B: R` lines; fails if
+    /// the reference cannot run.
+    #[arg(long)]
+    pub pytorch: bool,
+    /// Python interpreter that starts the reference script.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// The reference script.
+    #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_reference.py"))]
+    pub pytorch_script: PathBuf,
+    /// Virtual environment the script creates and installs PyTorch into (reused).
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv"))]
+    pub venv: PathBuf,
+}
+
+impl TryFrom<BenchFlags> for BenchOptions {
+    type Error = String;
+
+    fn try_from(f: BenchFlags) -> Result<Self, String> {
+        let image = f.image.unwrap_or_else(|| match f.model {
+            ModelFlag::Cnn => vec![1, 28, 28],
+            ModelFlag::Resnet20 => vec![3, 32, 32],
+        });
+        let image: [usize; 3] = image.as_slice().try_into().map_err(|_| {
+            format!(
+                "--image needs exactly three numbers C,H,W, got {}",
+                image.len()
+            )
+        })?;
+        Ok(BenchOptions {
+            model: f.model.into(),
+            image,
+            classes: f.classes,
+            batch_sizes: f.batch_sizes,
+            warmup: f.warmup,
+            repeats: f.repeats,
+            pytorch: f.pytorch,
+            python: f.python,
+            script: f.pytorch_script,
+            venv: f.venv,
+        })
+    }
 }
 
 impl From<TrainFlags> for config::TrainArgs {
@@ -288,6 +395,8 @@ impl From<TrainFlags> for config::TrainArgs {
             checkpoint_every: f.checkpoint_every,
             checkpoint_dir: f.checkpoint_dir,
             resume: f.resume,
+            model: f.model.into(),
+            augment: f.augment,
         }
     }
 }

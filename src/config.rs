@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::drop::GeParams;
+use crate::nn::ModelKind;
 use crate::rps::Mode;
 
 /// Which drop model decides the fate of each message (or packet).
@@ -101,6 +102,10 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
+    /// The network every worker trains.
+    pub model: ModelKind,
+    /// Random crop (padding 4) and horizontal flip of training batches.
+    pub augment: bool,
 }
 
 /// How receivers learn that a message was lost.
@@ -151,6 +156,8 @@ pub struct TrainArgs {
     pub checkpoint_every: Option<u64>,
     pub checkpoint_dir: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    pub model: ModelKind,
+    pub augment: bool,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -316,6 +323,8 @@ impl TrainConfig {
             checkpoint_dir,
             resume: a.resume,
             command_line,
+            model: a.model,
+            augment: a.augment,
         })
     }
 }
@@ -417,6 +426,8 @@ mod tests {
             checkpoint_every: None,
             checkpoint_dir: None,
             resume: None,
+            model: ModelKind::Cnn,
+            augment: false,
         }
     }
 

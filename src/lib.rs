@@ -5,8 +5,9 @@
 //! nothing of MPI), [`data`] (HDF5 datasets and shards), [`mod@drop`] (drop models),
 //! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
 //! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
-//! [`train`] (the driver), [`config`] and [`cli`].
+//! [`train`] (the driver), [`config`] and [`cli`]; [`mod@bench`] times the model on one thread.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod comm;

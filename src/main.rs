@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use rps::cli::{Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
+use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
 use rps::comm::mpi::MpiTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Convert(flags) => convert(flags),
         Command::Train(flags) => train_command(*flags),
+        Command::Bench(flags) => bench(flags),
     }
 }
 
@@ -53,6 +54,25 @@ fn print_clap(e: &clap::Error) {
     } else {
         print!("{e}");
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// `rps bench`: one process, one thread, no MPI.
+fn bench(flags: BenchFlags) -> ExitCode {
+    init_logger(None);
+    let opts = match rps::bench::BenchOptions::try_from(flags) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rps::bench::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -127,6 +147,7 @@ fn convert(flags: ConvertFlags) -> ExitCode {
     let opts = flags.into();
     let result = match format {
         DatasetFormat::FashionMnist => rps::data::convert::fashion_mnist(&opts),
+        DatasetFormat::Cifar10 => rps::data::cifar::cifar10(&opts),
     };
     match result {
         Ok(summary) => {

@@ -14,6 +14,9 @@ pub struct Sgd {
     pub weight_decay: f32,
     /// Momentum buffer, one entry per parameter.
     velocity: Vec<f32>,
+    /// Ranges [`Sgd::step`] updates (all by default); entries outside them, such as
+    /// batch-norm running statistics, are left alone: no step, no momentum, no decay.
+    trainable: Vec<std::ops::Range<usize>>,
 }
 
 impl Sgd {
@@ -24,7 +27,21 @@ impl Sgd {
             momentum,
             weight_decay,
             velocity: vec![0.0; num_params],
+            trainable: std::iter::once(0..num_params).collect(),
         }
+    }
+
+    /// Restricts updates to `ranges` (see [`crate::nn::Model::trainable`]).
+    ///
+    /// # Panics
+    /// If a range reaches past the parameter count: a wiring bug, not a data error.
+    pub fn set_trainable(&mut self, ranges: Vec<std::ops::Range<usize>>) {
+        assert!(
+            ranges.iter().all(|r| r.end <= self.velocity.len()),
+            "Sgd::set_trainable: range past the {} parameters",
+            self.velocity.len()
+        );
+        self.trainable = ranges;
     }
 
     /// One update of `params` from `grads`.
@@ -44,10 +61,17 @@ impl Sgd {
             "Sgd::step: params length differs from the optimiser's"
         );
         let (lr, mu, wd) = (self.lr, self.momentum, self.weight_decay);
-        for ((p, &g), v) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
-            let g = g + wd * *p;
-            *v = mu * *v + g;
-            *p -= lr * *v;
+        for r in &self.trainable {
+            let (p, g, v) = (
+                &mut params[r.clone()],
+                &grads[r.clone()],
+                &mut self.velocity[r.clone()],
+            );
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+                let g = g + wd * *p;
+                *v = mu * *v + g;
+                *p -= lr * *v;
+            }
         }
     }
 
@@ -100,6 +124,18 @@ mod tests {
         sgd.step(&mut p, &[0.0]);
         // v = 0.5·4 + 0 = 2; p = 0 − 0.5·2.
         assert_eq!((p[0], sgd.velocity()[0]), (-1.0, 2.0));
+    }
+
+    #[test]
+    fn untrainable_ranges_are_left_alone() {
+        let mut sgd = Sgd::new(4, 0.5, 0.9, 0.1);
+        sgd.set_trainable(vec![0..1, 3..4]);
+        let mut p = [1.0f32, 2.0, 3.0, 4.0];
+        sgd.step(&mut p, &[1.0, 1.0, 1.0, 1.0]);
+        sgd.step(&mut p, &[1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(p[1..3], [2.0, 3.0], "state entries keep their values");
+        assert_eq!(sgd.velocity()[1..3], [0.0, 0.0], "and get no momentum");
+        assert!(p[0] < 1.0 && p[3] < 4.0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::drop::{
     hash_words, Bernoulli, DropModel, GilbertElliott, LinkRates, PerLink, Replay, TraceRecord,
 };
 use crate::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
-use crate::nn::Cnn;
+use crate::nn::Model;
 use crate::optim::Sgd;
 use crate::rps::{Exchange, Layout, Mode};
 
@@ -70,7 +70,7 @@ const KEEP_CHECKPOINTS: usize = 2;
 /// Everything the step loop needs, prepared (and validated) before training starts.
 struct Setup {
     info: DatasetInfo,
-    model: Cnn,
+    model: Box<dyn Model>,
     layout: Layout,
     /// Content of the --link-rates file, recorded in the metrics.
     link_rates_text: Option<String>,
@@ -89,15 +89,19 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
     check_launcher(size)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let t = info.train;
-    let model = Cnn::new(t.channels, t.height, t.width, info.classes.len()).with_context(|| {
-        format!(
-            "dataset {}: images of {}×{}×{} do not fit the CNN",
-            info.path.display(),
-            t.channels,
-            t.height,
-            t.width
-        )
-    })?;
+    let model = cfg
+        .model
+        .build(t.channels, t.height, t.width, info.classes.len())
+        .with_context(|| {
+            format!(
+                "dataset {}: images of {}×{}×{} do not fit the {}",
+                info.path.display(),
+                t.channels,
+                t.height,
+                t.width,
+                cfg.model.title()
+            )
+        })?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
     let workers = layout.num_workers();
     let per_worker = t.count / workers;
@@ -154,7 +158,7 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
     let fingerprint = [
         format!("world_size={size}"),
         format!("mode={:?}", cfg.mode),
-        "model=cnn".to_string(),
+        format!("model={}", cfg.model.name()),
         format!("num_params={}", model.num_params()),
         format!(
             "dataset={}",
@@ -173,6 +177,7 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         format!("drop={}", drop.describe()),
         format!("packet_bytes={}", cfg.packet_bytes.unwrap_or(0)),
         format!("detection={:?}", cfg.detection),
+        format!("augment={}", cfg.augment),
     ]
     .join(";");
     let resume = match &cfg.resume {
@@ -398,7 +403,8 @@ fn open_outputs<T: Transport + ?Sized>(
             (s.total_steps as f64 / s.steps_per_epoch as f64).into(),
         ),
         ("eval_every", (cfg.eval_every as i64).into()),
-        ("model", "cnn".into()),
+        ("model", cfg.model.name().into()),
+        ("augment", (cfg.augment as i64).into()),
         ("num_params", (s.model.num_params() as i64).into()),
         ("dataset", cfg.dataset.display().to_string().into()),
         ("dataset_source", s.info.source.clone().into()),
@@ -494,6 +500,10 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             Vec::new()
         };
         let mut sgd = Sgd::new(replica, cfg.lr, cfg.momentum, cfg.weight_decay);
+        if replica > 0 {
+            // Batch-norm running statistics are exchanged, never trained.
+            sgd.set_trainable(s.model.trainable());
+        }
         let (mut first_step, mut totals) = (0, [0, 0]);
         if let Some(state) = s.resume.take() {
             params = state.params;
@@ -659,17 +669,23 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             self.order = epoch_order(self.cfg.seed, *w, epoch, shard.len());
         }
         let b = self.cfg.batch_size;
-        shard.fill_batch(
+        // Augmentation draws from (seed, worker, step), so every run is reproducible.
+        let augment = self
+            .cfg
+            .augment
+            .then(|| hash_words(&[self.cfg.seed, *w as u64, step, 0x4155_4731]));
+        shard.fill_batch_augmented(
             &self.order[j * b..(j + 1) * b],
             &mut self.images,
             &mut self.labels,
+            augment,
         );
         let i = shard.info;
         let view = ArrayView4::from_shape((b, i.channels, i.height, i.width), &self.images)?;
-        let stats = self
-            .s
-            .model
-            .train_batch(&self.params, &mut self.grads, view, &self.labels)?;
+        let stats =
+            self.s
+                .model
+                .train_batch(&mut self.params, &mut self.grads, view, &self.labels)?;
         self.sgd.step(&mut self.params, &self.grads);
         rec[field::LOSS_SUM] = stats.loss_sum;
         rec[field::CORRECT] = stats.correct as f64;
@@ -868,7 +884,9 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     fn finish(&mut self, last: EvalRecord) -> Result<Summary> {
         let wall_s = self.start.elapsed().as_secs_f64();
         let links = self.link_matrices();
+        let peak_rss = max_over_ranks(self.t, crate::bench::peak_rss_bytes().unwrap_or(0));
         if let Some(w) = self.writer.take() {
+            w.set_attr("peak_rss_bytes_max", &(peak_rss as i64).into())?;
             let workers = self.s.layout.workers();
             let cols = format!("worker ranks {}..{}", workers.start, workers.end);
             let rows = format!("server ranks 0..{}", self.s.layout.num_servers());
@@ -886,7 +904,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 w.write_matrix(name, m, &rows, &cols)?;
             }
             if let Some(p) = &self.cfg.save_model {
-                save_model(p, &self.s.model, &self.average)?;
+                save_model(p, &*self.s.model, &self.average)?;
                 w.set_attr("saved_model", &p.display().to_string().into())?;
             }
             for (name, v) in [
@@ -923,9 +941,22 @@ pub fn unit(cfg: &TrainConfig) -> &'static str {
     }
 }
 
+/// The largest of every rank's `value` (a collective: all ranks call it).
+fn max_over_ranks<T: Transport + ?Sized>(t: &T, value: u64) -> u64 {
+    t.allgather_bytes(&value.to_le_bytes())
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Writes the flat parameter vector and its layout (one attribute per tensor: offset
 /// and length) to an HDF5 file.
-fn save_model(path: &Path, model: &Cnn, params: &[f32]) -> Result<()> {
+fn save_model(path: &Path, model: &dyn Model, params: &[f32]) -> Result<()> {
     let ctx = || format!("--save-model {}: cannot write the model", path.display());
     let f = hdf5::File::create(path).with_context(ctx)?;
     let ds = f
@@ -936,7 +967,7 @@ fn save_model(path: &Path, model: &Cnn, params: &[f32]) -> Result<()> {
     for (name, range) in model.param_layout() {
         ds.new_attr::<u64>()
             .shape(2)
-            .create(name)
+            .create(name.as_str())
             .and_then(|a| a.write(&[range.start as u64, range.len() as u64]))
             .with_context(ctx)?;
     }

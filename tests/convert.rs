@@ -1,4 +1,5 @@
-//! `rps convert fashion-mnist` on files in the exact IDX format, gzipped and not.
+//! `rps convert fashion-mnist` on files in the exact IDX format, gzipped and not, and
+//! `rps convert cifar10` on files in the exact CIFAR-10 binary format.
 
 mod common;
 use common::*;
@@ -195,4 +196,131 @@ fn converts_the_debian_package() {
         .unwrap();
     // The first training labels of Fashion-MNIST are 9 (ankle boot), 0, 0, 3.
     assert_eq!(&labels[..4], &[9, 0, 0, 3]);
+}
+
+fn convert_cifar(input: &Path, output: &Path) -> Run {
+    rps(&[
+        "convert",
+        "cifar10",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn cifar10_pixels_labels_classes_and_statistics_round_trip() {
+    let dir = out_dir();
+    write_cifar(dir.path(), 3);
+    let out = dir.path().join("cifar.h5");
+    let run = convert_cifar(dir.path(), &out);
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("15 training and 3 test samples"),
+        "{}",
+        run.stdout
+    );
+    let f = hdf5::File::open(&out).unwrap();
+    let images = f.dataset("train/images").unwrap();
+    assert_eq!(images.shape(), [15, 3, 32, 32]);
+    let px = images.read_raw::<u8>().unwrap();
+    let labels = f.dataset("train/labels").unwrap().read_raw::<u8>().unwrap();
+    // Training files in order 1..5, records in file order; the record bytes after the
+    // label are the image in C×H×W order.
+    let mut want_px = Vec::new();
+    let mut want_labels = Vec::new();
+    for file in 0..5 {
+        for rec in cifar_records(file, 3).chunks(3073) {
+            want_labels.push(rec[0]);
+            want_px.extend_from_slice(&rec[1..]);
+        }
+    }
+    assert_eq!(labels, want_labels);
+    assert_eq!(px, want_px);
+    // Record 1 of data_batch_2.bin (f = 1) is training image 3 + 1; its red plane starts
+    // with byte 7·1 + 3·1 = 10, its green plane 1,024 bytes later.
+    assert_eq!(px[(3 + 1) * 3072], 10);
+    assert_eq!(px[(3 + 1) * 3072 + 1024], ((10 + 1024) % 256) as u8);
+    let test_px = f.dataset("test/images").unwrap().read_raw::<u8>().unwrap();
+    let test_rec = cifar_records(5, 3);
+    assert_eq!(&test_px[..3072], &test_rec[1..3073]);
+    let classes: Vec<String> = f
+        .attr("classes")
+        .unwrap()
+        .read_raw::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
+    assert_eq!(classes[0], "airplane");
+    assert_eq!(classes[9], "truck");
+    // Per-channel statistics of the training pixels, in [0, 1] units.
+    let mean = f.attr("mean").unwrap().read_raw::<f64>().unwrap();
+    let std = f.attr("std").unwrap().read_raw::<f64>().unwrap();
+    for c in 0..3 {
+        let vals: Vec<f64> = want_px
+            .chunks(3072)
+            .flat_map(|img| {
+                img[c * 1024..(c + 1) * 1024]
+                    .iter()
+                    .map(|&b| b as f64 / 255.0)
+            })
+            .collect();
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let s = (vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
+        assert!(
+            (mean[c] - m).abs() < 1e-9 && (std[c] - s).abs() < 1e-9,
+            "channel {c}"
+        );
+    }
+    assert!(attr_str(&out, "source").contains("CIFAR-10"));
+}
+
+/// (what, how to spoil a good set of files, expected message).
+type Spoil = (&'static str, fn(&Path), &'static str);
+
+#[test]
+fn cifar10_malformed_inputs_fail_clearly_and_leave_no_output() {
+    let cases: [Spoil; 3] = [
+        (
+            "missing batch file",
+            |d| std::fs::remove_file(d.join("data_batch_3.bin")).unwrap(),
+            "has no data_batch_3.bin",
+        ),
+        (
+            "wrong size",
+            |d| {
+                let mut b = cifar_records(0, 2);
+                b.pop();
+                std::fs::write(d.join("data_batch_1.bin"), b).unwrap();
+            },
+            "6145 bytes is not a whole, positive number of 3073-byte records",
+        ),
+        (
+            "label above 9",
+            |d| {
+                let mut b = cifar_records(5, 2);
+                b[3073] = 10;
+                std::fs::write(d.join("test_batch.bin"), b).unwrap();
+            },
+            "record 1 has label 10, outside the 10 CIFAR-10 classes",
+        ),
+    ];
+    for (what, spoil, message) in cases {
+        let dir = out_dir();
+        write_cifar(dir.path(), 2);
+        spoil(dir.path());
+        let out = dir.path().join("out").join("cifar.h5");
+        let run = convert_cifar(dir.path(), &out);
+        assert_eq!(run.code, Some(1), "{what}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{what}: {}", run.stderr);
+        assert!(!out.exists(), "{what}: output left behind");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{what}: temporary file left behind");
+    }
 }

@@ -296,3 +296,75 @@ fn metrics_file_has_the_documented_layout() {
     assert!(attr_str(&m, "dataset").ends_with("fashion-mnist-small.h5"));
     assert_eq!(attr_str(&m, "hosts").split(',').count(), 3);
 }
+
+/// ResNet-20 (batch norm in the exchanged state) under mpirun on a tiny converted
+/// CIFAR-format set, with augmentation: RPS at p = 0 equals all-reduce to float tolerance,
+/// running statistics included, and the metrics name the model and the peak memory.
+#[test]
+fn resnet20_trains_and_rps_without_drops_matches_allreduce() {
+    let data = small_cifar();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (m1, m2, s1, s2) = (p("rps.h5"), p("ar.h5"), p("rps-model.h5"), p("ar-model.h5"));
+    let common = [
+        "--model",
+        "resnet20",
+        "--augment",
+        "--steps",
+        "3",
+        "--eval-every",
+        "0",
+        "--force",
+    ];
+    let mut a = args(
+        data,
+        &m1,
+        &["--servers", "1", "--drop-rate", "0", "--save-model", &s1],
+    );
+    a.extend(common);
+    mpirun(3, &a).assert_ok();
+    let mut b = args(
+        data,
+        &m2,
+        &[
+            "--servers",
+            "1",
+            "--algorithm",
+            "allreduce",
+            "--save-model",
+            &s2,
+        ],
+    );
+    b.extend(common);
+    mpirun(3, &b).assert_ok();
+    let (x, y) = (read_params(s1.as_ref()), read_params(s2.as_ref()));
+    assert_eq!(x.len(), 271_098, "ResNet-20 for 3×32×32 and 10 classes");
+    let diff = max_rel_diff(&x, &y);
+    assert!(diff < 1e-4, "parameters differ by {diff} (relative)");
+    // The running statistics (saved with the model) moved and agree as well.
+    let f = hdf5::File::open(&s1).unwrap();
+    let rv = f
+        .dataset("params")
+        .unwrap()
+        .attr("bn1.running_var")
+        .unwrap()
+        .read_raw::<u64>()
+        .unwrap();
+    let (lo, len) = (rv[0] as usize, rv[1] as usize);
+    assert!(
+        x[lo..lo + len].iter().all(|&v| v != 1.0),
+        "running variance never updated"
+    );
+    assert!(max_rel_diff(&x[lo..lo + len], &y[lo..lo + len]) < 1e-4);
+    assert_eq!(attr_str(m1.as_ref(), "model"), "resnet20");
+    assert_eq!(attr_i64(m1.as_ref(), "augment"), 1);
+    let losses = read_f64(m1.as_ref(), "train/loss");
+    assert_eq!(losses.len(), 3);
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    let rss = attr_i64(m1.as_ref(), "peak_rss_bytes_max");
+    assert!(rss > 10 << 20 && rss < 2 << 30, "peak RSS {rss} bytes");
+}

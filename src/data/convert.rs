@@ -131,6 +131,22 @@ pub fn write_dataset(
     classes: &[&str],
     splits: &[Split],
 ) -> Result<()> {
+    write_dataset_with(output, force, source, classes, splits, &[])
+}
+
+/// [`write_dataset`] plus root attributes holding f64 arrays (e.g. per-channel `mean`
+/// and `std`).
+///
+/// # Errors
+/// As [`write_dataset`].
+pub fn write_dataset_with(
+    output: &Path,
+    force: bool,
+    source: &str,
+    classes: &[&str],
+    splits: &[Split],
+    extra: &[(&str, Vec<f64>)],
+) -> Result<()> {
     if output.exists() && !force {
         bail!(
             "--output {} already exists (use --force to replace it)",
@@ -151,7 +167,7 @@ pub fn write_dataset(
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write_hdf5(&tmp, source, classes, splits)
+    let result = write_hdf5(&tmp, source, classes, splits, extra)
         .with_context(|| format!("cannot write {}", output.display()))
         .and_then(|()| {
             std::fs::rename(&tmp, output)
@@ -163,8 +179,20 @@ pub fn write_dataset(
     result
 }
 
-fn write_hdf5(path: &Path, source: &str, classes: &[&str], splits: &[Split]) -> Result<()> {
+fn write_hdf5(
+    path: &Path,
+    source: &str,
+    classes: &[&str],
+    splits: &[Split],
+    extra: &[(&str, Vec<f64>)],
+) -> Result<()> {
     let file = hdf5::File::create(path)?;
+    for (name, values) in extra {
+        file.new_attr::<f64>()
+            .shape(values.len())
+            .create(*name)?
+            .write(&Array1::from(values.clone()))?;
+    }
     let text = |s: &str| {
         s.parse::<VarLenUnicode>()
             .map_err(|e| anyhow::anyhow!("{e}"))

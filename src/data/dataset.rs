@@ -79,6 +79,10 @@ pub struct DatasetInfo {
     pub classes: Vec<String>,
     pub train: SplitInfo,
     pub test: SplitInfo,
+    /// Per-channel (mean, std) of pixels in [0, 1], from the root attributes `mean` and
+    /// `std` when the file has them (CIFAR-10); batches are then standardised with them,
+    /// otherwise pixels are only scaled to [0, 1].
+    pub normalization: Option<Normalization>,
 }
 
 impl DatasetInfo {
@@ -138,12 +142,14 @@ impl DatasetInfo {
                 found: vec![test.count, test.channels, test.height, test.width],
             });
         }
+        let normalization = read_normalization(&file, path, train.channels)?;
         Ok(DatasetInfo {
             path: p(),
             source,
             classes,
             train,
             test,
+            normalization,
         })
     }
 
@@ -154,6 +160,41 @@ impl DatasetInfo {
             self.test
         }
     }
+}
+
+/// Per-channel (mean, std) used to standardise pixels.
+pub type Normalization = (Vec<f32>, Vec<f32>);
+
+/// The optional `mean` and `std` root attributes: one positive-std entry per channel.
+fn read_normalization(
+    file: &hdf5::File,
+    path: &Path,
+    channels: usize,
+) -> Result<Option<Normalization>, DatasetError> {
+    let (Ok(mean), Ok(std)) = (file.attr("mean"), file.attr("std")) else {
+        return Ok(None);
+    };
+    let read = |a: hdf5::Attribute, name: &str| {
+        a.read_raw::<f64>().map_err(|source| DatasetError::Read {
+            path: path.to_path_buf(),
+            name: format!("attribute {name}"),
+            source,
+        })
+    };
+    let (mean, std) = (read(mean, "mean")?, read(std, "std")?);
+    if mean.len() != channels
+        || std.len() != channels
+        || std.iter().any(|&s| s.is_nan() || s <= 0.0)
+    {
+        return Err(DatasetError::Shape {
+            path: path.to_path_buf(),
+            name: "attributes mean and std".into(),
+            expected: format!("{channels} values each (one per channel), std > 0"),
+            found: vec![mean.len(), std.len()],
+        });
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    Ok(Some((f(mean), f(std))))
 }
 
 fn check_split(
@@ -269,6 +310,9 @@ pub struct Shard {
     pub offset: usize,
     images: Vec<u8>,
     labels: Vec<usize>,
+    /// Per channel: value = byte · scale + shift (standardisation folded into one affine map).
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
 impl Shard {
@@ -305,7 +349,17 @@ impl Shard {
             .and_then(|d| d.read_slice::<i64, _, Ix1>(s![lo..hi]))
             .map_err(read_err("labels"))?;
         let (images, _) = images.into_raw_vec_and_offset();
+        let channels = split_info.channels;
+        let (scale, shift) = match &info.normalization {
+            Some((mean, std)) => (
+                std.iter().map(|s| 1.0 / (255.0 * s)).collect(),
+                mean.iter().zip(std).map(|(m, s)| -m / s).collect(),
+            ),
+            None => (vec![1.0 / 255.0; channels], vec![0.0; channels]),
+        };
         Ok(Shard {
+            scale,
+            shift,
             info: SplitInfo {
                 count: hi - lo,
                 ..split_info
@@ -325,22 +379,70 @@ impl Shard {
         self.labels.is_empty()
     }
 
-    /// Fills `images` (N·C·H·W floats in [0, 1]) and `labels` with the samples at
-    /// `indices` (shard-local).
+    /// Fills `images` (N·C·H·W floats, scaled to [0, 1] or standardised per channel when
+    /// the file has `mean`/`std`) and `labels` with the samples at `indices` (shard-local).
     pub fn fill_batch(&self, indices: &[usize], images: &mut Vec<f32>, labels: &mut Vec<usize>) {
+        self.fill_batch_augmented(indices, images, labels, None);
+    }
+
+    /// [`Shard::fill_batch`], and with `Some(seed)` each sample is also randomly cropped
+    /// from the image zero-padded by [`AUGMENT_PAD`] pixels (same size as the image) and
+    /// flipped horizontally with probability 1/2; sample k's choice is a function of
+    /// (seed, k), so a run is reproducible.
+    pub fn fill_batch_augmented(
+        &self,
+        indices: &[usize],
+        images: &mut Vec<f32>,
+        labels: &mut Vec<usize>,
+        augment: Option<u64>,
+    ) {
+        let (c, h, w) = (self.info.channels, self.info.height, self.info.width);
         let len = self.info.sample_len();
         images.clear();
         labels.clear();
-        for &i in indices {
-            images.extend(
-                self.images[i * len..(i + 1) * len]
-                    .iter()
-                    .map(|&b| b as f32 * (1.0 / 255.0)),
-            );
+        for (k, &i) in indices.iter().enumerate() {
+            let src = &self.images[i * len..(i + 1) * len];
+            let start = images.len();
+            images.resize(start + len, 0.0);
+            let dst = &mut images[start..];
+            let (dy, dx, flip) = match augment {
+                Some(seed) => {
+                    let r = hash_words(&[seed, k as u64, 0x4155_474D]); // "AUGM"
+                    let span = 2 * AUGMENT_PAD as u64 + 1;
+                    (
+                        (r % span) as isize - AUGMENT_PAD as isize,
+                        ((r / span) % span) as isize - AUGMENT_PAD as isize,
+                        (r / (span * span)) % 2 == 1,
+                    )
+                }
+                None => (0, 0, false),
+            };
+            for ch in 0..c {
+                let (scale, shift) = (self.scale[ch], self.shift[ch]);
+                let plane = &src[ch * h * w..(ch + 1) * h * w];
+                for y in 0..h {
+                    let sy = y as isize + dy;
+                    let out = &mut dst[(ch * h + y) * w..(ch * h + y + 1) * w];
+                    for (x, o) in out.iter_mut().enumerate() {
+                        let xx = if flip { w - 1 - x } else { x };
+                        let sx = xx as isize + dx;
+                        // Padding is a zero byte, as torchvision pads before normalising.
+                        let b = if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                            plane[sy as usize * w + sx as usize]
+                        } else {
+                            0
+                        };
+                        *o = b as f32 * scale + shift;
+                    }
+                }
+            }
             labels.push(self.labels[i]);
         }
     }
 }
+
+/// Zero padding of the random crop of [`Shard::fill_batch_augmented`] (4, as for CIFAR).
+pub const AUGMENT_PAD: usize = 4;
 
 /// The order in which a worker visits its shard in `epoch`: a permutation seeded by
 /// (seed, worker, epoch), so runs are reproducible and every algorithm sees the same data.
@@ -354,6 +456,92 @@ pub fn epoch_order(seed: u64, worker: usize, epoch: u64, len: usize) -> Vec<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shard(c: usize, h: usize, w: usize, n: usize, norm: Option<Normalization>) -> Shard {
+        let info = SplitInfo {
+            count: n,
+            channels: c,
+            height: h,
+            width: w,
+        };
+        let (scale, shift) = match norm {
+            Some((m, s)) => (
+                s.iter().map(|s| 1.0 / (255.0 * s)).collect(),
+                m.iter().zip(&s).map(|(m, s)| -m / s).collect(),
+            ),
+            None => (vec![1.0 / 255.0; c], vec![0.0; c]),
+        };
+        Shard {
+            info,
+            offset: 0,
+            images: (0..n * c * h * w).map(|i| (i % 251 + 1) as u8).collect(),
+            labels: (0..n).collect(),
+            scale,
+            shift,
+        }
+    }
+
+    #[test]
+    fn batches_are_scaled_or_standardised() {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        shard(1, 2, 2, 2, None).fill_batch(&[1], &mut x, &mut y);
+        assert_eq!(y, [1]);
+        // Bit for bit what rps always fed the CNN: byte · (1/255).
+        let want: Vec<f32> = (5..9).map(|b| b as f32 * (1.0 / 255.0)).collect();
+        assert_eq!(x, want);
+        let s = shard(2, 1, 2, 1, Some((vec![0.5, 0.0], vec![0.25, 1.0])));
+        s.fill_batch(&[0], &mut x, &mut y);
+        for (got, (b, ch)) in x.iter().zip([(1u8, 0), (2, 0), (3, 1), (4, 1)]) {
+            let want = if ch == 0 {
+                (b as f32 / 255.0 - 0.5) / 0.25
+            } else {
+                b as f32 / 255.0
+            };
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    /// Every augmented sample is the original shifted by (dy, dx) ∈ [−4, 4]² with zero
+    /// padding, possibly mirrored; the choice is reproducible and varies with the seed.
+    #[test]
+    fn augmentation_is_a_seeded_crop_and_flip() {
+        let (c, h, w, n) = (3, 8, 8, 6);
+        let s = shard(c, h, w, n, None);
+        let idx: Vec<usize> = (0..n).collect();
+        let (mut plain, mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        s.fill_batch(&idx, &mut plain, &mut y);
+        s.fill_batch_augmented(&idx, &mut a, &mut y, Some(7));
+        s.fill_batch_augmented(&idx, &mut b, &mut y, Some(7));
+        assert_eq!(a, b, "same seed, same batch");
+        s.fill_batch_augmented(&idx, &mut b, &mut y, Some(8));
+        assert_ne!(a, b, "another step, another augmentation");
+        assert_eq!(y, idx, "labels are not touched");
+        let len = c * h * w;
+        let mut flips = 0;
+        for k in 0..n {
+            let (orig, got) = (&plain[k * len..(k + 1) * len], &a[k * len..(k + 1) * len]);
+            let found = (-4isize..=4)
+                .flat_map(|dy| (-4isize..=4).map(move |dx| (dy, dx)))
+                .flat_map(|(dy, dx)| [(dy, dx, false), (dy, dx, true)])
+                .find(|&(dy, dx, flip)| {
+                    (0..len).all(|i| {
+                        let (ch, yy, xx) = (i / (h * w), (i / w) % h, i % w);
+                        let sx = if flip { w - 1 - xx } else { xx } as isize + dx;
+                        let sy = yy as isize + dy;
+                        let want = if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                            orig[ch * h * w + sy as usize * w + sx as usize]
+                        } else {
+                            0.0
+                        };
+                        got[i] == want
+                    })
+                });
+            let (_, _, flip) =
+                found.unwrap_or_else(|| panic!("sample {k} is no crop/flip of its image"));
+            flips += flip as usize;
+        }
+        assert!(flips < n, "not every sample should be flipped");
+    }
 
     #[test]
     fn shards_are_equal_and_disjoint() {

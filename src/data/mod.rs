@@ -2,8 +2,10 @@
 //!
 //! Layout (see README): one group per split (`train`, `test`) holding `images`
 //! (u8, N×C×H×W) and `labels` (integer, N); root attributes `source`, `classes`,
-//! `format`. Each worker reads only its shard of the images by hyperslab.
+//! `format` (CIFAR-10 also per-channel `mean` and `std`). Each worker reads only its shard
+//! of the images by hyperslab and normalises (and, for training, may augment) its batches.
 
+pub mod cifar;
 pub mod convert;
 pub mod dataset;
 pub mod idx;

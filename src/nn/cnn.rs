@@ -14,6 +14,7 @@ use crate::nn::conv2d::Conv2d;
 use crate::nn::linear::{batch_view, batch_view_mut, Linear};
 use crate::nn::loss::softmax_cross_entropy;
 use crate::nn::pool::{maxpool2_backward, maxpool2_forward};
+use crate::nn::profile::Laps;
 use crate::nn::relu::{relu_backward, relu_forward};
 use crate::nn::{shape_err, NnError};
 
@@ -95,6 +96,8 @@ pub struct Cnn {
     fc1: Linear,
     fc2: Linear,
     scratch: Scratch,
+    /// Per-stage timing for `rps bench`; disabled (and free) otherwise.
+    laps: Laps,
 }
 
 impl Cnn {
@@ -141,12 +144,49 @@ impl Cnn {
             fc1,
             fc2,
             scratch: Scratch::default(),
+            laps: Laps::default(),
         })
     }
 
     /// Length of the flat parameter (and gradient) buffer.
     pub fn num_params(&self) -> usize {
         self.fc2.end()
+    }
+
+    /// Turns per-stage timing of [`Cnn::train_batch`] on or off (off by default).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.laps.set_enabled(on);
+    }
+
+    /// Seconds spent in each stage (`conv1 fwd`, `pool1 fwd`, …) since the last call,
+    /// in execution order; empty unless profiling is on.
+    pub fn take_profile(&mut self) -> Vec<(&'static str, f64)> {
+        self.laps.take()
+    }
+
+    /// Floating-point operations of one training sample per stage (a multiply-add counts
+    /// two), with the stage names of [`Cnn::take_profile`]; stages that do no matrix
+    /// product (pooling, ReLU, loss) are listed with their elementwise work ignored (0).
+    pub fn stage_flops(&self) -> Vec<(&'static str, f64)> {
+        let conv = |c: &Conv2d| 2.0 * (c.out_size() * c.fan_in()) as f64;
+        let fc = |l: &Linear| 2.0 * (l.in_features * l.out_features) as f64;
+        vec![
+            ("input copy", 0.0),
+            ("conv1+relu fwd", conv(&self.conv1)),
+            ("pool1 fwd", 0.0),
+            ("conv2+relu fwd", conv(&self.conv2)),
+            ("pool2 fwd", 0.0),
+            ("fc1+relu fwd", fc(&self.fc1)),
+            ("fc2 fwd", fc(&self.fc2)),
+            ("loss", 0.0),
+            ("fc2 bwd", 2.0 * fc(&self.fc2)),
+            ("fc1+relu bwd", 2.0 * fc(&self.fc1)),
+            ("pool2+relu bwd", 0.0),
+            ("conv2 bwd", 2.0 * conv(&self.conv2)),
+            ("pool1+relu bwd", 0.0),
+            // No input gradient for conv1: only dW.
+            ("conv1 bwd", conv(&self.conv1)),
+        ]
     }
 
     /// (name, range in the flat buffer) for every parameter tensor, in layout order.
@@ -214,13 +254,16 @@ impl Cnn {
         if n == 0 {
             return Err(shape_err("batch size", "at least 1", 0));
         }
+        self.laps.start();
         self.load(n, images)?;
+        self.laps.lap("input copy");
         self.forward(params, n)?;
         let s = &mut self.scratch;
         let k = self.num_classes;
         let logits = batch_view(&s.logits, n, k, "logits")?;
         let d_logits = batch_view_mut(&mut s.d_logits, n, k, "logit gradient")?;
         let sums = softmax_cross_entropy(logits, labels, Some(d_logits))?;
+        self.laps.lap("loss");
         self.backward(params, grads, n)?;
         Ok(BatchStats {
             loss_sum: sums.loss_sum,
@@ -330,33 +373,39 @@ impl Cnn {
         let (c1, c2) = (&self.conv1, &self.conv2);
         let (h, w) = (self.height, self.width);
 
-        c1.forward(params, n, &s.x, &mut s.col, &mut s.a1)?;
-        let a1 = &mut s.a1[..n * c1.out_size()];
-        relu_forward(ArrayViewMut1::from(&mut *a1));
+        // Bias and ReLU are fused into the pass that lays the product out in NCHW.
+        c1.forward_act(params, n, &s.x, &mut s.col, &mut s.a1, true)?;
+        self.laps.lap("conv1+relu fwd");
+        let a1 = &s.a1[..n * c1.out_size()];
         maxpool2_forward(
-            ArrayView3::from_shape((n * CONV1_FILTERS, h, w), &*a1)?,
+            ArrayView3::from_shape((n * CONV1_FILTERS, h, w), a1)?,
             ArrayViewMut3::from_shape(
                 (n * CONV1_FILTERS, h / 2, w / 2),
                 &mut s.p1[..n * c2.in_size()],
             )?,
             &mut s.arg1,
         )?;
+        self.laps.lap("pool1 fwd");
 
-        c2.forward(params, n, &s.p1, &mut s.col, &mut s.a2)?;
-        let a2 = &mut s.a2[..n * c2.out_size()];
-        relu_forward(ArrayViewMut1::from(&mut *a2));
+        c2.forward_act(params, n, &s.p1, &mut s.col, &mut s.a2, true)?;
+        self.laps.lap("conv2+relu fwd");
+        let a2 = &s.a2[..n * c2.out_size()];
         maxpool2_forward(
-            ArrayView3::from_shape((n * CONV2_FILTERS, h / 2, w / 2), &*a2)?,
+            ArrayView3::from_shape((n * CONV2_FILTERS, h / 2, w / 2), a2)?,
             ArrayViewMut3::from_shape(
                 (n * CONV2_FILTERS, h / 4, w / 4),
                 &mut s.p2[..n * self.fc1.in_features],
             )?,
             &mut s.arg2,
         )?;
+        self.laps.lap("pool2 fwd");
 
         self.fc1.forward(params, n, &s.p2, &mut s.h1)?;
         relu_forward(ArrayViewMut1::from(&mut s.h1[..n * HIDDEN]));
-        self.fc2.forward(params, n, &s.h1, &mut s.logits)
+        self.laps.lap("fc1+relu fwd");
+        self.fc2.forward(params, n, &s.h1, &mut s.logits)?;
+        self.laps.lap("fc2 fwd");
+        Ok(())
     }
 
     /// Back-propagates `scratch.d_logits` through the network, overwriting all of `grads`.
@@ -367,12 +416,14 @@ impl Cnn {
 
         self.fc2
             .backward(params, n, &s.h1, &s.d_logits, grads, Some(&mut s.d_h1))?;
+        self.laps.lap("fc2 bwd");
         relu_backward(
             ArrayViewMut1::from(&mut s.d_h1[..n * HIDDEN]),
             ArrayView1::from(&s.h1[..n * HIDDEN]),
         )?;
         self.fc1
             .backward(params, n, &s.p2, &s.d_h1, grads, Some(&mut s.d_p2))?;
+        self.laps.lap("fc1+relu bwd");
 
         let flat = self.fc1.in_features;
         maxpool2_backward(
@@ -387,6 +438,7 @@ impl Cnn {
             ArrayViewMut1::from(&mut s.d_a2[..n * c2.out_size()]),
             ArrayView1::from(&s.a2[..n * c2.out_size()]),
         )?;
+        self.laps.lap("pool2+relu bwd");
         c2.backward(
             params,
             n,
@@ -396,6 +448,7 @@ impl Cnn {
             grads,
             Some(&mut s.d_p1),
         )?;
+        self.laps.lap("conv2 bwd");
 
         maxpool2_backward(
             ArrayView3::from_shape(
@@ -409,8 +462,11 @@ impl Cnn {
             ArrayViewMut1::from(&mut s.d_a1[..n * c1.out_size()]),
             ArrayView1::from(&s.a1[..n * c1.out_size()]),
         )?;
+        self.laps.lap("pool1+relu bwd");
         // The input needs no gradient, which skips conv1's largest product and its col2im.
-        c1.backward(params, n, &s.x, &s.d_a1, &mut s.col, grads, None)
+        c1.backward(params, n, &s.x, &s.d_a1, &mut s.col, grads, None)?;
+        self.laps.lap("conv1 bwd");
+        Ok(())
     }
 }
 

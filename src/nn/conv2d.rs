@@ -1,37 +1,74 @@
-//! 2-D convolution, stride 1 with zero padding, computed per sample as im2col + one matrix product.
+//! 2-D convolution with zero padding and a stride, computed as im2col + matrix product.
 //! Weights use PyTorch's (F, C, K, K) layout, read as an (F, C·K·K) matrix; the bias has F entries.
 //! Forward: cols = im2col(x) is (C·K·K, Ho·Wo) and y = W·cols + b is (F, Ho·Wo), i.e. NCHW.
 //! Backward: dW += dY·colsᵀ, db += Σ dY, dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
-//! Per-sample products keep the column buffer cache-sized and make the output land in NCHW.
+//! The layer puts a group of samples' columns side by side, so one product serves the group;
+//! the per-sample kernels `conv2d_forward`/`conv2d_backward` are its stride-1 reference.
 
 use std::ops::Range;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3};
+use ndarray::{s, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3};
 
 use crate::nn::{as_slice, as_slice_mut, check_shape, NnError};
 
-/// Output side length of a stride-1 convolution, or an error if the kernel does not fit.
-fn out_len(input: usize, kernel: usize, pad: usize) -> Result<usize, NnError> {
-    if kernel == 0 || input + 2 * pad < kernel {
+/// Output side length of a convolution, or an error if the kernel does not fit.
+fn out_len_strided(
+    input: usize,
+    kernel: usize,
+    pad: usize,
+    stride: usize,
+) -> Result<usize, NnError> {
+    if kernel == 0 || stride == 0 || input + 2 * pad < kernel {
         return Err(NnError::Config(format!(
-            "kernel {kernel} does not fit input {input} with padding {pad}"
+            "kernel {kernel} with stride {stride} does not fit input {input} with padding {pad}"
         )));
     }
-    Ok(input + 2 * pad - kernel + 1)
+    Ok((input + 2 * pad - kernel) / stride + 1)
+}
+
+/// Output side length of a stride-1 convolution, or an error if the kernel does not fit.
+fn out_len(input: usize, kernel: usize, pad: usize) -> Result<usize, NnError> {
+    out_len_strided(input, kernel, pad, 1)
+}
+
+/// Output positions `o` in `0..out` whose input index `o·stride + k − pad` lies in
+/// `0..input`, as a range (empty when there are none).
+fn valid_range(input: usize, out: usize, k: usize, pad: usize, stride: usize) -> (usize, usize) {
+    // o·stride + k >= pad  <=>  o >= ceil((pad − k) / stride)
+    let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
+    // o·stride + k − pad < input  <=>  o < ceil((input + pad − k) / stride)
+    let hi = (input + pad)
+        .saturating_sub(k)
+        .div_ceil(stride)
+        .clamp(lo, out);
+    (lo, hi)
 }
 
 /// Unfolds one image `input` (C, H, W) into `col` (C·K·K, Ho·Wo): row `(c·K + kh)·K + kw`
 /// holds, for every output pixel, the input pixel under kernel tap (kh, kw) of channel c
-/// (zero where that tap falls into the padding).
+/// (zero where that tap falls into the padding). Stride 1.
 pub fn im2col(
     input: ArrayView3<f32>,
     kernel: usize,
     pad: usize,
     col: ArrayViewMut2<f32>,
 ) -> Result<(), NnError> {
+    im2col_strided(input, kernel, pad, 1, col)
+}
+
+/// [`im2col`] with a stride. `col` may be a column block of a wider matrix (each of its
+/// rows must be contiguous), so several samples can share one matrix product.
+pub fn im2col_strided(
+    input: ArrayView3<f32>,
+    kernel: usize,
+    pad: usize,
+    stride: usize,
+    mut col: ArrayViewMut2<f32>,
+) -> Result<(), NnError> {
     let (c, h, w) = input.dim();
-    let (oh, ow) = (out_len(h, kernel, pad)?, out_len(w, kernel, pad)?);
+    let oh = out_len_strided(h, kernel, pad, stride)?;
+    let ow = out_len_strided(w, kernel, pad, stride)?;
     check_shape(
         "im2col columns",
         col.shape(),
@@ -41,17 +78,18 @@ pub fn im2col(
         return Ok(());
     }
     let src = as_slice(&input, "im2col input")?;
-    let dst = as_slice_mut(col, "im2col columns")?;
-    for (row_idx, row) in dst.chunks_exact_mut(oh * ow).enumerate() {
+    for (row_idx, mut row) in col.rows_mut().into_iter().enumerate() {
+        let row = row
+            .as_slice_mut()
+            .ok_or(NnError::Layout("im2col column rows"))?;
         let ci = row_idx / (kernel * kernel);
         let kh = (row_idx / kernel) % kernel;
         let kw = row_idx % kernel;
         let plane = &src[ci * h * w..(ci + 1) * h * w];
-        // Output columns whose input column ow + kw - pad lies inside the image.
-        let lo = pad.saturating_sub(kw).min(ow);
-        let hi = (w + pad).saturating_sub(kw).clamp(lo, ow);
+        // Output columns whose input column o·stride + kw − pad lies inside the image.
+        let (lo, hi) = valid_range(w, ow, kw, pad, stride);
         for (o_h, out_row) in row.chunks_exact_mut(ow).enumerate() {
-            let ih = o_h + kh;
+            let ih = o_h * stride + kh;
             if ih < pad || ih - pad >= h {
                 out_row.fill(0.0);
                 continue;
@@ -59,49 +97,82 @@ pub fn im2col(
             let in_row = &plane[(ih - pad) * w..(ih - pad + 1) * w];
             out_row[..lo].fill(0.0);
             out_row[hi..].fill(0.0);
-            // lo + kw >= pad by construction, so this start index cannot underflow.
-            out_row[lo..hi].copy_from_slice(&in_row[lo + kw - pad..hi + kw - pad]);
+            // lo·stride + kw >= pad by construction, so this start index cannot underflow.
+            let first = lo * stride + kw - pad;
+            if stride == 1 {
+                out_row[lo..hi].copy_from_slice(&in_row[first..first + (hi - lo)]);
+            } else {
+                for (d, &s) in out_row[lo..hi]
+                    .iter_mut()
+                    .zip(in_row[first..].iter().step_by(stride))
+                {
+                    *d = s;
+                }
+            }
         }
     }
     Ok(())
 }
 
 /// The adjoint of [`im2col`]: overwrites `output` (C, H, W) with the sum, for every pixel,
-/// of all column entries that were copied from it. Padding entries are dropped.
+/// of all column entries that were copied from it. Padding entries are dropped. Stride 1.
 pub fn col2im(
     col: ArrayView2<f32>,
     kernel: usize,
     pad: usize,
     output: ArrayViewMut3<f32>,
 ) -> Result<(), NnError> {
+    col2im_strided(col, kernel, pad, 1, output)
+}
+
+/// The adjoint of [`im2col_strided`]; `col` may be a column block of a wider matrix.
+pub fn col2im_strided(
+    col: ArrayView2<f32>,
+    kernel: usize,
+    pad: usize,
+    stride: usize,
+    output: ArrayViewMut3<f32>,
+) -> Result<(), NnError> {
     let (c, h, w) = output.dim();
-    let (oh, ow) = (out_len(h, kernel, pad)?, out_len(w, kernel, pad)?);
+    let oh = out_len_strided(h, kernel, pad, stride)?;
+    let ow = out_len_strided(w, kernel, pad, stride)?;
     check_shape(
         "col2im columns",
         col.shape(),
         &[c * kernel * kernel, oh * ow],
     )?;
-    let src = as_slice(&col, "col2im columns")?;
     let dst = as_slice_mut(output, "col2im output")?;
     dst.fill(0.0);
-    if src.is_empty() {
+    if col.is_empty() {
         return Ok(());
     }
-    for (row_idx, row) in src.chunks_exact(oh * ow).enumerate() {
+    for (row_idx, row) in col.rows().into_iter().enumerate() {
+        let row = row
+            .to_slice()
+            .ok_or(NnError::Layout("col2im column rows"))?;
         let ci = row_idx / (kernel * kernel);
         let kh = (row_idx / kernel) % kernel;
         let kw = row_idx % kernel;
         let plane = &mut dst[ci * h * w..(ci + 1) * h * w];
-        let lo = pad.saturating_sub(kw).min(ow);
-        let hi = (w + pad).saturating_sub(kw).clamp(lo, ow);
+        let (lo, hi) = valid_range(w, ow, kw, pad, stride);
+        if lo == hi {
+            continue;
+        }
         for (o_h, col_row) in row.chunks_exact(ow).enumerate() {
-            let ih = o_h + kh;
+            let ih = o_h * stride + kh;
             if ih < pad || ih - pad >= h {
                 continue;
             }
-            let in_row = &mut plane[(ih - pad) * w + lo + kw - pad..(ih - pad) * w + hi + kw - pad];
-            for (d, &s) in in_row.iter_mut().zip(&col_row[lo..hi]) {
-                *d += s;
+            let first = (ih - pad) * w + lo * stride + kw - pad;
+            let in_row = &mut plane[first..=first + (hi - lo - 1) * stride];
+            if stride == 1 {
+                for (d, &s) in in_row.iter_mut().zip(&col_row[lo..hi]) {
+                    *d += s;
+                }
+            } else {
+                for (d, &s) in in_row.iter_mut().step_by(stride).zip(&col_row[lo..hi]) {
+                    *d += s;
+                }
             }
         }
     }
@@ -190,8 +261,15 @@ pub fn conv2d_backward(
     Ok(())
 }
 
+/// Output columns (samples × Ho·Wo) a layer aims for in one matrix product. Per-sample
+/// products of a small layer are too narrow for the product to amortise packing the
+/// weight matrix; grouping samples fixes that while the column buffer stays a few MB.
+const GROUP_COLUMNS: usize = 1536;
+
 /// A convolution layer of the model: its geometry and where its parameters live in the
-/// flat buffer (weight immediately followed by bias).
+/// flat buffer (weight immediately followed by bias). Batches are processed in groups of
+/// [`Conv2d::group`] samples whose im2col columns sit side by side in one matrix, so one
+/// matrix product serves the whole group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conv2d {
     /// Input channels C.
@@ -202,6 +280,8 @@ pub struct Conv2d {
     pub kernel: usize,
     /// Zero padding on every side.
     pub pad: usize,
+    /// Stride in both directions.
+    pub stride: usize,
     /// Input height H.
     pub in_h: usize,
     /// Input width W.
@@ -213,23 +293,37 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// A layer whose parameters start at `offset` in the flat buffer.
+    /// A stride-1 layer whose parameters start at `offset` in the flat buffer.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
         pad: usize,
+        in_hw: (usize, usize),
+        offset: usize,
+    ) -> Result<Conv2d, NnError> {
+        Conv2d::new_strided(in_channels, out_channels, kernel, pad, 1, in_hw, offset)
+    }
+
+    /// A layer with the given stride whose parameters start at `offset`.
+    pub fn new_strided(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        pad: usize,
+        stride: usize,
         (in_h, in_w): (usize, usize),
         offset: usize,
     ) -> Result<Conv2d, NnError> {
-        out_len(in_h, kernel, pad)?;
-        out_len(in_w, kernel, pad)?;
+        out_len_strided(in_h, kernel, pad, stride)?;
+        out_len_strided(in_w, kernel, pad, stride)?;
         let wlen = out_channels * in_channels * kernel * kernel;
         Ok(Conv2d {
             in_channels,
             out_channels,
             kernel,
             pad,
+            stride,
             in_h,
             in_w,
             weight: offset..offset + wlen,
@@ -237,14 +331,21 @@ impl Conv2d {
         })
     }
 
+    /// The same layer without a bias (its bias range becomes empty), as convolutions
+    /// followed by batch normalization have; every parameter after it moves down by F.
+    pub fn without_bias(mut self) -> Conv2d {
+        self.bias = self.weight.end..self.weight.end;
+        self
+    }
+
     /// Output height Ho.
     pub fn out_h(&self) -> usize {
-        self.in_h + 2 * self.pad + 1 - self.kernel
+        (self.in_h + 2 * self.pad - self.kernel) / self.stride + 1
     }
 
     /// Output width Wo.
     pub fn out_w(&self) -> usize {
-        self.in_w + 2 * self.pad + 1 - self.kernel
+        (self.in_w + 2 * self.pad - self.kernel) / self.stride + 1
     }
 
     /// Inputs per weight row, C·K·K: the fan-in used for initialisation.
@@ -262,9 +363,15 @@ impl Conv2d {
         self.out_channels * self.out_h() * self.out_w()
     }
 
-    /// Floats of the per-sample column scratch, C·K·K·Ho·Wo.
+    /// Samples per matrix product.
+    pub fn group(&self) -> usize {
+        (GROUP_COLUMNS / (self.out_h() * self.out_w()).max(1)).max(1)
+    }
+
+    /// Floats of the column scratch: the im2col columns of one group, (C·K·K, G·Ho·Wo),
+    /// followed by one group's output (or output gradient) in (F, G·Ho·Wo) layout.
     pub fn col_size(&self) -> usize {
-        self.fan_in() * self.out_h() * self.out_w()
+        self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
     }
 
     /// One past the last parameter of this layer.
@@ -276,7 +383,7 @@ impl Conv2d {
     fn param_views<'a>(
         &self,
         params: &'a [f32],
-    ) -> Result<(ArrayView2<'a, f32>, ArrayView1<'a, f32>), NnError> {
+    ) -> Result<(ArrayView2<'a, f32>, &'a [f32]), NnError> {
         if params.len() < self.end() {
             return Err(crate::nn::shape_err(
                 "conv2d parameters",
@@ -288,7 +395,7 @@ impl Conv2d {
             (self.out_channels, self.fan_in()),
             &params[self.weight.clone()],
         )?;
-        Ok((w, ArrayView1::from(&params[self.bias.clone()])))
+        Ok((w, &params[self.bias.clone()]))
     }
 
     fn input_view<'a>(&self, x: &'a [f32], n: usize) -> Result<ArrayView3<'a, f32>, NnError> {
@@ -312,6 +419,27 @@ impl Conv2d {
         Ok(())
     }
 
+    /// Fills the first `g` column blocks of `cols` with im2col of samples `first..first+g`.
+    fn unfold_group(
+        &self,
+        input: &[f32],
+        first: usize,
+        g: usize,
+        cols: &mut ArrayViewMut2<f32>,
+    ) -> Result<(), NnError> {
+        let hw = self.out_h() * self.out_w();
+        for j in 0..g {
+            im2col_strided(
+                self.input_view(input, first + j)?,
+                self.kernel,
+                self.pad,
+                self.stride,
+                cols.slice_mut(s![.., j * hw..(j + 1) * hw]),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Forward pass over a batch of `n` NCHW samples in `input`, writing (N, F, Ho, Wo) to
     /// `output`. `col` must hold at least [`Conv2d::col_size`] floats.
     pub fn forward(
@@ -322,16 +450,59 @@ impl Conv2d {
         col: &mut [f32],
         output: &mut [f32],
     ) -> Result<(), NnError> {
+        self.forward_act(params, n, input, col, output, false)
+    }
+
+    /// [`Conv2d::forward`] followed by a ReLU when `relu` is set, fused into the pass that
+    /// adds the bias and moves the product into NCHW order.
+    pub fn forward_act(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        col: &mut [f32],
+        output: &mut [f32],
+        relu: bool,
+    ) -> Result<(), NnError> {
         self.check_batch("conv2d input", input.len(), self.in_size(), n)?;
         self.check_batch("conv2d output", output.len(), self.out_size(), n)?;
         self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
         let (weight, bias) = self.param_views(params)?;
-        let (ohw, os) = (self.out_h() * self.out_w(), self.out_size());
-        let mut col = ArrayViewMut2::from_shape((self.fan_in(), ohw), &mut col[..self.col_size()])?;
-        for (i, out) in output.chunks_exact_mut(os).take(n).enumerate() {
-            let out = ArrayViewMut2::from_shape((self.out_channels, ohw), out)?;
-            let x = self.input_view(input, i)?;
-            conv2d_forward(x, weight, bias, self.kernel, self.pad, col.view_mut(), out)?;
+        let (hw, os, f, ckk) = (
+            self.out_h() * self.out_w(),
+            self.out_size(),
+            self.out_channels,
+            self.fan_in(),
+        );
+        let gmax = self.group();
+        let (cols_buf, out_buf) = col[..self.col_size()].split_at_mut(gmax * hw * ckk);
+        for first in (0..n).step_by(gmax) {
+            let g = gmax.min(n - first);
+            let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
+            self.unfold_group(input, first, g, &mut cols)?;
+            let mut prod = ArrayViewMut2::from_shape((f, g * hw), &mut out_buf[..f * g * hw])?;
+            general_mat_mul(1.0, &weight, &cols, 0.0, &mut prod);
+            let prod = as_slice(&prod.view(), "conv2d product")?;
+            for j in 0..g {
+                let out = &mut output[(first + j) * os..(first + j + 1) * os];
+                for (fi, (dst, src)) in out
+                    .chunks_exact_mut(hw)
+                    .zip(prod.chunks_exact(g * hw))
+                    .enumerate()
+                {
+                    let b = bias.get(fi).copied().unwrap_or(0.0);
+                    let src = &src[j * hw..(j + 1) * hw];
+                    if relu {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = (v + b).max(0.0);
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v + b;
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -366,34 +537,47 @@ impl Conv2d {
         gw.fill(0.0);
         gb.fill(0.0);
         let mut gw = ArrayViewMut2::from_shape((self.out_channels, self.fan_in()), gw)?;
-        let mut gb = ArrayViewMut1::from(gb);
-        let (ohw, os, is) = (self.out_h() * self.out_w(), self.out_size(), self.in_size());
-        let mut col = ArrayViewMut2::from_shape((self.fan_in(), ohw), &mut col[..self.col_size()])?;
+        let (hw, os, is, f, ckk) = (
+            self.out_h() * self.out_w(),
+            self.out_size(),
+            self.in_size(),
+            self.out_channels,
+            self.fan_in(),
+        );
         let shape3 = (self.in_channels, self.in_h, self.in_w);
-        for i in 0..n {
-            let dy = ArrayView2::from_shape(
-                (self.out_channels, ohw),
-                &grad_output[i * os..(i + 1) * os],
-            )?;
-            let dx = match grad_input.as_deref_mut() {
-                Some(gi) => Some(ArrayViewMut3::from_shape(
-                    shape3,
-                    &mut gi[i * is..(i + 1) * is],
-                )?),
-                None => None,
-            };
-            let x = self.input_view(input, i)?;
-            conv2d_backward(
-                x,
-                weight,
-                dy,
-                self.kernel,
-                self.pad,
-                col.view_mut(),
-                gw.view_mut(),
-                gb.view_mut(),
-                dx,
-            )?;
+        let gmax = self.group();
+        let (cols_buf, dy_buf) = col[..self.col_size()].split_at_mut(gmax * hw * ckk);
+        for first in (0..n).step_by(gmax) {
+            let g = gmax.min(n - first);
+            // Gather the group's output gradient into (F, G·Ho·Wo) and sum the bias gradient.
+            let dy = &mut dy_buf[..f * g * hw];
+            for (fi, row) in dy.chunks_exact_mut(g * hw).enumerate() {
+                for (j, dst) in row.chunks_exact_mut(hw).enumerate() {
+                    let at = (first + j) * os + fi * hw;
+                    dst.copy_from_slice(&grad_output[at..at + hw]);
+                    if let Some(gbf) = gb.get_mut(fi) {
+                        *gbf += dst.iter().sum::<f32>();
+                    }
+                }
+            }
+            let dy = ArrayView2::from_shape((f, g * hw), &*dy)?;
+            let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
+            self.unfold_group(input, first, g, &mut cols)?;
+            general_mat_mul(1.0, &dy, &cols.t(), 1.0, &mut gw);
+            if let Some(gi) = grad_input.as_deref_mut() {
+                // The columns are no longer needed, so they take dcols = Wᵀ·dY.
+                general_mat_mul(1.0, &weight.t(), &dy, 0.0, &mut cols);
+                for j in 0..g {
+                    let i = first + j;
+                    col2im_strided(
+                        cols.slice(s![.., j * hw..(j + 1) * hw]),
+                        self.kernel,
+                        self.pad,
+                        self.stride,
+                        ArrayViewMut3::from_shape(shape3, &mut gi[i * is..(i + 1) * is])?,
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -675,6 +859,157 @@ mod tests {
             1e-5,
             1e-5,
         );
+    }
+
+    /// Direct-loop strided im2col from the definition.
+    fn naive_im2col_strided(x: &Array3<f32>, k: usize, pad: usize, st: usize) -> Array2<f32> {
+        let (c, h, w) = x.dim();
+        let (oh, ow) = ((h + 2 * pad - k) / st + 1, (w + 2 * pad - k) / st + 1);
+        Array2::from_shape_fn((c * k * k, oh * ow), |(r, p)| {
+            let (ci, kh, kw) = (r / (k * k), (r / k) % k, r % k);
+            let ih = ((p / ow) * st + kh) as isize - pad as isize;
+            let iw = ((p % ow) * st + kw) as isize - pad as isize;
+            if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                0.0
+            } else {
+                x[[ci, ih as usize, iw as usize]]
+            }
+        })
+    }
+
+    /// Strided im2col against the definition, and col2im as its exact adjoint:
+    /// <im2col(x), Y> = <x, col2im(Y)> for random x and Y.
+    #[test]
+    fn strided_im2col_matches_naive_and_col2im_is_its_adjoint() {
+        // (C, H, W, K, pad, stride)
+        for (s_, &(c, h, w, k, pad, st)) in [
+            (2, 7, 6, 3, 1, 2),
+            (1, 8, 8, 1, 0, 2),
+            (3, 9, 9, 3, 1, 3),
+            (2, 6, 5, 3, 1, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = random_image(60 + s_ as u64, c, h, w);
+            let want = naive_im2col_strided(&x, k, pad, st);
+            let mut got = Array2::from_elem(want.dim(), f32::NAN);
+            im2col_strided(x.view(), k, pad, st, got.view_mut()).expect("im2col");
+            assert_eq!(got, want, "case {s_}");
+            let mut r = rng(70 + s_ as u64);
+            let y = Array2::from_shape_vec(want.dim(), random_vec(&mut r, want.len(), -1.0, 1.0))
+                .expect("shape");
+            let mut back = Array3::from_elem((c, h, w), f32::NAN);
+            col2im_strided(y.view(), k, pad, st, back.view_mut()).expect("col2im");
+            let lhs = dot_f64(got.as_slice().expect("c"), y.as_slice().expect("c"));
+            let rhs = dot_f64(x.as_slice().expect("c"), back.as_slice().expect("c"));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "case {s_}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    /// The grouped layer (several samples per product, a last partial group) against the
+    /// per-sample kernels, forward and backward, with the fused ReLU too.
+    #[test]
+    fn grouped_layer_matches_per_sample_kernels() {
+        let (c, h, w, f, k, pad, n) = (2, 20, 20, 3, 3, 1, 5);
+        let layer = Conv2d::new(c, f, k, pad, (h, w), 0).expect("layer");
+        assert_eq!(
+            layer.group(),
+            3,
+            "the test needs a full and a partial group"
+        );
+        let mut r = rng(80);
+        let params = random_vec(&mut r, layer.end(), -1.0, 1.0);
+        let x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
+        let dy = random_vec(&mut r, n * layer.out_size(), -1.0, 1.0);
+        let mut col = vec![f32::NAN; layer.col_size()];
+        let mut y = vec![f32::NAN; n * layer.out_size()];
+        layer
+            .forward(&params, n, &x, &mut col, &mut y)
+            .expect("forward");
+        let mut y_relu = vec![f32::NAN; y.len()];
+        layer
+            .forward_act(&params, n, &x, &mut col, &mut y_relu, true)
+            .expect("forward relu");
+        let mut grads = vec![f32::NAN; layer.end()];
+        let mut gx = vec![f32::NAN; x.len()];
+        layer
+            .backward(&params, n, &x, &dy, &mut col, &mut grads, Some(&mut gx))
+            .expect("backward");
+
+        let wv = ArrayView2::from_shape((f, c * k * k), &params[layer.weight.clone()]).expect("w");
+        let bv = ArrayView1::from(&params[layer.bias.clone()]);
+        let (hw, os, is) = (h * w, layer.out_size(), layer.in_size());
+        let mut one_col = Array2::zeros((c * k * k, hw));
+        let mut want_gw = Array2::zeros((f, c * k * k));
+        let mut want_gb = ndarray::Array1::zeros(f);
+        for i in 0..n {
+            let xi = ArrayView3::from_shape((c, h, w), &x[i * is..(i + 1) * is]).expect("x");
+            let mut yi = Array2::zeros((f, hw));
+            conv2d_forward(xi, wv, bv, k, pad, one_col.view_mut(), yi.view_mut()).expect("ref");
+            let got = &y[i * os..(i + 1) * os];
+            for (a, b) in got.iter().zip(yi.iter()) {
+                assert!((a - b).abs() < 1e-5, "forward sample {i}: {a} vs {b}");
+            }
+            for (a, b) in y_relu[i * os..(i + 1) * os].iter().zip(yi.iter()) {
+                assert!((a - b.max(0.0)).abs() < 1e-5, "relu sample {i}: {a} vs {b}");
+            }
+            let dyi = ArrayView2::from_shape((f, hw), &dy[i * os..(i + 1) * os]).expect("dy");
+            let mut gxi = Array3::zeros((c, h, w));
+            conv2d_backward(
+                xi,
+                wv,
+                dyi,
+                k,
+                pad,
+                one_col.view_mut(),
+                want_gw.view_mut(),
+                want_gb.view_mut(),
+                Some(gxi.view_mut()),
+            )
+            .expect("ref backward");
+            for (a, b) in gx[i * is..(i + 1) * is].iter().zip(gxi.iter()) {
+                assert!((a - b).abs() < 1e-4, "dx sample {i}: {a} vs {b}");
+            }
+        }
+        for (a, b) in grads[layer.weight.clone()].iter().zip(want_gw.iter()) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dW {a} vs {b}");
+        }
+        for (a, b) in grads[layer.bias.clone()].iter().zip(want_gb.iter()) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "db {a} vs {b}");
+        }
+    }
+
+    /// A stride-2 layer's gradients against central differences.
+    #[test]
+    fn strided_layer_backward_matches_finite_differences() {
+        let (c, h, w, f, k, pad, st, n) = (2, 7, 6, 3, 3, 1, 2, 2);
+        let layer = Conv2d::new_strided(c, f, k, pad, st, (h, w), 0).expect("layer");
+        assert_eq!((layer.out_h(), layer.out_w()), (4, 3));
+        let mut r = rng(90);
+        let mut params = random_vec(&mut r, layer.end(), -1.0, 1.0);
+        let mut x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
+        let proj = random_vec(&mut r, n * layer.out_size(), -1.0, 1.0);
+        let mut col = vec![0.0; layer.col_size()];
+        let mut grads = vec![0.0; layer.end()];
+        let mut gx = vec![0.0; x.len()];
+        layer
+            .backward(&params, n, &x, &proj, &mut col, &mut grads, Some(&mut gx))
+            .expect("backward");
+        let mut loss = |p: &[f32], xv: &[f32]| {
+            let mut y = vec![0.0; n * layer.out_size()];
+            layer.forward(p, n, xv, &mut col, &mut y).expect("forward");
+            dot_f64(&y, &proj)
+        };
+        let xs = x.clone();
+        let num_p = numeric_grad(&mut params, 1e-2, |p| loss(p, &xs));
+        let pc = params.clone();
+        let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv));
+        assert_grad_close("strided params", &grads, &num_p, 1e-3, 1e-3);
+        assert_grad_close("strided input", &gx, &num_x, 1e-3, 1e-3);
     }
 
     #[test]

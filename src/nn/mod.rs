@@ -1,20 +1,26 @@
-//! Neural-network engine: the reference CNN, its layers and their kernels.
+//! Neural-network engine: the reference CNN, the CIFAR ResNet-20, their layers and kernels.
 //! Every parameter lives in one flat `f32` buffer (and every gradient in one of the same
 //! layout); layers only know their offsets into it and borrow ndarray views of sub-slices,
 //! so a distributed algorithm can cut the model into contiguous blocks that are plain slices.
 //! Kernels are single-threaded and write into buffers they are given.
 
+pub mod batchnorm;
 pub mod cnn;
 pub mod conv2d;
 pub mod linear;
 pub mod loss;
+pub mod model;
 pub mod pool;
+pub mod profile;
 pub mod relu;
+pub mod resnet;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
 
 pub use cnn::{BatchStats, Cnn};
+pub use model::{Model, ModelKind};
+pub use resnet::ResNet20;
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
 

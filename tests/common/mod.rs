@@ -96,6 +96,58 @@ pub fn small_dataset() -> PathBuf {
     .clone()
 }
 
+/// Writes CIFAR-10 binary batch files into `dir` in exactly the dataset's format: records
+/// of one label byte then 3,072 pixel bytes (R, G, B planes of 32×32). `per_file` records
+/// in each of the five training files and in the test file; record r of file f has label
+/// (f + r) % 10 and pixel p = (7·f + 3·r + p) % 256.
+pub fn write_cifar(dir: &Path, per_file: usize) {
+    let names = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    for (f, name) in names.iter().enumerate() {
+        std::fs::write(dir.join(name), cifar_records(f, per_file)).unwrap();
+    }
+}
+
+/// The bytes of file `f` as [`write_cifar`] writes them.
+pub fn cifar_records(f: usize, n: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for r in 0..n {
+        bytes.push(((f + r) % 10) as u8);
+        bytes.extend((0..3072).map(|p| ((7 * f + 3 * r + p) % 256) as u8));
+    }
+    bytes
+}
+
+/// A small CIFAR-format dataset (5 × `per_file` training, `per_file` test images)
+/// converted once.
+pub fn small_cifar() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cifar-small");
+        std::fs::create_dir_all(&dir).unwrap();
+        write_cifar(&dir, 24);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cifar-small.h5");
+        rps(&[
+            "convert",
+            "cifar10",
+            "--input",
+            dir.to_str().unwrap(),
+            "--output",
+            path.to_str().unwrap(),
+            "--force",
+        ])
+        .assert_ok();
+        path
+    })
+    .clone()
+}
+
 /// A fresh directory for one test's outputs.
 pub fn out_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

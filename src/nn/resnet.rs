@@ -1,0 +1,800 @@
+//! ResNet-20 for CIFAR (He et al. 2016, §4.2): conv3×3(16)–BN–ReLU, three stages of three
+//! basic blocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2), global
+//! average pooling, linear(64 → classes). Convolutions have no bias (BN follows them).
+//! Stride-2 shortcuts are option A of the paper, as in the common PyTorch CIFAR code:
+//! subsample x[:, :, ::2, ::2] and zero-pad channels (out/4 on each side) — no parameters,
+//! so the model has the paper's 0.27 M weights. One flat buffer holds the weights and the
+//! batch-norm running statistics; `Model::trainable` lists what SGD may update.
+
+use std::ops::Range;
+
+use ndarray::ArrayView4;
+use ndarray_rand::rand_distr::StandardNormal;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::nn::batchnorm::BatchNorm;
+use crate::nn::conv2d::Conv2d;
+use crate::nn::linear::{batch_view, batch_view_mut, Linear};
+use crate::nn::loss::softmax_cross_entropy;
+use crate::nn::profile::Laps;
+use crate::nn::{shape_err, BatchStats, NnError};
+
+/// Channels of the three stages.
+const WIDTHS: [usize; 3] = [16, 32, 64];
+/// Basic blocks per stage.
+const BLOCKS: usize = 3;
+/// Stage names for the profile, forward and backward.
+const FWD: [&str; 3] = ["stage1 fwd", "stage2 fwd", "stage3 fwd"];
+const BWD: [&str; 3] = ["stage1 bwd", "stage2 bwd", "stage3 bwd"];
+
+/// A bias-free 3×3 convolution followed by batch normalization.
+#[derive(Debug, Clone)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        hw: (usize, usize),
+        offset: usize,
+    ) -> Result<ConvBn, NnError> {
+        let conv = Conv2d::new_strided(cin, cout, 3, 1, stride, hw, offset)?.without_bias();
+        let bn = BatchNorm::new(cout, conv.out_h() * conv.out_w(), conv.end());
+        Ok(ConvBn { conv, bn })
+    }
+    fn end(&self) -> usize {
+        self.bn.end()
+    }
+    fn out_size(&self) -> usize {
+        self.conv.out_size()
+    }
+}
+
+/// out = ReLU(BN(conv2(ReLU(BN(conv1(x))))) + shortcut(x)).
+#[derive(Debug, Clone)]
+struct Block {
+    c1: ConvBn,
+    c2: ConvBn,
+    /// Stride 2 with twice the channels: option-A shortcut instead of the identity.
+    down: bool,
+    /// Indices of this block's two layers in the scratch's per-layer lists.
+    layer: usize,
+}
+
+/// Activations of a batch, grown to the largest batch seen and reused.
+#[derive(Default)]
+struct Scratch {
+    capacity: usize,
+    x: Vec<f32>,
+    col: Vec<f32>,
+    /// Per conv-BN layer (stem, then two per block): conv output before BN, BN statistics.
+    z: Vec<Vec<f32>>,
+    saved: Vec<Vec<f32>>,
+    /// Post-ReLU outputs: the stem, then per block the middle activation and the output.
+    stem: Vec<f32>,
+    mid: Vec<Vec<f32>>,
+    out: Vec<Vec<f32>>,
+    pooled: Vec<f32>,
+    d_pooled: Vec<f32>,
+    logits: Vec<f32>,
+    d_logits: Vec<f32>,
+    /// Gradient buffers as large as the largest activation.
+    g1: Vec<f32>,
+    g2: Vec<f32>,
+    g3: Vec<f32>,
+    gz: Vec<f32>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CIFAR ResNet-20. Holds geometry and scratch only; buffers belong to the caller.
+#[derive(Debug)]
+pub struct ResNet20 {
+    in_channels: usize,
+    height: usize,
+    width: usize,
+    num_classes: usize,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    fc: Linear,
+    scratch: Scratch,
+    laps: Laps,
+}
+
+impl ResNet20 {
+    /// A model for `in_channels`×`height`×`width` images (height and width divisible by 4)
+    /// and `num_classes` ≥ 2 classes.
+    ///
+    /// # Errors
+    /// [`NnError::Config`] for geometry the network cannot take.
+    pub fn new(
+        in_channels: usize,
+        height: usize,
+        width: usize,
+        num_classes: usize,
+    ) -> Result<ResNet20, NnError> {
+        if in_channels == 0 || num_classes < 2 {
+            return Err(NnError::Config(format!(
+                "ResNet-20 needs at least 1 channel and 2 classes, got {in_channels} and {num_classes}"
+            )));
+        }
+        if height < 4 || width < 4 || height % 4 != 0 || width % 4 != 0 {
+            return Err(NnError::Config(format!(
+                "image size {height}x{width} must be positive and divisible by 4 (two stride-2 stages)"
+            )));
+        }
+        let stem = ConvBn::new(in_channels, WIDTHS[0], 1, (height, width), 0)?;
+        let mut blocks = Vec::new();
+        let (mut cin, mut hw, mut at) = (WIDTHS[0], (height, width), stem.end());
+        for (s, &cout) in WIDTHS.iter().enumerate() {
+            for k in 0..BLOCKS {
+                let down = s > 0 && k == 0;
+                let c1 = ConvBn::new(cin, cout, if down { 2 } else { 1 }, hw, at)?;
+                hw = (c1.conv.out_h(), c1.conv.out_w());
+                let c2 = ConvBn::new(cout, cout, 1, hw, c1.end())?;
+                at = c2.end();
+                let layer = 1 + 2 * blocks.len();
+                blocks.push(Block {
+                    c1,
+                    c2,
+                    down,
+                    layer,
+                });
+                cin = cout;
+            }
+        }
+        let fc = Linear::new(WIDTHS[2], num_classes, at);
+        Ok(ResNet20 {
+            in_channels,
+            height,
+            width,
+            num_classes,
+            stem,
+            blocks,
+            fc,
+            scratch: Scratch::default(),
+            laps: Laps::default(),
+        })
+    }
+
+    /// Every conv-BN layer in order: the stem, then each block's two (no allocation).
+    fn layers(&self) -> impl Iterator<Item = &ConvBn> {
+        std::iter::once(&self.stem).chain(self.blocks.iter().flat_map(|b| [&b.c1, &b.c2]))
+    }
+
+    /// [`ResNet20::layers`] with their name prefixes, for the parameter layout.
+    fn conv_bns(&self) -> impl Iterator<Item = (String, &ConvBn)> {
+        std::iter::once(("".to_string(), &self.stem)).chain(
+            self.blocks.iter().enumerate().flat_map(|(i, b)| {
+                let p = format!("layer{}.{}.", i / BLOCKS + 1, i % BLOCKS);
+                [(p.clone() + "1", &b.c1), (p + "2", &b.c2)]
+            }),
+        )
+    }
+
+    /// Validates the arguments shared by training and evaluation; returns the batch size.
+    fn check_batch(
+        &self,
+        params: &[f32],
+        images: &ArrayView4<f32>,
+        labels: &[usize],
+    ) -> Result<usize, NnError> {
+        if params.len() != self.fc.end() {
+            return Err(shape_err(
+                "parameter buffer length",
+                self.fc.end(),
+                params.len(),
+            ));
+        }
+        let n = labels.len();
+        let expected = [n, self.in_channels, self.height, self.width];
+        if images.shape() != expected {
+            return Err(shape_err(
+                "images (N, C, H, W) with N = labels.len()",
+                expected,
+                images.shape(),
+            ));
+        }
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= self.num_classes)
+        {
+            return Err(NnError::Label {
+                index,
+                label,
+                num_classes: self.num_classes,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Grows the scratch buffers for a batch of `n` and copies the images in.
+    fn load(&mut self, n: usize, images: ArrayView4<f32>) -> Result<(), NnError> {
+        let s = &mut self.scratch;
+        if n > s.capacity {
+            let layers: Vec<&ConvBn> = std::iter::once(&self.stem)
+                .chain(self.blocks.iter().flat_map(|b| [&b.c1, &b.c2]))
+                .collect();
+            let max_act = layers.iter().map(|l| l.out_size()).max().unwrap_or(0);
+            let sized = |per: usize| vec![0.0f32; n * per];
+            s.x = sized(self.stem.conv.in_size());
+            s.col = vec![0.0; layers.iter().map(|l| l.conv.col_size()).max().unwrap_or(0)];
+            s.z = layers.iter().map(|l| sized(l.out_size())).collect();
+            s.saved = layers.iter().map(|l| vec![0.0; l.bn.saved_len()]).collect();
+            s.stem = sized(self.stem.out_size());
+            s.mid = self.blocks.iter().map(|b| sized(b.c1.out_size())).collect();
+            s.out = self.blocks.iter().map(|b| sized(b.c2.out_size())).collect();
+            s.pooled = sized(WIDTHS[2]);
+            s.d_pooled = sized(WIDTHS[2]);
+            s.logits = sized(self.num_classes);
+            s.d_logits = sized(self.num_classes);
+            s.g1 = sized(max_act);
+            s.g2 = sized(max_act);
+            s.g3 = sized(max_act);
+            s.gz = sized(max_act);
+            s.capacity = n;
+        }
+        let shape = (n, self.in_channels, self.height, self.width);
+        ndarray::ArrayViewMut4::from_shape(shape, &mut s.x[..n * self.stem.conv.in_size()])?
+            .assign(&images);
+        Ok(())
+    }
+
+    /// Conv then BN (batch statistics when `train`, else running ones), ReLU if `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        l: &ConvBn,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        col: &mut [f32],
+        z: &mut [f32],
+        saved: &mut [f32],
+        out: &mut [f32],
+        relu: bool,
+        train: bool,
+    ) -> Result<(), NnError> {
+        l.conv.forward(params, n, input, col, z)?;
+        if train {
+            l.bn.forward_train(params, n, z, out, saved, relu)
+        } else {
+            l.bn.forward_eval(params, n, z, out, relu)
+        }
+    }
+
+    /// Runs the network on `scratch.x` up to the logits.
+    fn forward(&mut self, params: &[f32], n: usize, train: bool) -> Result<(), NnError> {
+        let s = &mut self.scratch;
+        Self::conv_bn(
+            &self.stem,
+            params,
+            n,
+            &s.x,
+            &mut s.col,
+            &mut s.z[0],
+            &mut s.saved[0],
+            &mut s.stem,
+            true,
+            train,
+        )?;
+        self.laps.lap("stem fwd");
+        for (b, blk) in self.blocks.iter().enumerate() {
+            let (prev, rest) = s.out.split_at_mut(b);
+            let input: &[f32] = if b == 0 { &s.stem } else { &prev[b - 1] };
+            let out = &mut rest[0];
+            let (l1, l2) = (blk.layer, blk.layer + 1);
+            Self::conv_bn(
+                &blk.c1,
+                params,
+                n,
+                input,
+                &mut s.col,
+                &mut s.z[l1],
+                &mut s.saved[l1],
+                &mut s.mid[b],
+                true,
+                train,
+            )?;
+            Self::conv_bn(
+                &blk.c2,
+                params,
+                n,
+                &s.mid[b],
+                &mut s.col,
+                &mut s.z[l2],
+                &mut s.saved[l2],
+                out,
+                false,
+                train,
+            )?;
+            shortcut_add(blk, n, input, out);
+            out[..n * blk.c2.out_size()]
+                .iter_mut()
+                .for_each(|v| *v = v.max(0.0));
+            if b % BLOCKS == BLOCKS - 1 {
+                self.laps.lap(FWD[b / BLOCKS]);
+            }
+        }
+        let last = self
+            .blocks
+            .last()
+            .ok_or(NnError::Config("no blocks".into()))?;
+        let hw = last.c2.bn.hw;
+        let out = &s.out[self.blocks.len() - 1];
+        for (p, plane) in s.pooled[..n * WIDTHS[2]]
+            .iter_mut()
+            .zip(out.chunks_exact(hw))
+        {
+            *p = plane.iter().sum::<f32>() / hw as f32;
+        }
+        self.fc.forward(params, n, &s.pooled, &mut s.logits)?;
+        self.laps.lap("pool+fc fwd");
+        Ok(())
+    }
+
+    /// Back-propagates `scratch.d_logits`, overwriting all of `grads`.
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], n: usize) -> Result<(), NnError> {
+        let s = &mut self.scratch;
+        self.fc.backward(
+            params,
+            n,
+            &s.pooled,
+            &s.d_logits,
+            grads,
+            Some(&mut s.d_pooled),
+        )?;
+        let nb = self.blocks.len();
+        let hw = self.blocks[nb - 1].c2.bn.hw;
+        for (plane, &d) in s.g1.chunks_exact_mut(hw).zip(&s.d_pooled[..n * WIDTHS[2]]) {
+            plane.fill(d / hw as f32);
+        }
+        self.laps.lap("pool+fc bwd");
+        for b in (0..nb).rev() {
+            let blk = &self.blocks[b];
+            let (l1, l2) = (blk.layer, blk.layer + 1);
+            let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
+            // g1 = d(block output); through the final ReLU.
+            relu_mask(&mut s.g1[..n * osz], &s.out[b]);
+            let input: &[f32] = if b == 0 { &s.stem } else { &s.out[b - 1] };
+            blk.c2
+                .bn
+                .backward(params, n, &s.z[l2], &s.saved[l2], &s.g1, grads, &mut s.gz)?;
+            blk.c2.conv.backward(
+                params,
+                n,
+                &s.mid[b],
+                &s.gz,
+                &mut s.col,
+                grads,
+                Some(&mut s.g2),
+            )?;
+            relu_mask(&mut s.g2[..n * blk.c1.out_size()], &s.mid[b]);
+            blk.c1
+                .bn
+                .backward(params, n, &s.z[l1], &s.saved[l1], &s.g2, grads, &mut s.gz)?;
+            blk.c1
+                .conv
+                .backward(params, n, input, &s.gz, &mut s.col, grads, Some(&mut s.g3))?;
+            shortcut_backward(blk, n, &s.g1, &mut s.g3);
+            // The block input was a ReLU output: mask here so g1 is ready for the next block.
+            relu_mask(&mut s.g3[..n * isz], input);
+            std::mem::swap(&mut s.g1, &mut s.g3);
+            if b % BLOCKS == 0 {
+                self.laps.lap(BWD[b / BLOCKS]);
+            }
+        }
+        self.stem
+            .bn
+            .backward(params, n, &s.z[0], &s.saved[0], &s.g1, grads, &mut s.gz)?;
+        self.stem
+            .conv
+            .backward(params, n, &s.x, &s.gz, &mut s.col, grads, None)?;
+        self.laps.lap("stem bwd");
+        Ok(())
+    }
+
+    fn stats(&self, n: usize, sums: crate::nn::loss::LossSums) -> BatchStats {
+        BatchStats {
+            loss_sum: sums.loss_sum,
+            correct: sums.correct,
+            count: n,
+        }
+    }
+}
+
+/// Zeroes the gradient wherever the ReLU output was not positive.
+fn relu_mask(grad: &mut [f32], out: &[f32]) {
+    for (g, &o) in grad.iter_mut().zip(out) {
+        if o <= 0.0 {
+            *g = 0.0;
+        }
+    }
+}
+
+/// out += shortcut(input): the identity, or option A (subsample by 2, channels padded
+/// with out/4 zero planes on each side).
+fn shortcut_add(blk: &Block, n: usize, input: &[f32], out: &mut [f32]) {
+    let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
+    if !blk.down {
+        for (o, &x) in out[..n * osz].iter_mut().zip(&input[..n * isz]) {
+            *o += x;
+        }
+        return;
+    }
+    let (ci, iw) = (blk.c1.conv.in_channels, blk.c1.conv.in_w);
+    let (co, oh, ow) = (blk.c2.bn.channels, blk.c2.conv.out_h(), blk.c2.conv.out_w());
+    let off = co / 4;
+    let ihw = blk.c1.conv.in_h * iw;
+    for i in 0..n {
+        for c in 0..ci {
+            let src = &input[i * isz + c * ihw..][..ihw];
+            let dst = &mut out[i * osz + (c + off) * oh * ow..][..oh * ow];
+            for y in 0..oh {
+                for x in 0..ow {
+                    dst[y * ow + x] += src[2 * y * iw + 2 * x];
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`shortcut_add`]: d_input += shortcutᵀ(d_out).
+fn shortcut_backward(blk: &Block, n: usize, d_out: &[f32], d_input: &mut [f32]) {
+    let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
+    if !blk.down {
+        for (d, &g) in d_input[..n * isz].iter_mut().zip(&d_out[..n * osz]) {
+            *d += g;
+        }
+        return;
+    }
+    let (ci, iw) = (blk.c1.conv.in_channels, blk.c1.conv.in_w);
+    let (co, oh, ow) = (blk.c2.bn.channels, blk.c2.conv.out_h(), blk.c2.conv.out_w());
+    let off = co / 4;
+    let ihw = blk.c1.conv.in_h * iw;
+    for i in 0..n {
+        for c in 0..ci {
+            let src = &d_out[i * osz + (c + off) * oh * ow..][..oh * ow];
+            let dst = &mut d_input[i * isz + c * ihw..][..ihw];
+            for y in 0..oh {
+                for x in 0..ow {
+                    dst[2 * y * iw + 2 * x] += src[y * ow + x];
+                }
+            }
+        }
+    }
+}
+
+impl crate::nn::Model for ResNet20 {
+    fn name(&self) -> &'static str {
+        "resnet20"
+    }
+
+    fn num_params(&self) -> usize {
+        self.fc.end()
+    }
+
+    fn param_layout(&self) -> Vec<(String, Range<usize>)> {
+        let mut v = Vec::new();
+        for (prefix, l) in self.conv_bns() {
+            let (conv, bn) = if prefix.is_empty() {
+                ("conv1".to_string(), "bn1".to_string())
+            } else {
+                let (p, k) = prefix.split_at(prefix.len() - 1);
+                (format!("{p}conv{k}"), format!("{p}bn{k}"))
+            };
+            v.push((format!("{conv}.weight"), l.conv.weight.clone()));
+            v.push((format!("{bn}.weight"), l.bn.weight.clone()));
+            v.push((format!("{bn}.bias"), l.bn.bias.clone()));
+            v.push((format!("{bn}.running_mean"), l.bn.running_mean.clone()));
+            v.push((format!("{bn}.running_var"), l.bn.running_var.clone()));
+        }
+        v.push(("fc.weight".into(), self.fc.weight.clone()));
+        v.push(("fc.bias".into(), self.fc.bias.clone()));
+        v
+    }
+
+    fn trainable(&self) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for (name, r) in self.param_layout() {
+            if name.ends_with("running_mean") || name.ends_with("running_var") {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    /// Kaiming-normal convolution and linear weights (std √(2/fan_in)), the linear bias
+    /// from U(±1/√fan_in) as PyTorch, BN γ = 1, β = 0, running mean 0, variance 1; drawn in
+    /// layout order from one `StdRng::seed_from_u64(seed)` stream.
+    fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut p = vec![0.0f32; self.fc.end()];
+        let mut normal = |r: Range<usize>, fan_in: usize, p: &mut [f32]| {
+            let std = (2.0 / fan_in as f32).sqrt();
+            for v in &mut p[r] {
+                *v = std * rng.sample::<f32, _>(StandardNormal);
+            }
+        };
+        let layers: Vec<ConvBn> = self.layers().cloned().collect();
+        for l in &layers {
+            normal(l.conv.weight.clone(), l.conv.fan_in(), &mut p);
+            l.bn.init(&mut p);
+        }
+        normal(self.fc.weight.clone(), self.fc.fan_in(), &mut p);
+        let bound = 1.0 / (self.fc.fan_in() as f32).sqrt();
+        for v in &mut p[self.fc.bias.clone()] {
+            *v = rng.random_range(-bound..bound);
+        }
+        p
+    }
+
+    fn train_batch(
+        &mut self,
+        params: &mut [f32],
+        grads: &mut [f32],
+        images: ArrayView4<f32>,
+        labels: &[usize],
+    ) -> Result<BatchStats, NnError> {
+        if grads.len() != self.fc.end() {
+            return Err(shape_err(
+                "gradient buffer length",
+                self.fc.end(),
+                grads.len(),
+            ));
+        }
+        let n = self.check_batch(params, &images, labels)?;
+        // Batch statistics need two values per channel in the last stage (H/4 × W/4 each).
+        if n == 0 || n * self.blocks[self.blocks.len() - 1].c2.bn.hw < 2 {
+            return Err(shape_err(
+                "batch size",
+                "at least 2 values per BN channel",
+                n,
+            ));
+        }
+        self.laps.start();
+        self.load(n, images)?;
+        self.forward(params, n, true)?;
+        let s = &mut self.scratch;
+        let k = self.num_classes;
+        let logits = batch_view(&s.logits, n, k, "logits")?;
+        let d_logits = batch_view_mut(&mut s.d_logits, n, k, "logit gradient")?;
+        let sums = softmax_cross_entropy(logits, labels, Some(d_logits))?;
+        self.laps.lap("loss");
+        self.backward(params, grads, n)?;
+        // Running statistics change only after the gradient used the batch statistics.
+        for (l, saved) in self.layers().zip(&self.scratch.saved) {
+            l.bn.update_running(params, n, saved);
+        }
+        Ok(self.stats(n, sums))
+    }
+
+    fn eval_batch(
+        &mut self,
+        params: &[f32],
+        images: ArrayView4<f32>,
+        labels: &[usize],
+    ) -> Result<BatchStats, NnError> {
+        let n = self.check_batch(params, &images, labels)?;
+        if n == 0 {
+            return Ok(BatchStats::default());
+        }
+        self.load(n, images)?;
+        self.forward(params, n, false)?;
+        let logits = batch_view(&self.scratch.logits, n, self.num_classes, "logits")?;
+        let sums = softmax_cross_entropy(logits, labels, None)?;
+        Ok(self.stats(n, sums))
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.laps.set_enabled(on);
+    }
+
+    fn take_profile(&mut self) -> Vec<(&'static str, f64)> {
+        self.laps.take()
+    }
+
+    fn stage_flops(&self) -> Vec<(&'static str, f64)> {
+        let conv = |c: &Conv2d| 2.0 * (c.out_size() * c.fan_in()) as f64;
+        let stage = |s: usize| -> f64 {
+            self.blocks[s * BLOCKS..(s + 1) * BLOCKS]
+                .iter()
+                .map(|b| conv(&b.c1.conv) + conv(&b.c2.conv))
+                .sum()
+        };
+        let fc = 2.0 * (self.fc.in_features * self.fc.out_features) as f64;
+        let mut v = vec![("stem fwd", conv(&self.stem.conv))];
+        v.extend((0..3).map(|s| (FWD[s], stage(s))));
+        v.push(("pool+fc fwd", fc));
+        v.push(("loss", 0.0));
+        v.push(("pool+fc bwd", 2.0 * fc));
+        v.extend((0..3).rev().map(|s| (BWD[s], 2.0 * stage(s))));
+        // No input gradient for the stem: only dW.
+        v.push(("stem bwd", conv(&self.stem.conv)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{random_vec, rng};
+    use crate::nn::Model;
+    use ndarray::Array4;
+
+    fn images(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Array4<f32> {
+        let mut r = rng(seed);
+        Array4::from_shape_vec((n, c, h, w), random_vec(&mut r, n * c * h * w, -2.0, 2.0))
+            .expect("shape")
+    }
+
+    #[test]
+    fn cifar_layout_has_the_papers_parameter_count() {
+        let m = ResNet20::new(3, 32, 32, 10).expect("model");
+        let layout = m.param_layout();
+        assert_eq!(layout[0], ("conv1.weight".to_string(), 0..432));
+        assert_eq!(layout[1].0, "bn1.weight");
+        assert!(layout.iter().any(|(n, _)| n == "layer3.2.bn2.running_var"));
+        for pair in layout.windows(2) {
+            assert_eq!(pair[0].1.end, pair[1].1.start, "tensors must be contiguous");
+        }
+        let trainable: usize = m.trainable().iter().map(|r| r.len()).sum();
+        // He et al.'s ResNet-20: 0.27 M weights; 2 × 688 BN channels of running statistics.
+        assert_eq!(trainable, 269_722);
+        assert_eq!(m.num_params(), 269_722 + 2 * 688);
+        let state: usize = layout
+            .iter()
+            .filter(|(n, _)| n.contains("running"))
+            .map(|(_, r)| r.len())
+            .sum();
+        assert_eq!(state + trainable, m.num_params());
+        let p = m.init_params(3);
+        assert_eq!(p, m.init_params(3));
+        let rv = &layout
+            .iter()
+            .find(|(n, _)| n == "bn1.running_var")
+            .expect("bn1")
+            .1;
+        assert!(p[rv.clone()].iter().all(|&v| v == 1.0));
+        assert!(ResNet20::new(3, 30, 32, 10).is_err());
+        assert!(ResNet20::new(3, 32, 32, 1).is_err());
+    }
+
+    /// The whole network in training mode (batch statistics, identity and option-A
+    /// shortcuts, BN, pooling, loss) against central differences on a tiny input. Single
+    /// entries of a 20-layer ReLU/BN network in f32 are too noisy to compare one by one
+    /// (kinks and rounding move them by ~1e-2 however eps is chosen), so every tensor is
+    /// checked along its own analytic gradient g_T: the numeric directional derivative
+    /// (L(p + t·ĝ_T) − L(p − t·ĝ_T)) / 2t must equal |g_T|. A wrong factor, sign or
+    /// missing term in any layer's backward pass breaks that equality.
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut m = ResNet20::new(2, 8, 8, 3).expect("model");
+        let params = m.init_params(5);
+        let x = images(6, 3, 2, 8, 8);
+        let labels = [2, 0, 1];
+        let mut grads = vec![0.0; m.num_params()];
+        let mut after = params.clone();
+        m.train_batch(&mut after, &mut grads, x.view(), &labels)
+            .expect("train");
+        let mut scratch = vec![0.0; m.num_params()];
+        let t = 1e-3;
+        let mut checked = 0;
+        for (name, range) in m.param_layout() {
+            if name.contains("running") {
+                assert!(
+                    grads[range].iter().all(|&g| g == 0.0),
+                    "{name} has a gradient"
+                );
+                continue;
+            }
+            let norm = grads[range.clone()]
+                .iter()
+                .map(|&g| (g as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                norm > 1e-2,
+                "{name}: gradient norm {norm} too small to check"
+            );
+            let mut loss = |sign: f64| {
+                let mut p = params.clone();
+                for (v, &g) in p[range.clone()].iter_mut().zip(&grads[range.clone()]) {
+                    *v += (sign * t * g as f64 / norm) as f32;
+                }
+                let s = m
+                    .train_batch(&mut p, &mut scratch, x.view(), &labels)
+                    .expect("train");
+                s.loss_sum / s.count as f64
+            };
+            let numeric = (loss(1.0) - loss(-1.0)) / (2.0 * t);
+            assert!(
+                (numeric / norm - 1.0).abs() < 0.03,
+                "{name}: directional derivative {numeric:.5} vs |g| {norm:.5}"
+            );
+            checked += 1;
+        }
+        // 19 convolutions, 19 BN layers with two trainable tensors each, fc weight and bias.
+        assert_eq!(checked, 19 + 2 * 19 + 2);
+        // Training moved the running statistics, after the gradient used batch statistics.
+        let rm = m.param_layout()[3].1.clone();
+        assert!(after[rm].iter().any(|&v| v != 0.0), "running mean moved");
+    }
+
+    /// Option A's backward is the exact adjoint of its forward.
+    #[test]
+    fn option_a_shortcut_is_adjoint() {
+        let m = ResNet20::new(1, 8, 8, 2).expect("model");
+        let blk = &m.blocks[BLOCKS];
+        assert!(blk.down);
+        let n = 2;
+        let mut r = rng(11);
+        let x = random_vec(&mut r, n * blk.c1.conv.in_size(), -1.0, 1.0);
+        let g = random_vec(&mut r, n * blk.c2.out_size(), -1.0, 1.0);
+        let mut y = vec![0.0; g.len()];
+        shortcut_add(blk, n, &x, &mut y);
+        let mut dx = vec![0.0; x.len()];
+        shortcut_backward(blk, n, &g, &mut dx);
+        let lhs: f64 = y.iter().zip(&g).map(|(a, b)| (a * b) as f64).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+        // Input channel 0 lands in output channel out/4 = 8, subsampled.
+        assert_eq!(y[8 * 16], x[0]);
+        assert_eq!(y[8 * 16 + 1], x[2]);
+        assert!(
+            y[..8 * 16].iter().all(|&v| v == 0.0),
+            "padding channels stay zero"
+        );
+    }
+
+    /// 8×8 three-channel images whose class is the bright quadrant: a few SGD steps on the
+    /// trainable ranges must cut the loss, and eval mode must then agree.
+    #[test]
+    fn sgd_learns_quadrants() {
+        let mut m = ResNet20::new(3, 8, 8, 4).expect("model");
+        let mut params = m.init_params(1);
+        let mut grads = vec![0.0; m.num_params()];
+        let mut sgd = crate::optim::Sgd::new(m.num_params(), 0.05, 0.9, 0.0);
+        sgd.set_trainable(m.trainable());
+        let mut r = rng(12);
+        let batch = |r: &mut StdRng, n: usize| {
+            let y: Vec<usize> = (0..n).map(|_| r.random_range(0..4)).collect();
+            let mut x = Array4::from_shape_fn((n, 3, 8, 8), |_| r.random_range(-0.3f32..0.3));
+            for (i, &q) in y.iter().enumerate() {
+                let (t, l) = ((q / 2) * 4, (q % 2) * 4);
+                x.slice_mut(ndarray::s![i, .., t..t + 4, l..l + 4])
+                    .mapv_inplace(|v| v + 1.0);
+            }
+            (x, y)
+        };
+        let (tx, ty) = batch(&mut r, 64);
+        let mut first = None;
+        for _ in 0..30 {
+            let (x, y) = batch(&mut r, 16);
+            let s = m
+                .train_batch(&mut params, &mut grads, x.view(), &y)
+                .expect("train");
+            first.get_or_insert(s.loss_sum / 16.0);
+            sgd.step(&mut params, &grads);
+        }
+        let after = m.eval_batch(&params, tx.view(), &ty).expect("eval");
+        let (l0, l1) = (first.unwrap_or(f64::NAN), after.loss_sum / 64.0);
+        assert!(l1 < 0.5 * l0, "loss went from {l0:.4} to {l1:.4}");
+        assert!(after.correct >= 48, "accuracy {}/64", after.correct);
+    }
+}
