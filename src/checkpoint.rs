@@ -138,6 +138,48 @@ pub fn complete_steps(dir: &Path) -> Result<Vec<u64>> {
     Ok(steps)
 }
 
+/// Steps of every checkpoint directory in `dir`, complete or not (none if `dir` does
+/// not exist).
+///
+/// # Errors
+/// `dir` exists but cannot be listed.
+pub fn all_steps(dir: &Path) -> Result<Vec<u64>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "--checkpoint-dir {}: cannot read the directory",
+            dir.display()
+        )
+    })?;
+    let mut steps: Vec<u64> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .into_string()
+                .ok()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// Deletes the checkpoints of `steps` in `dir`.
+///
+/// # Errors
+/// A directory that cannot be removed.
+pub fn remove_all(dir: &Path, steps: &[u64]) -> Result<()> {
+    for &s in steps {
+        let d = step_dir(dir, s);
+        std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+    }
+    Ok(())
+}
+
 /// Reads this rank's state from the newest complete checkpoint in `dir`, refusing one
 /// written under another configuration.
 ///

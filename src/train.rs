@@ -332,6 +332,20 @@ fn open_outputs<T: Transport + ?Sized>(
     exchange: &Exchange,
     hosts: &[String],
 ) -> Result<MetricsWriter> {
+    if let (Some(dir), None) = (&cfg.checkpoint_dir, &cfg.resume) {
+        // A fresh run must not mix its checkpoints with an earlier run's: a later
+        // --resume would pick whichever is newest.
+        let old = checkpoint::all_steps(dir)?;
+        if !old.is_empty() {
+            ensure!(
+                cfg.force,
+                "--checkpoint-dir {} already holds checkpoints of a run (continue it with --resume {}, or use --force to delete them and start over)",
+                dir.display(),
+                dir.display()
+            );
+            checkpoint::remove_all(dir, &old)?;
+        }
+    }
     if let Some(p) = &cfg.save_model {
         ensure!(
             cfg.force || !p.exists(),

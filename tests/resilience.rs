@@ -217,6 +217,23 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
         "{}",
         run.stderr
     );
+    // A fresh run does not mix its checkpoints with those of another run.
+    let other = p("other.h5");
+    let run = mpirun(
+        4,
+        &train_args(
+            data,
+            &other,
+            &p("other-model.h5"),
+            &["--checkpoint-dir", &ckpt],
+        ),
+    );
+    assert!(
+        run.stderr.contains("already holds checkpoints of a run"),
+        "{}",
+        run.stderr
+    );
+    assert!(!Path::new(&other).exists());
 }
 
 /// Reads the job's stderr until `count` progress lines (printed by rank 0 right after
@@ -314,6 +331,7 @@ fn a_killed_job_leaves_a_readable_metrics_file() {
     while !ranks_of(m.to_str().unwrap()).is_empty() {
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(open(&m)); // waits until no exiting process holds the file
     let out = Command::new("h5dump")
         .args(["-H", m.to_str().unwrap()])
         .output()

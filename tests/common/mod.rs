@@ -156,27 +156,34 @@ pub fn out_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// Opens an HDF5 file for reading, waiting (up to 10 s) while a process that is still
+/// exiting holds HDF5's lock on it.
+pub fn open(path: &Path) -> hdf5::File {
+    let start = std::time::Instant::now();
+    loop {
+        match hdf5::File::open(path) {
+            Ok(f) => return f,
+            Err(e)
+                if e.to_string().contains("unable to lock file")
+                    && start.elapsed().as_secs() < 10 =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
+    }
+}
+
 pub fn read_u64(path: &Path, name: &str) -> Vec<u64> {
-    hdf5::File::open(path)
-        .unwrap()
-        .dataset(name)
-        .unwrap()
-        .read_raw::<u64>()
-        .unwrap()
+    open(path).dataset(name).unwrap().read_raw::<u64>().unwrap()
 }
 
 pub fn read_f64(path: &Path, name: &str) -> Vec<f64> {
-    hdf5::File::open(path)
-        .unwrap()
-        .dataset(name)
-        .unwrap()
-        .read_raw::<f64>()
-        .unwrap()
+    open(path).dataset(name).unwrap().read_raw::<f64>().unwrap()
 }
 
 pub fn read_params(path: &Path) -> Vec<f32> {
-    hdf5::File::open(path)
-        .unwrap()
+    open(path)
         .dataset("params")
         .unwrap()
         .read_raw::<f32>()
@@ -184,26 +191,15 @@ pub fn read_params(path: &Path) -> Vec<f32> {
 }
 
 pub fn attr_f64(path: &Path, name: &str) -> f64 {
-    hdf5::File::open(path)
-        .unwrap()
-        .attr(name)
-        .unwrap()
-        .read_scalar::<f64>()
-        .unwrap()
+    open(path).attr(name).unwrap().read_scalar::<f64>().unwrap()
 }
 
 pub fn attr_i64(path: &Path, name: &str) -> i64 {
-    hdf5::File::open(path)
-        .unwrap()
-        .attr(name)
-        .unwrap()
-        .read_scalar::<i64>()
-        .unwrap()
+    open(path).attr(name).unwrap().read_scalar::<i64>().unwrap()
 }
 
 pub fn attr_str(path: &Path, name: &str) -> String {
-    hdf5::File::open(path)
-        .unwrap()
+    open(path)
         .attr(name)
         .unwrap()
         .read_scalar::<hdf5::types::VarLenUnicode>()
