@@ -16,7 +16,14 @@ use crate::nn::ModelKind;
 /// Server (RPS) algorithm of Yu et al., "Distributed Learning over Unreliable Networks"
 /// (ICML 2019), on MPI.
 #[derive(Debug, Parser)]
-#[command(name = "rps", version, propagate_version = true)]
+// A flag given twice keeps its last value: job files put their flags first, so the
+// command line overrides them.
+#[command(
+    name = "rps",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,6 +43,97 @@ pub enum Command {
     ///
     /// Example: rps bench --batch-sizes 32,128 --pytorch
     Bench(BenchFlags),
+    /// Run every run of a sweep job file with mpirun, one after the other (or just one of
+    /// them, for a Slurm job array), skipping runs that already completed.
+    ///
+    /// Example: rps sweep jobs/sweep-colocated.toml --list
+    Sweep(SweepFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepFlags {
+    /// Job file with a `[sweep]` table (see jobs/README.md).
+    #[arg(value_name = "FILE")]
+    pub job: PathBuf,
+    /// Print the runs (index, ranks, metrics file, sweep values) and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run only the run with this index (e.g. $SLURM_ARRAY_TASK_ID).
+    #[arg(long, value_name = "I")]
+    pub index: Option<usize>,
+    /// Rerun runs whose metrics file says completed.
+    #[arg(long)]
+    pub rerun: bool,
+    /// The launcher [default: mpirun].
+    #[arg(long, value_name = "CMD", default_value = "mpirun")]
+    pub mpirun: String,
+}
+
+/// Splices the flags of `rps train --job FILE` into the arguments, right after `train`
+/// and before the user's own flags, which therefore override them.
+///
+/// # Errors
+/// An unreadable or invalid job file, a key that is not a flag of `rps train`, or a
+/// sweep (which `rps sweep` runs).
+pub fn expand_job_file(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    let Some(train_at) = args.iter().position(|a| a == "train") else {
+        return Ok(args);
+    };
+    let mut path = None;
+    for (i, a) in args.iter().enumerate().skip(train_at + 1) {
+        let a = a.to_string_lossy();
+        if a == "--job" {
+            path = args.get(i + 1).map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--job=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let job = crate::job::JobFile::load(&path).map_err(|e| e.to_string())?;
+    check_job_keys(&job)?;
+    let mut runs = job.runs().map_err(|e| e.to_string())?;
+    if runs.len() != 1 {
+        return Err(format!(
+            "job file {}: a sweep of {} runs; run it with `rps sweep {}`",
+            path.display(),
+            runs.len(),
+            path.display()
+        ));
+    }
+    let run = runs.remove(0);
+    let mut out: Vec<std::ffi::OsString> = args[..=train_at].to_vec();
+    out.extend(run.args.into_iter().map(Into::into));
+    if let Some(r) = run.ranks {
+        out.push("--ranks".into());
+        out.push(r.to_string().into());
+    }
+    out.extend(args[train_at + 1..].iter().cloned());
+    Ok(out)
+}
+
+/// Every key of a job file must be a flag of `rps train`.
+///
+/// # Errors
+/// The first unknown key, named with the file.
+pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let train = cmd.find_subcommand("train").ok_or("no train subcommand")?;
+    let known: Vec<String> = train
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    for key in job.keys() {
+        if !known.iter().any(|k| k == key) || key == "job" {
+            return Err(format!(
+                "job file {}: {key:?} is not a flag of `rps train` (keys are flag names with _ for -, e.g. drop_rate)",
+                job.path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +317,13 @@ pub struct TrainFlags {
     /// --metrics file; refused if DIR was written by another configuration.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Take flags from a TOML job file (see jobs/README.md); flags given on the command
+    /// line override it.
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<PathBuf>,
+    /// Refuse to start unless the job has exactly N ranks (set by job files' `ranks`).
+    #[arg(long, value_name = "N")]
+    pub ranks: Option<usize>,
     /// Augment training batches: random 32×32-style crop of the image zero-padded by 4
     /// pixels, and a horizontal flip with probability 1/2, seeded by (seed, worker, step).
     #[arg(long)]
@@ -395,6 +500,7 @@ impl From<TrainFlags> for config::TrainArgs {
             checkpoint_every: f.checkpoint_every,
             checkpoint_dir: f.checkpoint_dir,
             resume: f.resume,
+            ranks: f.ranks,
             model: f.model.into(),
             augment: f.augment,
         }

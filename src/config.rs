@@ -156,6 +156,8 @@ pub struct TrainArgs {
     pub checkpoint_every: Option<u64>,
     pub checkpoint_dir: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    /// World size the job expects (`ranks` of a job file).
+    pub ranks: Option<usize>,
     pub model: ModelKind,
     pub augment: bool,
 }
@@ -182,6 +184,8 @@ pub enum ConfigError {
     CheckpointWithoutDir,
     #[error("--checkpoint-every must be at least 1")]
     CheckpointEvery,
+    #[error("the job asks for {expected} ranks (--ranks / a job file's ranks), but {found} were started (mpirun -n {expected})")]
+    Ranks { expected: usize, found: usize },
     #[error("--batch-size must be at least 1")]
     BatchSize,
     #[error("--{flag} must be at least 1")]
@@ -289,6 +293,14 @@ impl TrainConfig {
                 Mode::Dedicated { servers }
             }
         };
+        if let Some(expected) = a.ranks {
+            if expected != world_size {
+                return Err(ConfigError::Ranks {
+                    expected,
+                    found: world_size,
+                });
+            }
+        }
         if a.checkpoint_every == Some(0) {
             return Err(ConfigError::CheckpointEvery);
         }
@@ -426,6 +438,7 @@ mod tests {
             checkpoint_every: None,
             checkpoint_dir: None,
             resume: None,
+            ranks: None,
             model: ModelKind::Cnn,
             augment: false,
         }

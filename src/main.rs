@@ -11,14 +11,28 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
+use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, SweepFlags, TrainFlags};
 use rps::comm::mpi::MpiTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
 use rps::train::{train, Failure};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match rps::cli::expand_job_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            // Every rank reads the same file: one speaks (see the clap errors below).
+            if launcher_rank().is_some() {
+                if let Some(t) = MpiTransport::init() {
+                    stop_together(&t, t.rank() == 0, || eprintln!("error: {e}"));
+                    return ExitCode::from(2);
+                }
+            }
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -43,6 +57,26 @@ fn main() -> ExitCode {
         Command::Convert(flags) => convert(flags),
         Command::Train(flags) => train_command(*flags),
         Command::Bench(flags) => bench(flags),
+        Command::Sweep(flags) => sweep(flags),
+    }
+}
+
+/// `rps sweep`: a launcher, no MPI in this process.
+fn sweep(flags: SweepFlags) -> ExitCode {
+    init_logger(None);
+    let opts = rps::sweep::SweepOptions {
+        job: flags.job,
+        list: flags.list,
+        index: flags.index,
+        rerun: flags.rerun,
+        mpirun: flags.mpirun,
+    };
+    match rps::sweep::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

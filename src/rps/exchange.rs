@@ -222,7 +222,7 @@ impl Exchange {
         let n = self.packets(self.layout.block(id.block).len());
         mask.clear();
         mask.extend((0..n).map(|k| {
-            attempted.map_or(true, |a| a[k])
+            attempted.is_none_or(|a| a[k])
                 && !self.drop.drops(&MessageId {
                     packet: k as u32,
                     ..id

@@ -65,6 +65,10 @@ pub fn rps(args: &[&str]) -> Run {
     finish(
         Command::new(RPS)
             .args(args)
+            // For the mpirun that `rps sweep` starts.
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
             .output()
             .expect("cannot run rps"),
     )

@@ -1,0 +1,136 @@
+//! Job files and sweeps: `rps train --job` (flags override the file) and `rps sweep`.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+fn write_job(dir: &Path, name: &str, body: &str) -> String {
+    let data = small_dataset();
+    let path = dir.join(name);
+    let text = body
+        .replace("DATA", data.to_str().unwrap())
+        .replace("OUT", dir.to_str().unwrap());
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn train_takes_a_job_file_and_flags_override_it() {
+    let dir = out_dir();
+    let job = write_job(
+        dir.path(),
+        "one.toml",
+        "ranks = 3\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/one.h5\"\ncolocated = true\ndrop_rate = 0.2\nsteps = 3\nbatch_size = 8\n",
+    );
+    let run = mpirun(
+        3,
+        &["train", "--job", &job, "--drop-rate", "0", "--seed", "5"],
+    );
+    run.assert_ok();
+    let m = dir.path().join("one.h5");
+    assert_eq!(attr_f64(&m, "drop_rate"), 0.0);
+    assert_eq!(attr_i64(&m, "seed"), 5);
+    assert_eq!(attr_i64(&m, "steps"), 3);
+    assert_eq!(attr_str(&m, "mode"), "colocated");
+
+    let run = mpirun(2, &["train", "--job", &job]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("the job asks for 3 ranks"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+
+    let bad = write_job(
+        dir.path(),
+        "bad.toml",
+        "[train]\ndataset = \"DATA\"\nmetrics = \"OUT/b.h5\"\ndrop_rat = 0.1\n",
+    );
+    let run = mpirun(3, &["train", "--job", &bad]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr
+            .contains("\"drop_rat\" is not a flag of `rps train`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn sweeps_run_every_combination_once() {
+    let dir = out_dir();
+    let job = write_job(
+        dir.path(),
+        "sweep.toml",
+        "name = \"tiny\"\nranks = 3\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/{name}-p{drop_rate}-s{seed}.h5\"\ncolocated = true\nsteps = 2\nbatch_size = 8\n[sweep]\ndrop_rate = [0.0, 0.5]\nseed = [1, 2]\n",
+    );
+    let listed = rps(&["sweep", &job, "--list"]);
+    listed.assert_ok();
+    assert_eq!(listed.stdout.lines().count(), 4);
+    assert!(
+        listed.stdout.contains("tiny-p0.5-s2.h5"),
+        "{}",
+        listed.stdout
+    );
+
+    let _guard = lock_mpirun();
+    let first = rps(&["sweep", &job]);
+    first.assert_ok();
+    for name in [
+        "tiny-p0-s1.h5",
+        "tiny-p0-s2.h5",
+        "tiny-p0.5-s1.h5",
+        "tiny-p0.5-s2.h5",
+    ] {
+        let m = dir.path().join(name);
+        assert_eq!(attr_str(&m, "status"), "completed", "{name}");
+    }
+    assert_eq!(
+        attr_f64(&dir.path().join("tiny-p0.5-s2.h5"), "drop_rate"),
+        0.5
+    );
+    assert_eq!(attr_i64(&dir.path().join("tiny-p0.5-s2.h5"), "seed"), 2);
+    // A second pass has nothing left to do.
+    let again = rps(&["sweep", &job]);
+    again.assert_ok();
+    assert_eq!(
+        again.stderr.matches("completed already, skipped").count(),
+        4,
+        "{}",
+        again.stderr
+    );
+    // One element of a job array.
+    let one = rps(&["sweep", &job, "--index", "3", "--rerun"]);
+    one.assert_ok();
+    assert!(
+        one.stderr.contains("run 3/4 (drop_rate=0.5 seed=2)"),
+        "{}",
+        one.stderr
+    );
+    let out_of_range = rps(&["sweep", &job, "--index", "4"]);
+    assert_eq!(out_of_range.code, Some(1));
+    assert!(
+        out_of_range.stderr.contains("--index 4"),
+        "{}",
+        out_of_range.stderr
+    );
+}
