@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-slurm.sh
 source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --release --locked --all-targets -- -D warnings
