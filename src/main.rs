@@ -11,7 +11,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, TrainFlags};
+use rps::cli::{
+    BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags, TrainFlags,
+};
 use rps::comm::mpi::MpiTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
@@ -43,6 +45,39 @@ fn main() -> ExitCode {
         Command::Convert(flags) => convert(flags),
         Command::Train(flags) => train_command(*flags),
         Command::Bench(flags) => bench(flags),
+        Command::Report(flags) => report(flags),
+        Command::Plot(flags) => plot(flags),
+    }
+}
+
+/// `rps report`: the Markdown table on stdout.
+fn report(flags: ReportFlags) -> ExitCode {
+    match rps::report::summarize(&flags.files) {
+        Ok(runs) => {
+            print!("{}", rps::report::markdown(&runs));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rps plot`: figures into --output-dir, their paths on stdout.
+fn plot(flags: PlotFlags) -> ExitCode {
+    init_logger(None);
+    match rps::plot::plot(&flags.into()) {
+        Ok(paths) => {
+            for p in paths {
+                println!("wrote {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
