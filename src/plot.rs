@@ -187,10 +187,27 @@ fn colours(runs: &[Series]) -> Vec<RGBColor> {
                 .iter()
                 .position(|g| g.key == r.summary.key)
                 .unwrap_or(0);
-            let c = Palette99::pick(i).to_rgba();
-            RGBColor(c.0, c.1, c.2)
+            pick(i)
         })
         .collect()
+}
+
+/// Matplotlib's "tab10" colours: distinct, and readable on white.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn pick(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
 }
 
 fn font(size: u32) -> TextStyle<'static> {
@@ -246,6 +263,7 @@ where
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("training loss (cross-entropy)")
         .label_style(font(15))
         .axis_desc_style(font(17))
@@ -304,7 +322,7 @@ where
         )?;
     chart
         .configure_mesh()
-        .x_desc("drop rate (configured p for i.i.d. messages, else measured message loss)")
+        .x_desc("loss rate (configured p for i.i.d. messages, else measured fraction of packets or messages lost)")
         .y_desc("final test accuracy")
         .label_style(font(15))
         .axis_desc_style(font(17))
@@ -312,8 +330,7 @@ where
     let mut ns: Vec<i64> = points.iter().map(|p| p.0).collect();
     ns.dedup();
     for (i, n) in ns.iter().enumerate() {
-        let c = Palette99::pick(i).to_rgba();
-        let c = RGBColor(c.0, c.1, c.2);
+        let c = pick(i);
         let pts: Vec<_> = points.iter().filter(|p| p.0 == *n).collect();
         chart
             .draw_series(LineSeries::new(pts.iter().map(|p| (p.1, p.2)), c.stroke_width(2)))?
@@ -363,7 +380,8 @@ where
         (1e-6, 1.0)
     } else {
         (
-            all.iter().copied().fold(f64::INFINITY, f64::min) / 2.0,
+            // Room below the data for the legend.
+            all.iter().copied().fold(f64::INFINITY, f64::min) / 10.0,
             all.iter().copied().fold(0.0, f64::max) * 2.0,
         )
     };
@@ -385,6 +403,7 @@ where
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("mean ‖x_i − x̄‖² over workers")
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .label_style(font(15))
@@ -430,6 +449,9 @@ where
 {
     root.fill(&WHITE)?;
     let (nr, nc) = m.dim();
+    if nr == 0 || nc == 0 {
+        bail!("empty per-link matrix");
+    }
     let max = m.iter().copied().max().unwrap_or(0).max(1) as f64;
     let root = root.titled(title, font(22))?;
     let (left, right) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 140);
@@ -437,7 +459,11 @@ where
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..nc as i32).into_segmented(), (0..nr as i32).into_segmented())?;
+        .build_cartesian_2d(
+            // A segmented range a..b has the b − a + 1 cells a..=b.
+            (0..nc as i32 - 1).into_segmented(),
+            (0..nr as i32 - 1).into_segmented(),
+        )?;
     chart
         .configure_mesh()
         .disable_mesh()

@@ -262,8 +262,12 @@ impl RunSummary {
     }
 
     /// The x value of a run in a loss-rate plot: the configured rate for plain i.i.d.
-    /// message loss, otherwise the measured fraction of messages lost.
+    /// message loss, the measured fraction of packets lost with `--packet-bytes`,
+    /// otherwise the measured fraction of messages lost.
     pub fn effective_drop_rate(&self) -> f64 {
+        if self.key.packet_bytes > 0 && self.attempted > 0 {
+            return self.dropped as f64 / self.attempted as f64;
+        }
         if self.drop_model == "bernoulli"
             && self.key.packet_bytes == 0
             && self.key.drop_model_description == format!("bernoulli(p={})", self.drop_rate)
@@ -519,8 +523,11 @@ mod tests {
         let mut r = run("bernoulli(p=0.1)", 1, 0.5, "completed");
         r.messages_dropped = 5;
         assert_eq!(r.effective_drop_rate(), 0.1);
-        r.key.packet_bytes = 1500;
+        r.drop_model = "gilbert-elliott".into();
         assert_eq!(r.effective_drop_rate(), 0.05);
+        r.key.packet_bytes = 1500;
+        r.dropped = 20;
+        assert_eq!(r.effective_drop_rate(), 0.2);
     }
 
     #[test]
