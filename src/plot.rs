@@ -146,8 +146,18 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("--output-dir {}: cannot create it", dir.display()))?;
     let mut out = Vec::new();
-    out.extend(both!(dir, "train_loss", SIZE, train_loss(&runs, opts.window)));
-    out.extend(both!(dir, "accuracy_vs_drop", SIZE, accuracy_vs_drop(&runs)));
+    out.extend(both!(
+        dir,
+        "train_loss",
+        SIZE,
+        train_loss(&runs, opts.window)
+    ));
+    out.extend(both!(
+        dir,
+        "accuracy_vs_drop",
+        SIZE,
+        accuracy_vs_drop(&runs)
+    ));
     out.extend(both!(dir, "consensus", SIZE, consensus(&runs)));
     for p in opts.files.iter().take(opts.max_link_maps) {
         let f = RunFile::open(p)?;
@@ -160,7 +170,13 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect::<String>();
         let title = format!(
             "Dropped worker→server messages per link: {}",
@@ -290,7 +306,10 @@ where
     Ok(())
 }
 
-fn accuracy_vs_drop<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Series]) -> Result<()>
+fn accuracy_vs_drop<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[Series],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -306,13 +325,20 @@ where
         let max = acc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         points.push((g.key.workers, x, m.mean, min, max));
     }
-    points.sort_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).unwrap_or(std::cmp::Ordering::Equal));
+    points.sort_by(|a, b| {
+        (a.0, a.1)
+            .partial_cmp(&(b.0, b.1))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let x_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.01) * 1.15;
     let y_lo = points.iter().map(|p| p.3).fold(1.0, f64::min);
     let y_hi = points.iter().map(|p| p.4).fold(0.0, f64::max);
     let pad = ((y_hi - y_lo) * 0.15).max(0.005);
     let mut chart = ChartBuilder::on(root)
-        .caption("Final test accuracy vs. loss rate (mean over seeds, bars: min–max)", font(24))
+        .caption(
+            "Final test accuracy vs. loss rate (mean over seeds, bars: min–max)",
+            font(24),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(65)
@@ -333,7 +359,10 @@ where
         let c = pick(i);
         let pts: Vec<_> = points.iter().filter(|p| p.0 == *n).collect();
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.1, p.2)), c.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.1, p.2)),
+                c.stroke_width(2),
+            ))?
             .label(format!("n = {n} workers"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
         chart.draw_series(pts.iter().map(|p| Circle::new((p.1, p.2), 5, c.filled())))?;
@@ -484,7 +513,11 @@ where
     if nr * nc <= 64 {
         let centre = Pos::new(HPos::Center, VPos::Center);
         chart.draw_series(m.indexed_iter().map(|((r, c), v)| {
-            let colour: &'static RGBColor = if *v as f64 / max > 0.6 { &WHITE } else { &BLACK };
+            let colour: &'static RGBColor = if *v as f64 / max > 0.6 {
+                &WHITE
+            } else {
+                &BLACK
+            };
             Text::new(
                 v.to_string(),
                 (

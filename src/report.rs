@@ -142,9 +142,7 @@ impl RunFile {
         let Ok(ds) = self.file.dataset(name) else {
             return Ok(None);
         };
-        let m = ds
-            .read_2d::<u64>()
-            .map_err(|e| self.read_err(name, e))?;
+        let m = ds.read_2d::<u64>().map_err(|e| self.read_err(name, e))?;
         let label = |a: &str| {
             ds.attr(a)
                 .and_then(|a| a.read_scalar::<VarLenUnicode>())
@@ -205,9 +203,8 @@ impl RunSummary {
             Ok(f.attr_str(n)?.unwrap_or_else(|| "?".into()))
         };
         let i = |n: &str| -> Result<i64, ReportError> { Ok(f.attr_i64(n)?.unwrap_or(0)) };
-        let last = |n: &str| -> Result<Option<f64>, ReportError> {
-            Ok(f.series(n)?.last().copied())
-        };
+        let last =
+            |n: &str| -> Result<Option<f64>, ReportError> { Ok(f.series(n)?.last().copied()) };
         let key = GroupKey {
             algorithm: s("algorithm")?,
             mode: s("mode")?,
@@ -305,9 +302,8 @@ pub fn mean_std(values: &[f64]) -> Option<MeanStd> {
         return None;
     }
     let mean = values.iter().sum::<f64>() / n as f64;
-    let std = (n > 1).then(|| {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    });
+    let std = (n > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
     Some(MeanStd { mean, std, n })
 }
 
@@ -370,7 +366,9 @@ pub fn group(runs: &[RunSummary]) -> Vec<Group> {
 fn fmt_stat(s: Option<MeanStd>, fmt: fn(f64) -> String) -> String {
     match s {
         None => "–".into(),
-        Some(MeanStd { mean, std: None, .. }) => fmt(mean),
+        Some(MeanStd {
+            mean, std: None, ..
+        }) => fmt(mean),
         Some(MeanStd {
             mean,
             std: Some(sd),
@@ -515,7 +513,10 @@ mod tests {
         assert!(rows[0].contains("| 1 (1) | 0.9000 |"), "{table}");
         assert!(rows[1].contains("| 2 (1,2) | 0.7000 ± 0.1414 |"), "{table}");
         assert!(rows[1].contains("20 / 200 messages (10.00%)"), "{table}");
-        assert!(rows[1].ends_with("| 1 completed, 1 interrupted |"), "{table}");
+        assert!(
+            rows[1].ends_with("| 1 completed, 1 interrupted |"),
+            "{table}"
+        );
     }
 
     #[test]
