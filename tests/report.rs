@@ -68,6 +68,9 @@ fn write_run(path: &Path, desc: &str, rate: f64, seed: i64, acc: Option<f64>, st
     w.close().unwrap();
 }
 
+/// Writes three runs. Callers hold [`common::lock_mpirun`] while they write and run the
+/// binary: a child spawned by another test thread while HDF5 has a file open for writing
+/// inherits that descriptor, and its lock, and the file then cannot be opened.
 fn runs(dir: &Path) -> Vec<PathBuf> {
     let p = |n: &str| dir.join(n);
     write_run(
@@ -96,6 +99,7 @@ fn strs(paths: &[PathBuf]) -> Vec<&str> {
 
 #[test]
 fn report_groups_seeds_and_marks_unfinished_runs() {
+    let _machine = common::lock_mpirun();
     let dir = common::out_dir();
     let files = runs(dir.path());
     let mut args = vec!["report"];
@@ -117,6 +121,7 @@ fn report_groups_seeds_and_marks_unfinished_runs() {
 
 #[test]
 fn plot_writes_png_and_svg_figures() {
+    let _machine = common::lock_mpirun();
     let dir = common::out_dir();
     let files = runs(dir.path());
     let out = dir.path().join("figs");
@@ -165,6 +170,7 @@ fn plot_writes_png_and_svg_figures() {
 
 #[test]
 fn bad_inputs_are_named_and_exit_1() {
+    let _machine = common::lock_mpirun();
     let dir = common::out_dir();
     let good = runs(dir.path()).remove(0);
     let missing = dir.path().join("missing.h5");
