@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist)
+PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist fonts-dejavu-core)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -48,6 +48,16 @@ pub enum Command {
     ///
     /// Example: rps sweep jobs/sweep-colocated.toml --list
     Sweep(SweepFlags),
+    /// Summarize metrics files as a Markdown table, runs differing only by seed grouped
+    /// (no MPI needed).
+    ///
+    /// Example: rps report runs/drop-models/*.h5
+    Report(ReportFlags),
+    /// Draw figures (PNG and SVG) of metrics files: training loss, accuracy against loss
+    /// rate, consensus distance, per-link drops (no MPI needed).
+    ///
+    /// Example: rps plot runs/drop-models/*.h5 --output-dir figures
+    Plot(PlotFlags),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +144,40 @@ pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ReportFlags {
+    /// Metrics files written by `rps train --metrics`.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotFlags {
+    /// Metrics files written by `rps train --metrics`.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Directory for the figures (created if needed; existing figures are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: PathBuf,
+    /// Moving-average window of the training loss, in steps.
+    #[arg(long, value_name = "STEPS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub window: u64,
+    /// Draw per-link heat maps for the first N files.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub link_maps: usize,
+}
+
+impl From<PlotFlags> for crate::plot::PlotOptions {
+    fn from(f: PlotFlags) -> Self {
+        crate::plot::PlotOptions {
+            files: f.files,
+            output_dir: f.output_dir,
+            window: f.window as usize,
+            max_link_maps: f.link_maps,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,7 +5,8 @@
 //! nothing of MPI), [`data`] (HDF5 datasets and shards), [`mod@drop`] (drop models),
 //! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
 //! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
-//! [`train`] (the driver), [`config`] and [`cli`]; [`mod@bench`] times the model on one thread.
+//! [`train`] (the driver), [`config`] and [`cli`]; [`mod@bench`] times the model on one thread;
+//! [`report`] and [`plot`] read metrics files back into tables and figures.
 
 pub mod bench;
 pub mod checkpoint;
@@ -18,6 +19,8 @@ pub mod job;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod plot;
+pub mod report;
 pub mod rps;
 pub mod sweep;
 pub mod train;

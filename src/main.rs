@@ -11,7 +11,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use rps::cli::{BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, SweepFlags, TrainFlags};
+use rps::cli::{
+    BenchFlags, Cli, Command, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags, SweepFlags,
+    TrainFlags,
+};
 use rps::comm::mpi::MpiTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
@@ -58,6 +61,39 @@ fn main() -> ExitCode {
         Command::Train(flags) => train_command(*flags),
         Command::Bench(flags) => bench(flags),
         Command::Sweep(flags) => sweep(flags),
+        Command::Report(flags) => report(flags),
+        Command::Plot(flags) => plot(flags),
+    }
+}
+
+/// `rps report`: the Markdown table on stdout.
+fn report(flags: ReportFlags) -> ExitCode {
+    match rps::report::summarize(&flags.files) {
+        Ok(runs) => {
+            print!("{}", rps::report::markdown(&runs));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rps plot`: figures into --output-dir, their paths on stdout.
+fn plot(flags: PlotFlags) -> ExitCode {
+    init_logger(None);
+    match rps::plot::plot(&flags.into()) {
+        Ok(paths) => {
+            for p in paths {
+                println!("wrote {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,205 @@
+//! `rps report` and `rps plot` through the real binary, on small metrics files written
+//! with the project's own [`MetricsWriter`]; bad inputs are named and exit 1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::rps;
+use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
+
+/// A metrics file of `steps` steps with constant drops (1 of 10 messages up), two
+/// evaluations, and a 2×3 per-link matrix.
+fn write_run(path: &Path, desc: &str, rate: f64, seed: i64, acc: Option<f64>, status: &str) {
+    let mut attrs: Vec<(&str, AttrValue)> = vec![
+        ("rps_version", "0.1.0".into()),
+        ("algorithm", "rps".into()),
+        ("mode", "dedicated".into()),
+        ("world_size", 5i64.into()),
+        ("servers", 2i64.into()),
+        ("workers", 3i64.into()),
+        ("drop_model", "bernoulli".into()),
+        ("drop_model_description", desc.into()),
+        ("drop_rate", rate.into()),
+        ("packet_bytes", 0i64.into()),
+        ("detection", "oracle".into()),
+        ("model", "cnn".into()),
+        ("steps", 30i64.into()),
+        ("seed", seed.into()),
+        ("status", status.into()),
+        ("final_consensus_distance", 1e-3.into()),
+        ("wall_time_s", (10.0 * seed as f64).into()),
+    ];
+    if let Some(a) = acc {
+        attrs.push(("final_test_accuracy", a.into()));
+    }
+    let w = MetricsWriter::create(path, true, &attrs).unwrap();
+    let rows: Vec<StepRecord> = (1..=30)
+        .map(|s| StepRecord {
+            step: s,
+            loss: 2.0 / s as f64,
+            sent_up: 9,
+            dropped_up: 1,
+            sent_down: 10,
+            packets_up: 10,
+            packets_dropped_up: 1,
+            packets_down: 10,
+            ..Default::default()
+        })
+        .collect();
+    w.append_steps(&rows).unwrap();
+    for (step, a) in [(15, 0.5), (30, acc.unwrap_or(0.6))] {
+        w.append_eval(&EvalRecord {
+            step,
+            test_accuracy: a,
+            consensus_distance: 1e-3 * step as f64,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let m = ndarray::Array2::from_shape_vec((2, 3), vec![1u64, 2, 3, 4, 5, 6]).unwrap();
+    w.write_matrix(
+        "links/dropped_up",
+        &m,
+        "server ranks 0..2",
+        "worker ranks 2..5",
+    )
+    .unwrap();
+    w.close().unwrap();
+}
+
+/// Writes three runs. Callers hold [`common::lock_mpirun`] while they write and run the
+/// binary: a child spawned by another test thread while HDF5 has a file open for writing
+/// inherits that descriptor, and its lock, and the file then cannot be opened.
+fn runs(dir: &Path) -> Vec<PathBuf> {
+    let p = |n: &str| dir.join(n);
+    write_run(
+        &p("a-s1.h5"),
+        "bernoulli(p=0.1)",
+        0.1,
+        1,
+        Some(0.80),
+        "completed",
+    );
+    write_run(
+        &p("a-s2.h5"),
+        "bernoulli(p=0.1)",
+        0.1,
+        2,
+        Some(0.90),
+        "completed",
+    );
+    write_run(&p("b-s1.h5"), "bernoulli(p=0)", 0.0, 1, None, "interrupted");
+    vec![p("a-s1.h5"), p("a-s2.h5"), p("b-s1.h5")]
+}
+
+fn strs(paths: &[PathBuf]) -> Vec<&str> {
+    paths.iter().map(|p| p.to_str().unwrap()).collect()
+}
+
+#[test]
+fn report_groups_seeds_and_marks_unfinished_runs() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let files = runs(dir.path());
+    let mut args = vec!["report"];
+    args.extend(strs(&files));
+    let run = rps(&args);
+    run.assert_ok();
+    let rows: Vec<&str> = run.stdout.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{}", run.stdout);
+    // Sorted by configuration: p=0 before p=0.1.
+    assert_eq!(
+        rows[0],
+        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0) | 0 | oracle | cnn, 30 | 1 (1) | 0.6000 | 1.00e-3 | 30 / 600 messages (5.00%) | 10.0 | 1 interrupted |"
+    );
+    assert_eq!(
+        rows[1],
+        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0.1) | 0 | oracle | cnn, 30 | 2 (1,2) | 0.8500 ± 0.0707 | 1.00e-3 ± 0 | 60 / 1200 messages (5.00%) | 15.0 | completed |"
+    );
+}
+
+#[test]
+fn plot_writes_png_and_svg_figures() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let files = runs(dir.path());
+    let out = dir.path().join("figs");
+    let mut args = vec![
+        "plot",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--window",
+        "5",
+    ];
+    args.extend(strs(&files));
+    let run = rps(&args);
+    run.assert_ok();
+    let titles = [
+        ("train_loss", "Training loss (5-step moving average)"),
+        ("accuracy_vs_drop", "Final test accuracy vs. loss rate"),
+        ("consensus", "Consensus distance at evaluations"),
+        (
+            "links_a-s1",
+            "Dropped worker→server messages per link: a-s1.h5",
+        ),
+        (
+            "links_b-s1",
+            "Dropped worker→server messages per link: b-s1.h5",
+        ),
+    ];
+    for (name, title) in titles {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert!(png.len() > 1000, "{name}.png is {} bytes", png.len());
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png");
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{name}.svg");
+        assert!(svg.contains(title), "{name}.svg lacks {title:?}");
+        assert!(
+            run.stdout.contains(&format!("{name}.png")),
+            "{}",
+            run.stdout
+        );
+    }
+    let svg = std::fs::read_to_string(out.join("train_loss.svg")).unwrap();
+    assert!(svg.contains("iid p=0.1, n=3 (seed 1,2)"), "legend");
+    let heat = std::fs::read_to_string(out.join("links_a-s1.svg")).unwrap();
+    // plotters writes each text on a line of its own.
+    assert!(heat.contains("\n6\n") && heat.contains("worker (column; worker ranks 2..5)"));
+}
+
+#[test]
+fn bad_inputs_are_named_and_exit_1() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let good = runs(dir.path()).remove(0);
+    let missing = dir.path().join("missing.h5");
+    let foreign = dir.path().join("foreign.h5");
+    hdf5::File::create(&foreign)
+        .unwrap()
+        .new_attr::<i64>()
+        .shape(())
+        .create("x")
+        .unwrap();
+    let out = dir.path().join("figs");
+    for (bad, message) in [
+        (&missing, "missing.h5: no such file"),
+        (
+            &foreign,
+            "foreign.h5: not an rps metrics file (no root attribute rps_version)",
+        ),
+    ] {
+        for cmd in ["report", "plot"] {
+            let mut args = vec![cmd, good.to_str().unwrap(), bad.to_str().unwrap()];
+            if cmd == "plot" {
+                args.extend(["--output-dir", out.to_str().unwrap()]);
+            }
+            let run = rps(&args);
+            assert_eq!(run.code, Some(1), "{cmd}: {}", run.stderr);
+            assert!(run.stderr.contains(message), "{cmd}: {}", run.stderr);
+            assert!(run.stdout.is_empty(), "{cmd} printed {}", run.stdout);
+        }
+    }
+    let run = rps(&["report"]);
+    assert_eq!(run.code, Some(2), "clap requires a file: {}", run.stderr);
+}
