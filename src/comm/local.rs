@@ -86,6 +86,26 @@ impl LocalTransport {
     }
 }
 
+impl LocalTransport {
+    /// Delivers `sends` to their mailboxes (in-process sends complete at once) and
+    /// returns the locked state for the receiving part.
+    fn post(&self, sends: &[Outgoing<'_>]) -> Result<std::sync::MutexGuard<'_, State>, CommError> {
+        let sh = &self.shared;
+        let mut st = sh.state.lock().expect("local network poisoned");
+        for s in sends {
+            if s.to >= sh.size {
+                return Err(CommError::Rank(s.to, sh.size));
+            }
+            st.mail
+                .entry((self.rank, s.to, s.tag))
+                .or_default()
+                .push_back(s.data.to_vec());
+        }
+        sh.wake.notify_all();
+        Ok(st)
+    }
+}
+
 impl Transport for LocalTransport {
     fn rank(&self) -> usize {
         self.rank
@@ -101,17 +121,7 @@ impl Transport for LocalTransport {
         recvs: &mut [Incoming<'_>],
     ) -> Result<(), CommError> {
         let sh = &self.shared;
-        let mut st = sh.state.lock().expect("local network poisoned");
-        for s in sends {
-            if s.to >= sh.size {
-                return Err(CommError::Rank(s.to, sh.size));
-            }
-            st.mail
-                .entry((self.rank, s.to, s.tag))
-                .or_default()
-                .push_back(s.data.to_vec());
-        }
-        sh.wake.notify_all();
+        let mut st = self.post(sends)?;
         for r in recvs.iter_mut() {
             let key = (r.from, self.rank, r.tag);
             let msg = loop {
@@ -140,17 +150,7 @@ impl Transport for LocalTransport {
         mailbox: &mut dyn Mailbox,
     ) -> Result<(), CommError> {
         let sh = &self.shared;
-        let mut st = sh.state.lock().expect("local network poisoned");
-        for s in sends {
-            if s.to >= sh.size {
-                return Err(CommError::Rank(s.to, sh.size));
-            }
-            st.mail
-                .entry((self.rank, s.to, s.tag))
-                .or_default()
-                .push_back(s.data.to_vec());
-        }
-        sh.wake.notify_all();
+        let mut st = self.post(sends)?;
         loop {
             let late = std::time::Instant::now() >= deadline;
             for (from, tag, data) in take_mine(&mut st, self.rank) {
