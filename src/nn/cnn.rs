@@ -302,34 +302,13 @@ impl Cnn {
         images: &ArrayView4<f32>,
         labels: &[usize],
     ) -> Result<usize, NnError> {
-        if params.len() != self.num_params() {
-            return Err(shape_err(
-                "parameter buffer length",
-                self.num_params(),
-                params.len(),
-            ));
-        }
-        let n = labels.len();
-        let expected = [n, self.in_channels, self.height, self.width];
-        if images.shape() != expected {
-            return Err(shape_err(
-                "images (N, C, H, W) with N = labels.len()",
-                expected,
-                images.shape(),
-            ));
-        }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l >= self.num_classes)
-        {
-            return Err(NnError::Label {
-                index,
-                label,
-                num_classes: self.num_classes,
-            });
-        }
-        Ok(n)
+        super::check_batch(
+            (self.num_params(), params.len()),
+            [self.in_channels, self.height, self.width],
+            self.num_classes,
+            images,
+            labels,
+        )
     }
 
     /// Grows the scratch buffers to hold a batch of `n` and copies the images in, so every

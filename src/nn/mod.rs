@@ -71,6 +71,42 @@ pub(crate) fn shape_err(
     }
 }
 
+/// Checks a batch against a model: the parameter buffer length (`(expected, found)`),
+/// images of shape (N, C, H, W) with N = `labels.len()`, and every label below
+/// `num_classes`. Returns N.
+pub(crate) fn check_batch(
+    (expected_params, found_params): (usize, usize),
+    [c, h, w]: [usize; 3],
+    num_classes: usize,
+    images: &ndarray::ArrayView4<f32>,
+    labels: &[usize],
+) -> Result<usize, NnError> {
+    if found_params != expected_params {
+        return Err(shape_err(
+            "parameter buffer length",
+            expected_params,
+            found_params,
+        ));
+    }
+    let n = labels.len();
+    let expected = [n, c, h, w];
+    if images.shape() != expected {
+        return Err(shape_err(
+            "images (N, C, H, W) with N = labels.len()",
+            expected,
+            images.shape(),
+        ));
+    }
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
+        return Err(NnError::Label {
+            index,
+            label,
+            num_classes,
+        });
+    }
+    Ok(n)
+}
+
 /// Checks that a view has exactly the expected shape.
 pub(crate) fn check_shape(what: &str, found: &[usize], expected: &[usize]) -> Result<(), NnError> {
     if found == expected {
