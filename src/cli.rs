@@ -198,6 +198,14 @@ pub enum DetectFlag {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportFlag {
+    /// MPI point-to-point messages (reliable; losses are simulated).
+    Mpi,
+    /// UDP datagrams (unreliable; losses are real).
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DropModelFlag {
     /// i.i.d. loss (--drop-rate, --drop-up, --drop-down, --link-rates).
     Bernoulli,
@@ -304,6 +312,21 @@ pub struct TrainFlags {
     /// Deadline of each exchange phase with --detect deadline, in milliseconds.
     #[arg(long, value_name = "T", default_value_t = 200)]
     pub recv_timeout_ms: u64,
+    /// What carries the RPS exchange: `mpi` (point-to-point MPI, drops decided in
+    /// software) or `udp` (one datagram per packet, no retransmission: what a real
+    /// network loses is lost; needs --detect deadline; --packet-bytes defaults to 1400).
+    /// MPI always carries launch, evaluation and metrics.
+    #[arg(long, value_enum, default_value_t = TransportFlag::Mpi)]
+    pub transport: TransportFlag,
+    /// With --transport udp: bind each rank's socket to its host's address in this IPv4
+    /// network (CIDR, e.g. 10.99.0.0/24) [default: the host's first non-loopback IPv4
+    /// address].
+    #[arg(long, value_name = "CIDR")]
+    pub udp_subnet: Option<crate::comm::udp::Subnet>,
+    /// With --transport udp: rank r listens on UDP port PORT + r [default: a free port
+    /// the system chooses].
+    #[arg(long, value_name = "PORT")]
+    pub udp_port: Option<u16>,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
     pub algorithm: AlgorithmFlag,
@@ -532,6 +555,20 @@ impl From<TrainFlags> for config::TrainArgs {
             record_trace: f.record_trace,
             replay_trace: f.replay_trace,
             deadline_ms: (f.detect == DetectFlag::Deadline).then_some(f.recv_timeout_ms),
+            transport: match f.transport {
+                TransportFlag::Mpi => config::TransportKind::Mpi,
+                TransportFlag::Udp => config::TransportKind::Udp(crate::comm::udp::UdpOptions {
+                    subnet: f.udp_subnet,
+                    port_base: f.udp_port,
+                }),
+            },
+            udp_flag: if f.udp_subnet.is_some() {
+                Some("udp-subnet")
+            } else if f.udp_port.is_some() {
+                Some("udp-port")
+            } else {
+                None
+            },
             epochs: f.epochs,
             steps: f.steps,
             batch_size: f.batch_size,

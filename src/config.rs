@@ -84,6 +84,7 @@ pub struct TrainConfig {
     /// Record every drop decision in the metrics file.
     pub record_trace: bool,
     pub detection: Detection,
+    pub transport: TransportKind,
     pub duration: Duration,
     pub batch_size: usize,
     pub lr: f32,
@@ -117,6 +118,19 @@ pub enum Detection {
     Deadline { timeout: std::time::Duration },
 }
 
+/// What carries the RPS exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// MPI point-to-point (reliable; drops are simulated).
+    Mpi,
+    /// UDP datagrams, one per packet (unreliable; needs deadline detection).
+    Udp(crate::comm::udp::UdpOptions),
+}
+
+/// Bytes per packet with `--transport udp` when `--packet-bytes` is not given: with the
+/// header and packet mask a datagram stays well under one Ethernet MTU.
+pub const UDP_PACKET_BYTES: usize = 1400;
+
 /// The `--drop-model` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropModelKind {
@@ -144,6 +158,9 @@ pub struct TrainArgs {
     pub replay_trace: Option<PathBuf>,
     /// `--detect deadline`: the receive deadline in milliseconds; `None`: oracle.
     pub deadline_ms: Option<u64>,
+    pub transport: TransportKind,
+    /// A `--udp-*` flag given (only meaningful with `--transport udp`).
+    pub udp_flag: Option<&'static str>,
     pub epochs: Option<u64>,
     pub steps: Option<u64>,
     pub batch_size: usize,
@@ -180,6 +197,12 @@ pub enum ConfigError {
     PacketBytes(usize),
     #[error("--recv-timeout-ms must be at least 1")]
     Timeout,
+    #[error("--transport udp needs --detect deadline: a receiver cannot know what a real network lost, it can only stop waiting")]
+    UdpWithoutDeadline,
+    #[error("--{0} applies to --transport udp only")]
+    UdpFlagWithoutUdp(&'static str),
+    #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram")]
+    UdpPacketBytes { bytes: usize, max: usize },
     #[error("--checkpoint-every needs --checkpoint-dir (or --resume DIR)")]
     CheckpointWithoutDir,
     #[error("--checkpoint-every must be at least 1")]
@@ -236,6 +259,27 @@ impl TrainConfig {
                 timeout: std::time::Duration::from_millis(ms),
             },
         };
+        let mut packet_bytes = a.packet_bytes;
+        match a.transport {
+            TransportKind::Mpi => {
+                if let Some(flag) = a.udp_flag {
+                    return Err(ConfigError::UdpFlagWithoutUdp(flag));
+                }
+            }
+            TransportKind::Udp(_) => {
+                if a.algorithm == Algorithm::Allreduce {
+                    return Err(ConfigError::DropWithAllreduce("transport udp"));
+                }
+                if a.deadline_ms.is_none() {
+                    return Err(ConfigError::UdpWithoutDeadline);
+                }
+                let max = crate::comm::udp::MAX_DATAGRAM - crate::comm::udp::HEADER_BYTES;
+                let bytes = *packet_bytes.get_or_insert(UDP_PACKET_BYTES);
+                if bytes > max {
+                    return Err(ConfigError::UdpPacketBytes { bytes, max });
+                }
+            }
+        }
         if a.algorithm == Algorithm::Allreduce {
             let flag = if a.deadline_ms.is_some() {
                 Some("detect")
@@ -320,9 +364,10 @@ impl TrainConfig {
             algorithm: a.algorithm,
             drop_rate: a.drop_rate,
             drop,
-            packet_bytes: a.packet_bytes,
+            packet_bytes,
             record_trace: a.record_trace,
             detection,
+            transport: a.transport,
             duration,
             batch_size: a.batch_size,
             lr: a.lr,
@@ -426,6 +471,8 @@ mod tests {
             record_trace: false,
             replay_trace: None,
             deadline_ms: None,
+            transport: TransportKind::Mpi,
+            udp_flag: None,
             epochs: None,
             steps: None,
             batch_size: 32,

@@ -16,8 +16,10 @@ use rps::cli::{
     TrainFlags,
 };
 use rps::comm::mpi::MpiTransport;
+use rps::comm::udp::UdpTransport;
 use rps::comm::Transport;
 use rps::config::TrainConfig;
+use rps::config::TransportKind;
 use rps::train::{train, Failure};
 
 fn main() -> ExitCode {
@@ -256,7 +258,17 @@ fn train_command(flags: TrainFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match train(&transport, &cfg, &stop) {
+    let result = match cfg.transport {
+        TransportKind::Mpi => train(&transport, &cfg, &stop),
+        TransportKind::Udp(opts) => match UdpTransport::connect(&transport, &opts) {
+            Ok(udp) => {
+                log::info!("rank {rank}: RPS exchange over UDP on {}", udp.local_addr());
+                train(&udp, &cfg, &stop)
+            }
+            Err(d) => Err(Failure::Agreed(d)),
+        },
+    };
+    match result {
         Ok(s) => {
             if rank == 0 {
                 println!(

@@ -62,7 +62,13 @@ pub struct StepRecord {
     /// and messages discarded because they arrived after it.
     pub missed_up: u64,
     pub missed_down: u64,
+    /// Packets sent but not received in time (lost by a real network, or late); equal
+    /// to the message counts without packets.
+    pub packets_missed_up: u64,
+    pub packets_missed_down: u64,
     pub late: u64,
+    /// Datagrams or messages refused as foreign or malformed.
+    pub rejected: u64,
     /// Mean over ranks of the time spent in the local step (data, forward, backward,
     /// update) and in the exchange.
     pub compute_s: f64,
@@ -83,7 +89,7 @@ pub struct EvalRecord {
 }
 
 const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
-const STEP_U64: [&str; 13] = [
+const STEP_U64: [&str; 16] = [
     "train/step",
     "comm/sent_up",
     "comm/dropped_up",
@@ -97,6 +103,9 @@ const STEP_U64: [&str; 13] = [
     "comm/missed_up",
     "comm/missed_down",
     "comm/late",
+    "comm/packets_missed_up",
+    "comm/packets_missed_down",
+    "comm/rejected",
 ];
 const STEP_F64: [&str; 5] = [
     "train/loss",
@@ -320,6 +329,9 @@ impl MetricsWriter {
             u(|r| r.missed_up),
             u(|r| r.missed_down),
             u(|r| r.late),
+            u(|r| r.packets_missed_up),
+            u(|r| r.packets_missed_down),
+            u(|r| r.rejected),
         ];
         let columns_f64 = [
             f(|r| r.loss),

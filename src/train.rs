@@ -15,8 +15,9 @@ use ndarray::ArrayView4;
 use thiserror::Error;
 
 use crate::checkpoint::{self, RankState};
+use crate::comm::udp;
 use crate::comm::{agree, Disagreement, Transport};
-use crate::config::{Algorithm, Detection, DropSpec, Duration, TrainConfig};
+use crate::config::{Algorithm, Detection, DropSpec, Duration, TrainConfig, TransportKind};
 use crate::data::dataset::{epoch_order, shard_range};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::{
@@ -178,6 +179,13 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         format!("packet_bytes={}", cfg.packet_bytes.unwrap_or(0)),
         format!("detection={:?}", cfg.detection),
         format!("augment={}", cfg.augment),
+        format!(
+            "transport={}",
+            match cfg.transport {
+                TransportKind::Mpi => "mpi",
+                TransportKind::Udp(_) => "udp",
+            }
+        ),
     ]
     .join(";");
     let resume = match &cfg.resume {
@@ -209,6 +217,16 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         Detection::Oracle => exchange,
         Detection::Deadline { timeout } => exchange.with_deadline(timeout),
     };
+    if let TransportKind::Udp(_) = cfg.transport {
+        let packet = cfg.packet_bytes.unwrap_or(0);
+        let bytes = udp::HEADER_BYTES + 4 * exchange.header_elems(true) + packet;
+        let largest = layout.blocks().iter().map(|b| b.len()).max().unwrap_or(0);
+        ensure!(
+            bytes <= udp::MAX_DATAGRAM,
+            "--transport udp: blocks of up to {largest} elements cut into packets of {packet} bytes need datagrams of {bytes} bytes (header and packet mask included), over the {} bytes of one Ethernet MTU; use a smaller --packet-bytes or more servers",
+            udp::MAX_DATAGRAM
+        );
+    }
     let setup = Setup {
         info,
         model,
@@ -264,7 +282,10 @@ mod field {
     pub const RECEIVED_UP: usize = 15;
     pub const RECEIVED_DOWN: usize = 16;
     pub const LATE: usize = 17;
-    pub const N: usize = 18;
+    pub const PACKETS_RECEIVED_UP: usize = 18;
+    pub const PACKETS_RECEIVED_DOWN: usize = 19;
+    pub const REJECTED: usize = 20;
+    pub const N: usize = 21;
 }
 
 /// Runs training on every rank of `t`.
@@ -390,6 +411,14 @@ fn open_outputs<T: Transport + ?Sized>(
         ),
         ("trace_recorded", (cfg.record_trace as i64).into()),
         (
+            "transport",
+            match cfg.transport {
+                TransportKind::Mpi => "mpi",
+                TransportKind::Udp(_) => "udp",
+            }
+            .into(),
+        ),
+        (
             "detection",
             match cfg.detection {
                 Detection::Oracle => "oracle",
@@ -494,6 +523,8 @@ struct Run<'a, T: Transport + ?Sized> {
     /// First step to run (after a resumed checkpoint).
     first_step: u64,
     stop: &'a AtomicBool,
+    /// The transport's count of refused datagrams at the last step.
+    rejected: u64,
 }
 
 impl<'a, T: Transport + ?Sized> Run<'a, T> {
@@ -544,6 +575,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             attempted: totals[1],
             first_step,
             stop,
+            rejected: t.rejected(),
             s,
             writer,
         })
@@ -725,6 +757,11 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 rec[field::RECEIVED_UP] = c.received_up as f64;
                 rec[field::RECEIVED_DOWN] = c.received_down as f64;
                 rec[field::LATE] = c.late as f64;
+                rec[field::PACKETS_RECEIVED_UP] = c.packets_received_up as f64;
+                rec[field::PACKETS_RECEIVED_DOWN] = c.packets_received_down as f64;
+                let rejected = self.t.rejected();
+                rec[field::REJECTED] = (c.rejected + rejected - self.rejected) as f64;
+                self.rejected = rejected;
                 if let Some(trace) = &mut self.trace {
                     self.exchange.trace_step(step, trace);
                 }
@@ -777,6 +814,15 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 missed_up: (r[field::SENT_UP] - r[field::RECEIVED_UP]).max(0.0) as u64,
                 missed_down: (r[field::SENT_DOWN] - r[field::RECEIVED_DOWN]).max(0.0) as u64,
                 late: r[field::LATE] as u64,
+                packets_missed_up: (r[field::PACKETS_UP]
+                    - r[field::PACKETS_DROPPED_UP]
+                    - r[field::PACKETS_RECEIVED_UP])
+                    .max(0.0) as u64,
+                packets_missed_down: (r[field::PACKETS_DOWN]
+                    - r[field::PACKETS_DROPPED_DOWN]
+                    - r[field::PACKETS_RECEIVED_DOWN])
+                    .max(0.0) as u64,
+                rejected: r[field::REJECTED] as u64,
                 compute_s: r[field::COMPUTE_S] / size,
                 comm_s: r[field::COMM_S] / size,
                 wall_s: r[field::WALL_S],

@@ -154,7 +154,7 @@ impl Transport for LocalTransport {
         loop {
             let late = std::time::Instant::now() >= deadline;
             for (from, tag, data) in take_mine(&mut st, self.rank) {
-                mailbox.deliver(from, tag, &data, late);
+                mailbox.deliver(from, tag, &data, 0, late);
             }
             let now = std::time::Instant::now();
             if mailbox.complete() || now >= deadline {
@@ -173,7 +173,7 @@ impl Transport for LocalTransport {
         self.barrier();
         let mut st = self.shared.state.lock().expect("local network poisoned");
         for (from, tag, data) in take_mine(&mut st, self.rank) {
-            mailbox.deliver(from, tag, &data, true);
+            mailbox.deliver(from, tag, &data, 0, true);
         }
     }
 
@@ -252,6 +252,7 @@ mod tests {
                             to: next,
                             tag: 7,
                             data: &data,
+                            framing: None,
                         }],
                         &mut [Incoming {
                             from: prev,

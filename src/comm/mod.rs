@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod mpi;
+pub mod udp;
 
 use thiserror::Error;
 
@@ -17,6 +18,20 @@ pub struct Outgoing<'a> {
     pub to: usize,
     pub tag: i32,
     pub data: &'a [f32],
+    /// How a datagram transport cuts the message (message transports send `data` whole).
+    pub framing: Option<Framing<'a>>,
+}
+
+/// The structure of a message, for transports that cut it into datagrams: the first
+/// `prefix` elements are a header repeated in every datagram, the rest (the body) is cut
+/// into fragments of `fragment` elements; fragment `k` is sent only where `send[k]`.
+/// Receivers get each fragment as `prefix + fragment` with its body offset
+/// ([`Mailbox::deliver`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Framing<'a> {
+    pub prefix: usize,
+    pub fragment: usize,
+    pub send: &'a [bool],
 }
 
 /// One expected incoming message of an exchange; `buf.len()` is the exact message length.
@@ -38,6 +53,12 @@ pub enum CommError {
     },
     #[error("rank {0} is outside the communicator of size {1}")]
     Rank(usize, usize),
+    #[error("a message to rank {to} needs datagrams of {bytes} bytes, over the limit of {limit}")]
+    Datagram {
+        to: usize,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 /// The network as seen by one rank.
@@ -71,7 +92,7 @@ pub trait Transport {
     /// a message that arrives after the deadline is handed over marked late.
     ///
     /// # Errors
-    /// A destination outside the communicator.
+    /// A destination outside the communicator; a message a datagram transport cannot cut.
     fn exchange_until(
         &self,
         sends: &[Outgoing<'_>],
@@ -85,6 +106,18 @@ pub trait Transport {
     /// message outlives the step it belonged to and MPI_Finalize has nothing to wait for.
     fn quiesce(&self, mailbox: &mut dyn Mailbox);
 
+    /// Whether messages with [`Framing`] travel as separate datagrams (each fragment on
+    /// its own, lost on its own) rather than whole.
+    fn datagrams(&self) -> bool {
+        false
+    }
+
+    /// Datagrams refused so far (foreign sender or job, malformed header); 0 for
+    /// transports that cannot receive anything but their peers' messages.
+    fn rejected(&self) -> u64 {
+        0
+    }
+
     /// Kills the whole job at once (used when one rank fails where the others cannot
     /// learn of it, so nobody hangs waiting for it).
     fn abort(&self, code: i32) -> !;
@@ -96,8 +129,10 @@ pub trait Transport {
 
 /// Receives the messages of a deadline exchange.
 pub trait Mailbox {
-    /// A message from rank `from` with `tag`; `late` when its deadline had passed.
-    fn deliver(&mut self, from: usize, tag: i32, data: &[f32], late: bool);
+    /// A message, or one fragment of it, from rank `from` with `tag`; `late` when its
+    /// deadline had passed. `data` is the whole message (`offset` 0) or, with
+    /// [`Framing`], the prefix followed by the body elements starting at `offset`.
+    fn deliver(&mut self, from: usize, tag: i32, data: &[f32], offset: usize, late: bool);
     /// Whether every awaited message has arrived (the exchange may stop early).
     fn complete(&self) -> bool;
 }

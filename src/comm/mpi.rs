@@ -55,7 +55,7 @@ impl MpiTransport {
             buf.resize(n, 0.0);
             msg.matched_receive_into(&mut buf[..]);
             let late = late.unwrap_or_else(|| std::time::Instant::now() >= deadline);
-            mailbox.deliver(status.source_rank() as usize, status.tag(), &buf, late);
+            mailbox.deliver(status.source_rank() as usize, status.tag(), &buf, 0, late);
             any = true;
         }
         any

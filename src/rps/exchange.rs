@@ -39,8 +39,16 @@ pub struct StepCounts {
     /// Messages this rank received in time, as receiver; sent − received = missed.
     pub received_up: u64,
     pub received_down: u64,
-    /// Messages that arrived after their deadline and were discarded (deadline mode).
+    /// Packets of those messages that were sent and arrived in time (as receiver);
+    /// packets sent − packets received = packets lost on the way.
+    pub packets_received_up: u64,
+    pub packets_received_down: u64,
+    /// Messages (datagrams) that arrived after their deadline and were discarded
+    /// (deadline mode).
     pub late: u64,
+    /// Messages or datagrams refused as invalid (deadline mode): unknown sender or
+    /// block, or a header that does not fit the block.
+    pub rejected: u64,
 }
 
 impl StepCounts {
@@ -56,7 +64,10 @@ impl StepCounts {
         self.bytes_sent += o.bytes_sent;
         self.received_up += o.received_up;
         self.received_down += o.received_down;
+        self.packets_received_up += o.packets_received_up;
+        self.packets_received_down += o.packets_received_down;
         self.late += o.late;
+        self.rejected += o.rejected;
     }
 }
 
@@ -204,6 +215,13 @@ impl Exchange {
         start..start.saturating_add(self.packet_elems).min(len)
     }
 
+    /// Elements of the header that every message of deadline detection carries (its
+    /// largest, with the packet mask of the largest block).
+    /// `datagrams`: for a transport that cuts messages into datagrams.
+    pub fn header_elems(&self, datagrams: bool) -> usize {
+        deadline::header_elems(self.max_packets(), datagrams)
+    }
+
     /// Packets (of the largest block) per message: the drop models' slots per step.
     pub fn max_packets(&self) -> usize {
         self.packets(
@@ -337,6 +355,7 @@ impl Exchange {
                 to: *server,
                 tag: self.layout.tag(step, Direction::Up, *b),
                 data: &params[self.layout.block(*b)],
+                framing: None,
             })
             .collect();
         let mut received = 0usize;
@@ -369,6 +388,10 @@ impl Exchange {
                 self.up_links.received[w * self.layout.size() + me] += 1;
             }
             counts.received_up += received as u64;
+            counts.packets_received_up += self.inbox_masks[..received]
+                .iter()
+                .map(|m| m.iter().filter(|&&x| x).count() as u64)
+                .sum::<u64>();
         } else {
             t.exchange(&sends, &mut [])?;
         }
@@ -389,6 +412,7 @@ impl Exchange {
                     to: *w,
                     tag: self.layout.tag(step, Direction::Down, b),
                     data: &self.average,
+                    framing: None,
                 })
             })
             .collect();
@@ -442,6 +466,7 @@ impl Exchange {
         let size = self.layout.size();
         for (b, m) in &expected {
             self.down_links.received[self.owners[*b] * size + me] += 1;
+            counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
             if !m.iter().all(|&x| x) {
                 self.merge_staged(params, *b, m);
             }
@@ -867,6 +892,86 @@ mod tests {
             let replayed = run_packets(5, mode, replay, 8, packet);
             for (a, b) in original.iter().zip(&replayed) {
                 assert_eq!(a, b, "{mode:?}");
+            }
+        }
+    }
+
+    /// Deadline detection over `transport` ("local" or "udp" on loopback): with a
+    /// generous deadline it must reproduce the oracle exchange exactly.
+    fn run_deadline(
+        size: usize,
+        mode: Mode,
+        drop: Arc<dyn DropModel>,
+        steps: u64,
+        packet: Option<usize>,
+        udp: bool,
+    ) -> Vec<(Vec<f32>, StepCounts)> {
+        let handles: Vec<_> = LocalTransport::network(size)
+            .into_iter()
+            .map(|local| {
+                let drop = Arc::clone(&drop);
+                std::thread::spawn(move || {
+                    let layout = Layout::new(size, mode, D, 5).unwrap();
+                    let mut ex = Exchange::new(layout, Box::new(Shared(drop)), packet)
+                        .with_deadline(std::time::Duration::from_secs(2));
+                    let opts = crate::comm::udp::UdpOptions {
+                        subnet: Some("127.0.0.0/8".parse().unwrap()),
+                        port_base: None,
+                    };
+                    let udp = udp
+                        .then(|| crate::comm::udp::UdpTransport::connect(&local, &opts).unwrap());
+                    let t: &dyn Transport = match &udp {
+                        Some(u) => u,
+                        None => &local,
+                    };
+                    let r = t.rank();
+                    let mut params: Vec<f32> = (0..D).map(|i| (r * 100 + i) as f32).collect();
+                    let mut total = StepCounts::default();
+                    for s in 0..steps {
+                        total.add(&ex.step(t, s, &mut params).unwrap());
+                    }
+                    total.late += ex.quiesce(t);
+                    (params, total)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// Drops packets at random but never the first of a message, so no message is lost
+    /// whole and no deadline ever passes.
+    struct KeepFirst(Bernoulli);
+    impl DropModel for KeepFirst {
+        fn drops(&self, m: &MessageId) -> bool {
+            m.packet > 0 && self.0.drops(m)
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+    }
+
+    #[test]
+    fn deadline_detection_reproduces_the_oracle_locally_and_over_udp() {
+        for mode in [Mode::Dedicated { servers: 2 }, Mode::Colocated] {
+            let drop: Arc<dyn DropModel> = Arc::new(KeepFirst(Bernoulli::new(9, 0.3)));
+            let oracle = run_packets(4, mode, Arc::clone(&drop), 4, Some(2));
+            for udp in [false, true] {
+                let out = run_deadline(4, mode, Arc::clone(&drop), 4, Some(2), udp);
+                for (r, ((p, c), (q, d))) in out.iter().zip(&oracle).enumerate() {
+                    assert_eq!(p, q, "{mode:?} udp={udp} rank {r}");
+                    assert_eq!(
+                        c.packets_received_up, d.packets_received_up,
+                        "{mode:?} udp={udp} rank {r}: {c:?} vs {d:?}"
+                    );
+                    assert_eq!(c.packets_received_down, d.packets_received_down);
+                    assert_eq!((c.late, c.rejected), (0, 0), "{mode:?} udp={udp}");
+                }
+                let sent: u64 = out
+                    .iter()
+                    .map(|(_, c)| c.packets_up - c.packets_dropped_up)
+                    .sum();
+                let received: u64 = out.iter().map(|(_, c)| c.packets_received_up).sum();
+                assert_eq!(sent, received, "{mode:?} udp={udp}");
             }
         }
     }

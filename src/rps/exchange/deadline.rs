@@ -3,7 +3,8 @@
 //! Receivers do not consult the drop model. Each message carries a header (step,
 //! direction, block and the mask of packets it really carries); a receiver polls until
 //! everything it waits for has arrived or the deadline has passed, and treats the rest as
-//! lost. Messages of a later phase (a faster peer) are stashed for it; messages of an
+//! lost. A datagram transport delivers a message as fragments (the header plus some
+//! packets each); packets that did not arrive are handled exactly like dropped packets. Messages of a later phase (a faster peer) are stashed for it; messages of an
 //! earlier phase, or of this phase after the deadline, are discarded as late — never
 //! applied to a later step. Senders never cancel: every send completes inside its
 //! phase, and [`Deadline::quiesce`] drains stragglers before collectives and the end.
@@ -11,34 +12,49 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::comm::{CommError, Mailbox, Outgoing, Transport};
+use crate::comm::{CommError, Framing, Mailbox, Outgoing, Transport};
 use crate::drop::Direction;
 
 use super::{split_blocks, Exchange, StepCounts};
 
-/// Header words before the payload: step (2 words), direction, block, mask words.
-const HEADER: usize = 5;
+/// Header words before the mask and payload: step (2 words), direction, block, mask
+/// words, packets sent.
+const HEADER: usize = 6;
 
 /// Deadline state kept across steps.
 #[derive(Debug)]
 pub struct Deadline {
     timeout: Duration,
-    /// Messages that arrived before their phase: (sender, phase) → raw message.
-    stash: HashMap<(usize, u64), Vec<f32>>,
+    /// Messages (or fragments) that arrived before their phase: (sender, phase) →
+    /// (body offset, raw data).
+    stash: Stash,
     /// Outgoing messages of the current phase, header and payload.
     outbox: Vec<Vec<f32>>,
 }
+
+type Stash = HashMap<(usize, u64), Vec<(usize, Vec<f32>)>>;
 
 /// Phases in the order every rank runs them: (step, uplink), (step, downlink), ...
 fn phase(step: u64, direction: u32) -> u64 {
     2 * step + direction as u64
 }
 
+/// Elements of the header of a message of `packets` packets: with the packet mask for
+/// transports that carry whole messages; datagram transports send only the packets that
+/// are sent, so their header carries just the count.
+pub(super) fn header_elems(packets: usize, datagrams: bool) -> usize {
+    if datagrams {
+        HEADER
+    } else {
+        HEADER + packets.div_ceil(32)
+    }
+}
+
 fn word(x: u32) -> f32 {
     f32::from_bits(x)
 }
 
-/// Writes header + payload into `out`.
+/// Writes header (with the packet mask) + payload into `out`.
 fn encode(
     step: u64,
     direction: Direction,
@@ -47,7 +63,25 @@ fn encode(
     payload: &[f32],
     out: &mut Vec<f32>,
 ) {
-    let words = mask.len().div_ceil(32);
+    encode_framed(step, direction, block, mask, true, payload, out);
+}
+
+/// Writes header + payload into `out`; the packet mask only `with_mask`.
+fn encode_framed(
+    step: u64,
+    direction: Direction,
+    block: usize,
+    mask: &[bool],
+    with_mask: bool,
+    payload: &[f32],
+    out: &mut Vec<f32>,
+) {
+    let words = if with_mask {
+        mask.len().div_ceil(32)
+    } else {
+        0
+    };
+    let sent = mask.iter().filter(|&&m| m).count();
     out.clear();
     out.extend([
         word(step as u32),
@@ -55,8 +89,9 @@ fn encode(
         word(direction as u32),
         word(block as u32),
         word(words as u32),
+        word(sent as u32),
     ]);
-    for chunk in mask.chunks(32) {
+    for chunk in mask.chunks(32).take(words) {
         let bits = chunk
             .iter()
             .enumerate()
@@ -66,11 +101,13 @@ fn encode(
     out.extend_from_slice(payload);
 }
 
-/// A decoded message: header fields, packet mask (`packets` entries) and payload.
+/// A decoded message: header fields, packet mask (may be empty) and payload.
 struct Decoded<'a> {
     phase: u64,
     block: usize,
     mask_words: &'a [f32],
+    /// Packets the sender sent.
+    sent: usize,
     payload: &'a [f32],
 }
 
@@ -89,6 +126,7 @@ fn decode(data: &[f32]) -> Option<Decoded<'_>> {
         phase: phase(step, direction),
         block: w(3) as usize,
         mask_words: &data[HEADER..HEADER + words],
+        sent: w(5) as usize,
         payload: &data[HEADER + words..],
     })
 }
@@ -103,26 +141,130 @@ fn unpack_mask(words: &[f32], packets: usize) -> Vec<bool> {
         .collect()
 }
 
-/// Collects one phase's messages into their destination buffers.
+/// Collects one phase's messages (whole, or fragment by fragment) into their
+/// destination buffers. Everything is checked against what this rank awaits: a fragment
+/// of an unknown sender or block, with a mask of the wrong size or one that contradicts
+/// an earlier fragment, or with an offset or length that does not cover whole packets
+/// inside the block, is counted invalid and never written anywhere.
 struct PhaseBox<'a> {
     phase: u64,
+    packet_elems: usize,
     /// (sender, block) pairs awaited, with the number of packets of that block.
     expect: &'a [(usize, usize, usize)],
     bufs: Vec<&'a mut [f32]>,
-    masks: Vec<Option<Vec<bool>>>,
-    stash: &'a mut HashMap<(usize, u64), Vec<f32>>,
+    /// The header of each awaited message once any fragment of it has arrived: the raw
+    /// packet mask (empty from datagram transports) and the number of packets sent.
+    header: Vec<Option<(Vec<u32>, usize)>>,
+    /// The sender's packet mask (all true when the header carries none).
+    masks: Vec<Vec<bool>>,
+    /// Packets received of each awaited message, and how many of them the mask has.
+    got: Vec<Vec<bool>>,
+    count: Vec<usize>,
+    stash: &'a mut Stash,
     late: u64,
     invalid: u64,
 }
 
+impl<'a> PhaseBox<'a> {
+    fn new(
+        phase: u64,
+        packet_elems: usize,
+        expect: &'a [(usize, usize, usize)],
+        bufs: Vec<&'a mut [f32]>,
+        stash: &'a mut Stash,
+    ) -> Self {
+        PhaseBox {
+            phase,
+            packet_elems,
+            expect,
+            bufs,
+            header: vec![None; expect.len()],
+            masks: vec![Vec::new(); expect.len()],
+            got: expect.iter().map(|e| vec![false; e.2]).collect(),
+            count: vec![0; expect.len()],
+            stash,
+            late: 0,
+            invalid: 0,
+        }
+    }
+
+    /// Checks and stores one fragment of awaited message `i`; false if invalid.
+    fn accept(&mut self, i: usize, m: &Decoded<'_>, offset: usize) -> bool {
+        let n = self.expect[i].2;
+        let len = self.bufs[i].len();
+        let words: Vec<u32> = m.mask_words.iter().map(|w| w.to_bits()).collect();
+        match &self.header[i] {
+            Some((w, sent)) => {
+                if *w != words || *sent != m.sent {
+                    return false;
+                }
+            }
+            None => {
+                if !(words.is_empty() || words.len() == n.div_ceil(32)) || m.sent > n {
+                    return false;
+                }
+                let mask = if words.is_empty() {
+                    vec![true; n]
+                } else {
+                    unpack_mask(m.mask_words, n)
+                };
+                if !words.is_empty() && mask.iter().filter(|&&b| b).count() != m.sent {
+                    return false;
+                }
+                self.masks[i] = mask;
+                self.header[i] = Some((words, m.sent));
+            }
+        }
+        let pe = self.packet_elems;
+        let Some(end) = offset.checked_add(m.payload.len()) else {
+            return false;
+        };
+        if m.payload.is_empty()
+            || end > len
+            || offset % pe != 0
+            || (end != len && m.payload.len() % pe != 0)
+        {
+            return false;
+        }
+        let (k0, k1) = (offset / pe, end.div_ceil(pe));
+        let got = &mut self.got[i][k0..k1];
+        if got.iter().all(|&g| g) {
+            return true; // a duplicate: already stored
+        }
+        if got.iter().any(|&g| g) {
+            return false; // overlaps fragments cut differently
+        }
+        got.fill(true);
+        self.count[i] += self.masks[i][k0..k1].iter().filter(|&&b| b).count();
+        self.bufs[i][offset..end].copy_from_slice(m.payload);
+        true
+    }
+
+    /// What arrived in time of each awaited message: the packets both sent and
+    /// received, or `None` when not one of them arrived.
+    fn arrived(self) -> Vec<Option<Vec<bool>>> {
+        self.masks
+            .into_iter()
+            .zip(self.got)
+            .map(|(mask, got)| {
+                let both: Vec<bool> = mask.iter().zip(&got).map(|(&m, &g)| m && g).collect();
+                both.iter().any(|&b| b).then_some(both)
+            })
+            .collect()
+    }
+}
+
 impl Mailbox for PhaseBox<'_> {
-    fn deliver(&mut self, from: usize, _tag: i32, data: &[f32], late: bool) {
+    fn deliver(&mut self, from: usize, _tag: i32, data: &[f32], offset: usize, late: bool) {
         let Some(m) = decode(data) else {
             self.invalid += 1;
             return;
         };
         if m.phase > self.phase {
-            self.stash.insert((from, m.phase), data.to_vec());
+            self.stash
+                .entry((from, m.phase))
+                .or_default()
+                .push((offset, data.to_vec()));
             return;
         }
         if m.phase < self.phase || late {
@@ -133,17 +275,16 @@ impl Mailbox for PhaseBox<'_> {
             .expect
             .iter()
             .position(|&(f, b, _)| f == from && b == m.block);
-        match slot {
-            Some(i) if self.masks[i].is_none() && m.payload.len() == self.bufs[i].len() => {
-                self.bufs[i].copy_from_slice(m.payload);
-                self.masks[i] = Some(unpack_mask(m.mask_words, self.expect[i].2));
-            }
-            _ => self.invalid += 1,
+        if !slot.is_some_and(|i| self.accept(i, &m, offset)) {
+            self.invalid += 1;
         }
     }
 
     fn complete(&self) -> bool {
-        self.masks.iter().all(Option::is_some)
+        self.header
+            .iter()
+            .zip(&self.count)
+            .all(|(h, &c)| h.as_ref().is_some_and(|(_, sent)| c >= *sent))
     }
 }
 
@@ -151,7 +292,7 @@ impl Mailbox for PhaseBox<'_> {
 struct Drain(u64);
 
 impl Mailbox for Drain {
-    fn deliver(&mut self, _from: usize, _tag: i32, _data: &[f32], _late: bool) {
+    fn deliver(&mut self, _from: usize, _tag: i32, _data: &[f32], _offset: usize, _late: bool) {
         self.0 += 1;
     }
     fn complete(&self) -> bool {
@@ -174,7 +315,7 @@ impl Deadline {
 
     /// Drains stragglers until every rank has reached the same point (collective).
     pub fn quiesce<T: Transport + ?Sized>(&mut self, t: &T) -> u64 {
-        let mut drain = Drain(self.stash.len() as u64);
+        let mut drain = Drain(self.stash.values().map(|v| v.len() as u64).sum());
         self.stash.clear();
         t.quiesce(&mut drain);
         drain.0
@@ -182,11 +323,12 @@ impl Deadline {
 
     /// Runs one phase: posts `sends` (destination, block, mask, payload), waits for the
     /// `expect`ed messages into `bufs` until the deadline. Returns the packet masks of
-    /// what arrived in time (`None`: lost).
+    /// what arrived in time (`None`: lost). Packets are `packet_elems` long.
     #[allow(clippy::too_many_arguments)]
     fn phase<T: Transport + ?Sized>(
         &mut self,
         t: &T,
+        packet_elems: usize,
         tag: impl Fn(usize) -> i32,
         step: u64,
         direction: Direction,
@@ -196,29 +338,27 @@ impl Deadline {
         counts: &mut StepCounts,
     ) -> Result<Vec<Option<Vec<bool>>>, CommError> {
         self.outbox.resize_with(sends.len(), Vec::new);
+        let datagrams = t.datagrams();
         for (out, (_, b, mask, payload)) in self.outbox.iter_mut().zip(sends) {
-            encode(step, direction, *b, mask, payload, out);
+            encode_framed(step, direction, *b, mask, !datagrams, payload, out);
         }
         let outgoing: Vec<Outgoing> = self
             .outbox
             .iter()
             .zip(sends)
-            .map(|(data, (to, b, _, _))| Outgoing {
+            .map(|(data, (to, b, mask, _))| Outgoing {
                 to: *to,
                 tag: tag(*b),
                 data,
+                framing: Some(Framing {
+                    prefix: header_elems(mask.len(), datagrams),
+                    fragment: packet_elems,
+                    send: mask,
+                }),
             })
             .collect();
         let now_phase = phase(step, direction as u32);
-        let mut mailbox = PhaseBox {
-            phase: now_phase,
-            expect,
-            masks: vec![None; expect.len()],
-            bufs,
-            stash: &mut self.stash,
-            late: 0,
-            invalid: 0,
-        };
+        let mut mailbox = PhaseBox::new(now_phase, packet_elems, expect, bufs, &mut self.stash);
         // Messages that came early, during an earlier phase.
         let early: Vec<(usize, u64)> = mailbox
             .stash
@@ -227,13 +367,14 @@ impl Deadline {
             .copied()
             .collect();
         for key in early {
-            if let Some(data) = mailbox.stash.remove(&key) {
-                mailbox.deliver(key.0, 0, &data, false);
+            for (offset, data) in mailbox.stash.remove(&key).unwrap_or_default() {
+                mailbox.deliver(key.0, 0, &data, offset, false);
             }
         }
         t.exchange_until(&outgoing, Instant::now() + self.timeout, &mut mailbox)?;
-        counts.late += mailbox.late + mailbox.invalid;
-        Ok(mailbox.masks)
+        counts.late += mailbox.late;
+        counts.rejected += mailbox.invalid;
+        Ok(mailbox.arrived())
     }
 }
 
@@ -271,7 +412,18 @@ impl Exchange {
             .take(expect.len())
             .collect();
         let tag = |b| layout.tag(step, Direction::Up, b);
-        let arrived = d.phase(t, tag, step, Direction::Up, &sends, &expect, bufs, counts)?;
+        let pe = self.packet_elems;
+        let arrived = d.phase(
+            t,
+            pe,
+            tag,
+            step,
+            Direction::Up,
+            &sends,
+            &expect,
+            bufs,
+            counts,
+        )?;
         drop(sends);
         // Compact the copies that arrived to the front of the inbox, with their masks.
         let mut received = 0;
@@ -282,6 +434,7 @@ impl Exchange {
                     self.inbox
                         .copy_within(i * len..(i + 1) * len, received * len);
                 }
+                counts.packets_received_up += m.iter().filter(|&&x| x).count() as u64;
                 self.inbox_masks.push(m);
                 self.up_links.received[expect[i].0 * size + me] += 1;
                 received += 1;
@@ -321,7 +474,17 @@ impl Exchange {
             .filter_map(|&(_, b, _)| blocks[b].take())
             .collect();
         let tag = |b| layout.tag(step, Direction::Down, b);
-        let arrived = d.phase(t, tag, step, Direction::Down, &sends, &expect, bufs, counts)?;
+        let arrived = d.phase(
+            t,
+            pe,
+            tag,
+            step,
+            Direction::Down,
+            &sends,
+            &expect,
+            bufs,
+            counts,
+        )?;
         drop(sends);
         self.partial = staging;
         for (i, m) in arrived.iter().enumerate() {
@@ -329,6 +492,7 @@ impl Exchange {
                 let (server, b, _) = expect[i];
                 self.down_links.received[server * size + me] += 1;
                 counts.received_down += 1;
+                counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
                 self.merge_staged(params, b, m);
             }
         }
@@ -359,5 +523,138 @@ mod tests {
         assert_eq!(m.payload, &[1.5, -2.0]);
         assert_eq!(unpack_mask(m.mask_words, 40), mask);
         assert!(decode(&out[..3]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod fragment_tests {
+    use super::*;
+
+    /// One awaited message from rank 1, block 2: 10 elements in packets of 4 (3
+    /// packets), the sender's mask `110`.
+    fn message(offset_elems: &[(usize, std::ops::Range<usize>)]) -> (Vec<f32>, u64, Vec<bool>) {
+        let expect = [(1usize, 2usize, 3usize)];
+        let mut buf = vec![0f32; 10];
+        let mut stash = Stash::new();
+        let mut pb = PhaseBox::new(phase(4, 0), 4, &expect, vec![&mut buf[..]], &mut stash);
+        let body: Vec<f32> = (1..=10).map(|x| x as f32).collect();
+        let mask = [true, true, false];
+        for (offset, range) in offset_elems {
+            let mut out = Vec::new();
+            encode(4, Direction::Up, 2, &mask, &body[range.clone()], &mut out);
+            pb.deliver(1, 0, &out, *offset, false);
+        }
+        let invalid = pb.invalid;
+        let arrived = pb.arrived();
+        drop(stash);
+        (buf, invalid, arrived[0].clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn fragments_land_where_they_belong() {
+        let (buf, invalid, arrived) = message(&[(4, 4..8), (0, 0..4)]);
+        assert_eq!(invalid, 0);
+        assert_eq!(&buf[..8], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+        assert_eq!(arrived, vec![true, true, false]);
+        // The last packet is short; a duplicate is harmless.
+        let (buf, invalid, arrived) = message(&[(8, 8..10), (8, 8..10)]);
+        assert_eq!((invalid, &buf[8..]), (0, &[9.0f32, 10.0][..]));
+        // Sent (arrived) but not in the sender's mask: not used.
+        assert_eq!(arrived, Vec::<bool>::new());
+    }
+
+    #[test]
+    fn bad_fragments_never_touch_the_buffer() {
+        for bad in [
+            (12, 0..4),             // past the end
+            (8, 0..4),              // overruns the block
+            (2, 0..4),              // not on a packet boundary
+            (0, 0..3),              // a partial packet
+            (0, 0..0),              // empty
+            (usize::MAX - 1, 0..4), // offset overflow
+        ] {
+            let (buf, invalid, arrived) = message(&[bad.clone()]);
+            assert_eq!(invalid, 1, "{bad:?}");
+            assert!(buf.iter().all(|&x| x == 0.0), "{bad:?}");
+            assert!(arrived.is_empty(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn foreign_block_sender_or_mask_is_invalid() {
+        let expect = [(1usize, 2usize, 3usize)];
+        let mut buf = vec![0f32; 10];
+        let mut stash = Stash::new();
+        let mut pb = PhaseBox::new(phase(4, 0), 4, &expect, vec![&mut buf[..]], &mut stash);
+        let mut out = Vec::new();
+        encode(4, Direction::Up, 3, &[true; 3], &[1.0; 4], &mut out);
+        pb.deliver(1, 0, &out, 0, false); // block 3 is not awaited
+        encode(4, Direction::Up, 2, &[true; 3], &[1.0; 4], &mut out);
+        pb.deliver(0, 0, &out, 0, false); // rank 0 is not the sender
+        encode(4, Direction::Up, 2, &[true; 40], &[1.0; 4], &mut out);
+        pb.deliver(1, 0, &out, 0, false); // mask of the wrong size
+        encode(
+            4,
+            Direction::Up,
+            2,
+            &[true, true, true],
+            &[1.0; 4],
+            &mut out,
+        );
+        pb.deliver(1, 0, &out, 0, false); // valid
+        encode(
+            4,
+            Direction::Up,
+            2,
+            &[true, false, true],
+            &[2.0; 4],
+            &mut out,
+        );
+        pb.deliver(1, 0, &out, 4, false); // contradicts the first mask
+        pb.deliver(1, 0, &out[..2], 0, false); // truncated header
+        encode(3, Direction::Up, 2, &[true; 3], &[1.0; 4], &mut out);
+        pb.deliver(1, 0, &out, 4, false); // an earlier step: late
+        assert_eq!((pb.invalid, pb.late), (5, 1));
+        drop(pb);
+        assert_eq!(&buf[..], &[1., 1., 1., 1., 0., 0., 0., 0., 0., 0.]);
+    }
+}
+
+#[cfg(test)]
+mod datagram_tests {
+    use super::*;
+
+    /// A datagram transport's header has no mask, only the count of packets sent: the
+    /// message is complete once that many distinct packets arrived.
+    #[test]
+    fn maskless_fragments_complete_by_count() {
+        let expect = [(1usize, 0usize, 3usize)];
+        let mut buf = vec![0f32; 10];
+        let mut stash = Stash::new();
+        let mut pb = PhaseBox::new(phase(2, 1), 4, &expect, vec![&mut buf[..]], &mut stash);
+        let mask = [true, false, true];
+        let mut out = Vec::new();
+        encode_framed(2, Direction::Down, 0, &mask, false, &[1.0; 4], &mut out);
+        pb.deliver(1, 0, &out, 0, false);
+        assert!(!pb.complete());
+        pb.deliver(1, 0, &out, 0, false); // duplicate
+        assert!(!pb.complete());
+        encode_framed(2, Direction::Down, 0, &mask, false, &[3.0; 2], &mut out);
+        pb.deliver(1, 0, &out, 8, false);
+        assert!(pb.complete());
+        // A fragment claiming another count contradicts the header.
+        encode_framed(
+            2,
+            Direction::Down,
+            0,
+            &[true; 3],
+            false,
+            &[2.0; 4],
+            &mut out,
+        );
+        pb.deliver(1, 0, &out, 4, false);
+        assert_eq!(pb.invalid, 1);
+        assert_eq!(pb.arrived(), vec![Some(vec![true, false, true])]);
+        assert_eq!(buf, [1., 1., 1., 1., 0., 0., 0., 0., 3., 3.]);
     }
 }

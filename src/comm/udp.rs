@@ -1,0 +1,741 @@
+//! [`Transport`] whose lossy exchanges travel as UDP datagrams (`--transport udp`).
+//!
+//! MPI over TCP retransmits what a real network loses, and a lost segment costs TCP's
+//! minimum retransmission timeout (200 ms on Linux) against a round trip of tens of
+//! microseconds. This transport sends the RPS exchange as datagrams instead: each
+//! carries one packet of a block with the message header, and what does not arrive by
+//! the deadline is handled exactly like a dropped packet. Everything else (launch,
+//! collectives for evaluation, metrics and error agreement) stays on the inner,
+//! reliable transport (MPI).
+//!
+//! The socket is an attack surface: a datagram is accepted only from a peer's address
+//! (exchanged over the inner transport at start-up) and only with the job's random
+//! token; every header is validated here (layout, sender, length) and again by the
+//! receiving mailbox (step, block, offset and length within the block). Anything else is
+//! counted as rejected and never written anywhere.
+//!
+//! Datagram layout, little-endian: magic `u32` "RPS1", token `u64`, sender rank `u32`,
+//! tag `i32`, body offset `u32` (elements), prefix length `u16` (elements), reserved
+//! `u16`, then the prefix and the body fragment as `f32`s.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::{agree, CommError, Disagreement, Framing, Incoming, Mailbox, Outgoing, Transport};
+
+/// Largest datagram sent: an Ethernet MTU of 1500 bytes less the IPv4 and UDP headers,
+/// so no datagram is ever fragmented by IP (one lost fragment would lose it all).
+pub const MAX_DATAGRAM: usize = 1472;
+/// Bytes of the datagram header before the prefix.
+pub const HEADER_BYTES: usize = 28;
+const MAGIC: u32 = 0x5250_5331;
+/// Tag of the start-up greetings; never a tag of the exchange (those are non-negative).
+const HELLO_TAG: i32 = i32::MIN;
+/// Start-up: greetings are re-sent every round until every rank heard every other.
+const HELLO_ROUND: Duration = Duration::from_millis(20);
+const HELLO_ROUNDS: usize = 500;
+/// Receive buffer asked for: a server may receive every worker's block at once.
+const RECV_BUFFER: usize = 16 << 20;
+/// How often a waiting receiver looks at the clock.
+const RECV_POLL: Duration = Duration::from_millis(1);
+/// After a quiesce barrier, datagrams still in flight are drained until the socket has
+/// been quiet this long.
+const LINGER: Duration = Duration::from_millis(3);
+
+/// An IPv4 network in CIDR notation (`10.99.0.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (such as 10.99.0.0/24)"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|&p| p <= 32)
+            .ok_or_else(|| format!("{prefix:?} is not a prefix length from 0 to 32"))?;
+        Ok(Subnet { addr, prefix })
+    }
+}
+
+/// Where each rank's socket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpOptions {
+    /// Bind to this host's address in this network [default: the first non-loopback
+    /// IPv4 address, else 127.0.0.1].
+    pub subnet: Option<Subnet>,
+    /// Rank r binds port `port_base + r` [default: a free port chosen by the system].
+    pub port_base: Option<u16>,
+}
+
+/// Why a datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Shorter than a header, or not a whole number of `f32`s after it.
+    Malformed,
+    /// Not an rps datagram (magic).
+    Magic,
+    /// The sender's address is not the address of the rank it claims to be.
+    Peer,
+    /// From a peer address but another job (token).
+    Token,
+}
+
+/// A datagram that passed the transport's checks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    pub src: usize,
+    pub tag: i32,
+    pub offset: usize,
+    /// Prefix and body fragment, as little-endian `f32` bytes.
+    pub floats: &'a [u8],
+}
+
+/// Checks a datagram's header against the job: who may send (`peers`, indexed by rank)
+/// and the job's `token`. Pure, so every refusal is unit-tested.
+///
+/// # Errors
+/// The first check that failed.
+pub fn parse<'a>(
+    bytes: &'a [u8],
+    from: SocketAddr,
+    peers: &[SocketAddrV4],
+    token: u64,
+) -> Result<Datagram<'a>, Reject> {
+    if bytes.len() < HEADER_BYTES || (bytes.len() - HEADER_BYTES) % 4 != 0 {
+        return Err(Reject::Malformed);
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if u32_at(0) != MAGIC {
+        return Err(Reject::Magic);
+    }
+    let src = u32_at(12) as usize;
+    if peers.get(src).is_none_or(|p| SocketAddr::V4(*p) != from) {
+        return Err(Reject::Peer);
+    }
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&bytes[4..12]);
+    if u64::from_le_bytes(t) != token {
+        return Err(Reject::Token);
+    }
+    let prefix = usize::from(u16::from_le_bytes([bytes[24], bytes[25]]));
+    let floats = &bytes[HEADER_BYTES..];
+    if floats.len() < 4 * prefix {
+        return Err(Reject::Malformed);
+    }
+    Ok(Datagram {
+        src,
+        tag: u32_at(16) as i32,
+        offset: u32_at(20) as usize,
+        floats,
+    })
+}
+
+/// Writes one datagram into `out`.
+fn encode(
+    out: &mut Vec<u8>,
+    token: u64,
+    src: usize,
+    tag: i32,
+    offset: usize,
+    prefix: &[f32],
+    body: &[f32],
+) {
+    out.clear();
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&token.to_le_bytes());
+    out.extend_from_slice(&(src as u32).to_le_bytes());
+    out.extend_from_slice(&tag.to_le_bytes());
+    out.extend_from_slice(&(offset as u32).to_le_bytes());
+    out.extend_from_slice(&(prefix.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    for x in prefix.iter().chain(body) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// The UDP exchange of one rank, over an inner transport for everything reliable.
+pub struct UdpTransport<'a, T: Transport + ?Sized> {
+    inner: &'a T,
+    socket: UdpSocket,
+    /// Every rank's socket address, by rank.
+    peers: Vec<SocketAddrV4>,
+    token: u64,
+    rejected: Cell<u64>,
+    /// Datagrams the local network stack refused to send (counted as lost).
+    send_errors: Cell<u64>,
+    out: RefCell<Vec<u8>>,
+    inb: RefCell<Vec<u8>>,
+    floats: RefCell<Vec<f32>>,
+}
+
+impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
+    /// Opens this rank's socket and meets every other rank over UDP (collective). Every
+    /// rank learns every peer's address and the job token over `inner`, then greetings
+    /// go back and forth until every rank has heard from every other one, so a network
+    /// that cannot carry the job's datagrams is reported before training starts.
+    ///
+    /// # Errors
+    /// Any rank's failure (no address in the subnet, port in use, peers unreachable),
+    /// agreed on every rank.
+    pub fn connect(inner: &'a T, opts: &UdpOptions) -> Result<Self, Disagreement> {
+        let (rank, size) = (inner.rank(), inner.size());
+        let socket = agree(inner, open_socket(rank, opts))?;
+        let me = match socket.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
+            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        let mut mine = [0u8; 6 + 8];
+        mine[..4].copy_from_slice(&me.ip().octets());
+        mine[4..6].copy_from_slice(&me.port().to_le_bytes());
+        mine[6..].copy_from_slice(&rand::random::<u64>().to_le_bytes());
+        let all = inner.allgather_bytes(&mine);
+        let peers: Vec<SocketAddrV4> = all
+            .chunks_exact(mine.len())
+            .map(|c| {
+                SocketAddrV4::new(
+                    Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                    u16::from_le_bytes([c[4], c[5]]),
+                )
+            })
+            .collect();
+        // Rank 0's random number is the job token.
+        let token = u64::from_le_bytes(all[6..14].try_into().unwrap_or_default());
+        let t = UdpTransport {
+            inner,
+            socket,
+            peers,
+            token,
+            rejected: Cell::new(0),
+            send_errors: Cell::new(0),
+            out: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
+            inb: RefCell::new(vec![0u8; 1 << 16]),
+            floats: RefCell::new(Vec::new()),
+        };
+        let heard = t.greet();
+        let unheard: Vec<usize> = (0..size).filter(|&r| !heard[r]).collect();
+        let outcome = if unheard.is_empty() {
+            Ok(())
+        } else {
+            let list: Vec<String> = unheard
+                .iter()
+                .map(|&r| format!("rank {r} at {}", t.peers[r]))
+                .collect();
+            Err(anyhow::anyhow!(
+                "rank {rank} (UDP {me}) received no datagram from {} within {:.0} s; the hosts must share the network of --udp-subnet and let UDP through",
+                list.join(", "),
+                (HELLO_ROUND * HELLO_ROUNDS as u32).as_secs_f64()
+            ))
+        };
+        agree(inner, outcome)?;
+        log::debug!("rank {rank}: UDP exchange on {me}");
+        Ok(t)
+    }
+
+    /// Start-up greetings; returns which ranks were heard from. Every rank runs the same
+    /// number of rounds (an all-reduce ends each).
+    fn greet(&self) -> Vec<bool> {
+        let (rank, size) = (self.inner.rank(), self.inner.size());
+        let mut heard = vec![false; size];
+        heard[rank] = true;
+        for _ in 0..HELLO_ROUNDS {
+            for r in (0..size).filter(|&r| r != rank) {
+                self.send(r, HELLO_TAG, 0, &[], &[]);
+            }
+            let until = Instant::now() + HELLO_ROUND;
+            while Instant::now() < until {
+                self.receive(|d| {
+                    if d.tag == HELLO_TAG {
+                        heard[d.src] = true;
+                    }
+                });
+            }
+            let mut done = [f64::from(u8::from(heard.iter().all(|&h| h)))];
+            self.inner.allreduce_sum_f64(&mut done);
+            if done[0] as usize == size {
+                break;
+            }
+        }
+        heard
+    }
+
+    /// Sends one datagram; a datagram the local stack refuses is counted and lost.
+    fn send(&self, to: usize, tag: i32, offset: usize, prefix: &[f32], body: &[f32]) {
+        let mut out = self.out.borrow_mut();
+        encode(
+            &mut out,
+            self.token,
+            self.inner.rank(),
+            tag,
+            offset,
+            prefix,
+            body,
+        );
+        if let Err(e) = self.socket.send_to(&out, self.peers[to]) {
+            if self.send_errors.get() == 0 {
+                log::warn!(
+                    "rank {}: sending a datagram to {} failed ({e}); such datagrams count as lost",
+                    self.inner.rank(),
+                    self.peers[to]
+                );
+            }
+            self.send_errors.set(self.send_errors.get() + 1);
+        }
+    }
+
+    /// Waits up to [`RECV_POLL`] for one datagram; hands it to `f` if it passes the
+    /// checks, counts it as rejected if not. Returns whether a datagram arrived.
+    fn receive(&self, mut f: impl FnMut(&Datagram<'_>)) -> bool {
+        let mut inb = self.inb.borrow_mut();
+        match self.socket.recv_from(&mut inb) {
+            Ok((n, from)) => {
+                match parse(&inb[..n], from, &self.peers, self.token) {
+                    Ok(d) => f(&d),
+                    Err(why) => {
+                        log::trace!("rejected a datagram of {n} bytes from {from}: {why:?}");
+                        self.rejected.set(self.rejected.get() + 1);
+                    }
+                }
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                false
+            }
+            Err(e) => {
+                // An ICMP error surfacing on the socket: nothing to receive.
+                log::debug!("rank {}: UDP receive: {e}", self.inner.rank());
+                false
+            }
+        }
+    }
+
+    /// Hands one datagram of the exchange to `mailbox` (greetings are ignored).
+    fn hand_over(&self, d: &Datagram<'_>, mailbox: &mut dyn Mailbox, late: bool) {
+        if d.tag == HELLO_TAG {
+            return;
+        }
+        let mut floats = self.floats.borrow_mut();
+        floats.clear();
+        floats.extend(
+            d.floats
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        mailbox.deliver(d.src, d.tag, &floats, d.offset, late);
+    }
+
+    /// Receives until the socket has been quiet for [`LINGER`], all as late.
+    fn drain_quiet(&self, mailbox: &mut dyn Mailbox) {
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < LINGER {
+            if self.receive(|d| self.hand_over(d, mailbox, true)) {
+                quiet_since = Instant::now();
+            }
+        }
+    }
+
+    /// Datagrams the local stack refused to send.
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors.get()
+    }
+
+    /// This rank's socket address.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.peers[self.inner.rank()]
+    }
+
+    /// Datagrams the kernel dropped because this socket's receive buffer was full (from
+    /// /proc/net/udp; `None` where it cannot be read). Such losses happen on this host,
+    /// not on the network.
+    pub fn receive_overflows(&self) -> Option<u64> {
+        let me = self.local_addr();
+        let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+        let local = format!("{:08X}:{:04X}", u32::from(*me.ip()).swap_bytes(), me.port());
+        table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(1) == Some(&local.as_str()))
+            .and_then(|f| f.last()?.parse().ok())
+    }
+}
+
+/// Binds this rank's socket (local, so failures go through [`agree`]).
+fn open_socket(rank: usize, opts: &UdpOptions) -> anyhow::Result<UdpSocket> {
+    let ip = local_ip(opts.subnet)?;
+    let port = match opts.port_base {
+        None => 0,
+        Some(base) => u16::try_from(usize::from(base) + rank)
+            .ok()
+            .filter(|_| base > 0)
+            .with_context(|| {
+                format!("--udp-port {base} + rank {rank} is not a port number (1–65535)")
+            })?,
+    };
+    let socket = UdpSocket::bind(SocketAddrV4::new(ip, port))
+        .with_context(|| format!("rank {rank} cannot bind a UDP socket to {ip}:{port}"))?;
+    socket.set_read_timeout(Some(RECV_POLL))?;
+    grow_receive_buffer(&socket);
+    Ok(socket)
+}
+
+/// This host's address to bind: in `subnet`, or the first non-loopback IPv4 address.
+fn local_ip(subnet: Option<Subnet>) -> anyhow::Result<Ipv4Addr> {
+    let v4: Vec<(String, Ipv4Addr)> = if_addrs::get_if_addrs()
+        .context("cannot list this host's network interfaces")?
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            std::net::IpAddr::V4(ip) => Some((i.name, ip)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    match subnet {
+        Some(s) => match v4.iter().find(|(_, ip)| s.contains(*ip)) {
+            Some((_, ip)) => Ok(*ip),
+            None => {
+                let have: Vec<String> = v4.iter().map(|(n, ip)| format!("{n} {ip}")).collect();
+                bail!(
+                    "no interface of this host has an IPv4 address in --udp-subnet {s} (it has: {})",
+                    have.join(", ")
+                )
+            }
+        },
+        None => Ok(v4
+            .iter()
+            .find(|(_, ip)| !ip.is_loopback())
+            .map_or(Ipv4Addr::LOCALHOST, |(_, ip)| *ip)),
+    }
+}
+
+/// Asks for a large receive buffer: as root past the system limit (SO_RCVBUFFORCE),
+/// else up to net.core.rmem_max. Best effort; the size obtained is logged.
+fn grow_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let want = RECV_BUFFER as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: fd is an open socket owned by `socket`; the value is a c_int of `len`
+        // bytes that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const want).cast(), len)
+        };
+        if rc == 0 {
+            break;
+        }
+    }
+    let mut got: libc::c_int = 0;
+    let mut got_len = len;
+    // SAFETY: as above; `got` and `got_len` are valid for writes of their sizes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut got).cast(),
+            &raw mut got_len,
+        )
+    };
+    if rc == 0 {
+        log::debug!("UDP receive buffer: {got} bytes");
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    /// The reliable exchange (oracle detection) is the inner transport's: UDP cannot
+    /// know what the network lost, so rps uses it only with deadline detection.
+    fn exchange(
+        &self,
+        sends: &[Outgoing<'_>],
+        recvs: &mut [Incoming<'_>],
+    ) -> Result<(), CommError> {
+        self.inner.exchange(sends, recvs)
+    }
+
+    fn exchange_until(
+        &self,
+        sends: &[Outgoing<'_>],
+        deadline: Instant,
+        mailbox: &mut dyn Mailbox,
+    ) -> Result<(), CommError> {
+        let size = self.size();
+        for s in sends {
+            if s.to >= size {
+                return Err(CommError::Rank(s.to, size));
+            }
+            let f = s.framing.unwrap_or(Framing {
+                prefix: 0,
+                fragment: usize::MAX,
+                send: &[],
+            });
+            let prefix_len = f.prefix.min(s.data.len());
+            let (prefix, body) = s.data.split_at(prefix_len);
+            let fragment = f.fragment.min(body.len()).max(1);
+            let bytes = HEADER_BYTES + 4 * (prefix.len() + fragment);
+            if bytes > MAX_DATAGRAM {
+                return Err(CommError::Datagram {
+                    to: s.to,
+                    bytes,
+                    limit: MAX_DATAGRAM,
+                });
+            }
+            for (k, chunk) in body.chunks(fragment).enumerate() {
+                if f.send.get(k).copied().unwrap_or(true) {
+                    self.send(s.to, s.tag, k * fragment, prefix, chunk);
+                }
+            }
+        }
+        while !mailbox.complete() && Instant::now() < deadline {
+            self.receive(|d| self.hand_over(d, mailbox, Instant::now() >= deadline));
+        }
+        Ok(())
+    }
+
+    fn quiesce(&self, mailbox: &mut dyn Mailbox) {
+        self.drain_quiet(mailbox);
+        // After the barrier every rank has sent all it will send; what is still in
+        // flight lands within microseconds on a local network.
+        self.inner.barrier();
+        self.drain_quiet(mailbox);
+    }
+
+    fn rejected(&self) -> u64 {
+        self.rejected.get()
+    }
+
+    fn datagrams(&self) -> bool {
+        true
+    }
+
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) {
+        self.inner.allreduce_sum_f32(buf);
+    }
+
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) {
+        self.inner.allreduce_sum_f64(buf);
+    }
+
+    fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
+        self.inner.allgather_bytes(send)
+    }
+
+    fn barrier(&self) {
+        self.inner.barrier();
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.inner.abort(code)
+    }
+
+    fn processor_name(&self) -> String {
+        self.inner.processor_name()
+    }
+
+    fn library_version(&self) -> String {
+        format!("{} + UDP datagrams", self.inner.library_version())
+    }
+}
+
+impl<T: Transport + ?Sized> Drop for UdpTransport<'_, T> {
+    fn drop(&mut self) {
+        let (rank, me) = (self.inner.rank(), self.local_addr());
+        match self.receive_overflows() {
+            Some(n) if n > 0 => log::warn!(
+                "rank {rank}: the receive buffer of UDP socket {me} overflowed, {n} datagram(s) lost on this host (not on the network)"
+            ),
+            _ => {}
+        }
+        if self.send_errors() > 0 {
+            log::warn!(
+                "rank {rank}: {} datagram(s) could not be sent",
+                self.send_errors()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::local::LocalTransport;
+
+    fn peers() -> Vec<SocketAddrV4> {
+        vec![
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:5001".parse().unwrap(),
+        ]
+    }
+
+    fn datagram(token: u64, src: usize, prefix: &[f32], body: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, token, src, 7, 64, prefix, body);
+        out
+    }
+
+    #[test]
+    fn subnet_parsing_and_membership() {
+        let s: Subnet = "10.99.0.0/24".parse().unwrap();
+        assert!(s.contains("10.99.0.7".parse().unwrap()));
+        assert!(!s.contains("10.98.0.7".parse().unwrap()));
+        assert!("0.0.0.0/0"
+            .parse::<Subnet>()
+            .unwrap()
+            .contains(Ipv4Addr::LOCALHOST));
+        for bad in ["10.99.0.0", "10.99.0/24", "10.99.0.0/33", "x/8"] {
+            assert!(bad.parse::<Subnet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_a_peer_datagram() {
+        let bytes = datagram(42, 1, &[1.0], &[2.0, 3.0]);
+        let d = parse(&bytes, "10.0.0.2:5001".parse().unwrap(), &peers(), 42).unwrap();
+        assert_eq!((d.src, d.tag, d.offset, d.floats.len()), (1, 7, 64, 12));
+    }
+
+    #[test]
+    fn parse_refuses_everything_else() {
+        let good = datagram(42, 1, &[1.0], &[2.0, 3.0]);
+        let from: SocketAddr = "10.0.0.2:5001".parse().unwrap();
+        let p = peers();
+        // Truncated anywhere: header cut, or a partial float.
+        for n in [0, 3, HEADER_BYTES - 1, good.len() - 1] {
+            assert_eq!(
+                parse(&good[..n], from, &p, 42),
+                Err(Reject::Malformed),
+                "{n}"
+            );
+        }
+        // Garbage.
+        let garbage: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37)).collect();
+        assert_eq!(parse(&garbage, from, &p, 42), Err(Reject::Magic));
+        // Foreign sender, or a peer claiming another rank, or a rank out of range.
+        assert_eq!(
+            parse(&good, "10.0.0.9:5001".parse().unwrap(), &p, 42),
+            Err(Reject::Peer)
+        );
+        assert_eq!(
+            parse(&good, "10.0.0.1:5000".parse().unwrap(), &p, 42),
+            Err(Reject::Peer)
+        );
+        let far = datagram(42, 9, &[], &[1.0]);
+        assert_eq!(parse(&far, from, &p, 42), Err(Reject::Peer));
+        // Another job's token from a peer's address.
+        assert_eq!(parse(&good, from, &p, 43), Err(Reject::Token));
+        // A prefix longer than the datagram.
+        let mut long = good.clone();
+        long[24..26].copy_from_slice(&100u16.to_le_bytes());
+        assert_eq!(parse(&long, from, &p, 42), Err(Reject::Malformed));
+    }
+
+    /// Three ranks on threads: collectives in process, datagrams over 127.0.0.1.
+    #[test]
+    fn greeting_and_datagrams_on_loopback() {
+        let opts = UdpOptions {
+            subnet: Some("127.0.0.0/8".parse().unwrap()),
+            port_base: None,
+        };
+        let handles: Vec<_> = LocalTransport::network(3)
+            .into_iter()
+            .map(|local| {
+                std::thread::spawn(move || {
+                    let t = UdpTransport::connect(&local, &opts).unwrap();
+                    let r = t.rank();
+                    let data: Vec<f32> = (0..10).map(|i| (100 * r + i) as f32).collect();
+                    let send = [true, false, true, true];
+                    let framing = Some(Framing {
+                        prefix: 2,
+                        fragment: 3,
+                        send: &send,
+                    });
+                    let to = (r + 1) % 3;
+                    let outgoing = [Outgoing {
+                        to,
+                        tag: 5,
+                        data: &data,
+                        framing,
+                    }];
+                    let mut got = Collect(Vec::new(), 2);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    t.exchange_until(&outgoing, deadline, &mut got).unwrap();
+                    t.quiesce(&mut Collect(Vec::new(), 0));
+                    (r, got.0, t.rejected())
+                })
+            })
+            .collect();
+        for h in handles {
+            let (r, mut got, rejected) = h.join().unwrap();
+            let from = (r + 2) % 3;
+            let base = (100 * from) as f32;
+            got.sort_by_key(|g| g.2);
+            // The body (elements 2..) in fragments of 3: the second is not sent.
+            let expect = vec![
+                (
+                    from,
+                    5,
+                    0,
+                    vec![base, base + 1.0, base + 2.0, base + 3.0, base + 4.0],
+                ),
+                (from, 5, 6, vec![base, base + 1.0, base + 8.0, base + 9.0]),
+            ];
+            assert_eq!(got, expect, "rank {r}");
+            assert_eq!(rejected, 0);
+        }
+    }
+
+    /// Records deliveries; complete after `.1` of them.
+    struct Collect(Vec<(usize, i32, usize, Vec<f32>)>, usize);
+
+    impl Mailbox for Collect {
+        fn deliver(&mut self, from: usize, tag: i32, data: &[f32], offset: usize, _late: bool) {
+            self.0.push((from, tag, offset, data.to_vec()));
+        }
+        fn complete(&self) -> bool {
+            self.1 > 0 && self.0.len() >= self.1
+        }
+    }
+}
