@@ -314,7 +314,7 @@ pub struct TrainFlags {
     pub recv_timeout_ms: u64,
     /// What carries the RPS exchange: `mpi` (point-to-point MPI, drops decided in
     /// software) or `udp` (one datagram per packet, no retransmission: what a real
-    /// network loses is lost; needs --detect deadline; --packet-bytes defaults to 1400).
+    /// network loses is lost; needs --detect deadline; --packet-bytes defaults to the largest that fits --udp-mtu).
     /// MPI always carries launch, evaluation and metrics.
     #[arg(long, value_enum, default_value_t = TransportFlag::Mpi)]
     pub transport: TransportFlag,
@@ -327,6 +327,10 @@ pub struct TrainFlags {
     /// the system chooses].
     #[arg(long, value_name = "PORT")]
     pub udp_port: Option<u16>,
+    /// With --transport udp: the network's MTU; every datagram fits one IP packet of
+    /// this size (9000 on networks with jumbo frames).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::comm::udp::DEFAULT_MTU)]
+    pub udp_mtu: usize,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
     pub algorithm: AlgorithmFlag,
@@ -560,12 +564,15 @@ impl From<TrainFlags> for config::TrainArgs {
                 TransportFlag::Udp => config::TransportKind::Udp(crate::comm::udp::UdpOptions {
                     subnet: f.udp_subnet,
                     port_base: f.udp_port,
+                    mtu: f.udp_mtu,
                 }),
             },
             udp_flag: if f.udp_subnet.is_some() {
                 Some("udp-subnet")
             } else if f.udp_port.is_some() {
                 Some("udp-port")
+            } else if f.udp_mtu != crate::comm::udp::DEFAULT_MTU {
+                Some("udp-mtu")
             } else {
                 None
             },

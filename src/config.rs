@@ -127,9 +127,15 @@ pub enum TransportKind {
     Udp(crate::comm::udp::UdpOptions),
 }
 
-/// Bytes per packet with `--transport udp` when `--packet-bytes` is not given: with the
-/// header and packet mask a datagram stays well under one Ethernet MTU.
-pub const UDP_PACKET_BYTES: usize = 1400;
+/// The largest packet (bytes of model) one datagram carries with `--transport udp`:
+/// the MTU less the IP, UDP, datagram and message headers, in whole `f32`s. The
+/// default of `--packet-bytes` with UDP (1420 bytes for an MTU of 1500).
+pub fn udp_packet_bytes(opts: &crate::comm::udp::UdpOptions) -> usize {
+    opts.max_datagram().saturating_sub(
+        crate::comm::udp::HEADER_BYTES + crate::rps::exchange::DATAGRAM_HEADER_BYTES,
+    ) / 4
+        * 4
+}
 
 /// The `--drop-model` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +207,9 @@ pub enum ConfigError {
     UdpWithoutDeadline,
     #[error("--{0} applies to --transport udp only")]
     UdpFlagWithoutUdp(&'static str),
-    #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram")]
+    #[error("--udp-mtu {0} must be from 576 to 9216 bytes")]
+    UdpMtu(usize),
+    #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram (raise --udp-mtu if the network has jumbo frames)")]
     UdpPacketBytes { bytes: usize, max: usize },
     #[error("--checkpoint-every needs --checkpoint-dir (or --resume DIR)")]
     CheckpointWithoutDir,
@@ -266,15 +274,18 @@ impl TrainConfig {
                     return Err(ConfigError::UdpFlagWithoutUdp(flag));
                 }
             }
-            TransportKind::Udp(_) => {
+            TransportKind::Udp(opts) => {
+                if !(576..=crate::comm::udp::MAX_MTU).contains(&opts.mtu) {
+                    return Err(ConfigError::UdpMtu(opts.mtu));
+                }
                 if a.algorithm == Algorithm::Allreduce {
                     return Err(ConfigError::DropWithAllreduce("transport udp"));
                 }
                 if a.deadline_ms.is_none() {
                     return Err(ConfigError::UdpWithoutDeadline);
                 }
-                let max = crate::comm::udp::MAX_DATAGRAM - crate::comm::udp::HEADER_BYTES;
-                let bytes = *packet_bytes.get_or_insert(UDP_PACKET_BYTES);
+                let max = udp_packet_bytes(&opts);
+                let bytes = *packet_bytes.get_or_insert(max);
                 if bytes > max {
                     return Err(ConfigError::UdpPacketBytes { bytes, max });
                 }

@@ -217,14 +217,14 @@ fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchan
         Detection::Oracle => exchange,
         Detection::Deadline { timeout } => exchange.with_deadline(timeout),
     };
-    if let TransportKind::Udp(_) = cfg.transport {
+    if let TransportKind::Udp(opts) = cfg.transport {
         let packet = cfg.packet_bytes.unwrap_or(0);
         let bytes = udp::HEADER_BYTES + 4 * exchange.header_elems(true) + packet;
-        let largest = layout.blocks().iter().map(|b| b.len()).max().unwrap_or(0);
         ensure!(
-            bytes <= udp::MAX_DATAGRAM,
-            "--transport udp: blocks of up to {largest} elements cut into packets of {packet} bytes need datagrams of {bytes} bytes (header and packet mask included), over the {} bytes of one Ethernet MTU; use a smaller --packet-bytes or more servers",
-            udp::MAX_DATAGRAM
+            bytes <= opts.max_datagram(),
+            "--transport udp: packets of {packet} bytes need datagrams of {bytes} bytes (headers included), over the {} bytes that fit --udp-mtu {}; use a smaller --packet-bytes",
+            opts.max_datagram(),
+            opts.mtu
         );
     }
     let setup = Setup {

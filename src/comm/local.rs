@@ -152,11 +152,12 @@ impl Transport for LocalTransport {
         let sh = &self.shared;
         let mut st = self.post(sends)?;
         loop {
-            let late = std::time::Instant::now() >= deadline;
+            let late = std::time::Instant::now() >= mailbox.deadline(deadline);
             for (from, tag, data) in take_mine(&mut st, self.rank) {
                 mailbox.deliver(from, tag, &data, 0, late);
             }
             let now = std::time::Instant::now();
+            let deadline = mailbox.deadline(deadline);
             if mailbox.complete() || now >= deadline {
                 return Ok(());
             }

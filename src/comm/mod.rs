@@ -135,6 +135,11 @@ pub trait Mailbox {
     fn deliver(&mut self, from: usize, tag: i32, data: &[f32], offset: usize, late: bool);
     /// Whether every awaited message has arrived (the exchange may stop early).
     fn complete(&self) -> bool;
+    /// The deadline in force, given the one the exchange started with (a mailbox may
+    /// move it once something has arrived).
+    fn deadline(&self, given: std::time::Instant) -> std::time::Instant {
+        given
+    }
 }
 
 /// How long a polling loop sleeps when nothing happened: short against a step of tens

@@ -54,7 +54,8 @@ impl MpiTransport {
             let n = status.count(f32::equivalent_datatype()).max(0) as usize;
             buf.resize(n, 0.0);
             msg.matched_receive_into(&mut buf[..]);
-            let late = late.unwrap_or_else(|| std::time::Instant::now() >= deadline);
+            let late =
+                late.unwrap_or_else(|| std::time::Instant::now() >= mailbox.deadline(deadline));
             mailbox.deliver(status.source_rank() as usize, status.tag(), &buf, 0, late);
             any = true;
         }
@@ -152,7 +153,8 @@ impl Transport for MpiTransport {
                 pending = pending.into_iter().filter_map(|r| r.test().err()).collect();
                 progressed |= pending.len() != before;
                 if pending.is_empty()
-                    && (mailbox.complete() || std::time::Instant::now() >= deadline)
+                    && (mailbox.complete()
+                        || std::time::Instant::now() >= mailbox.deadline(deadline))
                 {
                     break;
                 }

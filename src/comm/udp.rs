@@ -29,9 +29,15 @@ use anyhow::{bail, Context};
 
 use super::{agree, CommError, Disagreement, Framing, Incoming, Mailbox, Outgoing, Transport};
 
-/// Largest datagram sent: an Ethernet MTU of 1500 bytes less the IPv4 and UDP headers,
-/// so no datagram is ever fragmented by IP (one lost fragment would lose it all).
-pub const MAX_DATAGRAM: usize = 1472;
+/// IPv4 and UDP headers: a datagram of an MTU-sized IP packet carries MTU − 28 bytes,
+/// and no datagram is ever fragmented by IP (one lost fragment would lose it all).
+pub const IP_UDP_HEADERS: usize = 28;
+/// The default MTU (Ethernet); clusters with jumbo frames use 9000.
+pub const DEFAULT_MTU: usize = 1500;
+/// The largest MTU supported (receive slots are this large).
+pub const MAX_MTU: usize = 9216;
+/// Datagrams per recvmmsg / sendmmsg call.
+const BATCH: usize = 64;
 /// Bytes of the datagram header before the prefix.
 pub const HEADER_BYTES: usize = 28;
 const MAGIC: u32 = 0x5250_5331;
@@ -40,8 +46,9 @@ const HELLO_TAG: i32 = i32::MIN;
 /// Start-up: greetings are re-sent every round until every rank heard every other.
 const HELLO_ROUND: Duration = Duration::from_millis(20);
 const HELLO_ROUNDS: usize = 500;
-/// Receive buffer asked for: a server may receive every worker's block at once.
-const RECV_BUFFER: usize = 16 << 20;
+/// Receive buffer asked for: a server may receive every worker's block at once (the
+/// kernel counts each datagram at about twice its size).
+const RECV_BUFFER: usize = 128 << 20;
 /// How often a waiting receiver looks at the clock.
 const RECV_POLL: Duration = Duration::from_millis(1);
 /// After a quiesce barrier, datagrams still in flight are drained until the socket has
@@ -89,13 +96,32 @@ impl FromStr for Subnet {
 }
 
 /// Where each rank's socket lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpOptions {
     /// Bind to this host's address in this network [default: the first non-loopback
     /// IPv4 address, else 127.0.0.1].
     pub subnet: Option<Subnet>,
     /// Rank r binds port `port_base + r` [default: a free port chosen by the system].
     pub port_base: Option<u16>,
+    /// The network's MTU: datagrams are at most MTU − 28 bytes.
+    pub mtu: usize,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        UdpOptions {
+            subnet: None,
+            port_base: None,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+impl UdpOptions {
+    /// Largest datagram payload.
+    pub fn max_datagram(&self) -> usize {
+        self.mtu - IP_UDP_HEADERS
+    }
 }
 
 /// Why a datagram was refused.
@@ -162,27 +188,29 @@ pub fn parse<'a>(
     })
 }
 
-/// Writes one datagram into `out`.
-fn encode(
-    out: &mut Vec<u8>,
+/// Writes one datagram at the start of `slot` (large enough: the caller checked the
+/// size against the MTU); returns its length.
+fn encode_into(
+    slot: &mut [u8],
     token: u64,
     src: usize,
     tag: i32,
     offset: usize,
     prefix: &[f32],
     body: &[f32],
-) {
-    out.clear();
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&token.to_le_bytes());
-    out.extend_from_slice(&(src as u32).to_le_bytes());
-    out.extend_from_slice(&tag.to_le_bytes());
-    out.extend_from_slice(&(offset as u32).to_le_bytes());
-    out.extend_from_slice(&(prefix.len() as u16).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    for x in prefix.iter().chain(body) {
-        out.extend_from_slice(&x.to_le_bytes());
+) -> usize {
+    slot[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    slot[4..12].copy_from_slice(&token.to_le_bytes());
+    slot[12..16].copy_from_slice(&(src as u32).to_le_bytes());
+    slot[16..20].copy_from_slice(&tag.to_le_bytes());
+    slot[20..24].copy_from_slice(&(offset as u32).to_le_bytes());
+    slot[24..26].copy_from_slice(&(prefix.len() as u16).to_le_bytes());
+    slot[26..28].copy_from_slice(&0u16.to_le_bytes());
+    let floats = &mut slot[HEADER_BYTES..HEADER_BYTES + 4 * (prefix.len() + body.len())];
+    for (b, x) in floats.chunks_exact_mut(4).zip(prefix.iter().chain(body)) {
+        b.copy_from_slice(&x.to_le_bytes());
     }
+    HEADER_BYTES + floats.len()
 }
 
 /// The UDP exchange of one rank, over an inner transport for everything reliable.
@@ -195,9 +223,74 @@ pub struct UdpTransport<'a, T: Transport + ?Sized> {
     rejected: Cell<u64>,
     /// Datagrams the local network stack refused to send (counted as lost).
     send_errors: Cell<u64>,
-    out: RefCell<Vec<u8>>,
-    inb: RefCell<Vec<u8>>,
+    max_datagram: usize,
+    out: RefCell<Batch>,
+    inb: RefCell<Batch>,
     floats: RefCell<Vec<f32>>,
+}
+
+/// Buffers of one recvmmsg / sendmmsg call: [`BATCH`] slots of [`MAX_MTU`] bytes.
+struct Batch {
+    bufs: Vec<u8>,
+    lens: Vec<usize>,
+    addrs: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Slots filled (sending side).
+    filled: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY (all three): sockaddr_in, iovec and mmsghdr are plain C structs for which
+        // all-zero bytes are a valid value (null pointers, zero lengths).
+        Batch {
+            bufs: vec![0u8; BATCH * MAX_MTU],
+            lens: vec![0; BATCH],
+            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            iovs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            filled: 0,
+        }
+    }
+
+    /// Points header i at slot i (its buffer with `len` bytes, its address).
+    fn prepare(&mut self, count: usize) {
+        for i in 0..count {
+            let len = if self.lens[i] > 0 {
+                self.lens[i]
+            } else {
+                MAX_MTU
+            };
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i * MAX_MTU..].as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            // SAFETY: as in `new`.
+            self.hdrs[i] = unsafe { std::mem::zeroed() };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&raw mut self.addrs[i]).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &raw mut self.iovs[i];
+            h.msg_iovlen = 1;
+        }
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: as in `Batch::new`.
+    let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    s
+}
+
+fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    ))
 }
 
 impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
@@ -239,8 +332,9 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
             token,
             rejected: Cell::new(0),
             send_errors: Cell::new(0),
-            out: RefCell::new(Vec::with_capacity(MAX_DATAGRAM)),
-            inb: RefCell::new(vec![0u8; 1 << 16]),
+            max_datagram: opts.max_datagram(),
+            out: RefCell::new(Batch::new()),
+            inb: RefCell::new(Batch::new()),
             floats: RefCell::new(Vec::new()),
         };
         let heard = t.greet();
@@ -273,6 +367,7 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
             for r in (0..size).filter(|&r| r != rank) {
                 self.send(r, HELLO_TAG, 0, &[], &[]);
             }
+            self.flush(&mut self.out.borrow_mut());
             let until = Instant::now() + HELLO_ROUND;
             while Instant::now() < until {
                 self.receive(|d| {
@@ -290,11 +385,13 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
         heard
     }
 
-    /// Sends one datagram; a datagram the local stack refuses is counted and lost.
+    /// Queues one datagram to rank `to`; the queue goes out in batches (sendmmsg).
     fn send(&self, to: usize, tag: i32, offset: usize, prefix: &[f32], body: &[f32]) {
         let mut out = self.out.borrow_mut();
-        encode(
-            &mut out,
+        let i = out.filled;
+        let slot = &mut out.bufs[i * MAX_MTU..(i + 1) * MAX_MTU];
+        let len = encode_into(
+            slot,
             self.token,
             self.inner.rank(),
             tag,
@@ -302,47 +399,103 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
             prefix,
             body,
         );
-        if let Err(e) = self.socket.send_to(&out, self.peers[to]) {
+        out.lens[i] = len;
+        out.addrs[i] = sockaddr(self.peers[to]);
+        out.filled += 1;
+        if out.filled == BATCH {
+            self.flush(&mut out);
+        }
+    }
+
+    /// Sends every queued datagram; a datagram the local stack refuses is counted and
+    /// lost.
+    fn flush(&self, out: &mut Batch) {
+        use std::os::fd::AsRawFd;
+        let n = out.filled;
+        out.prepare(n);
+        let mut done = 0;
+        while done < n {
+            // SAFETY: headers done..n point into `out`'s buffers, which outlive the call
+            // and are not otherwise borrowed during it.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.socket.as_raw_fd(),
+                    out.hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if rc > 0 {
+                done += rc as usize;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
             if self.send_errors.get() == 0 {
                 log::warn!(
                     "rank {}: sending a datagram to {} failed ({e}); such datagrams count as lost",
                     self.inner.rank(),
-                    self.peers[to]
+                    from_sockaddr(&out.addrs[done])
                 );
             }
             self.send_errors.set(self.send_errors.get() + 1);
+            done += 1;
         }
+        out.filled = 0;
+        out.lens[..n].fill(0);
     }
 
-    /// Waits up to [`RECV_POLL`] for one datagram; hands it to `f` if it passes the
-    /// checks, counts it as rejected if not. Returns whether a datagram arrived.
+    /// Waits up to [`RECV_POLL`] for datagrams (up to [`BATCH`] in one recvmmsg call),
+    /// hands each that passes the checks to `f` and counts the others as rejected.
+    /// Returns whether any datagram arrived.
     fn receive(&self, mut f: impl FnMut(&Datagram<'_>)) -> bool {
+        use std::os::fd::AsRawFd;
         let mut inb = self.inb.borrow_mut();
-        match self.socket.recv_from(&mut inb) {
-            Ok((n, from)) => {
-                match parse(&inb[..n], from, &self.peers, self.token) {
-                    Ok(d) => f(&d),
-                    Err(why) => {
-                        log::trace!("rejected a datagram of {n} bytes from {from}: {why:?}");
-                        self.rejected.set(self.rejected.get() + 1);
-                    }
-                }
-                true
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                false
-            }
-            Err(e) => {
+        inb.prepare(BATCH);
+        // SAFETY: the BATCH headers point into `inb`'s buffers, which outlive the call;
+        // the socket's receive timeout bounds the wait for the first datagram.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                inb.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc <= 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) {
                 // An ICMP error surfacing on the socket: nothing to receive.
                 log::debug!("rank {}: UDP receive: {e}", self.inner.rank());
-                false
+            }
+            return false;
+        }
+        for i in 0..rc as usize {
+            let h = &inb.hdrs[i];
+            let n = h.msg_len as usize;
+            let from = from_sockaddr(&inb.addrs[i]);
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let bytes = &inb.bufs[i * MAX_MTU..i * MAX_MTU + n.min(MAX_MTU)];
+            let parsed = if truncated {
+                Err(Reject::Malformed)
+            } else {
+                parse(bytes, from, &self.peers, self.token)
+            };
+            match parsed {
+                Ok(d) => f(&d),
+                Err(why) => {
+                    log::trace!("rejected a datagram of {n} bytes from {from}: {why:?}");
+                    self.rejected.set(self.rejected.get() + 1);
+                }
             }
         }
+        true
     }
 
     /// Hands one datagram of the exchange to `mailbox` (greetings are ignored).
@@ -516,11 +669,11 @@ impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
             let (prefix, body) = s.data.split_at(prefix_len);
             let fragment = f.fragment.min(body.len()).max(1);
             let bytes = HEADER_BYTES + 4 * (prefix.len() + fragment);
-            if bytes > MAX_DATAGRAM {
+            if bytes > self.max_datagram {
                 return Err(CommError::Datagram {
                     to: s.to,
                     bytes,
-                    limit: MAX_DATAGRAM,
+                    limit: self.max_datagram,
                 });
             }
             for (k, chunk) in body.chunks(fragment).enumerate() {
@@ -529,8 +682,12 @@ impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
                 }
             }
         }
-        while !mailbox.complete() && Instant::now() < deadline {
-            self.receive(|d| self.hand_over(d, mailbox, Instant::now() >= deadline));
+        self.flush(&mut self.out.borrow_mut());
+        while !mailbox.complete() && Instant::now() < mailbox.deadline(deadline) {
+            self.receive(|d| {
+                let late = Instant::now() >= mailbox.deadline(deadline);
+                self.hand_over(d, mailbox, late);
+            });
         }
         Ok(())
     }
@@ -611,8 +768,9 @@ mod tests {
     }
 
     fn datagram(token: u64, src: usize, prefix: &[f32], body: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode(&mut out, token, src, 7, 64, prefix, body);
+        let mut out = vec![0u8; MAX_MTU];
+        let n = encode_into(&mut out, token, src, 7, 64, prefix, body);
+        out.truncate(n);
         out
     }
 
@@ -678,6 +836,7 @@ mod tests {
         let opts = UdpOptions {
             subnet: Some("127.0.0.0/8".parse().unwrap()),
             port_base: None,
+            ..Default::default()
         };
         let handles: Vec<_> = LocalTransport::network(3)
             .into_iter()

@@ -19,6 +19,9 @@ use super::{Layout, Mode};
 mod deadline;
 pub use deadline::Deadline;
 
+/// Bytes of the message header in every datagram of a datagram transport.
+pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);
+
 /// Message counts of one rank for one step (this rank as sender).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StepCounts {
@@ -917,6 +920,7 @@ mod tests {
                     let opts = crate::comm::udp::UdpOptions {
                         subnet: Some("127.0.0.0/8".parse().unwrap()),
                         port_base: None,
+                        ..Default::default()
                     };
                     let udp = udp
                         .then(|| crate::comm::udp::UdpTransport::connect(&local, &opts).unwrap());

@@ -32,6 +32,9 @@ pub struct Deadline {
     outbox: Vec<Vec<f32>>,
 }
 
+/// A pure server waits at most this many deadlines for the first uplink of a step.
+const PATIENCE: u32 = 10;
+
 type Stash = HashMap<(usize, u64), Vec<(usize, Vec<f32>)>>;
 
 /// Phases in the order every rank runs them: (step, uplink), (step, downlink), ...
@@ -42,7 +45,7 @@ fn phase(step: u64, direction: u32) -> u64 {
 /// Elements of the header of a message of `packets` packets: with the packet mask for
 /// transports that carry whole messages; datagram transports send only the packets that
 /// are sent, so their header carries just the count.
-pub(super) fn header_elems(packets: usize, datagrams: bool) -> usize {
+pub(super) const fn header_elems(packets: usize, datagrams: bool) -> usize {
     if datagrams {
         HEADER
     } else {
@@ -55,6 +58,7 @@ fn word(x: u32) -> f32 {
 }
 
 /// Writes header (with the packet mask) + payload into `out`.
+#[cfg(test)]
 fn encode(
     step: u64,
     direction: Direction,
@@ -163,6 +167,11 @@ struct PhaseBox<'a> {
     stash: &'a mut Stash,
     late: u64,
     invalid: u64,
+    /// When the first valid fragment arrived.
+    first: Option<Instant>,
+    /// A pure server's uplink: the deadline runs from the first arrival (this long),
+    /// but not past the second instant.
+    patience: Option<(Duration, Instant)>,
 }
 
 impl<'a> PhaseBox<'a> {
@@ -185,6 +194,8 @@ impl<'a> PhaseBox<'a> {
             stash,
             late: 0,
             invalid: 0,
+            first: None,
+            patience: None,
         }
     }
 
@@ -235,6 +246,7 @@ impl<'a> PhaseBox<'a> {
             return false; // overlaps fragments cut differently
         }
         got.fill(true);
+        self.first.get_or_insert_with(Instant::now);
         self.count[i] += self.masks[i][k0..k1].iter().filter(|&&b| b).count();
         self.bufs[i][offset..end].copy_from_slice(m.payload);
         true
@@ -286,6 +298,13 @@ impl Mailbox for PhaseBox<'_> {
             .zip(&self.count)
             .all(|(h, &c)| h.as_ref().is_some_and(|(_, sent)| c >= *sent))
     }
+
+    fn deadline(&self, given: Instant) -> Instant {
+        match self.patience {
+            None => given,
+            Some((timeout, cap)) => self.first.map_or(cap, |f| (f + timeout).min(cap)),
+        }
+    }
 }
 
 /// Counts everything drained as late.
@@ -329,6 +348,7 @@ impl Deadline {
         &mut self,
         t: &T,
         packet_elems: usize,
+        patient: bool,
         tag: impl Fn(usize) -> i32,
         step: u64,
         direction: Direction,
@@ -359,6 +379,10 @@ impl Deadline {
             .collect();
         let now_phase = phase(step, direction as u32);
         let mut mailbox = PhaseBox::new(now_phase, packet_elems, expect, bufs, &mut self.stash);
+        let start = Instant::now();
+        if patient {
+            mailbox.patience = Some((self.timeout, start + PATIENCE * self.timeout));
+        }
         // Messages that came early, during an earlier phase.
         let early: Vec<(usize, u64)> = mailbox
             .stash
@@ -371,7 +395,7 @@ impl Deadline {
                 mailbox.deliver(key.0, 0, &data, offset, false);
             }
         }
-        t.exchange_until(&outgoing, Instant::now() + self.timeout, &mut mailbox)?;
+        t.exchange_until(&outgoing, start + self.timeout, &mut mailbox)?;
         counts.late += mailbox.late;
         counts.rejected += mailbox.invalid;
         Ok(mailbox.arrived())
@@ -413,9 +437,14 @@ impl Exchange {
             .collect();
         let tag = |b| layout.tag(step, Direction::Up, b);
         let pe = self.packet_elems;
+        // A pure server computes nothing before the uplink, so it would start its
+        // deadline while the workers are still computing: it counts from the first
+        // arrival instead.
+        let patient = !layout.is_worker(me);
         let arrived = d.phase(
             t,
             pe,
+            patient,
             tag,
             step,
             Direction::Up,
@@ -477,6 +506,7 @@ impl Exchange {
         let arrived = d.phase(
             t,
             pe,
+            false,
             tag,
             step,
             Direction::Down,
