@@ -34,6 +34,10 @@ pub struct Deadline {
 
 /// A pure server waits at most this many deadlines for the first uplink of a step.
 const PATIENCE: u32 = 10;
+/// Datagram transports: a message whose datagrams stopped arriving for this fraction of
+/// the deadline is settled with what arrived (its sender sends it in one burst, so the
+/// rest was lost), rather than waiting for the whole deadline under every loss.
+const IDLE_FRACTION: u32 = 10;
 
 type Stash = HashMap<(usize, u64), Vec<(usize, Vec<f32>)>>;
 
@@ -167,8 +171,12 @@ struct PhaseBox<'a> {
     stash: &'a mut Stash,
     late: u64,
     invalid: u64,
-    /// When the first valid fragment arrived.
+    /// When the first valid fragment arrived, and the last of each awaited message.
     first: Option<Instant>,
+    last: Vec<Option<Instant>>,
+    /// A message whose fragments stopped arriving this long ago is settled with what
+    /// arrived (the rest was lost on the way).
+    idle: Duration,
     /// A pure server's uplink: the deadline runs from the first arrival (this long),
     /// but not past the second instant.
     patience: Option<(Duration, Instant)>,
@@ -195,6 +203,8 @@ impl<'a> PhaseBox<'a> {
             late: 0,
             invalid: 0,
             first: None,
+            last: vec![None; expect.len()],
+            idle: Duration::MAX,
             patience: None,
         }
     }
@@ -238,6 +248,7 @@ impl<'a> PhaseBox<'a> {
             return false;
         }
         let (k0, k1) = (offset / pe, end.div_ceil(pe));
+        self.last[i] = Some(Instant::now());
         let got = &mut self.got[i][k0..k1];
         if got.iter().all(|&g| g) {
             return true; // a duplicate: already stored
@@ -293,10 +304,15 @@ impl Mailbox for PhaseBox<'_> {
     }
 
     fn complete(&self) -> bool {
+        let mut now = None;
         self.header
             .iter()
             .zip(&self.count)
-            .all(|(h, &c)| h.as_ref().is_some_and(|(_, sent)| c >= *sent))
+            .zip(&self.last)
+            .all(|((h, &c), last)| {
+                h.as_ref().is_some_and(|(_, sent)| c >= *sent)
+                    || last.is_some_and(|t| *now.get_or_insert_with(Instant::now) >= t + self.idle)
+            })
     }
 
     fn deadline(&self, given: Instant) -> Instant {
@@ -380,6 +396,9 @@ impl Deadline {
         let now_phase = phase(step, direction as u32);
         let mut mailbox = PhaseBox::new(now_phase, packet_elems, expect, bufs, &mut self.stash);
         let start = Instant::now();
+        if datagrams {
+            mailbox.idle = (self.timeout / IDLE_FRACTION).max(Duration::from_millis(1));
+        }
         if patient {
             mailbox.patience = Some((self.timeout, start + PATIENCE * self.timeout));
         }
