@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist fonts-dejavu-core)
+PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist fonts-dejavu-core
+  # The namespace testbed (testbed/testbed.sh): hosts, real loss, per-packet offloads.
+  iproute2 nftables ethtool iputils-ping)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

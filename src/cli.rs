@@ -148,16 +148,24 @@ pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
 
 #[derive(Debug, Args)]
 pub struct ReportFlags {
-    /// Metrics files written by `rps train --metrics`.
+    /// Metrics files written by `rps train --metrics` (with --testbed: one index file).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+    /// FILE is the index of a testbed measurement (`variant,loss,file` lines, written by
+    /// jobs/testbed.sh): print step time and accuracy per variant and loss rate.
+    #[arg(long)]
+    pub testbed: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics`.
+    /// Metrics files written by `rps train --metrics` (with --testbed: one index file).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+    /// FILE is the index of a testbed measurement (jobs/testbed.sh): draw step time and
+    /// accuracy against the loss rate (testbed_step_time, testbed_accuracy).
+    #[arg(long)]
+    pub testbed: bool,
     /// Directory for the figures (created if needed; existing figures are replaced).
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,

@@ -23,4 +23,5 @@ pub mod plot;
 pub mod report;
 pub mod rps;
 pub mod sweep;
+pub mod testbed;
 pub mod train;

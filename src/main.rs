@@ -70,6 +70,18 @@ fn main() -> ExitCode {
 
 /// `rps report`: the Markdown table on stdout.
 fn report(flags: ReportFlags) -> ExitCode {
+    if flags.testbed {
+        return match testbed_index(&flags.files).and_then(|i| rps::testbed::read_index(i)) {
+            Ok(runs) => {
+                print!("{}", rps::testbed::markdown(&runs));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match rps::report::summarize(&flags.files) {
         Ok(runs) => {
             print!("{}", rps::report::markdown(&runs));
@@ -85,7 +97,14 @@ fn report(flags: ReportFlags) -> ExitCode {
 /// `rps plot`: figures into --output-dir, their paths on stdout.
 fn plot(flags: PlotFlags) -> ExitCode {
     init_logger(None);
-    match rps::plot::plot(&flags.into()) {
+    let result = if flags.testbed {
+        testbed_index(&flags.files)
+            .and_then(|i| rps::testbed::read_index(i))
+            .and_then(|runs| rps::testbed::plot(&runs, &flags.output_dir))
+    } else {
+        rps::plot::plot(&flags.into())
+    };
+    match result {
         Ok(paths) => {
             for p in paths {
                 println!("wrote {}", p.display());
@@ -96,6 +115,17 @@ fn plot(flags: PlotFlags) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The one index file that --testbed takes.
+fn testbed_index(files: &[std::path::PathBuf]) -> anyhow::Result<&std::path::Path> {
+    match files {
+        [one] => Ok(one),
+        _ => anyhow::bail!(
+            "--testbed takes one index file (jobs/testbed.sh writes OUTDIR/index.csv), got {}",
+            files.len()
+        ),
     }
 }
 

@@ -32,7 +32,7 @@ const FONT_PATHS: [&str; 3] = [
 ];
 
 /// Registers DejaVu Sans as plotters' "sans-serif" once per process.
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let path = FONT_PATHS
@@ -222,11 +222,11 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn pick(i: usize) -> RGBColor {
+pub(crate) fn pick(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-fn font(size: u32) -> TextStyle<'static> {
+pub(crate) fn font(size: u32) -> TextStyle<'static> {
     ("sans-serif", size).into_font().into()
 }
 
