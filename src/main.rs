@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 /// `rps report`: the Markdown table on stdout.
 fn report(flags: ReportFlags) -> ExitCode {
     if flags.testbed {
-        return match testbed_index(&flags.files).and_then(|i| rps::testbed::read_index(i)) {
+        return match testbed_index(&flags.files).and_then(rps::testbed::read_index) {
             Ok(runs) => {
                 print!("{}", rps::testbed::markdown(&runs));
                 ExitCode::SUCCESS
@@ -99,7 +99,7 @@ fn plot(flags: PlotFlags) -> ExitCode {
     init_logger(None);
     let result = if flags.testbed {
         testbed_index(&flags.files)
-            .and_then(|i| rps::testbed::read_index(i))
+            .and_then(rps::testbed::read_index)
             .and_then(|runs| rps::testbed::plot(&runs, &flags.output_dir))
     } else {
         rps::plot::plot(&flags.into())

@@ -622,7 +622,7 @@ mod fragment_tests {
             (0, 0..0),              // empty
             (usize::MAX - 1, 0..4), // offset overflow
         ] {
-            let (buf, invalid, arrived) = message(&[bad.clone()]);
+            let (buf, invalid, arrived) = message(std::slice::from_ref(&bad));
             assert_eq!(invalid, 1, "{bad:?}");
             assert!(buf.iter().all(|&x| x == 0.0), "{bad:?}");
             assert!(arrived.is_empty(), "{bad:?}");
@@ -632,7 +632,7 @@ mod fragment_tests {
     #[test]
     fn foreign_block_sender_or_mask_is_invalid() {
         let expect = [(1usize, 2usize, 3usize)];
-        let mut buf = vec![0f32; 10];
+        let mut buf = [0f32; 10];
         let mut stash = Stash::new();
         let mut pb = PhaseBox::new(phase(4, 0), 4, &expect, vec![&mut buf[..]], &mut stash);
         let mut out = Vec::new();
