@@ -54,6 +54,8 @@ const RECV_POLL: Duration = Duration::from_millis(1);
 /// After a quiesce barrier, datagrams still in flight are drained until the socket has
 /// been quiet this long.
 const LINGER: Duration = Duration::from_millis(3);
+/// The longest a drain lasts, however busy the socket.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// An IPv4 network in CIDR notation (`10.99.0.0/24`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,8 +451,8 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
 
     /// Waits up to [`RECV_POLL`] for datagrams (up to [`BATCH`] in one recvmmsg call),
     /// hands each that passes the checks to `f` and counts the others as rejected.
-    /// Returns whether any datagram arrived.
-    fn receive(&self, mut f: impl FnMut(&Datagram<'_>)) -> bool {
+    /// Returns how many passed.
+    fn receive(&self, mut f: impl FnMut(&Datagram<'_>)) -> usize {
         use std::os::fd::AsRawFd;
         let mut inb = self.inb.borrow_mut();
         inb.prepare(BATCH);
@@ -474,8 +476,9 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
                 // An ICMP error surfacing on the socket: nothing to receive.
                 log::debug!("rank {}: UDP receive: {e}", self.inner.rank());
             }
-            return false;
+            return 0;
         }
+        let mut accepted = 0;
         for i in 0..rc as usize {
             let h = &inb.hdrs[i];
             let n = h.msg_len as usize;
@@ -488,14 +491,17 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
                 parse(bytes, from, &self.peers, self.token)
             };
             match parsed {
-                Ok(d) => f(&d),
+                Ok(d) => {
+                    accepted += 1;
+                    f(&d);
+                }
                 Err(why) => {
                     log::trace!("rejected a datagram of {n} bytes from {from}: {why:?}");
                     self.rejected.set(self.rejected.get() + 1);
                 }
             }
         }
-        true
+        accepted
     }
 
     /// Hands one datagram of the exchange to `mailbox` (greetings are ignored).
@@ -513,11 +519,13 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
         mailbox.deliver(d.src, d.tag, &floats, d.offset, late);
     }
 
-    /// Receives until the socket has been quiet for [`LINGER`], all as late.
+    /// Receives until no peer's datagram has come for [`LINGER`] (foreign ones do not
+    /// count: a flood must not hold the job here), at most [`DRAIN_LIMIT`], all as late.
     fn drain_quiet(&self, mailbox: &mut dyn Mailbox) {
-        let mut quiet_since = Instant::now();
-        while quiet_since.elapsed() < LINGER {
-            if self.receive(|d| self.hand_over(d, mailbox, true)) {
+        let start = Instant::now();
+        let mut quiet_since = start;
+        while quiet_since.elapsed() < LINGER && start.elapsed() < DRAIN_LIMIT {
+            if self.receive(|d| self.hand_over(d, mailbox, true)) > 0 {
                 quiet_since = Instant::now();
             }
         }

@@ -311,7 +311,9 @@ impl Mailbox for PhaseBox<'_> {
             .zip(&self.last)
             .all(|((h, &c), last)| {
                 h.as_ref().is_some_and(|(_, sent)| c >= *sent)
-                    || last.is_some_and(|t| *now.get_or_insert_with(Instant::now) >= t + self.idle)
+                    || last
+                        .and_then(|t| t.checked_add(self.idle))
+                        .is_some_and(|end| *now.get_or_insert_with(Instant::now) >= end)
             })
     }
 
