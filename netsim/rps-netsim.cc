@@ -779,7 +779,9 @@ class Sim
 
     void OnQueueDrop(Ptr<const QueueDiscItem> item)
     {
-        if (CountLearningDrop(item->GetPacket()))
+        CountLearningDrop(item->GetPacket());
+        auto ip = DynamicCast<const Ipv4QueueDiscItem>(item);
+        if (ip && ip->GetHeader().GetTos() == kLowTos)
             stats.queueDropsLow++;
         else
             stats.queueDropsHigh++;
@@ -1119,7 +1121,10 @@ class Sim
         p->AddPacketTag(tag);
         stats.udpSentBytes += tag.bytes;
         stats.udpSentDatagrams++;
-        udp[srcHost]->SendTo(p, 0, InetSocketAddress(hostIp[dstHost], kUdpPort));
+        // ns-3 3.37's UDP SendTo takes the TOS from the address, not the socket.
+        InetSocketAddress to(hostIp[dstHost], kUdpPort);
+        to.SetTos(kLowTos);
+        udp[srcHost]->SendTo(p, 0, to);
     }
 
     void OnUdp(Ptr<Socket> sock)
