@@ -580,8 +580,6 @@ struct WebFlow
     const TcpStream* stream = nullptr;
 };
 
-class Sim;
-Sim* g_sim = nullptr;
 
 class Sim
 {
@@ -1277,7 +1275,6 @@ main(int argc, char** argv)
     Config::SetDefault("ns3::TcpSocket::DelAckCount", UintegerValue(1));
 
     Sim sim(opt, pat);
-    g_sim = &sim;
     sim.BuildNetwork();
     sim.Listen();
     sim.PlaceJobs();
