@@ -52,11 +52,17 @@ pub enum Command {
     /// (no MPI needed).
     ///
     /// Example: rps report runs/drop-models/*.h5
+    ///
+    /// Given netsim results (.csv, from netsim/run.sh), prints their web-flow completion
+    /// times and learning-traffic loss instead.
     Report(ReportFlags),
     /// Draw figures (PNG and SVG) of metrics files: training loss, accuracy against loss
     /// rate, consensus distance, per-link drops (no MPI needed).
     ///
     /// Example: rps plot runs/drop-models/*.h5 --output-dir figures
+    ///
+    /// Given netsim results (.csv, from netsim/run.sh), draws netsim_fct: web-flow
+    /// completion times per size class for both policies against load.
     Plot(PlotFlags),
 }
 
@@ -148,14 +154,14 @@ pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
 
 #[derive(Debug, Args)]
 pub struct ReportFlags {
-    /// Metrics files written by `rps train --metrics`.
+    /// Metrics files written by `rps train --metrics`, or netsim results (.csv).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics`.
+    /// Metrics files written by `rps train --metrics`, or netsim results (.csv).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// Directory for the figures (created if needed; existing figures are replaced).
