@@ -23,3 +23,5 @@ target/release/rps report "$OUT/results.csv"
 target/release/rps plot "$OUT/results.csv" --output-dir "$OUT/figures"
 P=$(awk -F, '$1 == "lossy" && $2 == 0.6 && $4 == "learning_loss_rate" { printf "%.4f", $6 }' "$OUT/results.csv")
 mpirun -n 5 "${TRAIN[@]}" --drop-rate "$P" --metrics "$OUT/train-lossy.h5"
+# The same loss at the simulator's granularity: 1,472-byte datagrams, each lost on its own.
+mpirun -n 5 "${TRAIN[@]}" --drop-rate "$P" --packet-bytes 1472 --metrics "$OUT/train-lossy-packets.h5"
