@@ -14,6 +14,9 @@ fi
 FLAGS="$(pkg-config --cflags --libs $MODULES | tr ' ' '\n' | grep -v ';' | tr '\n' ' ')"
 CXX=${CXX:-g++}
 mkdir -p build
+# One build at a time (tests may call this script from parallel threads).
+exec 9>build/lock
+flock 9
 STAMP="$( (cat rps-netsim.cc build.sh; echo "$CXX $FLAGS") | sha256sum | cut -d' ' -f1)"
 if [ -x build/rps-netsim ] && [ "$(cat build/stamp 2>/dev/null)" = "$STAMP" ]; then
   echo "$PWD/build/rps-netsim"
