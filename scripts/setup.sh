@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libclang-dev pkg-config dataset-fashion-mnist fonts-dejavu-core
+  # The datacenter simulation (netsim/): ns-3 and a C++ compiler.
+  g++ libns3-dev libgsl-dev
   # The namespace testbed (testbed/testbed.sh): hosts, real loss, per-packet offloads.
   iproute2 nftables ethtool iputils-ping)
 
@@ -26,3 +28,6 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo build --release --locked
 test -x target/release/rps || { echo "setup: build failed" >&2; exit 1; }
+# The ns-3 datacenter simulation (see "Datacenter simulation" in README.md); rebuilt only when
+# its source changed.
+netsim/build.sh >/dev/null

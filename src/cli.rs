@@ -52,11 +52,17 @@ pub enum Command {
     /// (no MPI needed).
     ///
     /// Example: rps report runs/drop-models/*.h5
+    ///
+    /// Given netsim results (.csv, from netsim/run.sh), prints their web-flow completion
+    /// times and learning-traffic loss instead.
     Report(ReportFlags),
     /// Draw figures (PNG and SVG) of metrics files: training loss, accuracy against loss
     /// rate, consensus distance, per-link drops (no MPI needed).
     ///
     /// Example: rps plot runs/drop-models/*.h5 --output-dir figures
+    ///
+    /// Given netsim results (.csv, from netsim/run.sh), draws netsim_fct: web-flow
+    /// completion times per size class for both policies against load.
     Plot(PlotFlags),
 }
 
@@ -148,7 +154,8 @@ pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
 
 #[derive(Debug, Args)]
 pub struct ReportFlags {
-    /// Metrics files written by `rps train --metrics` (with --testbed: one index file).
+    /// Metrics files written by `rps train --metrics`, netsim results (.csv), or with
+    /// --testbed one testbed index file.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// FILE is the index of a testbed measurement (`variant,loss,file` lines, written by
@@ -159,7 +166,8 @@ pub struct ReportFlags {
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics` (with --testbed: one index file).
+    /// Metrics files written by `rps train --metrics`, netsim results (.csv), or with
+    /// --testbed one testbed index file.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// FILE is the index of a testbed measurement (jobs/testbed.sh): draw step time and

@@ -6,7 +6,8 @@
 //! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
 //! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
 //! [`train`] (the driver), [`config`] and [`cli`]; [`mod@bench`] times the model on one thread;
-//! [`report`] and [`plot`] read metrics files back into tables and figures.
+//! [`report`] and [`plot`] read metrics files back into tables and figures, and
+//! [`netsim`] reads the results of the ns-3 datacenter simulation (`netsim/`).
 
 pub mod bench;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod data;
 pub mod drop;
 pub mod job;
 pub mod metrics;
+pub mod netsim;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -82,9 +82,30 @@ fn report(flags: ReportFlags) -> ExitCode {
             }
         };
     }
+    if flags.files.iter().any(|p| rps::netsim::is_results_file(p)) {
+        return netsim_report(&flags.files);
+    }
     match rps::report::summarize(&flags.files) {
         Ok(runs) => {
             print!("{}", rps::report::markdown(&runs));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rps report RESULTS.csv...`: the netsim results as a Markdown table.
+fn netsim_report(files: &[std::path::PathBuf]) -> ExitCode {
+    if !files.iter().all(|p| rps::netsim::is_results_file(p)) {
+        eprintln!("error: give either metrics files (.h5) or netsim results (.csv), not both");
+        return ExitCode::FAILURE;
+    }
+    match rps::netsim::Results::read(files) {
+        Ok(r) => {
+            print!("{}", rps::netsim::markdown(&r));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Figures of a set of runs (`rps plot`), each written as PNG and SVG with plotters:
 //! smoothed training loss, final accuracy against loss rate, consensus distance, and
-//! per-link drop heat maps. Text is drawn with a TrueType font read at run time from
+//! per-link drop heat maps; for netsim results (CSV), web-flow completion times per size
+//! class for both policies and every load. Text is drawn with a TrueType font read at run time from
 //! the system (Debian's fonts-dejavu-core), so no font is compiled in.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::netsim::{is_results_file, Results, CLASSES};
 use crate::report::{group, mean_std, RunFile, RunSummary};
 
 /// Options of `rps plot`.
@@ -128,6 +130,13 @@ macro_rules! both {
 pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     if opts.files.is_empty() {
         bail!("no metrics files given");
+    }
+    let csv = opts.files.iter().filter(|p| is_results_file(p)).count();
+    if csv > 0 {
+        if csv < opts.files.len() {
+            bail!("give either metrics files (.h5) or netsim results (.csv), not both");
+        }
+        return plot_netsim(opts);
     }
     register_font()?;
     let mut runs = Vec::new();
@@ -456,6 +465,127 @@ where
         .label_font(font(15))
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
+    Ok(())
+}
+
+/// `rps plot RESULTS.csv...`: `netsim_fct.png` and `.svg`, one panel per flow-size class
+/// with the median and 99th-percentile FCT (means over seeds) of each policy against load.
+fn plot_netsim(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
+    let results = Results::read(&opts.files)?;
+    register_font()?;
+    let dir = &opts.output_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--output-dir {}: cannot create it", dir.display()))?;
+    Ok(both!(dir, "netsim_fct", (1500, 560), netsim_fct(&results)).to_vec())
+}
+
+/// (policy, percentile quantity, load, mean FCT over seeds in µs), finite values only.
+fn netsim_points(results: &Results, class: &str) -> Vec<(String, &'static str, f64, f64)> {
+    let mut points = Vec::new();
+    let mut keys: Vec<(String, f64)> = Vec::new();
+    for r in results.runs() {
+        if !keys.contains(&(r.policy.clone(), r.load)) {
+            keys.push((r.policy.clone(), r.load));
+        }
+    }
+    for (policy, load) in keys {
+        for q in ["fct_p50_us", "fct_p99_us"] {
+            let vals: Vec<f64> = results
+                .runs()
+                .iter()
+                .filter(|r| r.policy == policy && r.load == load)
+                .filter_map(|r| results.get(r, q, class))
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .collect();
+            if !vals.is_empty() {
+                let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                points.push((policy.clone(), q, load, mean));
+            }
+        }
+    }
+    points
+}
+
+fn netsim_fct<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, results: &Results) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP)",
+        font(22),
+    )?;
+    let mut policies: Vec<String> = results.runs().into_iter().map(|r| r.policy).collect();
+    policies.dedup();
+    policies.sort();
+    policies.dedup();
+    let loads: Vec<f64> = results.runs().iter().map(|r| r.load).collect();
+    let (lo, hi) = loads
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &l| {
+            (a.min(l), b.max(l))
+        });
+    let pad = ((hi - lo) * 0.15).max(0.05);
+    let panels = root.split_evenly((1, CLASSES.len()));
+    for (panel, class) in panels.iter().zip(CLASSES) {
+        let points = netsim_points(results, class);
+        let (ymin, ymax) = points.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
+            (a.min(p.3), b.max(p.3))
+        });
+        let (ymin, ymax) = if ymin.is_finite() {
+            (ymin / 2.0, ymax * 2.0)
+        } else {
+            (1.0, 10.0)
+        };
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("flows {class}"), font(20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(75)
+            .build_cartesian_2d(lo - pad..hi + pad, (ymin..ymax).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("web-flow load (fraction of host link)")
+            .y_desc("flow completion time (µs)")
+            .x_label_formatter(&|v| format!("{v:.2}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(font(14))
+            .axis_desc_style(font(15))
+            .draw()?;
+        for (i, policy) in policies.iter().enumerate() {
+            let c = pick(i);
+            for (q, label, width) in [("fct_p50_us", "median", 3), ("fct_p99_us", "99th pct", 1)] {
+                let mut pts: Vec<(f64, f64)> = points
+                    .iter()
+                    .filter(|p| &p.0 == policy && p.1 == q)
+                    .map(|p| (p.2, p.3))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(width)))?
+                    .label(format!("{policy}, {label}"))
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], c.stroke_width(width))
+                    });
+                if q == "fct_p50_us" {
+                    chart.draw_series(pts.iter().map(|p| Circle::new(*p, 5, c.filled())))?;
+                } else {
+                    chart.draw_series(
+                        pts.iter()
+                            .map(|p| TriangleMarker::new(*p, 6, c.stroke_width(2))),
+                    )?;
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(font(13))
+            // Medians sit low and 99th percentiles high: the middle is usually free.
+            .position(SeriesLabelPosition::MiddleRight)
+            .draw()?;
+    }
     Ok(())
 }
 
