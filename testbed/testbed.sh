@@ -129,6 +129,8 @@ status() {
 
 # OpenMPI across the hosts: mpirun inside host 0, daemons started in the other
 # namespaces by testbed/netns-rsh (no ssh), TCP only, restricted to the testbed subnet.
+# Every host gets its namespace's name as host name (a UTS namespace each), as real
+# hosts have distinct names: OpenMPI keys its session directories by host name.
 # No binding, and no runtime-control component: OpenMPI 4.1's rtc/hwloc shares the
 # topology through a shared-memory segment mapped at a guessed address, and a daemon
 # crashed there (SIGSEGV in hwloc_shmem_topology_write) twice in about 50 launches here.
@@ -136,7 +138,8 @@ run_mpirun() {
     [ -e "$STATE" ] || die "testbed $NAME is down (testbed.sh up K first)"
     local hostfile="$STATE/hostfile"
     hosts | sed 's/$/ slots=1/' > "$hostfile"
-    ip netns exec "$NAME-h0" env PMIX_MCA_gds=hash OMPI_MCA_plm_rsh_agent="$HERE/netns-rsh" \
+    ip netns exec "$NAME-h0" unshare --uts /bin/sh -c 'hostname "$1" && shift && exec "$@"' sh "$NAME-h0" \
+        env PMIX_MCA_gds=hash OMPI_MCA_plm_rsh_agent="$HERE/netns-rsh" \
         OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
         mpirun --hostfile "$hostfile" -n "$(hosts | wc -l)" --map-by node --bind-to none --mca rtc ^hwloc \
         --mca btl tcp,self --mca btl_tcp_if_include "$NET.0/24" --mca oob_tcp_if_include "$NET.0/24" \
