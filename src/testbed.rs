@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::plot::{font, pick, register_font};
+use crate::plot::{font, legend, pick, register_font};
 use crate::report::RunFile;
 
 /// One run of the index.
@@ -316,13 +316,7 @@ where
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(font(15))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    legend(chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
