@@ -122,6 +122,7 @@ macro_rules! both {
         [png, svg]
     }};
 }
+pub(crate) use both;
 
 /// Writes every figure into `opts.output_dir` (created if needed) and returns the paths.
 ///

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::plot::{font, legend, pick, register_font};
+use crate::plot::{both, font, legend, pick, register_font};
 use crate::report::RunFile;
 
 /// One run of the index.
@@ -192,21 +192,7 @@ pub fn plot(runs: &[TestbedRun], dir: &Path) -> Result<Vec<PathBuf>> {
         ("testbed_step_time", Panel::StepTime),
         ("testbed_accuracy", Panel::Accuracy),
     ] {
-        let png = dir.join(format!("{name}.png"));
-        {
-            let root = BitMapBackend::new(&png, (1000, 650)).into_drawing_area();
-            draw(&root, runs, what)?;
-            root.present()
-                .with_context(|| format!("cannot write {}", png.display()))?;
-        }
-        let svg = dir.join(format!("{name}.svg"));
-        {
-            let root = SVGBackend::new(&svg, (1000, 650)).into_drawing_area();
-            draw(&root, runs, what)?;
-            root.present()
-                .with_context(|| format!("cannot write {}", svg.display()))?;
-        }
-        out.extend([png, svg]);
+        out.extend(both!(dir, name, (1000, 650), draw(runs, what)));
     }
     Ok(out)
 }
