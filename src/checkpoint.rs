@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use hdf5::types::VarLenUnicode;
 
+use crate::metrics::StepCounters;
+
 /// Marker file of a complete checkpoint.
 pub const COMPLETE: &str = "COMPLETE";
 
@@ -26,10 +28,11 @@ pub struct RankState {
     pub velocity: Vec<f32>,
     /// Per-link counters of the exchange, flattened (see `Exchange::link_state`).
     pub links: Vec<u64>,
-    /// Rank 0: rows of the metrics file at this step (steps, evaluations, trace), and the
-    /// running drop totals.
+    /// Rank 0: rows of the metrics file at this step (steps, evaluations, trace).
     pub metrics_rows: [u64; 3],
-    pub totals: [u64; 2],
+    /// Every step counter summed over ranks and over the steps done (the same on every
+    /// rank), stored by name so a checkpoint of another counter set is refused.
+    pub totals: StepCounters,
 }
 
 /// Directory of the checkpoint taken after `step` steps.
@@ -82,9 +85,15 @@ pub fn write_rank(dir: &Path, rank: usize, fingerprint: &str, state: &RankState)
         f.new_dataset_builder()
             .with_data(&state.metrics_rows[..])
             .create("metrics_rows")?;
+        let mut totals = Vec::with_capacity(StepCounters::LEN);
+        state.totals.to_flat(&mut totals);
         f.new_dataset_builder()
-            .with_data(&state.totals[..])
-            .create("totals")?;
+            .with_data(&totals[..])
+            .create("totals")?
+            .new_attr::<VarLenUnicode>()
+            .shape(())
+            .create("columns")?
+            .write_scalar(&text(&StepCounters::NAMES.join(","))?)?;
         f.close()?;
         Ok(())
     };
@@ -209,9 +218,21 @@ pub fn read_newest(dir: &Path, rank: usize, fingerprint: &str) -> Result<RankSta
             .with_context(ctx)
     };
     let rows = read_u64("metrics_rows")?;
-    let totals = read_u64("totals")?;
+    let totals = f.dataset("totals").with_context(ctx)?;
+    let columns = totals
+        .attr("columns")
+        .and_then(|a| a.read_scalar::<VarLenUnicode>())
+        .with_context(ctx)?;
     ensure!(
-        rows.len() == 3 && totals.len() == 2,
+        columns.as_str() == StepCounters::NAMES.join(","),
+        "--resume {}: the checkpoint counts {}, this build of rps counts {} (written by another version)",
+        dir.display(),
+        columns.as_str(),
+        StepCounters::NAMES.join(",")
+    );
+    let totals = totals.read_raw::<f64>().with_context(ctx)?;
+    ensure!(
+        rows.len() == 3 && totals.len() == StepCounters::LEN,
         "{}: malformed checkpoint",
         path.display()
     );
@@ -230,7 +251,7 @@ pub fn read_newest(dir: &Path, rank: usize, fingerprint: &str) -> Result<RankSta
             .with_context(ctx)?,
         links: read_u64("links")?,
         metrics_rows: [rows[0], rows[1], rows[2]],
-        totals: [totals[0], totals[1]],
+        totals: StepCounters::from_flat(&totals),
     })
 }
 
@@ -272,7 +293,12 @@ mod tests {
             velocity: vec![0.5, 0.25],
             links: vec![3, 4, 5],
             metrics_rows: [step, 1, 0],
-            totals: [7, 70],
+            totals: StepCounters {
+                packets_up: 70,
+                packets_dropped_up: 7,
+                wall_s: 1.5,
+                ..Default::default()
+            },
         }
     }
 

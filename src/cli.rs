@@ -1,14 +1,17 @@
 //! Command-line interface: the only module that knows clap.
 //!
-//! Parses flags into plain structs ([`crate::config::TrainArgs`],
-//! [`crate::data::convert::ConvertOptions`]); validation lives in `config.rs`.
+//! Each flag is declared once, here: its name, help text, default and type. The parsed
+//! structs go straight to the modules that validate and build from them (`config.rs` for
+//! `train`); `--help`, job-file keys and the generated reference (docs/cli.md,
+//! [`markdown`]) all come from these declarations.
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchOptions;
-use crate::config::{self, Algorithm};
+use crate::config::Algorithm;
 use crate::data::convert::ConvertOptions;
 use crate::nn::ModelKind;
 
@@ -196,13 +199,18 @@ impl From<PlotFlags> for crate::plot::PlotOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AlgorithmFlag {
-    /// Robust Parameter Server: workers send model blocks to servers, which average what
-    /// arrives; lost messages are simply missing (the paper's algorithm).
-    Rps,
-    /// Reliable baseline: model averaging with MPI_Allreduce after every local step.
-    Allreduce,
+impl ValueEnum for Algorithm {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Algorithm::Rps, Algorithm::Allreduce]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Algorithm::Rps => "Robust Parameter Server: workers send model blocks to servers, which average what arrives; lost messages are simply missing (the paper's algorithm)",
+            Algorithm::Allreduce => "Reliable baseline: model averaging with MPI_Allreduce after every local step",
+        };
+        Some(PossibleValue::new(self.name()).help(help))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -304,7 +312,7 @@ pub struct TrainFlags {
     )]
     pub ge_good_loss: f64,
     /// Per-link drop rates from FILE (rules `default P`, `rank R[-R2] P`,
-    /// `link SRC DST P`; see README); links it does not name use --drop-up/--drop-down.
+    /// `link SRC DST P`; see docs/formats.md); links it does not name use --drop-up/--drop-down.
     #[arg(long, value_name = "FILE")]
     pub link_rates: Option<PathBuf>,
     /// Cut each block into packets of N bytes, dropped independently; receivers merge
@@ -348,8 +356,8 @@ pub struct TrainFlags {
     #[arg(long, value_name = "BYTES", default_value_t = crate::comm::udp::DEFAULT_MTU)]
     pub udp_mtu: usize,
     /// Training algorithm.
-    #[arg(long, value_enum, default_value_t = AlgorithmFlag::Rps)]
-    pub algorithm: AlgorithmFlag,
+    #[arg(long, value_enum, default_value_t = Algorithm::Rps)]
+    pub algorithm: Algorithm,
     /// Number of passes over each worker's shard [default: 1].
     #[arg(long, value_name = "E", conflicts_with = "steps")]
     pub epochs: Option<u64>,
@@ -411,6 +419,12 @@ pub struct TrainFlags {
     /// Refuse to start unless the job has exactly N ranks (set by job files' `ranks`).
     #[arg(long, value_name = "N")]
     pub ranks: Option<usize>,
+    /// Run N ranks as threads of this one process over an in-process network, without
+    /// mpirun or MPI: the researcher's workbench for many ranks on one machine (same
+    /// flags, same metrics file, bit-identical results to `mpirun -n N` with oracle
+    /// detection). MPI stays the engine for real clusters; not with --transport udp.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub local_ranks: Option<u64>,
     /// Augment training batches: random 32×32-style crop of the image zero-padded by 4
     /// pixels, and a horizontal flip with probability 1/2, seeded by (seed, worker, step).
     #[arg(long)]
@@ -545,72 +559,6 @@ impl TryFrom<BenchFlags> for BenchOptions {
     }
 }
 
-impl From<TrainFlags> for config::TrainArgs {
-    fn from(f: TrainFlags) -> Self {
-        config::TrainArgs {
-            dataset: f.dataset,
-            metrics: f.metrics,
-            save_model: f.save_model,
-            servers: f.servers,
-            colocated: f.colocated,
-            algorithm: match f.algorithm {
-                AlgorithmFlag::Rps => Algorithm::Rps,
-                AlgorithmFlag::Allreduce => Algorithm::Allreduce,
-            },
-            drop_rate: f.drop_rate,
-            drop_up: f.drop_up,
-            drop_down: f.drop_down,
-            drop_model: match f.drop_model {
-                DropModelFlag::Bernoulli => config::DropModelKind::Bernoulli,
-                DropModelFlag::GilbertElliott => config::DropModelKind::GilbertElliott,
-            },
-            ge: crate::drop::GeParams {
-                p: f.ge_p,
-                r: f.ge_r,
-                bad_loss: f.ge_bad_loss,
-                good_loss: f.ge_good_loss,
-            },
-            link_rates: f.link_rates,
-            packet_bytes: f.packet_bytes,
-            record_trace: f.record_trace,
-            replay_trace: f.replay_trace,
-            deadline_ms: (f.detect == DetectFlag::Deadline).then_some(f.recv_timeout_ms),
-            transport: match f.transport {
-                TransportFlag::Mpi => config::TransportKind::Mpi,
-                TransportFlag::Udp => config::TransportKind::Udp(crate::comm::udp::UdpOptions {
-                    subnet: f.udp_subnet,
-                    port_base: f.udp_port,
-                    mtu: f.udp_mtu,
-                }),
-            },
-            udp_flag: if f.udp_subnet.is_some() {
-                Some("udp-subnet")
-            } else if f.udp_port.is_some() {
-                Some("udp-port")
-            } else if f.udp_mtu != crate::comm::udp::DEFAULT_MTU {
-                Some("udp-mtu")
-            } else {
-                None
-            },
-            epochs: f.epochs,
-            steps: f.steps,
-            batch_size: f.batch_size,
-            lr: f.lr,
-            momentum: f.momentum,
-            weight_decay: f.weight_decay,
-            seed: f.seed,
-            eval_every: f.eval_every,
-            force: f.force,
-            checkpoint_every: f.checkpoint_every,
-            checkpoint_dir: f.checkpoint_dir,
-            resume: f.resume,
-            ranks: f.ranks,
-            model: f.model.into(),
-            augment: f.augment,
-        }
-    }
-}
-
 impl From<ConvertFlags> for ConvertOptions {
     fn from(f: ConvertFlags) -> Self {
         ConvertOptions {
@@ -621,4 +569,112 @@ impl From<ConvertFlags> for ConvertOptions {
             force: f.force,
         }
     }
+}
+
+/// Parses the flags of `rps train` alone (no job file), as `rps train ARGS...` would.
+///
+/// # Errors
+/// clap's error for an unknown flag or a value that does not parse.
+pub fn parse_train<I, T>(args: I) -> Result<TrainFlags, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv = ["rps".into(), "train".into()]
+        .into_iter()
+        .chain(args.into_iter().map(Into::into));
+    match Cli::try_parse_from(argv)?.command {
+        Command::Train(flags) => Ok(*flags),
+        _ => unreachable!("parsed as train"),
+    }
+}
+
+/// The command-line reference in Markdown, generated from the clap definitions
+/// (docs/cli.md is this text; a test keeps it current).
+pub fn markdown() -> String {
+    use clap::CommandFactory;
+    use std::fmt::Write as _;
+    let root = Cli::command();
+    let mut s = String::from(
+        "# Command-line reference\n\n\
+         <!-- Generated from src/cli.rs by `cargo test` (RPS_UPDATE_DOCS=1 rewrites it); do not edit. -->\n\n",
+    );
+    if let Some(about) = root.get_about() {
+        let _ = writeln!(s, "{about}\n");
+    }
+    let _ = writeln!(s, "Commands:\n");
+    for sub in root.get_subcommands() {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let _ = writeln!(s, "- [`rps {0}`](#rps-{0}): {about}", sub.get_name());
+    }
+    for sub in root.get_subcommands() {
+        let _ = writeln!(s, "\n## rps {}\n", sub.get_name());
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(s, "{about}\n");
+        let _ = writeln!(s, "| argument | meaning |\n|---|---|");
+        for arg in sub.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let value = arg
+                .get_value_names()
+                .map(|v| {
+                    v.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let name = match arg.get_long() {
+                Some(long) if arg.get_action().takes_values() => format!("`--{long} {value}`"),
+                Some(long) => format!("`--{long}`"),
+                None => format!("`{value}`"),
+            };
+            let mut help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+                .replace("\n\n", " ")
+                .replace('\n', " ")
+                .replace('|', "\\|");
+            if !help.is_empty() && !help.trim_end().ends_with(['.', ')', ']']) {
+                help.push('.');
+            }
+            let choices: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|_| arg.get_action().takes_values())
+                .map(|v| match v.get_help() {
+                    Some(h) => format!("`{}` ({h})", v.get_name()),
+                    None => format!("`{}`", v.get_name()),
+                })
+                .collect();
+            if !choices.is_empty()
+                && !value.is_empty()
+                && arg.get_value_parser().possible_values().is_some()
+            {
+                let _ = write!(help, " Values: {}.", choices.join("; "));
+            }
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
+            if !defaults.is_empty()
+                && !defaults
+                    .iter()
+                    .any(|d| d.contains(env!("CARGO_MANIFEST_DIR")))
+            {
+                let _ = write!(help, " Default: `{}`.", defaults.join(","));
+            }
+            let _ = writeln!(s, "| {name} | {} |", help.trim());
+        }
+    }
+    s
 }

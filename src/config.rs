@@ -1,46 +1,20 @@
 //! The validated configuration of a training run.
 //!
-//! `cli.rs` parses flags; this module checks them and builds [`TrainConfig`], the only
-//! form the rest of the program sees. Every rank validates the same arguments the same
-//! way, so a bad input fails on all ranks at once with the same message.
+//! Parse, then validate, then build: `cli.rs` parses the flags into [`TrainFlags`], and
+//! [`TrainConfig::build`] checks them and builds the only form the rest of the program
+//! sees (no intermediate copy). Every rank validates the same flags the same way, so a bad
+//! input fails on all ranks at once with the same message.
 
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::cli::{DetectFlag, DropModelFlag, TrainFlags, TransportFlag};
+use crate::comm::udp::{UdpOptions, DEFAULT_MTU, HEADER_BYTES, MAX_MTU};
+pub use crate::drop::DropSpec;
 use crate::drop::GeParams;
 use crate::nn::ModelKind;
 use crate::rps::Mode;
-
-/// Which drop model decides the fate of each message (or packet).
-#[derive(Debug, Clone, PartialEq)]
-pub enum DropSpec {
-    /// i.i.d. loss with a rate per direction (the paper's model when up == down).
-    Bernoulli { up: f64, down: f64 },
-    /// Bursty loss, one Markov chain per directed link.
-    GilbertElliott(GeParams),
-    /// i.i.d. loss with rates per link from a file, `up`/`down` for links it does not name.
-    PerLink { up: f64, down: f64, file: PathBuf },
-    /// The drops recorded in an earlier run's metrics file.
-    Replay { file: PathBuf },
-}
-
-impl DropSpec {
-    /// Whether this model can drop anything at all.
-    pub fn is_lossless(&self) -> bool {
-        matches!(self, DropSpec::Bernoulli { up, down } if *up == 0.0 && *down == 0.0)
-    }
-
-    /// Short name recorded in the metrics file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            DropSpec::Bernoulli { .. } => "bernoulli",
-            DropSpec::GilbertElliott(_) => "gilbert-elliott",
-            DropSpec::PerLink { .. } => "per-link",
-            DropSpec::Replay { .. } => "replay",
-        }
-    }
-}
 
 /// Which training algorithm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +26,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The name on the command line and in metrics files.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Rps => "rps",
@@ -118,71 +93,51 @@ pub enum Detection {
     Deadline { timeout: std::time::Duration },
 }
 
+impl Detection {
+    /// The name on the command line and in metrics files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detection::Oracle => "oracle",
+            Detection::Deadline { .. } => "deadline",
+        }
+    }
+
+    /// The receive deadline in milliseconds (0 with oracle detection).
+    pub fn timeout_ms(self) -> u64 {
+        match self {
+            Detection::Oracle => 0,
+            Detection::Deadline { timeout } => timeout.as_millis() as u64,
+        }
+    }
+}
+
 /// What carries the RPS exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
     /// MPI point-to-point (reliable; drops are simulated).
     Mpi,
     /// UDP datagrams, one per packet (unreliable; needs deadline detection).
-    Udp(crate::comm::udp::UdpOptions),
+    Udp(UdpOptions),
+}
+
+impl TransportKind {
+    /// The name on the command line and in metrics files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Mpi => "mpi",
+            TransportKind::Udp(_) => "udp",
+        }
+    }
 }
 
 /// The largest packet (bytes of model) one datagram carries with `--transport udp`:
 /// the MTU less the IP, UDP, datagram and message headers, in whole `f32`s. The
 /// default of `--packet-bytes` with UDP (1420 bytes for an MTU of 1500).
-pub fn udp_packet_bytes(opts: &crate::comm::udp::UdpOptions) -> usize {
-    opts.max_datagram().saturating_sub(
-        crate::comm::udp::HEADER_BYTES + crate::rps::exchange::DATAGRAM_HEADER_BYTES,
-    ) / 4
+pub fn udp_packet_bytes(opts: &UdpOptions) -> usize {
+    opts.max_datagram()
+        .saturating_sub(HEADER_BYTES + crate::rps::exchange::DATAGRAM_HEADER_BYTES)
+        / 4
         * 4
-}
-
-/// The `--drop-model` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropModelKind {
-    Bernoulli,
-    GilbertElliott,
-}
-
-/// Raw training arguments as given by the user (any front end: flags, later job files).
-#[derive(Debug, Clone)]
-pub struct TrainArgs {
-    pub dataset: PathBuf,
-    pub metrics: PathBuf,
-    pub save_model: Option<PathBuf>,
-    pub servers: Option<usize>,
-    pub colocated: bool,
-    pub algorithm: Algorithm,
-    pub drop_rate: f64,
-    pub drop_up: Option<f64>,
-    pub drop_down: Option<f64>,
-    pub drop_model: DropModelKind,
-    pub ge: GeParams,
-    pub link_rates: Option<PathBuf>,
-    pub packet_bytes: Option<usize>,
-    pub record_trace: bool,
-    pub replay_trace: Option<PathBuf>,
-    /// `--detect deadline`: the receive deadline in milliseconds; `None`: oracle.
-    pub deadline_ms: Option<u64>,
-    pub transport: TransportKind,
-    /// A `--udp-*` flag given (only meaningful with `--transport udp`).
-    pub udp_flag: Option<&'static str>,
-    pub epochs: Option<u64>,
-    pub steps: Option<u64>,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub seed: u64,
-    pub eval_every: u64,
-    pub force: bool,
-    pub checkpoint_every: Option<u64>,
-    pub checkpoint_dir: Option<PathBuf>,
-    pub resume: Option<PathBuf>,
-    /// World size the job expects (`ranks` of a job file).
-    pub ranks: Option<usize>,
-    pub model: ModelKind,
-    pub augment: bool,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -244,78 +199,37 @@ pub enum ConfigError {
 }
 
 impl TrainConfig {
-    /// Validates `args` for a job of `world_size` ranks.
+    /// Validates the parsed flags for a job of `world_size` ranks and builds the
+    /// configuration.
     ///
     /// # Errors
     /// The first invalid or contradictory flag, named.
-    pub fn from_args(
-        args: TrainArgs,
+    pub fn build(
+        f: &TrainFlags,
         world_size: usize,
         command_line: String,
     ) -> Result<Self, ConfigError> {
-        let a = args;
-        let drop = Self::drop_spec(&a)?;
-        if let Some(n) = a.packet_bytes {
+        let drop = drop_spec(f)?;
+        if let Some(n) = f.packet_bytes {
             if n == 0 || n % 4 != 0 {
                 return Err(ConfigError::PacketBytes(n));
             }
         }
-        let detection = match a.deadline_ms {
-            None => Detection::Oracle,
-            Some(0) => return Err(ConfigError::Timeout),
-            Some(ms) => Detection::Deadline {
-                timeout: std::time::Duration::from_millis(ms),
+        let detection = match f.detect {
+            DetectFlag::Oracle => Detection::Oracle,
+            DetectFlag::Deadline if f.recv_timeout_ms == 0 => return Err(ConfigError::Timeout),
+            DetectFlag::Deadline => Detection::Deadline {
+                timeout: std::time::Duration::from_millis(f.recv_timeout_ms),
             },
         };
-        let mut packet_bytes = a.packet_bytes;
-        match a.transport {
-            TransportKind::Mpi => {
-                if let Some(flag) = a.udp_flag {
-                    return Err(ConfigError::UdpFlagWithoutUdp(flag));
-                }
-            }
-            TransportKind::Udp(opts) => {
-                if !(576..=crate::comm::udp::MAX_MTU).contains(&opts.mtu) {
-                    return Err(ConfigError::UdpMtu(opts.mtu));
-                }
-                if a.algorithm == Algorithm::Allreduce {
-                    return Err(ConfigError::DropWithAllreduce("transport udp"));
-                }
-                if a.deadline_ms.is_none() {
-                    return Err(ConfigError::UdpWithoutDeadline);
-                }
-                let max = udp_packet_bytes(&opts);
-                let bytes = *packet_bytes.get_or_insert(max);
-                if bytes > max {
-                    return Err(ConfigError::UdpPacketBytes { bytes, max });
-                }
-            }
+        let (transport, packet_bytes) = transport(f, detection)?;
+        if f.algorithm == Algorithm::Allreduce {
+            check_allreduce(f, &drop)?;
         }
-        if a.algorithm == Algorithm::Allreduce {
-            let flag = if a.deadline_ms.is_some() {
-                Some("detect")
-            } else if !drop.is_lossless() {
-                Some(match &drop {
-                    DropSpec::GilbertElliott(_) => "drop-model",
-                    DropSpec::Replay { .. } => "replay-trace",
-                    DropSpec::PerLink { .. } => "link-rates",
-                    DropSpec::Bernoulli { .. } => "drop-rate",
-                })
-            } else if a.packet_bytes.is_some() {
-                Some("packet-bytes")
-            } else if a.record_trace {
-                Some("record-trace")
-            } else {
-                None
-            };
-            if let Some(flag) = flag {
-                return Err(ConfigError::DropWithAllreduce(flag));
-            }
-        }
-        if a.batch_size == 0 {
+        if f.batch_size == 0 {
             return Err(ConfigError::BatchSize);
         }
-        let duration = match (a.epochs, a.steps) {
+        let duration = match (f.epochs, f.steps) {
             (Some(_), Some(_)) => return Err(ConfigError::BothDurations),
             (Some(0), None) => return Err(ConfigError::ZeroDuration { flag: "epochs" }),
             (None, Some(0)) => return Err(ConfigError::ZeroDuration { flag: "steps" }),
@@ -323,32 +237,17 @@ impl TrainConfig {
             (None, Some(s)) => Duration::Steps(s),
             (None, None) => Duration::Epochs(1),
         };
-        if !(a.lr.is_finite() && a.lr > 0.0) {
-            return Err(ConfigError::LearningRate(a.lr));
+        if !(f.lr.is_finite() && f.lr > 0.0) {
+            return Err(ConfigError::LearningRate(f.lr));
         }
-        if !(0.0..1.0).contains(&a.momentum) {
-            return Err(ConfigError::Momentum(a.momentum));
+        if !(0.0..1.0).contains(&f.momentum) {
+            return Err(ConfigError::Momentum(f.momentum));
         }
-        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-            return Err(ConfigError::WeightDecay(a.weight_decay));
+        if !(f.weight_decay.is_finite() && f.weight_decay >= 0.0) {
+            return Err(ConfigError::WeightDecay(f.weight_decay));
         }
-        let mode = match (a.servers, a.colocated) {
-            (Some(_), true) => return Err(ConfigError::ServersAndColocated),
-            (_, true) => Mode::Colocated,
-            (Some(0), false) => return Err(ConfigError::NoServers),
-            (servers, false) => {
-                let servers = servers.unwrap_or(1);
-                if servers >= world_size {
-                    return Err(ConfigError::NoWorkers {
-                        servers,
-                        size: world_size,
-                        need: servers + 1,
-                    });
-                }
-                Mode::Dedicated { servers }
-            }
-        };
-        if let Some(expected) = a.ranks {
+        let mode = mode(f, world_size)?;
+        if let Some(expected) = f.ranks {
             if expected != world_size {
                 return Err(ConfigError::Ranks {
                     expected,
@@ -356,102 +255,196 @@ impl TrainConfig {
                 });
             }
         }
-        if a.checkpoint_every == Some(0) {
+        if f.checkpoint_every == Some(0) {
             return Err(ConfigError::CheckpointEvery);
         }
         // Resuming keeps checkpointing into the directory it resumed from by default.
-        let checkpoint_dir = a.checkpoint_dir.clone().or_else(|| a.resume.clone());
-        if a.checkpoint_every.is_some() && checkpoint_dir.is_none() {
+        let checkpoint_dir = f.checkpoint_dir.clone().or_else(|| f.resume.clone());
+        if f.checkpoint_every.is_some() && checkpoint_dir.is_none() {
             return Err(ConfigError::CheckpointWithoutDir);
         }
-        if a.metrics.file_name().is_none() {
-            return Err(ConfigError::MetricsPath(a.metrics));
+        if f.metrics.file_name().is_none() {
+            return Err(ConfigError::MetricsPath(f.metrics.clone()));
         }
         Ok(TrainConfig {
-            dataset: a.dataset,
-            metrics: a.metrics,
-            save_model: a.save_model,
+            dataset: f.dataset.clone(),
+            metrics: f.metrics.clone(),
+            save_model: f.save_model.clone(),
             mode,
-            algorithm: a.algorithm,
-            drop_rate: a.drop_rate,
+            algorithm: f.algorithm,
+            drop_rate: f.drop_rate,
             drop,
             packet_bytes,
-            record_trace: a.record_trace,
+            record_trace: f.record_trace,
             detection,
-            transport: a.transport,
+            transport,
             duration,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            momentum: a.momentum,
-            weight_decay: a.weight_decay,
-            seed: a.seed,
-            eval_every: a.eval_every,
-            force: a.force,
-            checkpoint_every: a.checkpoint_every,
+            batch_size: f.batch_size,
+            lr: f.lr,
+            momentum: f.momentum,
+            weight_decay: f.weight_decay,
+            seed: f.seed,
+            eval_every: f.eval_every,
+            force: f.force,
+            checkpoint_every: f.checkpoint_every,
             checkpoint_dir,
-            resume: a.resume,
+            resume: f.resume.clone(),
             command_line,
-            model: a.model,
-            augment: a.augment,
+            model: f.model.into(),
+            augment: f.augment,
         })
+    }
+
+    /// What drop counts count: packets with `--packet-bytes`, else whole messages.
+    pub fn drop_unit(&self) -> &'static str {
+        if self.packet_bytes.is_some() {
+            "packets"
+        } else {
+            "messages"
+        }
     }
 }
 
-impl TrainConfig {
-    fn drop_spec(a: &TrainArgs) -> Result<DropSpec, ConfigError> {
-        let prob = |flag: &'static str, value: f64| {
-            if (0.0..=1.0).contains(&value) {
-                Ok(value)
-            } else {
-                Err(ConfigError::Probability { flag, value })
+/// The transport and, with UDP, the packet size (by default the largest that fits).
+fn transport(
+    f: &TrainFlags,
+    detection: Detection,
+) -> Result<(TransportKind, Option<usize>), ConfigError> {
+    let udp_flag = if f.udp_subnet.is_some() {
+        Some("udp-subnet")
+    } else if f.udp_port.is_some() {
+        Some("udp-port")
+    } else if f.udp_mtu != DEFAULT_MTU {
+        Some("udp-mtu")
+    } else {
+        None
+    };
+    match f.transport {
+        TransportFlag::Mpi => match udp_flag {
+            Some(flag) => Err(ConfigError::UdpFlagWithoutUdp(flag)),
+            None => Ok((TransportKind::Mpi, f.packet_bytes)),
+        },
+        TransportFlag::Udp => {
+            let opts = UdpOptions {
+                subnet: f.udp_subnet,
+                port_base: f.udp_port,
+                mtu: f.udp_mtu,
+            };
+            if !(576..=MAX_MTU).contains(&opts.mtu) {
+                return Err(ConfigError::UdpMtu(opts.mtu));
             }
+            if f.algorithm == Algorithm::Allreduce {
+                return Err(ConfigError::DropWithAllreduce("transport udp"));
+            }
+            if detection == Detection::Oracle {
+                return Err(ConfigError::UdpWithoutDeadline);
+            }
+            let max = udp_packet_bytes(&opts);
+            let bytes = f.packet_bytes.unwrap_or(max);
+            if bytes > max {
+                return Err(ConfigError::UdpPacketBytes { bytes, max });
+            }
+            Ok((TransportKind::Udp(opts), Some(bytes)))
+        }
+    }
+}
+
+/// The reliable baseline takes no flag about losses.
+fn check_allreduce(f: &TrainFlags, drop: &DropSpec) -> Result<(), ConfigError> {
+    let flag = if f.detect == DetectFlag::Deadline {
+        Some("detect")
+    } else if !drop.is_lossless() {
+        Some(match drop {
+            DropSpec::GilbertElliott(_) => "drop-model",
+            DropSpec::Replay { .. } => "replay-trace",
+            DropSpec::PerLink { .. } => "link-rates",
+            DropSpec::Bernoulli { .. } => "drop-rate",
+        })
+    } else if f.packet_bytes.is_some() {
+        Some("packet-bytes")
+    } else if f.record_trace {
+        Some("record-trace")
+    } else {
+        None
+    };
+    match flag {
+        Some(flag) => Err(ConfigError::DropWithAllreduce(flag)),
+        None => Ok(()),
+    }
+}
+
+/// Dedicated (the first S ranks serve) or co-located mode.
+fn mode(f: &TrainFlags, world_size: usize) -> Result<Mode, ConfigError> {
+    match (f.servers, f.colocated) {
+        (Some(_), true) => Err(ConfigError::ServersAndColocated),
+        (_, true) => Ok(Mode::Colocated),
+        (Some(0), false) => Err(ConfigError::NoServers),
+        (servers, false) => {
+            let servers = servers.unwrap_or(1);
+            if servers >= world_size {
+                return Err(ConfigError::NoWorkers {
+                    servers,
+                    size: world_size,
+                    need: servers + 1,
+                });
+            }
+            Ok(Mode::Dedicated { servers })
+        }
+    }
+}
+
+fn drop_spec(f: &TrainFlags) -> Result<DropSpec, ConfigError> {
+    let prob = |flag: &'static str, value: f64| {
+        if (0.0..=1.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::Probability { flag, value })
+        }
+    };
+    let rate = prob("drop-rate", f.drop_rate)?;
+    let up = prob("drop-up", f.drop_up.unwrap_or(rate))?;
+    let down = prob("drop-down", f.drop_down.unwrap_or(rate))?;
+    let explicit_rates = f.drop_rate != 0.0 || f.drop_up.is_some() || f.drop_down.is_some();
+    if let Some(file) = &f.replay_trace {
+        let conflict = if explicit_rates {
+            Some("drop-rate")
+        } else if f.drop_model != DropModelFlag::Bernoulli {
+            Some("drop-model")
+        } else if f.link_rates.is_some() {
+            Some("link-rates")
+        } else {
+            None
         };
-        let rate = prob("drop-rate", a.drop_rate)?;
-        let up = prob("drop-up", a.drop_up.unwrap_or(rate))?;
-        let down = prob("drop-down", a.drop_down.unwrap_or(rate))?;
-        let explicit_rates = a.drop_rate != 0.0 || a.drop_up.is_some() || a.drop_down.is_some();
-        if let Some(file) = &a.replay_trace {
-            let conflict = if explicit_rates {
-                Some("drop-rate")
-            } else if a.drop_model != DropModelKind::Bernoulli {
-                Some("drop-model")
-            } else if a.link_rates.is_some() {
-                Some("link-rates")
-            } else {
-                None
-            };
-            return match conflict {
-                Some(flag) => Err(ConfigError::ReplayWith(flag)),
-                None => Ok(DropSpec::Replay { file: file.clone() }),
-            };
-        }
-        match a.drop_model {
-            DropModelKind::GilbertElliott => {
-                if explicit_rates {
-                    return Err(ConfigError::GilbertElliottWith(
-                        "drop-rate/--drop-up/--drop-down",
-                    ));
-                }
-                if a.link_rates.is_some() {
-                    return Err(ConfigError::GilbertElliottWith("link-rates"));
-                }
-                let g = a.ge;
-                Ok(DropSpec::GilbertElliott(GeParams {
-                    p: prob("ge-p", g.p)?,
-                    r: prob("ge-r", g.r)?,
-                    bad_loss: prob("ge-bad-loss", g.bad_loss)?,
-                    good_loss: prob("ge-good-loss", g.good_loss)?,
-                }))
+        return match conflict {
+            Some(flag) => Err(ConfigError::ReplayWith(flag)),
+            None => Ok(DropSpec::Replay { file: file.clone() }),
+        };
+    }
+    match f.drop_model {
+        DropModelFlag::GilbertElliott => {
+            if explicit_rates {
+                return Err(ConfigError::GilbertElliottWith(
+                    "drop-rate/--drop-up/--drop-down",
+                ));
             }
-            DropModelKind::Bernoulli => Ok(match &a.link_rates {
-                Some(file) => DropSpec::PerLink {
-                    up,
-                    down,
-                    file: file.clone(),
-                },
-                None => DropSpec::Bernoulli { up, down },
-            }),
+            if f.link_rates.is_some() {
+                return Err(ConfigError::GilbertElliottWith("link-rates"));
+            }
+            Ok(DropSpec::GilbertElliott(GeParams {
+                p: prob("ge-p", f.ge_p)?,
+                r: prob("ge-r", f.ge_r)?,
+                bad_loss: prob("ge-bad-loss", f.ge_bad_loss)?,
+                good_loss: prob("ge-good-loss", f.ge_good_loss)?,
+            }))
         }
+        DropModelFlag::Bernoulli => Ok(match &f.link_rates {
+            Some(file) => DropSpec::PerLink {
+                up,
+                down,
+                file: file.clone(),
+            },
+            None => DropSpec::Bernoulli { up, down },
+        }),
     }
 }
 
@@ -459,166 +452,59 @@ impl TrainConfig {
 mod tests {
     use super::*;
 
-    fn args() -> TrainArgs {
-        TrainArgs {
-            dataset: "d.h5".into(),
-            metrics: "m.h5".into(),
-            save_model: None,
-            servers: None,
-            colocated: false,
-            algorithm: Algorithm::Rps,
-            drop_rate: 0.1,
-            drop_up: None,
-            drop_down: None,
-            drop_model: DropModelKind::Bernoulli,
-            ge: GeParams {
-                p: 0.01,
-                r: 0.3,
-                bad_loss: 1.0,
-                good_loss: 0.0,
-            },
-            link_rates: None,
-            packet_bytes: None,
-            record_trace: false,
-            replay_trace: None,
-            deadline_ms: None,
-            transport: TransportKind::Mpi,
-            udp_flag: None,
-            epochs: None,
-            steps: None,
-            batch_size: 32,
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            seed: 1,
-            eval_every: 100,
-            force: false,
-            checkpoint_every: None,
-            checkpoint_dir: None,
-            resume: None,
-            ranks: None,
-            model: ModelKind::Cnn,
-            augment: false,
-        }
+    /// The flags of `rps train --dataset d.h5 --metrics m.h5 --drop-rate 0.1 EXTRA...`.
+    fn flags(extra: &[&str]) -> TrainFlags {
+        let base = [
+            "--dataset",
+            "d.h5",
+            "--metrics",
+            "m.h5",
+            "--drop-rate",
+            "0.1",
+        ];
+        crate::cli::parse_train(base.iter().chain(extra)).expect("flags parse")
     }
 
-    fn check(a: TrainArgs, size: usize) -> Result<TrainConfig, ConfigError> {
-        TrainConfig::from_args(a, size, String::new())
+    fn check(extra: &[&str], size: usize) -> Result<TrainConfig, ConfigError> {
+        TrainConfig::build(&flags(extra), size, String::new())
     }
 
     #[test]
     fn defaults_are_one_server_one_epoch() {
-        let c = check(args(), 5).unwrap();
+        let c = check(&[], 5).unwrap();
         assert_eq!(c.mode, Mode::Dedicated { servers: 1 });
         assert_eq!(c.duration, Duration::Epochs(1));
+        assert_eq!(c.batch_size, 32);
+        assert_eq!(c.transport, TransportKind::Mpi);
     }
 
     #[test]
     fn rejects_bad_values_by_name() {
-        let cases: Vec<(TrainArgs, ConfigError)> = vec![
+        let prob = |flag, value| ConfigError::Probability { flag, value };
+        let cases: Vec<(&[&str], ConfigError)> = vec![
+            (&["--drop-rate", "1.5"], prob("drop-rate", 1.5)),
+            (&["--drop-rate", "-0.1"], prob("drop-rate", -0.1)),
+            (&["--drop-down", "2"], prob("drop-down", 2.0)),
+            (&["--packet-bytes", "6"], ConfigError::PacketBytes(6)),
             (
-                TrainArgs {
-                    drop_rate: 1.5,
-                    ..args()
-                },
-                ConfigError::Probability {
-                    flag: "drop-rate",
-                    value: 1.5,
-                },
-            ),
-            (
-                TrainArgs {
-                    drop_rate: -0.1,
-                    ..args()
-                },
-                ConfigError::Probability {
-                    flag: "drop-rate",
-                    value: -0.1,
-                },
-            ),
-            (
-                TrainArgs {
-                    drop_down: Some(2.0),
-                    ..args()
-                },
-                ConfigError::Probability {
-                    flag: "drop-down",
-                    value: 2.0,
-                },
-            ),
-            (
-                TrainArgs {
-                    packet_bytes: Some(6),
-                    ..args()
-                },
-                ConfigError::PacketBytes(6),
-            ),
-            (
-                TrainArgs {
-                    drop_model: DropModelKind::GilbertElliott,
-                    ..args()
-                },
+                &["--drop-model", "gilbert-elliott"],
                 ConfigError::GilbertElliottWith("drop-rate/--drop-up/--drop-down"),
             ),
             (
-                TrainArgs {
-                    replay_trace: Some("t.h5".into()),
-                    ..args()
-                },
+                &["--replay-trace", "t.h5"],
                 ConfigError::ReplayWith("drop-rate"),
             ),
+            (&["--batch-size", "0"], ConfigError::BatchSize),
             (
-                TrainArgs {
-                    batch_size: 0,
-                    ..args()
-                },
-                ConfigError::BatchSize,
-            ),
-            (
-                TrainArgs {
-                    steps: Some(0),
-                    ..args()
-                },
+                &["--steps", "0"],
                 ConfigError::ZeroDuration { flag: "steps" },
             ),
+            (&["--lr", "0"], ConfigError::LearningRate(0.0)),
+            (&["--momentum", "1"], ConfigError::Momentum(1.0)),
+            (&["--weight-decay", "-1"], ConfigError::WeightDecay(-1.0)),
+            (&["--servers", "0"], ConfigError::NoServers),
             (
-                TrainArgs {
-                    steps: Some(3),
-                    epochs: Some(1),
-                    ..args()
-                },
-                ConfigError::BothDurations,
-            ),
-            (
-                TrainArgs { lr: 0.0, ..args() },
-                ConfigError::LearningRate(0.0),
-            ),
-            (
-                TrainArgs {
-                    momentum: 1.0,
-                    ..args()
-                },
-                ConfigError::Momentum(1.0),
-            ),
-            (
-                TrainArgs {
-                    weight_decay: -1.0,
-                    ..args()
-                },
-                ConfigError::WeightDecay(-1.0),
-            ),
-            (
-                TrainArgs {
-                    servers: Some(0),
-                    ..args()
-                },
-                ConfigError::NoServers,
-            ),
-            (
-                TrainArgs {
-                    servers: Some(5),
-                    ..args()
-                },
+                &["--servers", "5"],
                 ConfigError::NoWorkers {
                     servers: 5,
                     size: 5,
@@ -626,84 +512,97 @@ mod tests {
                 },
             ),
             (
-                TrainArgs {
-                    servers: Some(1),
-                    colocated: true,
-                    ..args()
-                },
-                ConfigError::ServersAndColocated,
-            ),
-            (
-                TrainArgs {
-                    algorithm: Algorithm::Allreduce,
-                    ..args()
-                },
+                &["--algorithm", "allreduce"],
                 ConfigError::DropWithAllreduce("drop-rate"),
             ),
+            (
+                &["--detect", "deadline", "--recv-timeout-ms", "0"],
+                ConfigError::Timeout,
+            ),
+            (&["--transport", "udp"], ConfigError::UdpWithoutDeadline),
+            (
+                &["--udp-mtu", "9000"],
+                ConfigError::UdpFlagWithoutUdp("udp-mtu"),
+            ),
+            (
+                &["--checkpoint-every", "3"],
+                ConfigError::CheckpointWithoutDir,
+            ),
+            (
+                &["--ranks", "4"],
+                ConfigError::Ranks {
+                    expected: 4,
+                    found: 5,
+                },
+            ),
         ];
-        for (a, expected) in cases {
-            assert_eq!(check(a, 5).unwrap_err(), expected);
+        for (extra, expected) in cases {
+            assert_eq!(check(extra, 5).unwrap_err(), expected, "{extra:?}");
         }
-        assert!(check(
-            TrainArgs {
-                drop_rate: f64::NAN,
-                ..args()
-            },
-            5
-        )
+        assert!(check(&["--drop-rate", "NaN"], 5).is_err());
+        // clap itself refuses what cannot be parsed or contradicts by declaration.
+        assert!(crate::cli::parse_train([
+            "--dataset",
+            "d",
+            "--metrics",
+            "m",
+            "--steps",
+            "3",
+            "--epochs",
+            "1"
+        ])
+        .is_err());
+        assert!(crate::cli::parse_train([
+            "--dataset",
+            "d",
+            "--metrics",
+            "m",
+            "--servers",
+            "1",
+            "--colocated"
+        ])
         .is_err());
     }
 
     #[test]
     fn drop_specs() {
-        let c = check(
-            TrainArgs {
-                drop_up: Some(0.2),
-                ..args()
-            },
-            5,
-        )
-        .unwrap();
+        let c = check(&["--drop-up", "0.2"], 5).unwrap();
         assert_eq!(c.drop, DropSpec::Bernoulli { up: 0.2, down: 0.1 });
-        let ge = TrainArgs {
-            drop_rate: 0.0,
-            drop_model: DropModelKind::GilbertElliott,
-            ..args()
-        };
-        assert!(matches!(
-            check(ge, 5).unwrap().drop,
-            DropSpec::GilbertElliott(_)
-        ));
-        let links = TrainArgs {
-            link_rates: Some("l.txt".into()),
-            ..args()
-        };
-        assert!(matches!(
-            check(links, 5).unwrap().drop,
-            DropSpec::PerLink { .. }
-        ));
-        let lossless = TrainArgs {
-            drop_rate: 0.0,
-            algorithm: Algorithm::Allreduce,
-            ..args()
-        };
-        assert!(check(lossless, 5).unwrap().drop.is_lossless());
+        let ge = check(&["--drop-rate", "0", "--drop-model", "gilbert-elliott"], 5);
+        assert!(matches!(ge.unwrap().drop, DropSpec::GilbertElliott(_)));
+        let links = check(&["--link-rates", "l.txt"], 5).unwrap();
+        assert!(matches!(links.drop, DropSpec::PerLink { .. }));
+        let lossless = check(&["--drop-rate", "0", "--algorithm", "allreduce"], 5);
+        assert!(lossless.unwrap().drop.is_lossless());
+    }
+
+    #[test]
+    fn udp_packets_default_to_what_fits_the_mtu() {
+        let c = check(&["--transport", "udp", "--detect", "deadline"], 3).unwrap();
+        assert_eq!(c.packet_bytes, Some(1420));
+        let big = check(
+            &[
+                "--transport",
+                "udp",
+                "--detect",
+                "deadline",
+                "--packet-bytes",
+                "4000",
+            ],
+            3,
+        );
+        assert_eq!(
+            big.unwrap_err(),
+            ConfigError::UdpPacketBytes {
+                bytes: 4000,
+                max: 1420
+            }
+        );
     }
 
     #[test]
     fn single_rank_needs_colocated() {
-        assert!(check(args(), 1).is_err());
-        assert_eq!(
-            check(
-                TrainArgs {
-                    colocated: true,
-                    ..args()
-                },
-                1
-            )
-            .unwrap()
-            .mode,
-            Mode::Colocated
-        );
+        assert!(check(&[], 1).is_err());
+        assert_eq!(check(&["--colocated"], 1).unwrap().mode, Mode::Colocated);
     }
 }

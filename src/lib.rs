@@ -1,21 +1,24 @@
 //! rps: the Robust Parameter Server algorithm of Yu et al., *Distributed Learning over
 //! Unreliable Networks* (ICML 2019), as an MPI application.
 //!
-//! The module tree is the architecture: [`nn`] and [`optim`] (the model, knowing
-//! nothing of MPI), [`data`] (HDF5 datasets and shards), [`mod@drop`] (drop models),
-//! [`comm`] (the transport trait and its MPI implementation, the only user of `mpi`),
-//! [`rps`] (roles, blocks and the exchange), [`metrics`] (the HDF5 run log),
-//! [`train`] (the driver), [`config`] and [`cli`]; [`mod@bench`] times the model on one thread;
-//! [`report`] and [`plot`] read metrics files back into tables and figures, and
-//! [`netsim`] reads the results of the ns-3 datacenter simulation (`netsim/`).
+//! The module tree is the architecture (docs/architecture.md walks through it): [`nn`]
+//! and [`optim`] (the engine, its own crate, knowing nothing of MPI), [`data`] (HDF5
+//! datasets and shards), [`mod@drop`] (drop models), [`comm`] (the transport trait; its
+//! MPI implementation is the only user of `mpi`), [`rps`] (roles, blocks and the
+//! exchange), [`metrics`] (the HDF5 run log, declared once), [`train`] (the driver, on
+//! any transport), [`config`], [`cli`] and [`commands`]; [`mod@bench`] times the model on
+//! one thread; [`report`] and [`plot`] read metrics files back into tables and figures,
+//! and [`netsim`] reads the results of the ns-3 datacenter simulation (`netsim/`).
 
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod comm;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod drop;
+pub mod hash;
 pub mod job;
 pub mod metrics;
 pub mod netsim;

@@ -12,8 +12,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::metrics::schema::{CONSENSUS_DISTANCE, EVAL_STEP, LINK_MATRICES, LOSS, STEP};
+use crate::metrics::RunFile;
 use crate::netsim::{is_results_file, Results, CLASSES};
-use crate::report::{group, mean_std, RunFile, RunSummary};
+use crate::report::{group, mean_std, RunSummary};
 
 /// Options of `rps plot`.
 #[derive(Debug, Clone)]
@@ -145,10 +147,10 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
         let summary = RunSummary::read(p)?;
         let f = RunFile::open(p)?;
         runs.push(Series {
-            train_step: f.series("train/step")?,
-            train_loss: f.series("train/loss")?,
-            eval_step: f.series("eval/step")?,
-            consensus: f.series("eval/consensus_distance")?,
+            train_step: f.column(&STEP)?,
+            train_loss: f.column(&LOSS)?,
+            eval_step: f.column(&EVAL_STEP)?,
+            consensus: f.column(&CONSENSUS_DISTANCE)?,
             summary,
         });
     }
@@ -171,7 +173,7 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     out.extend(both!(dir, "consensus", SIZE, consensus(&runs)));
     for p in opts.files.iter().take(opts.max_link_maps) {
         let f = RunFile::open(p)?;
-        let Some((m, rows, cols)) = f.matrix("links/dropped_up")? else {
+        let Some((m, rows, cols)) = f.matrix(LINK_MATRICES[1].name)? else {
             log::warn!("{}: no /links/dropped_up, no heat map", p.display());
             continue;
         };

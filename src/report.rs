@@ -6,152 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenUnicode;
-
-/// Why a metrics file cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("{}: no such file", path.display())]
-    Missing { path: PathBuf },
-    #[error("{}: not an HDF5 file ({source})", path.display())]
-    NotHdf5 { path: PathBuf, source: hdf5::Error },
-    #[error("{}: not an rps metrics file (no {what})", path.display())]
-    NotMetrics { path: PathBuf, what: &'static str },
-    #[error("{}: cannot read {name}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        name: String,
-        source: hdf5::Error,
-    },
-    #[error("no metrics files given")]
-    NoFiles,
-}
-
-/// An open metrics file, checked to be one of rps's.
-pub struct RunFile {
-    file: hdf5::File,
-    path: PathBuf,
-}
-
-impl RunFile {
-    /// Opens `path` read-only and checks that it is an rps metrics file.
-    ///
-    /// # Errors
-    /// The file is missing, not HDF5, or lacks `rps_version` or `/train/step`.
-    pub fn open(path: &Path) -> Result<Self, ReportError> {
-        if !path.exists() {
-            return Err(ReportError::Missing { path: path.into() });
-        }
-        let file = hdf5::File::open(path).map_err(|source| ReportError::NotHdf5 {
-            path: path.into(),
-            source,
-        })?;
-        let not = |what| ReportError::NotMetrics {
-            path: path.into(),
-            what,
-        };
-        file.attr("rps_version")
-            .map_err(|_| not("root attribute rps_version"))?;
-        file.dataset("train/step")
-            .map_err(|_| not("dataset /train/step"))?;
-        Ok(RunFile {
-            file,
-            path: path.into(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn read_err(&self, name: &str, source: hdf5::Error) -> ReportError {
-        ReportError::Read {
-            path: self.path.clone(),
-            name: name.into(),
-            source,
-        }
-    }
-
-    /// A text root attribute, or `None` when absent.
-    ///
-    /// # Errors
-    /// The attribute exists but is not text.
-    pub fn attr_str(&self, name: &str) -> Result<Option<String>, ReportError> {
-        let Ok(a) = self.file.attr(name) else {
-            return Ok(None);
-        };
-        let v = a
-            .read_scalar::<VarLenUnicode>()
-            .map_err(|e| self.read_err(name, e))?;
-        Ok(Some(v.as_str().to_string()))
-    }
-
-    /// A numeric root attribute (stored as i64 or f64), or `None` when absent.
-    ///
-    /// # Errors
-    /// The attribute exists but is not a number.
-    pub fn attr_f64(&self, name: &str) -> Result<Option<f64>, ReportError> {
-        let Ok(a) = self.file.attr(name) else {
-            return Ok(None);
-        };
-        // read_scalar::<f64> converts from any stored numeric type.
-        let v = a.read_scalar::<f64>().map_err(|e| self.read_err(name, e))?;
-        Ok(Some(v))
-    }
-
-    /// An integer root attribute, or `None` when absent.
-    ///
-    /// # Errors
-    /// The attribute exists but is not a number.
-    pub fn attr_i64(&self, name: &str) -> Result<Option<i64>, ReportError> {
-        Ok(self.attr_f64(name)?.map(|v| v as i64))
-    }
-
-    /// A 1-D dataset as f64 (u64 datasets are converted), empty when absent.
-    ///
-    /// # Errors
-    /// The dataset exists but cannot be read as numbers.
-    pub fn series(&self, name: &str) -> Result<Vec<f64>, ReportError> {
-        let Ok(ds) = self.file.dataset(name) else {
-            return Ok(Vec::new());
-        };
-        ds.read_raw::<f64>().map_err(|e| self.read_err(name, e))
-    }
-
-    /// Sum of a 1-D u64 dataset, 0 when absent.
-    ///
-    /// # Errors
-    /// The dataset exists but cannot be read.
-    pub fn total(&self, name: &str) -> Result<u64, ReportError> {
-        let Ok(ds) = self.file.dataset(name) else {
-            return Ok(0);
-        };
-        let v = ds.read_raw::<u64>().map_err(|e| self.read_err(name, e))?;
-        Ok(v.iter().sum())
-    }
-
-    /// A 2-D u64 matrix (e.g. `links/dropped_up`) and its row and column labels, or
-    /// `None` when absent.
-    ///
-    /// # Errors
-    /// The dataset exists but is not a 2-D numeric matrix.
-    pub fn matrix(
-        &self,
-        name: &str,
-    ) -> Result<Option<(ndarray::Array2<u64>, String, String)>, ReportError> {
-        let Ok(ds) = self.file.dataset(name) else {
-            return Ok(None);
-        };
-        let m = ds.read_2d::<u64>().map_err(|e| self.read_err(name, e))?;
-        let label = |a: &str| {
-            ds.attr(a)
-                .and_then(|a| a.read_scalar::<VarLenUnicode>())
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default()
-        };
-        Ok(Some((m, label("rows"), label("columns"))))
-    }
-}
+use crate::metrics::attrs::{self, Attr};
+use crate::metrics::schema::{
+    CONSENSUS_DISTANCE, DROPPED_DOWN, DROPPED_UP, PACKETS_DOWN, PACKETS_DROPPED_DOWN,
+    PACKETS_DROPPED_UP, PACKETS_UP, SENT_DOWN, SENT_UP, TEST_ACCURACY, WALL_S,
+};
+pub use crate::metrics::{ReadError as ReportError, RunFile};
 
 /// The configuration a run shares with its other seeds; groups sort by it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -199,52 +59,49 @@ impl RunSummary {
     /// See [`RunFile::open`]; an attribute or dataset of the wrong type.
     pub fn read(path: &Path) -> Result<Self, ReportError> {
         let f = RunFile::open(path)?;
-        let s = |n: &str| -> Result<String, ReportError> {
-            Ok(f.attr_str(n)?.unwrap_or_else(|| "?".into()))
+        let s = |a: Attr| -> Result<String, ReportError> {
+            Ok(f.attr_str(a.name)?.unwrap_or_else(|| "?".into()))
         };
-        let i = |n: &str| -> Result<i64, ReportError> { Ok(f.attr_i64(n)?.unwrap_or(0)) };
-        let last =
-            |n: &str| -> Result<Option<f64>, ReportError> { Ok(f.series(n)?.last().copied()) };
+        let i = |a: Attr| -> Result<i64, ReportError> { Ok(f.attr_i64(a.name)?.unwrap_or(0)) };
         let key = GroupKey {
-            algorithm: s("algorithm")?,
-            mode: s("mode")?,
-            world_size: i("world_size")?,
-            servers: i("servers")?,
-            workers: i("workers")?,
-            drop_model_description: s("drop_model_description")?,
-            packet_bytes: i("packet_bytes")?,
-            detection: s("detection")?,
-            model: s("model")?,
-            steps: i("steps")?,
+            algorithm: s(attrs::ALGORITHM)?,
+            mode: s(attrs::MODE)?,
+            world_size: i(attrs::WORLD_SIZE)?,
+            servers: i(attrs::SERVERS)?,
+            workers: i(attrs::WORKERS)?,
+            drop_model_description: s(attrs::DROP_MODEL_DESCRIPTION)?,
+            packet_bytes: i(attrs::PACKET_BYTES)?,
+            detection: s(attrs::DETECTION)?,
+            model: s(attrs::MODEL)?,
+            steps: i(attrs::STEPS)?,
         };
-        let test_accuracy = match f.attr_f64("final_test_accuracy")? {
+        let test_accuracy = match f.attr_f64(attrs::FINAL_TEST_ACCURACY.name)? {
             Some(v) => Some(v),
-            None => last("eval/test_accuracy")?,
+            None => f.last(&TEST_ACCURACY)?,
         };
-        let consensus_distance = match f.attr_f64("final_consensus_distance")? {
+        let consensus_distance = match f.attr_f64(attrs::FINAL_CONSENSUS_DISTANCE.name)? {
             Some(v) => Some(v),
-            None => last("eval/consensus_distance")?,
+            None => f.last(&CONSENSUS_DISTANCE)?,
         };
-        let wall_time_s = match f.attr_f64("wall_time_s")? {
+        let wall_time_s = match f.attr_f64(attrs::WALL_TIME_S.name)? {
             Some(v) => Some(v),
-            None => last("time/wall_s")?,
+            None => f.last(&WALL_S)?,
         };
-        let messages_dropped = f.total("comm/dropped_up")? + f.total("comm/dropped_down")?;
+        let total = |c| f.column_total(c);
+        let messages_dropped = total(&DROPPED_UP)? + total(&DROPPED_DOWN)?;
         Ok(RunSummary {
             key,
-            seed: i("seed")?,
-            drop_rate: f.attr_f64("drop_rate")?.unwrap_or(0.0),
-            drop_model: s("drop_model")?,
-            status: s("status")?,
+            seed: i(attrs::SEED)?,
+            drop_rate: f.attr_f64(attrs::DROP_RATE.name)?.unwrap_or(0.0),
+            drop_model: s(attrs::DROP_MODEL)?,
+            status: f.status()?.unwrap_or_else(|| "?".into()),
             test_accuracy,
             consensus_distance,
             wall_time_s,
-            dropped: f.total("comm/packets_dropped_up")? + f.total("comm/packets_dropped_down")?,
-            attempted: f.total("comm/packets_up")? + f.total("comm/packets_down")?,
+            dropped: total(&PACKETS_DROPPED_UP)? + total(&PACKETS_DROPPED_DOWN)?,
+            attempted: total(&PACKETS_UP)? + total(&PACKETS_DOWN)?,
             messages_dropped,
-            messages_attempted: messages_dropped
-                + f.total("comm/sent_up")?
-                + f.total("comm/sent_down")?,
+            messages_attempted: messages_dropped + total(&SENT_UP)? + total(&SENT_DOWN)?,
             path: path.into(),
         })
     }

@@ -5,7 +5,6 @@
 //! an interrupted sweep picks up where it stopped; `--index I` runs one run only, which
 //! is what a Slurm job array element does.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -23,14 +22,7 @@ pub struct SweepOptions {
     pub mpirun: String,
 }
 
-/// Whether a metrics file exists and says its run completed.
-pub fn completed(metrics: &Path) -> bool {
-    metrics.is_file()
-        && hdf5::File::open(metrics)
-            .and_then(|f| f.attr("status"))
-            .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>())
-            .is_ok_and(|s| s.as_str() == "completed")
-}
+pub use crate::metrics::read::completed;
 
 /// Runs (or lists) the sweep.
 ///

@@ -10,8 +10,13 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::metrics::attrs;
+use crate::metrics::schema::{
+    COMM_S, COMPUTE_S, PACKETS_DOWN, PACKETS_DROPPED_DOWN, PACKETS_DROPPED_UP, PACKETS_MISSED_DOWN,
+    PACKETS_MISSED_UP, PACKETS_UP, TEST_ACCURACY,
+};
+use crate::metrics::RunFile;
 use crate::plot::{both, font, legend, pick, register_font};
-use crate::report::RunFile;
 
 /// One run of the index.
 #[derive(Debug, Clone)]
@@ -44,23 +49,26 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 impl TestbedRun {
     fn read(variant: &str, loss: f64, file: &Path) -> Result<Self> {
         let f = RunFile::open(file)?;
-        let compute = f.series("time/compute_s")?;
-        let comm = f.series("time/comm_s")?;
+        let compute = f.column(&COMPUTE_S)?;
+        let comm = f.column(&COMM_S)?;
         let mut steps: Vec<f64> = compute.iter().zip(&comm).map(|(a, b)| a + b).collect();
         if steps.is_empty() {
             bail!("{}: no steps recorded", file.display());
         }
         let mean = steps.iter().sum::<f64>() / steps.len() as f64;
         steps.sort_by(f64::total_cmp);
-        let transport = f.attr_str("transport")?.unwrap_or_else(|| "mpi".into());
-        let sent = f.total("comm/packets_up")? + f.total("comm/packets_down")?
-            - f.total("comm/packets_dropped_up")?
-            - f.total("comm/packets_dropped_down")?;
-        let missed = f.total("comm/packets_missed_up")? + f.total("comm/packets_missed_down")?;
+        let transport = f
+            .attr_str(attrs::TRANSPORT.name)?
+            .unwrap_or_else(|| "mpi".into());
+        let total = |c| f.column_total(c);
+        let sent = total(&PACKETS_UP)? + total(&PACKETS_DOWN)?
+            - total(&PACKETS_DROPPED_UP)?
+            - total(&PACKETS_DROPPED_DOWN)?;
+        let missed = total(&PACKETS_MISSED_UP)? + total(&PACKETS_MISSED_DOWN)?;
         let packets_lost = (transport == "udp" && sent > 0).then(|| missed as f64 / sent as f64);
-        let accuracy = match f.attr_f64("final_test_accuracy")? {
+        let accuracy = match f.attr_f64(attrs::FINAL_TEST_ACCURACY.name)? {
             Some(a) => Some(a),
-            None => f.series("eval/test_accuracy")?.last().copied(),
+            None => f.last(&TEST_ACCURACY)?,
         };
         Ok(TestbedRun {
             variant: variant.into(),

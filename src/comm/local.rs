@@ -1,11 +1,14 @@
 //! An in-process [`Transport`]: n "ranks" as threads sharing mailboxes.
 //!
-//! Used by unit tests to run the RPS exchange and the training driver on several ranks
-//! without MPI. Semantics follow MPI's: messages between a pair with the same tag arrive
-//! in order, collectives must be entered by every rank in the same order.
+//! Runs the RPS exchange and the training driver on several ranks without MPI (unit
+//! tests, `rps train --local-ranks`). Semantics follow MPI's: messages between a pair with
+//! the same tag arrive in order, collectives must be entered by every rank in the same
+//! order. A rank that fails alone [`LocalTransport::poison`]s the network: every rank
+//! waiting in it then unwinds with [`PeerFailed`] (MPI_Abort's counterpart).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::{CommError, Incoming, Mailbox, Outgoing, Transport};
 
@@ -24,6 +27,50 @@ struct Shared {
     size: usize,
     state: Mutex<State>,
     wake: Condvar,
+    /// Raised by [`LocalTransport::poison`]: a rank failed where the others cannot learn it.
+    failed: AtomicBool,
+}
+
+/// The payload a rank unwinds with when a peer poisoned the network (no panic message
+/// is printed: see [`std::panic::resume_unwind`]).
+#[derive(Debug)]
+pub struct PeerFailed;
+
+impl Shared {
+    /// The state, whatever another rank's unwinding did to the lock.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.check();
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a change (at most `timeout`), unwinding if the network was poisoned.
+    fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, State>,
+        timeout: Option<std::time::Duration>,
+    ) -> MutexGuard<'a, State> {
+        self.check();
+        let guard = match timeout {
+            None => self
+                .wake
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(t) => {
+                self.wake
+                    .wait_timeout(guard, t)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        self.check();
+        guard
+    }
+
+    fn check(&self) {
+        if self.failed.load(Ordering::SeqCst) {
+            std::panic::resume_unwind(Box::new(PeerFailed));
+        }
+    }
 }
 
 /// One rank's handle on an in-process network.
@@ -42,6 +89,7 @@ impl LocalTransport {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            failed: AtomicBool::new(false),
         });
         (0..size)
             .map(|rank| LocalTransport {
@@ -51,14 +99,26 @@ impl LocalTransport {
             .collect()
     }
 
+    /// Marks the network failed and wakes every rank waiting in it, which then unwinds
+    /// with [`PeerFailed`]; used when this rank fails where the others cannot learn it.
+    pub fn poison(&self) {
+        let _st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.failed.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+    }
+
     /// Every rank contributes a vector; every rank receives all contributions in rank
     /// order. The building block of all collectives here.
     fn all_contributions(&self, mine: Vec<f64>) -> Vec<Vec<f64>> {
         let sh = &self.shared;
-        let mut st = sh.state.lock().expect("local network poisoned");
+        let mut st = sh.lock();
         // Wait until the previous collective's result has been read by everyone.
         while st.result.is_some() {
-            st = sh.wake.wait(st).expect("local network poisoned");
+            st = sh.wait(st, None);
         }
         st.contributions[self.rank] = Some(mine);
         let generation = st.generation;
@@ -73,7 +133,7 @@ impl LocalTransport {
             sh.wake.notify_all();
         }
         while st.generation == generation {
-            st = sh.wake.wait(st).expect("local network poisoned");
+            st = sh.wait(st, None);
         }
         let (all, readers) = st.result.as_mut().expect("collective result present");
         let out = all.clone();
@@ -89,9 +149,9 @@ impl LocalTransport {
 impl LocalTransport {
     /// Delivers `sends` to their mailboxes (in-process sends complete at once) and
     /// returns the locked state for the receiving part.
-    fn post(&self, sends: &[Outgoing<'_>]) -> Result<std::sync::MutexGuard<'_, State>, CommError> {
+    fn post(&self, sends: &[Outgoing<'_>]) -> Result<MutexGuard<'_, State>, CommError> {
         let sh = &self.shared;
-        let mut st = sh.state.lock().expect("local network poisoned");
+        let mut st = sh.lock();
         for s in sends {
             if s.to >= sh.size {
                 return Err(CommError::Rank(s.to, sh.size));
@@ -128,7 +188,7 @@ impl Transport for LocalTransport {
                 if let Some(m) = st.mail.get_mut(&key).and_then(VecDeque::pop_front) {
                     break m;
                 }
-                st = sh.wake.wait(st).expect("local network poisoned");
+                st = sh.wait(st, None);
             };
             if msg.len() != r.buf.len() {
                 return Err(CommError::Length {
@@ -161,18 +221,14 @@ impl Transport for LocalTransport {
             if mailbox.complete() || now >= deadline {
                 return Ok(());
             }
-            st = sh
-                .wake
-                .wait_timeout(st, deadline - now)
-                .expect("local network poisoned")
-                .0;
+            st = sh.wait(st, Some(deadline - now));
         }
     }
 
     fn quiesce(&self, mailbox: &mut dyn Mailbox) {
         // In-process sends land at once: after everyone passed the barrier, all are here.
         self.barrier();
-        let mut st = self.shared.state.lock().expect("local network poisoned");
+        let mut st = self.shared.lock();
         for (from, tag, data) in take_mine(&mut st, self.rank) {
             mailbox.deliver(from, tag, &data, 0, true);
         }
@@ -205,10 +261,9 @@ impl Transport for LocalTransport {
     }
 
     fn abort(&self, code: i32) -> ! {
-        panic!(
-            "rank {} aborted the local network with code {code}",
-            self.rank
-        )
+        log::debug!("rank {} aborts the local network (code {code})", self.rank);
+        self.poison();
+        std::panic::resume_unwind(Box::new(PeerFailed))
     }
 
     fn processor_name(&self) -> String {

@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use thiserror::Error;
 
-use crate::drop::hash_words;
+use crate::hash::hash_words;
 
 #[derive(Debug, Error)]
 pub enum DatasetError {
@@ -22,7 +22,7 @@ pub enum DatasetError {
     Missing { path: PathBuf },
     #[error("dataset {path}: not a readable HDF5 file ({why})")]
     NotHdf5 { path: PathBuf, why: String },
-    #[error("dataset {path}: missing {what} (expected groups /train and /test, each with datasets images and labels, and a root attribute classes; see README \"Dataset files\")")]
+    #[error("dataset {path}: missing {what} (expected groups /train and /test, each with datasets images and labels, and a root attribute classes; see docs/formats.md, \"Dataset files\")")]
     MissingObject { path: PathBuf, what: String },
     #[error("dataset {path}: {name} has type {found}, expected {expected}")]
     Dtype {

@@ -1,6 +1,6 @@
 //! Datasets: conversion of public formats into rps's HDF5 layout, and per-worker shards.
 //!
-//! Layout (see README): one group per split (`train`, `test`) holding `images`
+//! Layout (see docs/formats.md): one group per split (`train`, `test`) holding `images`
 //! (u8, N×C×H×W) and `labels` (integer, N); root attributes `source`, `classes`,
 //! `format` (CIFAR-10 also per-channel `mean` and `std`). Each worker reads only its shard
 //! of the images by hyperslab and normalises (and, for training, may augment) its batches.

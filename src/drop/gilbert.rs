@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{hash_words, Direction, DropModel, MessageId};
+use super::{Direction, DropModel, MessageId};
+use crate::hash::hash_words;
 
 /// netem-style Gilbert–Elliott parameters, all probabilities in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,15 +5,19 @@
 //! every rank can evaluate any link's decision without communication (oracle detection)
 //! and runs are reproducible bit for bit, whatever the order in which ranks ask.
 
+pub mod factory;
 pub mod gilbert;
 pub mod links;
 pub mod trace;
 
 use std::fmt;
 
+pub use factory::{build, DropSpec, RunShape};
 pub use gilbert::{GeParams, GilbertElliott};
-pub use links::{LinkRates, PerLink};
-pub use trace::{Replay, TraceRecord};
+pub use links::{LinkRates, LinkRatesError, PerLink};
+pub use trace::{Replay, TraceError, TraceRecord};
+
+use crate::hash::hash_words;
 
 /// Direction of a message in the parameter-server exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,22 +118,6 @@ impl DropModel for Bernoulli {
 pub fn bernoulli_draw(seed: u64, msg: &MessageId, p: f64) -> bool {
     let threshold = (p * (1u64 << 53) as f64).round() as u64;
     uniform53(seed, msg) < threshold
-}
-
-/// SplitMix64's finaliser: a bijective mix with full avalanche, the standard building
-/// block of counter-based generators.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Hashes a sequence of words into one 64-bit value by chaining [`mix64`].
-pub fn hash_words(words: &[u64]) -> u64 {
-    words
-        .iter()
-        .fold(0x5250_535F_4452_4F50, |h, &w| mix64(h ^ w))
 }
 
 /// A uniform draw in [0, 2^53) determined by the seed and the message coordinates.

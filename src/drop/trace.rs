@@ -13,6 +13,7 @@ use ndarray::Ix2;
 use thiserror::Error;
 
 use super::{Direction, DropModel, MessageId};
+use crate::metrics::attrs;
 
 /// One dropped message of a trace: (step, direction, src, dst, block, packet).
 pub type TraceRecord = [u32; 6];
@@ -86,7 +87,7 @@ impl Replay {
         let file = hdf5::File::open(path)
             .map_err(|e| invalid(format!("not a readable HDF5 file ({e})")))?;
         let attr = |name: &str| file.attr(name).and_then(|a| a.read_scalar::<i64>());
-        if attr("trace_recorded").unwrap_or(0) != 1 {
+        if attr(attrs::TRACE_RECORDED.name).unwrap_or(0) != 1 {
             return Err(invalid(
                 "holds no drop trace (record one with --record-trace)".into(),
             ));
@@ -102,11 +103,11 @@ impl Replay {
                 });
             }
         }
-        let recorded = attr("steps_completed").unwrap_or(0).max(0) as u64;
+        let recorded = attr(attrs::STEPS_COMPLETED.name).unwrap_or(0).max(0) as u64;
         if recorded < steps {
             return Err(TraceError::Mismatch {
                 path: path.to_path_buf(),
-                name: "steps_completed".into(),
+                name: attrs::STEPS_COMPLETED.name.into(),
                 found: recorded.to_string(),
                 expected: format!("at least {steps}"),
             });

@@ -13,6 +13,7 @@
 
 use crate::comm::{CommError, Incoming, Outgoing, Transport};
 use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
+use crate::metrics::StepCounters;
 
 use super::{Layout, Mode};
 
@@ -21,58 +22,6 @@ pub use deadline::Deadline;
 
 /// Bytes of the message header in every datagram of a datagram transport.
 pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);
-
-/// Message counts of one rank for one step (this rank as sender).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepCounts {
-    /// Uplink messages posted (at least one packet survived).
-    pub sent_up: u64,
-    /// Uplink messages the drop model discarded entirely (never posted).
-    pub dropped_up: u64,
-    pub sent_down: u64,
-    pub dropped_down: u64,
-    /// Uplink packets attempted and dropped (equal to the message counts without
-    /// `--packet-bytes`).
-    pub packets_up: u64,
-    pub packets_dropped_up: u64,
-    pub packets_down: u64,
-    pub packets_dropped_down: u64,
-    /// Payload bytes of the packets that were not dropped.
-    pub bytes_sent: u64,
-    /// Messages this rank received in time, as receiver; sent − received = missed.
-    pub received_up: u64,
-    pub received_down: u64,
-    /// Packets of those messages that were sent and arrived in time (as receiver);
-    /// packets sent − packets received = packets lost on the way.
-    pub packets_received_up: u64,
-    pub packets_received_down: u64,
-    /// Messages (datagrams) that arrived after their deadline and were discarded
-    /// (deadline mode).
-    pub late: u64,
-    /// Messages or datagrams refused as invalid (deadline mode): unknown sender or
-    /// block, or a header that does not fit the block.
-    pub rejected: u64,
-}
-
-impl StepCounts {
-    pub fn add(&mut self, o: &StepCounts) {
-        self.sent_up += o.sent_up;
-        self.dropped_up += o.dropped_up;
-        self.sent_down += o.sent_down;
-        self.dropped_down += o.dropped_down;
-        self.packets_up += o.packets_up;
-        self.packets_dropped_up += o.packets_dropped_up;
-        self.packets_down += o.packets_down;
-        self.packets_dropped_down += o.packets_dropped_down;
-        self.bytes_sent += o.bytes_sent;
-        self.received_up += o.received_up;
-        self.received_down += o.received_down;
-        self.packets_received_up += o.packets_received_up;
-        self.packets_received_down += o.packets_received_down;
-        self.late += o.late;
-        self.rejected += o.rejected;
-    }
-}
 
 /// Messages per directed link, accumulated over the run: `[src * size + dst]`.
 /// `sent` and `dropped` are counted by the sender, `received` (in time) by the receiver.
@@ -334,12 +283,12 @@ impl Exchange {
         t: &T,
         step: u64,
         params: &mut [f32],
-    ) -> Result<StepCounts, CommError> {
+    ) -> Result<StepCounters, CommError> {
         let me = t.rank();
         let mut owners = std::mem::take(&mut self.owners);
         self.layout.owners_into(step, &mut owners);
         self.owners = owners;
-        let mut counts = StepCounts::default();
+        let mut counts = StepCounters::default();
         // The block this rank serves this step, if any.
         let served = self.owners.iter().position(|&s| s == me);
         if let Some(mut d) = self.deadline.take() {
@@ -486,7 +435,7 @@ impl Exchange {
         &mut self,
         step: u64,
         me: usize,
-        counts: &mut StepCounts,
+        counts: &mut StepCounters,
     ) -> Vec<(usize, usize, Vec<bool>)> {
         let mut out = Vec::new();
         if !self.layout.is_worker(me) {
@@ -562,7 +511,7 @@ impl Exchange {
         step: u64,
         me: usize,
         served: Option<usize>,
-        counts: &mut StepCounts,
+        counts: &mut StepCounters,
     ) -> Vec<(usize, Vec<bool>)> {
         let mut out = Vec::new();
         let Some(b) = served else {
@@ -656,7 +605,7 @@ mod tests {
         mode: Mode,
         drop: Arc<dyn DropModel>,
         steps: u64,
-    ) -> Vec<(Vec<f32>, StepCounts)> {
+    ) -> Vec<(Vec<f32>, StepCounters)> {
         run_packets(size, mode, drop, steps, None)
     }
 
@@ -666,7 +615,7 @@ mod tests {
         drop: Arc<dyn DropModel>,
         steps: u64,
         packet: Option<usize>,
-    ) -> Vec<(Vec<f32>, StepCounts)> {
+    ) -> Vec<(Vec<f32>, StepCounters)> {
         let handles: Vec<_> = LocalTransport::network(size)
             .into_iter()
             .map(|t| {
@@ -676,7 +625,7 @@ mod tests {
                     let mut ex = Exchange::new(layout, Box::new(Shared(drop)), packet);
                     let r = t.rank();
                     let mut params: Vec<f32> = (0..D).map(|i| (r * 100 + i) as f32).collect();
-                    let mut total = StepCounts::default();
+                    let mut total = StepCounters::default();
                     for s in 0..steps {
                         total.add(&ex.step(&t, s, &mut params).unwrap());
                     }
@@ -908,7 +857,7 @@ mod tests {
         steps: u64,
         packet: Option<usize>,
         udp: bool,
-    ) -> Vec<(Vec<f32>, StepCounts)> {
+    ) -> Vec<(Vec<f32>, StepCounters)> {
         let handles: Vec<_> = LocalTransport::network(size)
             .into_iter()
             .map(|local| {
@@ -930,7 +879,7 @@ mod tests {
                     };
                     let r = t.rank();
                     let mut params: Vec<f32> = (0..D).map(|i| (r * 100 + i) as f32).collect();
-                    let mut total = StepCounts::default();
+                    let mut total = StepCounters::default();
                     for s in 0..steps {
                         total.add(&ex.step(t, s, &mut params).unwrap());
                     }

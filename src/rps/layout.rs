@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use thiserror::Error;
 
-use crate::drop::hash_words;
+use crate::hash::hash_words;
 
 /// How ranks are split into roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,16 @@ pub enum Mode {
     Dedicated { servers: usize },
     /// Every rank is a worker and the server of one block (the paper's theorem).
     Colocated,
+}
+
+impl Mode {
+    /// The name in metrics files (`dedicated`, `colocated`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dedicated { .. } => "dedicated",
+            Mode::Colocated => "colocated",
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -7,5 +7,5 @@
 pub mod exchange;
 pub mod layout;
 
-pub use exchange::{Exchange, StepCounts};
+pub use exchange::Exchange;
 pub use layout::{Layout, LayoutError, Mode};

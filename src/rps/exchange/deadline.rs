@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::comm::{CommError, Framing, Mailbox, Outgoing, Transport};
 use crate::drop::Direction;
 
-use super::{split_blocks, Exchange, StepCounts};
+use super::{split_blocks, Exchange};
+use crate::metrics::StepCounters;
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
 /// words, packets sent.
@@ -373,7 +374,7 @@ impl Deadline {
         sends: &[(usize, usize, &[bool], &[f32])],
         expect: &[(usize, usize, usize)],
         bufs: Vec<&mut [f32]>,
-        counts: &mut StepCounts,
+        counts: &mut StepCounters,
     ) -> Result<Vec<Option<Vec<bool>>>, CommError> {
         self.outbox.resize_with(sends.len(), Vec::new);
         let datagrams = t.datagrams();
@@ -431,7 +432,7 @@ impl Exchange {
         step: u64,
         params: &mut [f32],
         served: Option<usize>,
-        counts: &mut StepCounts,
+        counts: &mut StepCounters,
         d: &mut Deadline,
     ) -> Result<(), CommError> {
         let me = t.rank();

@@ -1,9 +1,8 @@
 //! The HDF5 run log, written by rank 0.
 //!
-//! Root attributes hold the configuration and environment; groups `train`, `eval`,
-//! `comm` and `time` hold 1-D extendable, chunked datasets that grow by one row per step
-//! (or per evaluation). The file is flushed after every evaluation, so a killed job keeps
-//! what it had recorded up to its last evaluation. The layout is documented in README.md.
+//! Root attributes hold the configuration and environment; the datasets are those of
+//! [`super::schema`], 1-D, extendable and chunked, growing by one row per step (or per
+//! evaluation). The file is flushed at every evaluation and checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -12,115 +11,9 @@ use hdf5::types::VarLenUnicode;
 use hdf5::H5Type;
 use ndarray::s;
 
-/// Value of a root attribute.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-    Float(f64),
-}
+use super::schema::{Column, EvalRecord, Kind, StepRow, EVAL_COLUMNS, GROUPS, STEP, STEP_COLUMNS};
 
-impl From<&str> for AttrValue {
-    fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_string())
-    }
-}
-impl From<String> for AttrValue {
-    fn from(s: String) -> Self {
-        AttrValue::Str(s)
-    }
-}
-impl From<i64> for AttrValue {
-    fn from(v: i64) -> Self {
-        AttrValue::Int(v)
-    }
-}
-impl From<f64> for AttrValue {
-    fn from(v: f64) -> Self {
-        AttrValue::Float(v)
-    }
-}
-
-/// One training step, already reduced over ranks.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct StepRecord {
-    pub step: u64,
-    /// Mean training loss over the workers' minibatches.
-    pub loss: f64,
-    pub accuracy: f64,
-    pub sent_up: u64,
-    pub dropped_up: u64,
-    pub sent_down: u64,
-    pub dropped_down: u64,
-    pub bytes_sent: u64,
-    /// Packets attempted and dropped per direction (message counts without packets).
-    pub packets_up: u64,
-    pub packets_dropped_up: u64,
-    pub packets_down: u64,
-    pub packets_dropped_down: u64,
-    /// Messages posted but not received before the deadline (0 with oracle detection),
-    /// and messages discarded because they arrived after it.
-    pub missed_up: u64,
-    pub missed_down: u64,
-    /// Packets sent but not received in time (lost by a real network, or late); equal
-    /// to the message counts without packets.
-    pub packets_missed_up: u64,
-    pub packets_missed_down: u64,
-    pub late: u64,
-    /// Datagrams or messages refused as foreign or malformed.
-    pub rejected: u64,
-    /// Mean over ranks of the time spent in the local step (data, forward, backward,
-    /// update) and in the exchange.
-    pub compute_s: f64,
-    pub comm_s: f64,
-    /// Seconds since training started, on rank 0, at the end of the step.
-    pub wall_s: f64,
-}
-
-/// One evaluation of the averaged model.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct EvalRecord {
-    pub step: u64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
-    /// Mean over workers of ‖x_i − x̄‖².
-    pub consensus_distance: f64,
-    pub wall_s: f64,
-}
-
-const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
-const STEP_U64: [&str; 16] = [
-    "train/step",
-    "comm/sent_up",
-    "comm/dropped_up",
-    "comm/sent_down",
-    "comm/dropped_down",
-    "comm/bytes_sent",
-    "comm/packets_up",
-    "comm/packets_dropped_up",
-    "comm/packets_down",
-    "comm/packets_dropped_down",
-    "comm/missed_up",
-    "comm/missed_down",
-    "comm/late",
-    "comm/packets_missed_up",
-    "comm/packets_missed_down",
-    "comm/rejected",
-];
-const STEP_F64: [&str; 5] = [
-    "train/loss",
-    "train/accuracy",
-    "time/compute_s",
-    "time/comm_s",
-    "time/wall_s",
-];
-const EVAL_U64: [&str; 1] = ["eval/step"];
-const EVAL_F64: [&str; 4] = [
-    "eval/test_loss",
-    "eval/test_accuracy",
-    "eval/consensus_distance",
-    "eval/wall_s",
-];
+use super::attrs::AttrValue;
 
 /// Rows per chunk of every extendable dataset.
 const CHUNK: usize = 1024;
@@ -182,19 +75,22 @@ impl MetricsWriter {
         for g in GROUPS {
             self.file.create_group(g)?;
         }
-        for name in STEP_U64.iter().chain(&EVAL_U64) {
-            self.file
-                .new_dataset::<u64>()
-                .chunk(CHUNK)
-                .shape(0..)
-                .create(*name)?;
-        }
-        for name in STEP_F64.iter().chain(&EVAL_F64) {
-            self.file
-                .new_dataset::<f64>()
-                .chunk(CHUNK)
-                .shape(0..)
-                .create(*name)?;
+        let kinds = STEP_COLUMNS.iter().map(|c| (c.name, c.kind));
+        for (name, kind) in kinds.chain(EVAL_COLUMNS.iter().map(|c| (c.name, c.kind))) {
+            match kind {
+                Kind::U64 => self
+                    .file
+                    .new_dataset::<u64>()
+                    .chunk(CHUNK)
+                    .shape(0..)
+                    .create(name)?,
+                Kind::F64 => self
+                    .file
+                    .new_dataset::<f64>()
+                    .chunk(CHUNK)
+                    .shape(0..)
+                    .create(name)?,
+            };
         }
         Ok(())
     }
@@ -233,11 +129,11 @@ impl MetricsWriter {
             }
             Ok(())
         };
-        for name in STEP_U64.iter().chain(&STEP_F64) {
-            cut(name, rows[0])?;
+        for c in STEP_COLUMNS {
+            cut(c.name, rows[0])?;
         }
-        for name in EVAL_U64.iter().chain(&EVAL_F64) {
-            cut(name, rows[1])?;
+        for c in EVAL_COLUMNS {
+            cut(c.name, rows[1])?;
         }
         if w.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
             cut(crate::drop::trace::TRACE_DATASET, rows[2])?;
@@ -259,7 +155,7 @@ impl MetricsWriter {
         } else {
             0
         };
-        Ok([n(STEP_U64[0])?, n(EVAL_U64[0])?, trace])
+        Ok([n(STEP.name)?, n(EVAL_COLUMNS[0].name)?, trace])
     }
 
     pub fn path(&self) -> &Path {
@@ -305,48 +201,27 @@ impl MetricsWriter {
         Ok(())
     }
 
+    /// Appends `rows` to every dataset of `columns`, each value cast to its column's kind.
+    fn append_rows<R>(&self, columns: &[Column<R>], rows: &[R]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for c in columns {
+            let values = rows.iter().map(|r| (c.value)(r));
+            match c.kind {
+                Kind::U64 => self.append(c.name, &values.map(|v| v as u64).collect::<Vec<_>>())?,
+                Kind::F64 => self.append(c.name, &values.collect::<Vec<_>>())?,
+            }
+        }
+        Ok(())
+    }
+
     /// Appends step rows to every per-step dataset.
     ///
     /// # Errors
     /// HDF5 failures.
-    pub fn append_steps(&self, rows: &[StepRecord]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let u = |f: fn(&StepRecord) -> u64| rows.iter().map(f).collect::<Vec<_>>();
-        let f = |f: fn(&StepRecord) -> f64| rows.iter().map(f).collect::<Vec<_>>();
-        let columns_u64 = [
-            u(|r| r.step),
-            u(|r| r.sent_up),
-            u(|r| r.dropped_up),
-            u(|r| r.sent_down),
-            u(|r| r.dropped_down),
-            u(|r| r.bytes_sent),
-            u(|r| r.packets_up),
-            u(|r| r.packets_dropped_up),
-            u(|r| r.packets_down),
-            u(|r| r.packets_dropped_down),
-            u(|r| r.missed_up),
-            u(|r| r.missed_down),
-            u(|r| r.late),
-            u(|r| r.packets_missed_up),
-            u(|r| r.packets_missed_down),
-            u(|r| r.rejected),
-        ];
-        let columns_f64 = [
-            f(|r| r.loss),
-            f(|r| r.accuracy),
-            f(|r| r.compute_s),
-            f(|r| r.comm_s),
-            f(|r| r.wall_s),
-        ];
-        for (name, col) in STEP_U64.iter().zip(&columns_u64) {
-            self.append(name, col)?;
-        }
-        for (name, col) in STEP_F64.iter().zip(&columns_f64) {
-            self.append(name, col)?;
-        }
-        Ok(())
+    pub fn append_steps(&self, rows: &[StepRow]) -> Result<()> {
+        self.append_rows(STEP_COLUMNS, rows)
     }
 
     /// Appends one evaluation row.
@@ -354,12 +229,7 @@ impl MetricsWriter {
     /// # Errors
     /// HDF5 failures.
     pub fn append_eval(&self, r: &EvalRecord) -> Result<()> {
-        self.append(EVAL_U64[0], &[r.step])?;
-        let values = [r.test_loss, r.test_accuracy, r.consensus_distance, r.wall_s];
-        for (name, v) in EVAL_F64.iter().zip(values) {
-            self.append(name, &[v])?;
-        }
-        Ok(())
+        self.append_rows(EVAL_COLUMNS, std::slice::from_ref(r))
     }
 
     /// Appends rows of the drop trace (`/trace/dropped`, u32 N×6), creating it on first use.
@@ -469,12 +339,16 @@ mod tests {
             ],
         )
         .unwrap();
-        let rows: Vec<StepRecord> = (0..3)
-            .map(|i| StepRecord {
+        let rows: Vec<StepRow> = (0..3)
+            .map(|i| StepRow {
                 step: i,
-                loss: i as f64,
-                sent_up: 2 * i,
-                ..Default::default()
+                ranks: 1,
+                sum: crate::metrics::StepCounters {
+                    loss_sum: i as f64,
+                    count: 1,
+                    sent_up: 2 * i,
+                    ..Default::default()
+                },
             })
             .collect();
         w.append_steps(&rows).unwrap();

@@ -1,0 +1,379 @@
+//! One `run` per subcommand of the `rps` binary, the logger, and the one error printer.
+//! `main.rs` only parses and dispatches. Errors are printed with their whole context
+//! chain (`{:#}`), tagged with the rank under MPI; under mpirun exactly one rank speaks
+//! and every rank exits non-zero.
+//!
+//! Exit status: 0 on success, 2 for invalid flags, 75 (EX_TEMPFAIL) when told to stop
+//! by SIGTERM, SIGINT or SIGUSR1 (after a clean stop: metrics closed, checkpoint
+//! written if `--checkpoint-dir` was given), 1 for any other failure.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::cli::{
+    BenchFlags, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags, SweepFlags, TrainFlags,
+};
+use crate::comm::mpi::MpiTransport;
+use crate::comm::udp::UdpTransport;
+use crate::comm::Transport;
+use crate::config::{TrainConfig, TransportKind};
+use crate::train::{threads::train_threads, train as train_on, Failure, Summary};
+
+/// Exit status of invalid flags or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of a run stopped by a signal (EX_TEMPFAIL: try again, with --resume).
+pub const EXIT_STOPPED: u8 = 75;
+
+/// The one error printer: `error: ` (or `error [rank R]: `) and the whole context chain.
+pub fn print_error(rank: Option<usize>, e: &dyn std::fmt::Display) {
+    match rank {
+        Some(r) => eprintln!("error [rank {r}]: {e:#}"),
+        None => eprintln!("error: {e:#}"),
+    }
+    let _ = std::io::stderr().flush();
+}
+
+/// Prints a message that stops a job launched by mpirun: one rank speaks, every rank
+/// then meets the others before exiting, so the message is out before mpirun reacts to
+/// a non-zero exit status by killing the job. Outside mpirun, just prints it.
+pub fn stop_together_if_launched(speak: impl FnOnce()) {
+    if launcher_rank().is_some() {
+        if let Some(t) = MpiTransport::init() {
+            stop_together(&t, t.rank() == 0, speak);
+            return;
+        }
+    }
+    speak();
+}
+
+fn stop_together<T: Transport + ?Sized>(t: &T, speaker: bool, speak: impl FnOnce()) {
+    if speaker {
+        speak();
+        let _ = std::io::stderr().flush();
+    }
+    t.barrier();
+    // mpirun drains the output of a rank that exits, but may tear the job down before it
+    // has read the output of others: let the speaker be the first to exit.
+    if !speaker {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// The rank the launcher assigned, read before MPI starts.
+pub fn launcher_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// Logs go to stderr, prefixed with the rank (the MPI rank, or the thread's with
+/// `--local-ranks`); rank 0 logs `info` by default, the others only warnings.
+/// `RUST_LOG` overrides both.
+pub fn init_logger(rank: Option<usize>) {
+    let rust_log = std::env::var_os("RUST_LOG").is_some();
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format(move |buf, record| {
+                let tag = rank
+                    .or_else(thread_rank)
+                    .map(|r| format!("[rank {r}] "))
+                    .unwrap_or_default();
+                writeln!(
+                    buf,
+                    "{} {}{:<5} {}",
+                    buf.timestamp_seconds(),
+                    tag,
+                    record.level(),
+                    record.args()
+                )
+            })
+            .build();
+    let max = logger.filter();
+    let quiet_others = !rust_log;
+    if log::set_boxed_logger(Box::new(RankLogger {
+        inner: logger,
+        rank,
+        quiet_others,
+    }))
+    .is_ok()
+    {
+        log::set_max_level(max);
+    }
+}
+
+/// Keeps ranks other than 0 to warnings unless `RUST_LOG` says otherwise.
+struct RankLogger {
+    inner: env_logger::Logger,
+    rank: Option<usize>,
+    quiet_others: bool,
+}
+
+impl log::Log for RankLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.inner.enabled(m)
+    }
+
+    fn log(&self, record: &log::Record) {
+        let rank = self.rank.or_else(thread_rank).unwrap_or(0);
+        if self.quiet_others && rank != 0 && record.level() > log::Level::Warn {
+            return;
+        }
+        self.inner.log(record);
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The rank of an in-process rank's thread (named `rank N`).
+fn thread_rank() -> Option<usize> {
+    std::thread::current()
+        .name()?
+        .strip_prefix("rank ")?
+        .parse()
+        .ok()
+}
+
+/// SIGTERM (Slurm's warning before the time limit, `scancel`), SIGINT (Ctrl-C) and
+/// SIGUSR1 (which `mpirun` forwards to every rank) raise `stop`; training then stops
+/// cleanly at the next step boundary. A second SIGTERM or SIGINT kills at once.
+fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::flag;
+    for sig in [SIGTERM, SIGINT] {
+        // Order matters: the shutdown hook sees the flag still unset on the first signal.
+        flag::register_conditional_shutdown(sig, 1, Arc::clone(stop))?;
+        flag::register(sig, Arc::clone(stop))?;
+    }
+    flag::register(SIGUSR1, Arc::clone(stop))?;
+    Ok(())
+}
+
+/// `rps train`: under mpirun (every rank runs this), or on `--local-ranks N` threads.
+pub fn train(flags: TrainFlags) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    if let Some(n) = flags.local_ranks {
+        return train_local(&flags, n as usize, command_line, &stop);
+    }
+    let Some(mpi) = MpiTransport::init() else {
+        print_error(None, &"MPI was already initialised");
+        return ExitCode::FAILURE;
+    };
+    let rank = mpi.rank();
+    init_logger(Some(rank));
+    if let Err(e) = stop_on_signals(&stop) {
+        log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
+    }
+    // Every rank validates the same flags identically, so all fail together; rank 0 says why.
+    let cfg = match TrainConfig::build(&flags, mpi.size(), command_line) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            stop_together(&mpi, rank == 0, || print_error(None, &e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match cfg.transport {
+        TransportKind::Mpi => train_on(&mpi, &cfg, &stop),
+        TransportKind::Udp(opts) => match UdpTransport::connect(&mpi, &opts) {
+            Ok(udp) => {
+                log::info!("rank {rank}: RPS exchange over UDP on {}", udp.local_addr());
+                train_on(&udp, &cfg, &stop)
+            }
+            Err(d) => Err(Failure::Agreed(d)),
+        },
+    };
+    if let Err(Failure::Local(e)) = &result {
+        print_error(Some(rank), e);
+        mpi.abort(1)
+    }
+    let speaker = match &result {
+        Ok(_) if rank != 0 => return ExitCode::SUCCESS,
+        Ok(_) => return conclude(&cfg, result),
+        Err(Failure::Agreed(d)) => d.rank == rank,
+        Err(_) => rank == 0,
+    };
+    // Every rank exits with the status the speaker's conclusion gives.
+    let code = match &result {
+        Err(Failure::Interrupted { .. }) => ExitCode::from(EXIT_STOPPED),
+        _ => ExitCode::FAILURE,
+    };
+    stop_together(&mpi, speaker, || {
+        conclude(&cfg, result);
+    });
+    code
+}
+
+/// `rps train --local-ranks N`: N ranks as threads, no MPI.
+fn train_local(
+    flags: &TrainFlags,
+    n: usize,
+    command_line: String,
+    stop: &Arc<AtomicBool>,
+) -> ExitCode {
+    init_logger(None);
+    if launcher_rank().is_some() {
+        print_error(
+            None,
+            &"--local-ranks runs every rank in this one process: start it without mpirun or srun",
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = stop_on_signals(stop) {
+        log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
+    }
+    let cfg = match TrainConfig::build(flags, n, command_line) {
+        Ok(cfg) if matches!(cfg.transport, TransportKind::Udp(_)) => {
+            print_error(
+                None,
+                &"--local-ranks runs on the in-process network; --transport udp needs mpirun",
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Ok(cfg) => cfg,
+        Err(e) => {
+            print_error(None, &e);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    conclude(&cfg, train_threads(n, &cfg, stop))
+}
+
+/// Says how a run ended (the speaking rank only) and gives its exit status.
+fn conclude(cfg: &TrainConfig, result: Result<Summary, Failure>) -> ExitCode {
+    let metrics = cfg.metrics.display();
+    match result {
+        Ok(s) => {
+            println!(
+                "final test accuracy {:.4} (test loss {:.4}, consensus distance {:.3e}) after {} steps in {:.1} s; dropped {} of {} {}; metrics: {metrics}",
+                s.test_accuracy, s.test_loss, s.consensus_distance, s.steps, s.wall_s, s.dropped, s.attempted, cfg.drop_unit(),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Agreed(d)) => {
+            match &d.own {
+                Some(e) => print_error(Some(d.rank), e),
+                None => print_error(Some(d.rank), &d.message),
+            }
+            ExitCode::FAILURE
+        }
+        Err(Failure::Local(e)) => {
+            print_error(None, &e);
+            ExitCode::FAILURE
+        }
+        Err(Failure::Interrupted { step, checkpoint }) => {
+            match checkpoint {
+                Some(c) => eprintln!(
+                    "stopped by a signal after step {step}; checkpoint {}; metrics {metrics} (status \"interrupted\"); continue with the same command plus --resume {}",
+                    c.display(),
+                    c.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+                None => eprintln!("stopped by a signal after step {step}; metrics {metrics} (status \"interrupted\"); no checkpoint (no --checkpoint-dir)"),
+            }
+            ExitCode::from(EXIT_STOPPED)
+        }
+    }
+}
+
+/// `rps convert`: one process, no MPI.
+pub fn convert(flags: ConvertFlags) -> Result<ExitCode> {
+    let format = flags.format;
+    let opts = flags.into();
+    let summary = match format {
+        DatasetFormat::FashionMnist => crate::data::convert::fashion_mnist(&opts)?,
+        DatasetFormat::Cifar10 => crate::data::cifar::cifar10(&opts)?,
+    };
+    println!(
+        "wrote {} ({} training and {} test samples)",
+        opts.output.display(),
+        summary.train,
+        summary.test
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rps bench`: one process, one thread, no MPI.
+pub fn bench(flags: BenchFlags) -> Result<ExitCode> {
+    let opts = match crate::bench::BenchOptions::try_from(flags) {
+        Ok(o) => o,
+        Err(e) => {
+            print_error(None, &e);
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    crate::bench::run(&opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rps sweep`: a launcher, no MPI in this process.
+pub fn sweep(flags: SweepFlags) -> Result<ExitCode> {
+    crate::sweep::run(&crate::sweep::SweepOptions {
+        job: flags.job,
+        list: flags.list,
+        index: flags.index,
+        rerun: flags.rerun,
+        mpirun: flags.mpirun,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rps report`: the Markdown table on stdout.
+pub fn report(flags: ReportFlags) -> Result<ExitCode> {
+    let files = &flags.files;
+    if flags.testbed {
+        print!(
+            "{}",
+            crate::testbed::markdown(&crate::testbed::read_index(testbed_index(files)?)?)
+        );
+    } else if files.iter().any(|p| crate::netsim::is_results_file(p)) {
+        if !files.iter().all(|p| crate::netsim::is_results_file(p)) {
+            bail!("give either metrics files (.h5) or netsim results (.csv), not both");
+        }
+        print!(
+            "{}",
+            crate::netsim::markdown(&crate::netsim::Results::read(files)?)
+        );
+    } else {
+        print!(
+            "{}",
+            crate::report::markdown(&crate::report::summarize(files)?)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rps plot`: figures into --output-dir, their paths on stdout.
+pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
+    let paths = if flags.testbed {
+        let runs = crate::testbed::read_index(testbed_index(&flags.files)?)?;
+        crate::testbed::plot(&runs, &flags.output_dir)?
+    } else {
+        crate::plot::plot(&flags.into())?
+    };
+    for p in paths {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one index file that --testbed takes.
+fn testbed_index(files: &[PathBuf]) -> Result<&Path> {
+    match files {
+        [one] => Ok(one),
+        _ => bail!(
+            "--testbed takes one index file (jobs/testbed.sh writes OUTDIR/index.csv), got {}",
+            files.len()
+        ),
+    }
+}

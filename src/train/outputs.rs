@@ -1,0 +1,145 @@
+//! What a run leaves on disk besides its step rows: the metrics file's creation (or
+//! reopening on --resume) with the run's attributes, checkpoints, the interrupted status,
+//! and the saved model. Output paths are checked before the first step, never after.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use log::info;
+
+use super::run::Run;
+use super::setup::Setup;
+use super::Failure;
+use crate::checkpoint::{self, RankState};
+use crate::comm::{agree, Transport};
+use crate::config::TrainConfig;
+use crate::metrics::attrs::{self, AttrValue};
+use crate::metrics::{MetricsWriter, RunEnv};
+use crate::nn::Model;
+
+/// Keeps the newest this many complete checkpoints.
+const KEEP_CHECKPOINTS: usize = 2;
+
+/// Rank 0: checks the output paths and creates the metrics file with the run's
+/// attributes, or reopens it to continue a resumed run.
+///
+/// # Errors
+/// Outputs that exist without --force, a checkpoint directory of another run, a metrics
+/// file that cannot be created or continued.
+pub(super) fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWriter> {
+    if let (Some(dir), None) = (&cfg.checkpoint_dir, &cfg.resume) {
+        // A fresh run must not mix its checkpoints with an earlier run's: a later
+        // --resume would pick whichever is newest.
+        let old = checkpoint::all_steps(dir)?;
+        if !old.is_empty() {
+            ensure!(
+                cfg.force,
+                "--checkpoint-dir {} already holds checkpoints of a run (continue it with --resume {}, or use --force to delete them and start over)",
+                dir.display(),
+                dir.display()
+            );
+            checkpoint::remove_all(dir, &old)?;
+        }
+    }
+    if let Some(p) = &cfg.save_model {
+        ensure!(
+            cfg.force || !p.exists(),
+            "--save-model {} already exists (use --force to overwrite it)",
+            p.display()
+        );
+    }
+    let facts = s.facts(cfg, Some(env));
+    match &s.resume {
+        Some(state) => {
+            let resumed: [(&str, AttrValue); 5] = [
+                (attrs::STATUS.name, attrs::RUNNING.into()),
+                (attrs::STEPS.name, s.total_steps.into()),
+                (
+                    attrs::EPOCHS.name,
+                    (attrs::EPOCHS.value)(&facts).unwrap_or(AttrValue::Float(0.0)),
+                ),
+                (attrs::RESUMED_AT_STEP.name, state.step.to_string().into()),
+                (attrs::COMMAND_LINE.name, env.command_line.clone().into()),
+            ];
+            MetricsWriter::reopen(&cfg.metrics, state.metrics_rows, &resumed)
+        }
+        None => {
+            let mut all = attrs::attributes(&facts);
+            all.insert(1, (attrs::STATUS.name, attrs::RUNNING.into()));
+            MetricsWriter::create(&cfg.metrics, cfg.force, &all)
+        }
+    }
+}
+
+impl<T: Transport + ?Sized> Run<'_, T> {
+    /// Every rank writes its state after `done` steps; once all have, rank 0 marks the
+    /// checkpoint complete. Collective.
+    pub(super) fn checkpoint(&mut self, done: u64) -> Result<(), Failure> {
+        let Some(dir) = self.cfg.checkpoint_dir.clone() else {
+            return Ok(());
+        };
+        let rows = match &self.writer {
+            Some(w) => w.rows()?,
+            None => [0; 3],
+        };
+        let state = RankState {
+            step: done,
+            params: self.replica.params.clone(),
+            velocity: self.replica.sgd.velocity().to_vec(),
+            links: self.exchange.link_state(),
+            metrics_rows: rows,
+            totals: self.totals,
+        };
+        let rank = self.net.rank();
+        let written = checkpoint::write_rank(&dir, rank, &self.setup.fingerprint, &state);
+        agree(self.net, written)?;
+        if rank == 0 {
+            checkpoint::mark_complete(&dir, done, self.net.size(), KEEP_CHECKPOINTS)?;
+            info!(
+                "checkpoint after step {done} in {}",
+                checkpoint::step_dir(&dir, done).display()
+            );
+        }
+        self.net.barrier();
+        Ok(())
+    }
+
+    /// Closes the metrics as interrupted; the failure says where to resume from.
+    pub(super) fn interrupted(&mut self, done: u64) -> Result<Failure, Failure> {
+        if let Some(w) = self.writer.take() {
+            w.set_attr(attrs::STATUS.name, &attrs::INTERRUPTED.into())?;
+            w.set_attr(attrs::STEPS_COMPLETED.name, &done.into())?;
+            w.close()?;
+        }
+        let checkpoint = self
+            .cfg
+            .checkpoint_dir
+            .as_ref()
+            .map(|d| checkpoint::step_dir(d, done));
+        Ok(Failure::Interrupted {
+            step: done,
+            checkpoint,
+        })
+    }
+}
+
+/// Writes the flat parameter vector and its layout (one attribute per tensor: offset
+/// and length) to an HDF5 file.
+pub(super) fn save_model(path: &Path, model: &dyn Model, params: &[f32]) -> Result<()> {
+    let ctx = || format!("--save-model {}: cannot write the model", path.display());
+    let f = hdf5::File::create(path).with_context(ctx)?;
+    let ds = f
+        .new_dataset_builder()
+        .with_data(params)
+        .create("params")
+        .with_context(ctx)?;
+    for (name, range) in model.param_layout() {
+        ds.new_attr::<u64>()
+            .shape(2)
+            .create(name.as_str())
+            .and_then(|a| a.write(&[range.start as u64, range.len() as u64]))
+            .with_context(ctx)?;
+    }
+    f.close().with_context(ctx)?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The step loop of one rank: the local SGD step, the exchange (RPS or the reliable
+//! all-reduce), and the synchronisation points where counters are flushed, the model is
+//! evaluated, checkpoints are written and a requested stop takes effect. Every rank runs
+//! the same collectives in the same order, whatever its role.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use log::info;
+use ndarray::ArrayView4;
+
+use super::setup::Setup;
+use super::{Failure, Summary};
+use crate::comm::Transport;
+use crate::config::{Algorithm, TrainConfig};
+use crate::data::dataset::epoch_order;
+use crate::drop::TraceRecord;
+use crate::hash::hash_words;
+use crate::metrics::{EvalRecord, MetricsWriter, StepCounters};
+use crate::optim::Sgd;
+use crate::rps::{Exchange, Mode};
+
+/// This rank's model: its replica, gradient and optimizer, and the average of all
+/// replicas (evaluation, the all-reduce baseline). Empty on a pure server.
+pub(super) struct Replica {
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    pub sgd: Sgd,
+    pub average: Vec<f32>,
+}
+
+/// Reusable buffers of the minibatch and this epoch's sample order.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub images: Vec<f32>,
+    pub labels: Vec<usize>,
+    pub order: Vec<usize>,
+}
+
+/// The state of one rank during the step loop.
+pub(super) struct Run<'a, T: Transport + ?Sized> {
+    pub net: &'a T,
+    pub cfg: &'a TrainConfig,
+    pub setup: Setup,
+    pub exchange: Exchange,
+    /// Rank 0's metrics file.
+    pub writer: Option<MetricsWriter>,
+    pub replica: Replica,
+    pub batch: Batch,
+    /// Per-step counters not yet reduced, [`StepCounters::LEN`] values per step.
+    pub pending: Vec<f64>,
+    /// Counters reduced over ranks and summed over the steps flushed so far.
+    pub totals: StepCounters,
+    /// Rank 0 with --record-trace: drop decisions not yet written.
+    pub trace: Option<Vec<TraceRecord>>,
+    /// When training started (wall time of the metrics).
+    pub clock: Instant,
+    /// First step to run (after a resumed checkpoint).
+    pub first_step: u64,
+    pub stop: &'a AtomicBool,
+    /// The transport's count of refused datagrams at the last step.
+    pub rejected_seen: u64,
+}
+
+impl<'a, T: Transport + ?Sized> Run<'a, T> {
+    pub fn new(
+        net: &'a T,
+        cfg: &'a TrainConfig,
+        mut setup: Setup,
+        mut exchange: Exchange,
+        writer: Option<MetricsWriter>,
+        stop: &'a AtomicBool,
+    ) -> Result<Self, Failure> {
+        let d = setup.model.num_params();
+        let trace = (cfg.record_trace && writer.is_some()).then(Vec::new);
+        let len = if setup.worker.is_some() { d } else { 0 };
+        let mut params = if len > 0 {
+            setup.model.init_params(cfg.seed)
+        } else {
+            Vec::new()
+        };
+        let mut sgd = Sgd::new(len, cfg.lr, cfg.momentum, cfg.weight_decay);
+        if len > 0 {
+            // Batch-norm running statistics are exchanged, never trained.
+            sgd.set_trainable(setup.model.trainable());
+        }
+        let (mut first_step, mut totals) = (0, StepCounters::default());
+        if let Some(state) = setup.resume.take() {
+            params = state.params;
+            sgd.velocity_mut().copy_from_slice(&state.velocity);
+            exchange
+                .set_link_state(&state.links)
+                .context("--resume: the checkpoint's link counters")?;
+            first_step = state.step;
+            totals = state.totals;
+        }
+        Ok(Run {
+            net,
+            cfg,
+            exchange,
+            writer,
+            replica: Replica {
+                params,
+                grads: vec![0.0; len],
+                sgd,
+                average: vec![0.0; d],
+            },
+            batch: Batch::default(),
+            pending: Vec::new(),
+            totals,
+            trace,
+            clock: Instant::now(),
+            first_step,
+            stop,
+            rejected_seen: net.rejected(),
+            setup,
+        })
+    }
+
+    /// Runs every remaining step, then finishes the run.
+    ///
+    /// # Errors
+    /// [`Failure::Interrupted`] after a requested stop; any failure on the way.
+    pub fn steps(&mut self) -> Result<Summary, Failure> {
+        self.announce();
+        let total = self.setup.total_steps;
+        self.clock = Instant::now();
+        let mut last = EvalRecord::default();
+        for step in self.first_step..total {
+            let mut counts = self.local_step(step)?;
+            let t0 = Instant::now();
+            self.communicate(step, &mut counts)?;
+            counts.comm_s = t0.elapsed().as_secs_f64();
+            if self.net.rank() == 0 {
+                counts.wall_s = self.clock.elapsed().as_secs_f64();
+            }
+            let done = step + 1;
+            let eval_due =
+                done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0);
+            let checkpoint_due =
+                done < total && self.cfg.checkpoint_every.is_some_and(|k| done % k == 0);
+            let sync_point = eval_due || checkpoint_due;
+            // No message may still be in flight when a collective starts: with deadline
+            // detection ranks drain stragglers first, and agree on stopping only where
+            // they synchronise anyway (oracle exchanges leave nothing in flight).
+            if sync_point {
+                counts.late += self.exchange.quiesce(self.net);
+            }
+            counts.to_flat(&mut self.pending);
+            let stop = (sync_point || !self.exchange.uses_deadline()) && self.stop_requested();
+            if sync_point || stop {
+                let rows = self.flush_steps(done)?;
+                if eval_due {
+                    last = self.evaluate(done)?;
+                    self.report(&rows, &last)?;
+                } else if let Some(w) = &self.writer {
+                    w.flush()?;
+                }
+            }
+            if checkpoint_due || (stop && self.cfg.checkpoint_dir.is_some()) {
+                self.checkpoint(done)?;
+            }
+            if stop && done < total {
+                return Err(self.interrupted(done)?);
+            }
+        }
+        self.finish(last)
+    }
+
+    /// Rank 0 says what is about to run.
+    fn announce(&self) {
+        if self.net.rank() != 0 {
+            return;
+        }
+        let (s, cfg) = (&self.setup, self.cfg);
+        info!(
+            "{} {} workers, {} servers ({}), {} steps ({} per epoch), batch {} per worker, drop rate {}, {} parameters in {} blocks",
+            cfg.algorithm.name(),
+            s.layout.num_workers(),
+            s.layout.num_servers(),
+            if cfg.mode == Mode::Colocated { "co-located" } else { "dedicated" },
+            s.total_steps,
+            s.steps_per_epoch,
+            cfg.batch_size,
+            cfg.drop_rate,
+            s.model.num_params(),
+            s.layout.num_blocks()
+        );
+        if self.first_step > 0 {
+            info!("resuming after step {}", self.first_step);
+        }
+    }
+
+    /// Whether any rank was told to stop (collective).
+    fn stop_requested(&self) -> bool {
+        let mut flag = [f64::from(u8::from(self.stop.load(Ordering::Relaxed)))];
+        self.net.allreduce_sum_f64(&mut flag);
+        flag[0] > 0.0
+    }
+
+    /// Worker part of a step: minibatch, forward, backward, optimizer update.
+    fn local_step(&mut self, step: u64) -> Result<StepCounters, Failure> {
+        let mut counts = StepCounters::default();
+        let Some(w) = &self.setup.worker else {
+            return Ok(counts);
+        };
+        let t0 = Instant::now();
+        let spe = self.setup.steps_per_epoch;
+        let (epoch, j) = (step / spe, (step % spe) as usize);
+        let batch = &mut self.batch;
+        if j == 0 || batch.order.is_empty() {
+            batch.order = epoch_order(self.cfg.seed, w.index, epoch, w.train.len());
+        }
+        let b = self.cfg.batch_size;
+        // Augmentation draws from (seed, worker, step), so every run is reproducible.
+        let augment = self
+            .cfg
+            .augment
+            .then(|| hash_words(&[self.cfg.seed, w.index as u64, step, 0x4155_4731]));
+        w.train.fill_batch_augmented(
+            &batch.order[j * b..(j + 1) * b],
+            &mut batch.images,
+            &mut batch.labels,
+            augment,
+        );
+        let i = w.train.info;
+        let view = ArrayView4::from_shape((b, i.channels, i.height, i.width), &batch.images)
+            .context("minibatch")?;
+        let r = &mut self.replica;
+        let stats = self
+            .setup
+            .model
+            .train_batch(&mut r.params, &mut r.grads, view, &batch.labels)
+            .with_context(|| format!("training step {}", step + 1))?;
+        r.sgd.step(&mut r.params, &r.grads);
+        counts.loss_sum = stats.loss_sum;
+        counts.correct = stats.correct as u64;
+        counts.count = stats.count as u64;
+        counts.compute_s = t0.elapsed().as_secs_f64();
+        Ok(counts)
+    }
+
+    /// The exchange of a step: RPS over the lossy network, or the reliable all-reduce.
+    fn communicate(&mut self, step: u64, counts: &mut StepCounters) -> Result<(), Failure> {
+        match self.cfg.algorithm {
+            Algorithm::Rps => {
+                let c = self
+                    .exchange
+                    .step(self.net, step, &mut self.replica.params)
+                    .with_context(|| format!("exchange of step {}", step + 1))?;
+                counts.add(&c);
+                let rejected = self.net.rejected();
+                counts.rejected += rejected - self.rejected_seen;
+                self.rejected_seen = rejected;
+                if let Some(trace) = &mut self.trace {
+                    self.exchange.trace_step(step, trace);
+                }
+            }
+            Algorithm::Allreduce => {
+                self.average_replicas();
+                let r = &mut self.replica;
+                if !r.params.is_empty() {
+                    r.params.copy_from_slice(&r.average);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the replica's `average` to the mean of the worker replicas (pure servers add
+    /// zeros). Collective.
+    pub fn average_replicas(&mut self) {
+        let r = &mut self.replica;
+        if r.params.is_empty() {
+            r.average.fill(0.0);
+        } else {
+            r.average.copy_from_slice(&r.params);
+        }
+        self.net.allreduce_sum_f32(&mut r.average);
+        let scale = 1.0 / self.setup.layout.num_workers() as f32;
+        r.average.iter_mut().for_each(|x| *x *= scale);
+    }
+}

@@ -1,0 +1,235 @@
+//! Everything a run needs before its first step, prepared and validated on every rank:
+//! the dataset and model, roles and blocks, the drop model, this rank's shards, the
+//! fingerprint and the state to resume from. Nothing here communicates, so every rank
+//! fails (or not) on its own and `agree` turns that into one verdict.
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::checkpoint::{self, RankState};
+use crate::comm::udp;
+use crate::config::{Detection, Duration, TrainConfig, TransportKind};
+use crate::data::dataset::shard_range;
+use crate::data::{DatasetInfo, Shard};
+use crate::drop::{self, RunShape};
+use crate::metrics::{attrs, RunEnv, RunFacts};
+use crate::nn::Model;
+use crate::rps::{Exchange, Layout, Mode};
+
+/// This rank's worker index and its shards of the training and test sets.
+pub(super) struct WorkerData {
+    pub index: usize,
+    pub train: Shard,
+    pub test: Shard,
+}
+
+/// Everything the step loop needs, prepared before training starts.
+pub(super) struct Setup {
+    pub info: DatasetInfo,
+    pub model: Box<dyn Model>,
+    pub layout: Layout,
+    /// The drop model's description and the --link-rates text, for the metrics file.
+    pub drop_description: String,
+    pub link_rates_text: Option<String>,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    /// `None` on a pure server.
+    pub worker: Option<WorkerData>,
+    /// Everything that must match between a checkpoint and the run resuming it.
+    pub fingerprint: String,
+    /// The state to continue from, with --resume.
+    pub resume: Option<RankState>,
+}
+
+impl Setup {
+    /// The facts the metrics file's root attributes are computed from.
+    pub fn facts<'a>(&'a self, cfg: &'a TrainConfig, env: Option<&'a RunEnv>) -> RunFacts<'a> {
+        RunFacts {
+            cfg,
+            layout: &self.layout,
+            dataset: &self.info,
+            num_params: self.model.num_params(),
+            total_steps: self.total_steps,
+            steps_per_epoch: self.steps_per_epoch,
+            drop_description: &self.drop_description,
+            link_rates: self.link_rates_text.as_deref(),
+            env,
+        }
+    }
+}
+
+/// Validates everything and builds the set-up of rank `rank` of `size`, and the exchange
+/// (with its drop model).
+///
+/// # Errors
+/// Whatever this rank finds wrong: the launcher, the dataset, the model's fit to it, the
+/// roles, the drop model's files, the checkpoint to resume, the datagram size.
+pub(super) fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchange)> {
+    check_launcher(size)?;
+    let info = DatasetInfo::open(&cfg.dataset)?;
+    let model = build_model(cfg, &info)?;
+    let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
+    let (steps_per_epoch, total_steps) = schedule(cfg, &info, &layout)?;
+    let packet_elems = cfg.packet_bytes.map(|b| b / 4);
+    let max_block = layout.blocks().iter().map(|r| r.len()).max().unwrap_or(1);
+    let (servers, colocated) = match cfg.mode {
+        Mode::Dedicated { servers } => (servers, false),
+        Mode::Colocated => (size, true),
+    };
+    let drop = drop::build(
+        &cfg.drop,
+        &RunShape {
+            seed: cfg.seed,
+            world_size: size,
+            servers,
+            colocated,
+            num_params: model.num_params(),
+            packet_bytes: cfg.packet_bytes,
+            slots_per_step: packet_elems.map_or(1, |pe| max_block.div_ceil(pe)) as u64,
+            total_steps,
+        },
+    )?;
+    let worker = match layout.worker_index(rank) {
+        Some(w) => Some(read_shards(&info, layout.num_workers(), w)?),
+        None => None,
+    };
+    let exchange = Exchange::new(layout.clone(), drop.model, packet_elems);
+    let exchange = match cfg.detection {
+        Detection::Oracle => exchange,
+        Detection::Deadline { timeout } => exchange.with_deadline(timeout),
+    };
+    check_datagrams(cfg, &exchange)?;
+    let mut setup = Setup {
+        drop_description: exchange.drop_model().describe(),
+        info,
+        model,
+        layout,
+        link_rates_text: drop.link_rates_text,
+        steps_per_epoch,
+        total_steps,
+        worker,
+        fingerprint: String::new(),
+        resume: None,
+    };
+    setup.fingerprint = attrs::fingerprint(&setup.facts(cfg, None));
+    setup.resume = resume_state(rank, cfg, &setup)?;
+    Ok((setup, exchange))
+}
+
+/// The model `cfg` names, built for the dataset's images and classes.
+fn build_model(cfg: &TrainConfig, info: &DatasetInfo) -> Result<Box<dyn Model>> {
+    let t = info.train;
+    cfg.model
+        .build(t.channels, t.height, t.width, info.classes.len())
+        .with_context(|| {
+            format!(
+                "dataset {}: images of {}×{}×{} do not fit the {}",
+                info.path.display(),
+                t.channels,
+                t.height,
+                t.width,
+                cfg.model.title()
+            )
+        })
+}
+
+/// Steps per epoch and in total.
+fn schedule(cfg: &TrainConfig, info: &DatasetInfo, layout: &Layout) -> Result<(u64, u64)> {
+    let workers = layout.num_workers();
+    let count = info.train.count;
+    let per_worker = count / workers;
+    let steps_per_epoch = (per_worker / cfg.batch_size) as u64;
+    ensure!(
+        steps_per_epoch > 0,
+        "--batch-size {} exceeds the {per_worker} training samples of each worker ({count} samples over {workers} workers)",
+        cfg.batch_size,
+    );
+    let total_steps = match cfg.duration {
+        Duration::Epochs(e) => e * steps_per_epoch,
+        Duration::Steps(s) => s,
+    };
+    Ok((steps_per_epoch, total_steps))
+}
+
+/// Worker `w`'s shards: its part of the training set, and a balanced part of the test set.
+fn read_shards(info: &DatasetInfo, workers: usize, w: usize) -> Result<WorkerData> {
+    Ok(WorkerData {
+        index: w,
+        train: Shard::read(info, "train", shard_range(info.train.count, workers, w))?,
+        test: Shard::read(info, "test", balanced_range(info.test.count, workers, w))?,
+    })
+}
+
+/// Test samples `part` of `parts` evaluates: every sample once, sizes differ by at most one.
+fn balanced_range(count: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+    part * count / parts..(part + 1) * count / parts
+}
+
+/// With --resume: this rank's state in the newest complete checkpoint, checked against
+/// this run.
+fn resume_state(rank: usize, cfg: &TrainConfig, s: &Setup) -> Result<Option<RankState>> {
+    let Some(dir) = &cfg.resume else {
+        return Ok(None);
+    };
+    let state = checkpoint::read_newest(dir, rank, &s.fingerprint)?;
+    let expected = if s.worker.is_some() {
+        s.model.num_params()
+    } else {
+        0
+    };
+    ensure!(
+        state.params.len() == expected && state.velocity.len() == expected,
+        "--resume {}: rank {rank}'s checkpoint holds {} parameters, expected {expected}",
+        dir.display(),
+        state.params.len()
+    );
+    ensure!(
+        state.step < s.total_steps,
+        "--resume {}: the checkpoint is at step {}, but this run has only {} steps (raise --steps or --epochs)",
+        dir.display(),
+        state.step,
+        s.total_steps
+    );
+    Ok(Some(state))
+}
+
+/// With UDP, every packet and its headers must fit one datagram.
+fn check_datagrams(cfg: &TrainConfig, exchange: &Exchange) -> Result<()> {
+    if let TransportKind::Udp(opts) = cfg.transport {
+        let packet = cfg.packet_bytes.unwrap_or(0);
+        let bytes = udp::HEADER_BYTES + 4 * exchange.header_elems(true) + packet;
+        ensure!(
+            bytes <= opts.max_datagram(),
+            "--transport udp: packets of {packet} bytes need datagrams of {bytes} bytes (headers included), over the {} bytes that fit --udp-mtu {}; use a smaller --packet-bytes",
+            opts.max_datagram(),
+            opts.mtu
+        );
+    }
+    Ok(())
+}
+
+/// A binary started by another MPI's launcher runs as N one-rank jobs, silently; catch
+/// that by comparing with the size the launcher announced.
+fn check_launcher(size: usize) -> Result<()> {
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if n != size {
+                bail!("the launcher started {n} ranks ({var}) but MPI reports a world of {size}: rps was built against a different MPI than the mpirun that started it");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_ranges_cover_everything() {
+        let r: Vec<_> = (0..3).map(|p| balanced_range(10, 3, p)).collect();
+        assert_eq!(r, vec![0..3, 3..6, 6..10]);
+    }
+}
