@@ -617,64 +617,72 @@ pub fn markdown() -> String {
         let _ = writeln!(s, "{about}\n");
         let _ = writeln!(s, "| argument | meaning |\n|---|---|");
         for arg in sub.get_arguments() {
-            let id = arg.get_id().as_str();
-            if id == "help" || id == "version" {
-                continue;
+            if let Some(row) = argument_row(arg) {
+                s.push_str(&row);
             }
-            let value = arg
-                .get_value_names()
-                .map(|v| {
-                    v.iter()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            let name = match arg.get_long() {
-                Some(long) if arg.get_action().takes_values() => format!("`--{long} {value}`"),
-                Some(long) => format!("`--{long}`"),
-                None => format!("`{value}`"),
-            };
-            let mut help = arg
-                .get_long_help()
-                .or(arg.get_help())
-                .map(|h| h.to_string())
-                .unwrap_or_default()
-                .replace("\n\n", " ")
-                .replace('\n', " ")
-                .replace('|', "\\|");
-            if !help.is_empty() && !help.trim_end().ends_with(['.', ')', ']']) {
-                help.push('.');
-            }
-            let choices: Vec<String> = arg
-                .get_possible_values()
-                .iter()
-                .filter(|_| arg.get_action().takes_values())
-                .map(|v| match v.get_help() {
-                    Some(h) => format!("`{}` ({h})", v.get_name()),
-                    None => format!("`{}`", v.get_name()),
-                })
-                .collect();
-            if !choices.is_empty()
-                && !value.is_empty()
-                && arg.get_value_parser().possible_values().is_some()
-            {
-                let _ = write!(help, " Values: {}.", choices.join("; "));
-            }
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|d| d.to_string_lossy().into_owned())
-                .collect();
-            if !defaults.is_empty()
-                && !defaults
-                    .iter()
-                    .any(|d| d.contains(env!("CARGO_MANIFEST_DIR")))
-            {
-                let _ = write!(help, " Default: `{}`.", defaults.join(","));
-            }
-            let _ = writeln!(s, "| {name} | {} |", help.trim());
         }
     }
     s
+}
+
+/// One row of the reference's argument table: name, help, choices and default.
+fn argument_row(arg: &clap::Arg) -> Option<String> {
+    use std::fmt::Write as _;
+    let id = arg.get_id().as_str();
+    if id == "help" || id == "version" {
+        return None;
+    }
+    let value = arg
+        .get_value_names()
+        .map(|v| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let name = match arg.get_long() {
+        Some(long) if arg.get_action().takes_values() => format!("`--{long} {value}`"),
+        Some(long) => format!("`--{long}`"),
+        None => format!("`{value}`"),
+    };
+    let mut help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+        .replace("\n\n", " ")
+        .replace('\n', " ")
+        .replace('|', "\\|");
+    if !help.is_empty() && !help.trim_end().ends_with(['.', ')', ']']) {
+        help.push('.');
+    }
+    let choices: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .filter(|_| arg.get_action().takes_values())
+        .map(|v| match v.get_help() {
+            Some(h) => format!("`{}` ({h})", v.get_name()),
+            None => format!("`{}`", v.get_name()),
+        })
+        .collect();
+    if !choices.is_empty()
+        && !value.is_empty()
+        && arg.get_value_parser().possible_values().is_some()
+    {
+        let _ = write!(help, " Values: {}.", choices.join("; "));
+    }
+    let defaults: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    if !defaults.is_empty()
+        && !defaults
+            .iter()
+            .any(|d| d.contains(env!("CARGO_MANIFEST_DIR")))
+    {
+        let _ = write!(help, " Default: `{}`.", defaults.join(","));
+    }
+    Some(format!("| {name} | {} |\n", help.trim()))
 }

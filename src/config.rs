@@ -226,26 +226,8 @@ impl TrainConfig {
         if f.algorithm == Algorithm::Allreduce {
             check_allreduce(f, &drop)?;
         }
-        if f.batch_size == 0 {
-            return Err(ConfigError::BatchSize);
-        }
-        let duration = match (f.epochs, f.steps) {
-            (Some(_), Some(_)) => return Err(ConfigError::BothDurations),
-            (Some(0), None) => return Err(ConfigError::ZeroDuration { flag: "epochs" }),
-            (None, Some(0)) => return Err(ConfigError::ZeroDuration { flag: "steps" }),
-            (Some(e), None) => Duration::Epochs(e),
-            (None, Some(s)) => Duration::Steps(s),
-            (None, None) => Duration::Epochs(1),
-        };
-        if !(f.lr.is_finite() && f.lr > 0.0) {
-            return Err(ConfigError::LearningRate(f.lr));
-        }
-        if !(0.0..1.0).contains(&f.momentum) {
-            return Err(ConfigError::Momentum(f.momentum));
-        }
-        if !(f.weight_decay.is_finite() && f.weight_decay >= 0.0) {
-            return Err(ConfigError::WeightDecay(f.weight_decay));
-        }
+        let duration = duration(f)?;
+        check_optimizer(f)?;
         let mode = mode(f, world_size)?;
         if let Some(expected) = f.ranks {
             if expected != world_size {
@@ -347,6 +329,35 @@ fn transport(
             Ok((TransportKind::Udp(opts), Some(bytes)))
         }
     }
+}
+
+/// How long to train: epochs or steps, never both, never zero.
+fn duration(f: &TrainFlags) -> Result<Duration, ConfigError> {
+    match (f.epochs, f.steps) {
+        (Some(_), Some(_)) => Err(ConfigError::BothDurations),
+        (Some(0), None) => Err(ConfigError::ZeroDuration { flag: "epochs" }),
+        (None, Some(0)) => Err(ConfigError::ZeroDuration { flag: "steps" }),
+        (Some(e), None) => Ok(Duration::Epochs(e)),
+        (None, Some(s)) => Ok(Duration::Steps(s)),
+        (None, None) => Ok(Duration::Epochs(1)),
+    }
+}
+
+/// Batch size and SGD hyper-parameters.
+fn check_optimizer(f: &TrainFlags) -> Result<(), ConfigError> {
+    if f.batch_size == 0 {
+        return Err(ConfigError::BatchSize);
+    }
+    if !(f.lr.is_finite() && f.lr > 0.0) {
+        return Err(ConfigError::LearningRate(f.lr));
+    }
+    if !(0.0..1.0).contains(&f.momentum) {
+        return Err(ConfigError::Momentum(f.momentum));
+    }
+    if !(f.weight_decay.is_finite() && f.weight_decay >= 0.0) {
+        return Err(ConfigError::WeightDecay(f.weight_decay));
+    }
+    Ok(())
 }
 
 /// The reliable baseline takes no flag about losses.

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::rps;
-use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRecord};
+use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepCounters, StepRow};
 
 /// A metrics file of `steps` steps with constant drops (1 of 10 messages up), two
 /// evaluations, and a 2×3 per-link matrix.
@@ -34,17 +34,25 @@ fn write_run(path: &Path, desc: &str, rate: f64, seed: i64, acc: Option<f64>, st
         attrs.push(("final_test_accuracy", a.into()));
     }
     let w = MetricsWriter::create(path, true, &attrs).unwrap();
-    let rows: Vec<StepRecord> = (1..=30)
-        .map(|s| StepRecord {
+    let rows: Vec<StepRow> = (1..=30)
+        .map(|s| StepRow {
             step: s,
-            loss: 2.0 / s as f64,
-            sent_up: 9,
-            dropped_up: 1,
-            sent_down: 10,
-            packets_up: 10,
-            packets_dropped_up: 1,
-            packets_down: 10,
-            ..Default::default()
+            ranks: 5,
+            sum: StepCounters {
+                loss_sum: 2.0 / s as f64,
+                count: 1,
+                sent_up: 9,
+                dropped_up: 1,
+                sent_down: 10,
+                received_up: 9,
+                received_down: 10,
+                packets_up: 10,
+                packets_dropped_up: 1,
+                packets_received_up: 9,
+                packets_down: 10,
+                packets_received_down: 10,
+                ..Default::default()
+            },
         })
         .collect();
     w.append_steps(&rows).unwrap();

@@ -60,6 +60,20 @@ pub fn mpirun(n: usize, args: &[&str]) -> Run {
     finish(out)
 }
 
+/// Runs `rps train --local-ranks n ARGS` (`args` starts with `train`): `n` ranks as
+/// threads of one process, no mpirun, killed after 60 s (exit 124) if it hangs.
+pub fn local_ranks(n: usize, args: &[&str]) -> Run {
+    assert_eq!(args.first(), Some(&"train"), "local_ranks runs rps train");
+    let _guard = lock_mpirun();
+    let out = Command::new("timeout")
+        .args(["60", RPS, "train", "--local-ranks", &n.to_string()])
+        .args(&args[1..])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("cannot run rps under timeout");
+    finish(out)
+}
+
 /// Runs `rps <args>` without mpirun.
 pub fn rps(args: &[&str]) -> Run {
     finish(
