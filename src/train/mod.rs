@@ -1,7 +1,7 @@
 //! The training driver, generic over [`Transport`]: it runs the same way under MPI, over
-//! UDP and on N in-process ranks ([`threads`]). Split by role: [`setup`] prepares and
-//! validates, [`run`] is the step loop, [`record`] the metrics and evaluations,
-//! [`outputs`] the files. Invariant: every rank executes the same sequence of
+//! UDP and on N in-process ranks ([`threads`]). Split by role: `setup.rs` prepares and
+//! validates, `run.rs` is the step loop, `record.rs` the metrics and evaluations,
+//! `outputs.rs` the files. Invariant: every rank executes the same sequence of
 //! collectives (exchanges, evaluations, metric reductions) in the same order, whatever
 //! its role, so no rank ever waits for a peer that took another branch.
 
