@@ -4,7 +4,7 @@
 # whole blocks at 10 %; bursty Gilbert–Elliott loss at the same 10 % mean (mean burst of
 # 10 steps); i.i.d. loss of 1,500-byte packets at 10 %. Seeds from $SEEDS (default 1).
 # Usage: SEEDS="1 2 3" jobs/drop-models.sh [OUTDIR]   (default runs/drop-models); then
-#        jobs/summarize.py OUTDIR/*.h5   (needs h5py)
+#        target/release/rps report OUTDIR/*.h5   (results: docs/results/drop-models.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

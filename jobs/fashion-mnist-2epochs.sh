@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The acceptance experiment of the first issue, as it is reported in README.md:
+# The acceptance experiment of the first issue, as it is reported in
+# docs/results/fashion-mnist-2epochs.md:
 # Fashion-MNIST, 1 server + 4 workers, batch 32 per worker, two epochs, default
 # learning rate and momentum; p = 0 and p = 0.1 with RPS, and the all-reduce baseline.
 # Usage: jobs/fashion-mnist-2epochs.sh [OUTDIR]   (default runs/fashion-mnist-2epochs)

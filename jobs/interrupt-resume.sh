@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The "Running long jobs" example of README.md: a run stopped by a signal in the middle,
-# resumed from its checkpoint, ends with exactly the parameters and metrics of the same
-# run left alone. Fashion-MNIST, 1 server + 4 workers, p = 0.1, 300 steps, checkpoints
-# every 50 steps; SIGUSR1 (what slurm/train.sbatch forwards on the time-limit warning)
-# is sent to mpirun after STOP_AFTER seconds (default 15).
+# The measured example of docs/results/interrupt-resume.md: a run stopped by a signal in
+# the middle, resumed from its checkpoint, ends with exactly the parameters and metrics
+# of the same run left alone. Fashion-MNIST, 1 server + 4 workers, p = 0.1, 300 steps,
+# checkpoints every 50 steps; SIGUSR1 (what slurm/train.sbatch forwards on the
+# time-limit warning) is sent to mpirun after STOP_AFTER seconds (default 15).
 # Usage: jobs/interrupt-resume.sh [OUTDIR]   (default runs/interrupt-resume)
 set -euo pipefail
 cd "$(dirname "$0")/.."

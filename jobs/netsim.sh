@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What lossy learning traffic buys the datacenter, end to end (README, "Datacenter
-# simulation"): a real training run (the quickstart configuration at p = 0: Fashion-MNIST,
-# 1 server + 4 workers, one epoch) gives the traffic pattern; the ns-3 simulation replays
-# it under both policies at loads 0.3 and 0.6; the loss the lossy policy measured at the
-# higher load is fed back into `rps train --drop-rate`.
+# What lossy learning traffic buys the datacenter, end to end (results:
+# docs/results/netsim.md; how it works: docs/operations.md): a real training run (the
+# quickstart configuration at p = 0: Fashion-MNIST, 1 server + 4 workers, one epoch)
+# gives the traffic pattern; the ns-3 simulation replays it under both policies at loads
+# 0.3 and 0.6; the loss the lossy policy measured at the higher load is fed back into
+# `rps train --drop-rate`.
 # Usage: jobs/netsim.sh [OUTDIR]   (default runs/netsim; run scripts/setup.sh first)
 #   NETSIM_ARGS="--duration 0.1" (default) passes options to rps-netsim.
 set -euo pipefail

@@ -28,6 +28,6 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo build --release --locked
 test -x target/release/rps || { echo "setup: build failed" >&2; exit 1; }
-# The ns-3 datacenter simulation (see "Datacenter simulation" in README.md); rebuilt only when
+# The ns-3 datacenter simulation (see docs/operations.md); rebuilt only when
 # its source changed.
 netsim/build.sh >/dev/null
