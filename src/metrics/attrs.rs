@@ -319,7 +319,7 @@ result_attrs! {
         FINAL_CONSENSUS_DISTANCE = "final_consensus_distance";
         /// Seconds of training.
         WALL_TIME_S = "wall_time_s";
-        /// The largest peak resident memory of any rank, in bytes.
+        /// The largest peak resident memory (`VmHWM`) of any rank, in bytes.
         PEAK_RSS_BYTES_MAX = "peak_rss_bytes_max";
         /// Where the final averaged model was written (`--save-model`).
         SAVED_MODEL = "saved_model";

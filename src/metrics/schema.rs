@@ -198,7 +198,7 @@ columns! {
         SENT_DOWN = "comm/sent_down", U64, "messages", |r| r.sum.sent_down as f64;
         /// Server→worker messages the drop model discarded entirely.
         DROPPED_DOWN = "comm/dropped_down", U64, "messages", |r| r.sum.dropped_down as f64;
-        /// Payload bytes of the packets that were not dropped.
+        /// Payload bytes of the packets that were not dropped (the all-reduce baseline records 0).
         BYTES_SENT = "comm/bytes_sent", U64, "bytes", |r| r.sum.bytes_sent as f64;
         /// Worker→server packets attempted (equal to messages without --packet-bytes).
         PACKETS_UP = "comm/packets_up", U64, "packets", |r| r.sum.packets_up as f64;
@@ -212,21 +212,21 @@ columns! {
         MISSED_UP = "comm/missed_up", U64, "messages", |r| missing(r.sum.sent_up, r.sum.received_up);
         /// Server→worker messages posted but not received before the deadline.
         MISSED_DOWN = "comm/missed_down", U64, "messages", |r| missing(r.sum.sent_down, r.sum.received_down);
-        /// Messages (datagrams) that arrived after their deadline and were discarded.
+        /// Messages (datagrams with --transport udp) that arrived after their deadline and were discarded, including those drained at evaluations.
         LATE = "comm/late", U64, "messages", |r| r.sum.late as f64;
-        /// Worker→server packets sent but not received in time (lost by a real network, or late).
+        /// Worker→server packets sent but not received in time: what a real network lost with --transport udp, or late (0 with oracle detection).
         PACKETS_MISSED_UP = "comm/packets_missed_up", U64, "packets",
             |r| missing(r.sum.packets_up, r.sum.packets_dropped_up + r.sum.packets_received_up);
         /// Server→worker packets sent but not received in time.
         PACKETS_MISSED_DOWN = "comm/packets_missed_down", U64, "packets",
             |r| missing(r.sum.packets_down, r.sum.packets_dropped_down + r.sum.packets_received_down);
-        /// Datagrams or messages refused as foreign or malformed.
+        /// Datagrams or messages refused: foreign sender or job, malformed header, or a header that does not fit what the receiver awaits.
         REJECTED = "comm/rejected", U64, "datagrams", |r| r.sum.rejected as f64;
         /// Mean over ranks of the time in the local step (data, forward, backward, update).
         COMPUTE_S = "time/compute_s", F64, "s", |r| r.sum.compute_s / r.ranks.max(1) as f64;
         /// Mean over ranks of the time in the exchange.
         COMM_S = "time/comm_s", F64, "s", |r| r.sum.comm_s / r.ranks.max(1) as f64;
-        /// Seconds since training started, on rank 0, at the end of the step.
+        /// Seconds since training started (restarts from 0 at a resume), on rank 0, at the end of the step.
         WALL_S = "time/wall_s", F64, "s", |r| r.sum.wall_s;
     }
 }
@@ -310,7 +310,8 @@ pub fn markdown() -> String {
     s.push_str(
         "\n## Per link, at the end of the run\n\n\
          Matrices of u64, one row per server rank and one column per worker rank (attributes\n\
-         `rows` and `columns` say which), summed over the whole run.\n\n\
+         `rows` and `columns` say which), summed over the whole run. In co-located mode both\n\
+         are all ranks and the diagonal is 0: a server's own block never crosses the network.\n\n\
          | dataset | meaning |\n|---|---|\n",
     );
     for m in LINK_MATRICES {
