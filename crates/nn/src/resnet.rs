@@ -13,12 +13,12 @@ use ndarray_rand::rand_distr::StandardNormal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::nn::batchnorm::BatchNorm;
-use crate::nn::conv2d::Conv2d;
-use crate::nn::linear::{batch_view, batch_view_mut, Linear};
-use crate::nn::loss::softmax_cross_entropy;
-use crate::nn::profile::Laps;
-use crate::nn::{shape_err, BatchStats, NnError};
+use crate::batchnorm::BatchNorm;
+use crate::conv2d::Conv2d;
+use crate::linear::{batch_view, batch_view_mut, Linear};
+use crate::loss::softmax_cross_entropy;
+use crate::profile::Laps;
+use crate::{shape_err, BatchStats, NnError};
 
 /// Channels of the three stages.
 const WIDTHS: [usize; 3] = [16, 32, 64];
@@ -190,7 +190,7 @@ impl ResNet20 {
         images: &ArrayView4<f32>,
         labels: &[usize],
     ) -> Result<usize, NnError> {
-        super::check_batch(
+        crate::check_batch(
             (self.fc.end(), params.len()),
             [self.in_channels, self.height, self.width],
             self.num_classes,
@@ -384,7 +384,7 @@ impl ResNet20 {
         Ok(())
     }
 
-    fn stats(&self, n: usize, sums: crate::nn::loss::LossSums) -> BatchStats {
+    fn stats(&self, n: usize, sums: crate::loss::LossSums) -> BatchStats {
         BatchStats {
             loss_sum: sums.loss_sum,
             correct: sums.correct,
@@ -455,7 +455,7 @@ fn shortcut_backward(blk: &Block, n: usize, d_out: &[f32], d_input: &mut [f32]) 
     }
 }
 
-impl crate::nn::Model for ResNet20 {
+impl crate::Model for ResNet20 {
     fn name(&self) -> &'static str {
         "resnet20"
     }
@@ -612,8 +612,8 @@ impl crate::nn::Model for ResNet20 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{random_vec, rng};
-    use crate::nn::Model;
+    use crate::gradcheck::{random_vec, rng};
+    use crate::Model;
     use ndarray::Array4;
 
     fn images(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Array4<f32> {

@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::nn::{check_shape, NnError};
+use crate::{check_shape, NnError};
 
 /// Sum of per-sample losses and number of correct argmax predictions of a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -68,7 +68,7 @@ pub fn softmax_cross_entropy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, numeric_grad, random_vec, rng};
     use ndarray::Array2;
 
     #[test]

@@ -7,14 +7,14 @@ use std::ops::Range;
 
 use ndarray::ArrayView4;
 
-use crate::nn::{BatchStats, Cnn, NnError, ResNet20};
+use crate::{BatchStats, Cnn, NnError, ResNet20};
 
 /// Which network to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    /// The reference CNN of [`crate::nn::cnn`].
+    /// The reference CNN of [`crate::cnn`].
     Cnn,
-    /// The CIFAR ResNet-20 of [`crate::nn::resnet`].
+    /// The CIFAR ResNet-20 of [`crate::resnet`].
     ResNet20,
 }
 

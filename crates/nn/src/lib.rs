@@ -1,4 +1,5 @@
-//! Neural-network engine: the reference CNN, the CIFAR ResNet-20, their layers and kernels.
+//! rps-nn, the neural-network engine of rps: the reference CNN, the CIFAR ResNet-20, their
+//! layers and kernels, and the SGD optimiser ([`optim`]); it knows nothing of MPI or HDF5.
 //! Every parameter lives in one flat `f32` buffer (and every gradient in one of the same
 //! layout); layers only know their offsets into it and borrow ndarray views of sub-slices,
 //! so a distributed algorithm can cut the model into contiguous blocks that are plain slices.
@@ -10,6 +11,7 @@ pub mod conv2d;
 pub mod linear;
 pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod pool;
 pub mod profile;
 pub mod relu;
@@ -25,13 +27,11 @@ pub use resnet::ResNet20;
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
 
 /// Errors raised by the network engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum NnError {
     /// The model cannot be built with the requested geometry.
-    #[error("invalid model configuration: {0}")]
     Config(String),
     /// An argument does not have the shape or length the model expects.
-    #[error("shape mismatch for {what}: expected {expected}, found {found}")]
     Shape {
         /// Which argument was wrong.
         what: String,
@@ -41,7 +41,6 @@ pub enum NnError {
         found: String,
     },
     /// A label is not a valid class index.
-    #[error("label {label} of sample {index} is out of range for {num_classes} classes")]
     Label {
         /// Position of the offending sample in the batch.
         index: usize,
@@ -51,11 +50,53 @@ pub enum NnError {
         num_classes: usize,
     },
     /// A kernel was handed a view that is not contiguous in standard (row-major) order.
-    #[error("{0} must be contiguous in standard layout")]
     Layout(&'static str),
     /// An ndarray view could not be built over a buffer.
-    #[error(transparent)]
-    Array(#[from] ndarray::ShapeError),
+    Array(ndarray::ShapeError),
+}
+
+// Written by hand rather than with thiserror to keep this crate's dependencies to ndarray
+// and rand; the messages are those the derive produced.
+impl std::fmt::Display for NnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NnError::Config(msg) => write!(f, "invalid model configuration: {msg}"),
+            NnError::Shape {
+                what,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape mismatch for {what}: expected {expected}, found {found}"
+            ),
+            NnError::Label {
+                index,
+                label,
+                num_classes,
+            } => write!(
+                f,
+                "label {label} of sample {index} is out of range for {num_classes} classes"
+            ),
+            NnError::Layout(what) => write!(f, "{what} must be contiguous in standard layout"),
+            // `#[error(transparent)]`: the message and the source are the inner error's.
+            NnError::Array(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for NnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NnError::Array(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<ndarray::ShapeError> for NnError {
+    fn from(e: ndarray::ShapeError) -> NnError {
+        NnError::Array(e)
+    }
 }
 
 /// Builds a [`NnError::Shape`] from anything printable.

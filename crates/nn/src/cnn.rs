@@ -10,13 +10,13 @@ use ndarray::{ArrayView1, ArrayView3, ArrayView4, ArrayViewMut1, ArrayViewMut3, 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::nn::conv2d::Conv2d;
-use crate::nn::linear::{batch_view, batch_view_mut, Linear};
-use crate::nn::loss::softmax_cross_entropy;
-use crate::nn::pool::{maxpool2_backward, maxpool2_forward};
-use crate::nn::profile::Laps;
-use crate::nn::relu::{relu_backward, relu_forward};
-use crate::nn::{shape_err, NnError};
+use crate::conv2d::Conv2d;
+use crate::linear::{batch_view, batch_view_mut, Linear};
+use crate::loss::softmax_cross_entropy;
+use crate::pool::{maxpool2_backward, maxpool2_forward};
+use crate::profile::Laps;
+use crate::relu::{relu_backward, relu_forward};
+use crate::{shape_err, NnError};
 
 /// Filters of the first convolution.
 const CONV1_FILTERS: usize = 32;
@@ -302,7 +302,7 @@ impl Cnn {
         images: &ArrayView4<f32>,
         labels: &[usize],
     ) -> Result<usize, NnError> {
-        super::check_batch(
+        crate::check_batch(
             (self.num_params(), params.len()),
             [self.in_channels, self.height, self.width],
             self.num_classes,
@@ -316,10 +316,6 @@ impl Cnn {
     fn load(&mut self, n: usize, images: ArrayView4<f32>) -> Result<(), NnError> {
         let s = &mut self.scratch;
         if n > s.capacity {
-            log::debug!(
-                "growing CNN scratch buffers from batch {} to {n}",
-                s.capacity
-            );
             let (c1, c2) = (&self.conv1, &self.conv2);
             let resize = |v: &mut Vec<f32>, per_sample: usize| v.resize(n * per_sample, 0.0);
             resize(&mut s.x, c1.in_size());
@@ -452,7 +448,7 @@ impl Cnn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{first_mismatch, numeric_grad_at, random_vec, rng};
+    use crate::gradcheck::{first_mismatch, numeric_grad_at, random_vec, rng};
     use crate::optim::Sgd;
     use ndarray::Array4;
     use rand::Rng;

@@ -10,7 +10,7 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3};
 
-use crate::nn::{as_slice, as_slice_mut, check_shape, NnError};
+use crate::{as_slice, as_slice_mut, check_shape, NnError};
 
 /// Output side length of a convolution, or an error if the kernel does not fit.
 fn out_len_strided(
@@ -385,7 +385,7 @@ impl Conv2d {
         params: &'a [f32],
     ) -> Result<(ArrayView2<'a, f32>, &'a [f32]), NnError> {
         if params.len() < self.end() {
-            return Err(crate::nn::shape_err(
+            return Err(crate::shape_err(
                 "conv2d parameters",
                 self.end(),
                 params.len(),
@@ -414,7 +414,7 @@ impl Conv2d {
         n: usize,
     ) -> Result<(), NnError> {
         if len < n * per_sample {
-            return Err(crate::nn::shape_err(what, n * per_sample, len));
+            return Err(crate::shape_err(what, n * per_sample, len));
         }
         Ok(())
     }
@@ -586,7 +586,7 @@ impl Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
     use ndarray::{Array2, Array3};
 
     /// Direct-loop convolution: y[f, oh, ow] = b[f] + Σ w[f, c, kh, kw]·x[c, oh+kh-pad, ow+kw-pad].

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use crate::nn::{shape_err, NnError};
+use crate::{shape_err, NnError};
 
 /// Added to the variance before the square root.
 pub const EPS: f32 = 1e-5;
@@ -264,7 +264,7 @@ impl BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
 
     /// Training-mode gradients of L = Σ y·R (with and without the fused ReLU masked by the
     /// caller) against central differences, for γ, β and the input.
