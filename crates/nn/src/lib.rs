@@ -6,11 +6,14 @@
 //! Kernels are single-threaded and write into buffers they are given.
 
 pub mod batchnorm;
+pub mod block;
+pub mod classifier;
 pub mod cnn;
 pub mod conv2d;
 pub mod linear;
 pub mod loss;
 pub mod model;
+pub mod network;
 pub mod optim;
 pub mod pool;
 pub mod profile;
@@ -20,8 +23,11 @@ pub mod resnet;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 
-pub use cnn::{BatchStats, Cnn};
+pub use classifier::Classifier;
+pub use cnn::Cnn;
+pub use loss::BatchStats;
 pub use model::{Model, ModelKind};
+pub use network::{Mode, Network};
 pub use resnet::ResNet20;
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
@@ -110,42 +116,6 @@ pub(crate) fn shape_err(
         expected: format!("{expected:?}"),
         found: format!("{found:?}"),
     }
-}
-
-/// Checks a batch against a model: the parameter buffer length (`(expected, found)`),
-/// images of shape (N, C, H, W) with N = `labels.len()`, and every label below
-/// `num_classes`. Returns N.
-pub(crate) fn check_batch(
-    (expected_params, found_params): (usize, usize),
-    [c, h, w]: [usize; 3],
-    num_classes: usize,
-    images: &ndarray::ArrayView4<f32>,
-    labels: &[usize],
-) -> Result<usize, NnError> {
-    if found_params != expected_params {
-        return Err(shape_err(
-            "parameter buffer length",
-            expected_params,
-            found_params,
-        ));
-    }
-    let n = labels.len();
-    let expected = [n, c, h, w];
-    if images.shape() != expected {
-        return Err(shape_err(
-            "images (N, C, H, W) with N = labels.len()",
-            expected,
-            images.shape(),
-        ));
-    }
-    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
-        return Err(NnError::Label {
-            index,
-            label,
-            num_classes,
-        });
-    }
-    Ok(n)
 }
 
 /// Checks that a view has exactly the expected shape.

@@ -1,24 +1,22 @@
-//! ResNet-20 for CIFAR (He et al. 2016, §4.2): conv3×3(16)–BN–ReLU, three stages of three
-//! basic blocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2), global
-//! average pooling, linear(64 → classes). Convolutions have no bias (BN follows them).
-//! Stride-2 shortcuts are option A of the paper, as in the common PyTorch CIFAR code:
-//! subsample x[:, :, ::2, ::2] and zero-pad channels (out/4 on each side) — no parameters,
-//! so the model has the paper's 0.27 M weights. One flat buffer holds the weights and the
-//! batch-norm running statistics; `Model::trainable` lists what SGD may update.
+//! ResNet-20 for CIFAR (He et al. 2016, §4.2) as a [`Network`]: conv3×3(16)–BN–ReLU,
+//! three stages of three basic blocks ([`crate::block`]; 16, 32, 64 channels, the first
+//! block of stages 2 and 3 with stride 2), global average pooling, linear(64 → classes).
+//! No convolution has a bias, so the model has the paper's 0.27 M weights; one flat buffer
+//! holds them and the batch-norm running statistics, which only training mode updates.
 
 use std::ops::Range;
 
-use ndarray::ArrayView4;
+use ndarray::{ArrayView1, ArrayViewMut1};
 use ndarray_rand::rand_distr::StandardNormal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::batchnorm::BatchNorm;
-use crate::conv2d::Conv2d;
-use crate::linear::{batch_view, batch_view_mut, Linear};
-use crate::loss::softmax_cross_entropy;
+use crate::block::{Block, ConvBn};
+use crate::linear::Linear;
+use crate::network::{Mode, Network, Scratch, StageFlops};
 use crate::profile::Laps;
-use crate::{shape_err, BatchStats, NnError};
+use crate::relu::{relu_backward, relu_forward};
+use crate::{shape_err, NnError};
 
 /// Channels of the three stages.
 const WIDTHS: [usize; 3] = [16, 32, 64];
@@ -28,49 +26,9 @@ const BLOCKS: usize = 3;
 const FWD: [&str; 3] = ["stage1 fwd", "stage2 fwd", "stage3 fwd"];
 const BWD: [&str; 3] = ["stage1 bwd", "stage2 bwd", "stage3 bwd"];
 
-/// A bias-free 3×3 convolution followed by batch normalization.
-#[derive(Debug, Clone)]
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl ConvBn {
-    fn new(
-        cin: usize,
-        cout: usize,
-        stride: usize,
-        hw: (usize, usize),
-        offset: usize,
-    ) -> Result<ConvBn, NnError> {
-        let conv = Conv2d::new_strided(cin, cout, 3, 1, stride, hw, offset)?.without_bias();
-        let bn = BatchNorm::new(cout, conv.out_h() * conv.out_w(), conv.end());
-        Ok(ConvBn { conv, bn })
-    }
-    fn end(&self) -> usize {
-        self.bn.end()
-    }
-    fn out_size(&self) -> usize {
-        self.conv.out_size()
-    }
-}
-
-/// out = ReLU(BN(conv2(ReLU(BN(conv1(x))))) + shortcut(x)).
-#[derive(Debug, Clone)]
-struct Block {
-    c1: ConvBn,
-    c2: ConvBn,
-    /// Stride 2 with twice the channels: option-A shortcut instead of the identity.
-    down: bool,
-    /// Indices of this block's two layers in the scratch's per-layer lists.
-    layer: usize,
-}
-
-/// Activations of a batch, grown to the largest batch seen and reused.
+/// Activations of a batch ([`Network::Activations`]).
 #[derive(Default)]
-struct Scratch {
-    capacity: usize,
-    x: Vec<f32>,
+pub struct Activations {
     col: Vec<f32>,
     /// Per conv-BN layer (stem, then two per block): conv output before BN, BN statistics.
     z: Vec<Vec<f32>>,
@@ -81,8 +39,6 @@ struct Scratch {
     out: Vec<Vec<f32>>,
     pooled: Vec<f32>,
     d_pooled: Vec<f32>,
-    logits: Vec<f32>,
-    d_logits: Vec<f32>,
     /// Gradient buffers as large as the largest activation.
     g1: Vec<f32>,
     g2: Vec<f32>,
@@ -90,15 +46,7 @@ struct Scratch {
     gz: Vec<f32>,
 }
 
-impl std::fmt::Debug for Scratch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scratch")
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The CIFAR ResNet-20. Holds geometry and scratch only; buffers belong to the caller.
+/// The CIFAR ResNet-20's geometry; [`crate::Classifier`] makes it a [`crate::Model`].
 #[derive(Debug)]
 pub struct ResNet20 {
     in_channels: usize,
@@ -108,8 +56,6 @@ pub struct ResNet20 {
     stem: ConvBn,
     blocks: Vec<Block>,
     fc: Linear,
-    scratch: Scratch,
-    laps: Laps,
 }
 
 impl ResNet20 {
@@ -163,8 +109,6 @@ impl ResNet20 {
             stem,
             blocks,
             fc,
-            scratch: Scratch::default(),
-            laps: Laps::default(),
         })
     }
 
@@ -183,281 +127,25 @@ impl ResNet20 {
         )
     }
 
-    /// Validates the arguments shared by training and evaluation; returns the batch size.
-    fn check_batch(
-        &self,
-        params: &[f32],
-        images: &ArrayView4<f32>,
-        labels: &[usize],
-    ) -> Result<usize, NnError> {
-        crate::check_batch(
-            (self.fc.end(), params.len()),
-            [self.in_channels, self.height, self.width],
-            self.num_classes,
-            images,
-            labels,
-        )
-    }
-
-    /// Grows the scratch buffers for a batch of `n` and copies the images in.
-    fn load(&mut self, n: usize, images: ArrayView4<f32>) -> Result<(), NnError> {
-        let s = &mut self.scratch;
-        if n > s.capacity {
-            let layers: Vec<&ConvBn> = std::iter::once(&self.stem)
-                .chain(self.blocks.iter().flat_map(|b| [&b.c1, &b.c2]))
-                .collect();
-            let max_act = layers.iter().map(|l| l.out_size()).max().unwrap_or(0);
-            let sized = |per: usize| vec![0.0f32; n * per];
-            s.x = sized(self.stem.conv.in_size());
-            s.col = vec![0.0; layers.iter().map(|l| l.conv.col_size()).max().unwrap_or(0)];
-            s.z = layers.iter().map(|l| sized(l.out_size())).collect();
-            s.saved = layers.iter().map(|l| vec![0.0; l.bn.saved_len()]).collect();
-            s.stem = sized(self.stem.out_size());
-            s.mid = self.blocks.iter().map(|b| sized(b.c1.out_size())).collect();
-            s.out = self.blocks.iter().map(|b| sized(b.c2.out_size())).collect();
-            s.pooled = sized(WIDTHS[2]);
-            s.d_pooled = sized(WIDTHS[2]);
-            s.logits = sized(self.num_classes);
-            s.d_logits = sized(self.num_classes);
-            s.g1 = sized(max_act);
-            s.g2 = sized(max_act);
-            s.g3 = sized(max_act);
-            s.gz = sized(max_act);
-            s.capacity = n;
-        }
-        let shape = (n, self.in_channels, self.height, self.width);
-        ndarray::ArrayViewMut4::from_shape(shape, &mut s.x[..n * self.stem.conv.in_size()])?
-            .assign(&images);
-        Ok(())
-    }
-
-    /// Conv then BN (batch statistics when `train`, else running ones), ReLU if `relu`.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
-        l: &ConvBn,
-        params: &[f32],
-        n: usize,
-        input: &[f32],
-        col: &mut [f32],
-        z: &mut [f32],
-        saved: &mut [f32],
-        out: &mut [f32],
-        relu: bool,
-        train: bool,
-    ) -> Result<(), NnError> {
-        l.conv.forward(params, n, input, col, z)?;
-        if train {
-            l.bn.forward_train(params, n, z, out, saved, relu)
-        } else {
-            l.bn.forward_eval(params, n, z, out, relu)
-        }
-    }
-
-    /// Runs the network on `scratch.x` up to the logits.
-    fn forward(&mut self, params: &[f32], n: usize, train: bool) -> Result<(), NnError> {
-        let s = &mut self.scratch;
-        Self::conv_bn(
-            &self.stem,
-            params,
-            n,
-            &s.x,
-            &mut s.col,
-            &mut s.z[0],
-            &mut s.saved[0],
-            &mut s.stem,
-            true,
-            train,
-        )?;
-        self.laps.lap("stem fwd");
-        for (b, blk) in self.blocks.iter().enumerate() {
-            let (prev, rest) = s.out.split_at_mut(b);
-            let input: &[f32] = if b == 0 { &s.stem } else { &prev[b - 1] };
-            let out = &mut rest[0];
-            let (l1, l2) = (blk.layer, blk.layer + 1);
-            Self::conv_bn(
-                &blk.c1,
-                params,
-                n,
-                input,
-                &mut s.col,
-                &mut s.z[l1],
-                &mut s.saved[l1],
-                &mut s.mid[b],
-                true,
-                train,
-            )?;
-            Self::conv_bn(
-                &blk.c2,
-                params,
-                n,
-                &s.mid[b],
-                &mut s.col,
-                &mut s.z[l2],
-                &mut s.saved[l2],
-                out,
-                false,
-                train,
-            )?;
-            shortcut_add(blk, n, input, out);
-            out[..n * blk.c2.out_size()]
-                .iter_mut()
-                .for_each(|v| *v = v.max(0.0));
-            if b % BLOCKS == BLOCKS - 1 {
-                self.laps.lap(FWD[b / BLOCKS]);
-            }
-        }
-        let last = self
-            .blocks
-            .last()
-            .ok_or(NnError::Config("no blocks".into()))?;
-        let hw = last.c2.bn.hw;
-        let out = &s.out[self.blocks.len() - 1];
-        for (p, plane) in s.pooled[..n * WIDTHS[2]]
-            .iter_mut()
-            .zip(out.chunks_exact(hw))
-        {
-            *p = plane.iter().sum::<f32>() / hw as f32;
-        }
-        self.fc.forward(params, n, &s.pooled, &mut s.logits)?;
-        self.laps.lap("pool+fc fwd");
-        Ok(())
-    }
-
-    /// Back-propagates `scratch.d_logits`, overwriting all of `grads`.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], n: usize) -> Result<(), NnError> {
-        let s = &mut self.scratch;
-        self.fc.backward(
-            params,
-            n,
-            &s.pooled,
-            &s.d_logits,
-            grads,
-            Some(&mut s.d_pooled),
-        )?;
-        let nb = self.blocks.len();
-        let hw = self.blocks[nb - 1].c2.bn.hw;
-        for (plane, &d) in s.g1.chunks_exact_mut(hw).zip(&s.d_pooled[..n * WIDTHS[2]]) {
-            plane.fill(d / hw as f32);
-        }
-        self.laps.lap("pool+fc bwd");
-        for b in (0..nb).rev() {
-            let blk = &self.blocks[b];
-            let (l1, l2) = (blk.layer, blk.layer + 1);
-            let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
-            // g1 = d(block output); through the final ReLU.
-            relu_mask(&mut s.g1[..n * osz], &s.out[b]);
-            let input: &[f32] = if b == 0 { &s.stem } else { &s.out[b - 1] };
-            blk.c2
-                .bn
-                .backward(params, n, &s.z[l2], &s.saved[l2], &s.g1, grads, &mut s.gz)?;
-            blk.c2.conv.backward(
-                params,
-                n,
-                &s.mid[b],
-                &s.gz,
-                &mut s.col,
-                grads,
-                Some(&mut s.g2),
-            )?;
-            relu_mask(&mut s.g2[..n * blk.c1.out_size()], &s.mid[b]);
-            blk.c1
-                .bn
-                .backward(params, n, &s.z[l1], &s.saved[l1], &s.g2, grads, &mut s.gz)?;
-            blk.c1
-                .conv
-                .backward(params, n, input, &s.gz, &mut s.col, grads, Some(&mut s.g3))?;
-            shortcut_backward(blk, n, &s.g1, &mut s.g3);
-            // The block input was a ReLU output: mask here so g1 is ready for the next block.
-            relu_mask(&mut s.g3[..n * isz], input);
-            std::mem::swap(&mut s.g1, &mut s.g3);
-            if b % BLOCKS == 0 {
-                self.laps.lap(BWD[b / BLOCKS]);
-            }
-        }
-        self.stem
-            .bn
-            .backward(params, n, &s.z[0], &s.saved[0], &s.g1, grads, &mut s.gz)?;
-        self.stem
-            .conv
-            .backward(params, n, &s.x, &s.gz, &mut s.col, grads, None)?;
-        self.laps.lap("stem bwd");
-        Ok(())
-    }
-
-    fn stats(&self, n: usize, sums: crate::loss::LossSums) -> BatchStats {
-        BatchStats {
-            loss_sum: sums.loss_sum,
-            correct: sums.correct,
-            count: n,
-        }
+    /// Pixels per channel of the last stage, which global average pooling averages.
+    fn last_hw(&self) -> usize {
+        self.blocks[self.blocks.len() - 1].c2.bn.hw
     }
 }
 
-/// Zeroes the gradient wherever the ReLU output was not positive.
-fn relu_mask(grad: &mut [f32], out: &[f32]) {
-    for (g, &o) in grad.iter_mut().zip(out) {
-        if o <= 0.0 {
-            *g = 0.0;
-        }
-    }
-}
+impl Network for ResNet20 {
+    type Activations = Activations;
 
-/// out += shortcut(input): the identity, or option A (subsample by 2, channels padded
-/// with out/4 zero planes on each side).
-fn shortcut_add(blk: &Block, n: usize, input: &[f32], out: &mut [f32]) {
-    let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
-    if !blk.down {
-        for (o, &x) in out[..n * osz].iter_mut().zip(&input[..n * isz]) {
-            *o += x;
-        }
-        return;
-    }
-    let (ci, iw) = (blk.c1.conv.in_channels, blk.c1.conv.in_w);
-    let (co, oh, ow) = (blk.c2.bn.channels, blk.c2.conv.out_h(), blk.c2.conv.out_w());
-    let off = co / 4;
-    let ihw = blk.c1.conv.in_h * iw;
-    for i in 0..n {
-        for c in 0..ci {
-            let src = &input[i * isz + c * ihw..][..ihw];
-            let dst = &mut out[i * osz + (c + off) * oh * ow..][..oh * ow];
-            for y in 0..oh {
-                for x in 0..ow {
-                    dst[y * ow + x] += src[2 * y * iw + 2 * x];
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`shortcut_add`]: d_input += shortcutᵀ(d_out).
-fn shortcut_backward(blk: &Block, n: usize, d_out: &[f32], d_input: &mut [f32]) {
-    let (osz, isz) = (blk.c2.out_size(), blk.c1.conv.in_size());
-    if !blk.down {
-        for (d, &g) in d_input[..n * isz].iter_mut().zip(&d_out[..n * osz]) {
-            *d += g;
-        }
-        return;
-    }
-    let (ci, iw) = (blk.c1.conv.in_channels, blk.c1.conv.in_w);
-    let (co, oh, ow) = (blk.c2.bn.channels, blk.c2.conv.out_h(), blk.c2.conv.out_w());
-    let off = co / 4;
-    let ihw = blk.c1.conv.in_h * iw;
-    for i in 0..n {
-        for c in 0..ci {
-            let src = &d_out[i * osz + (c + off) * oh * ow..][..oh * ow];
-            let dst = &mut d_input[i * isz + c * ihw..][..ihw];
-            for y in 0..oh {
-                for x in 0..ow {
-                    dst[2 * y * iw + 2 * x] += src[y * ow + x];
-                }
-            }
-        }
-    }
-}
-
-impl crate::Model for ResNet20 {
     fn name(&self) -> &'static str {
         "resnet20"
+    }
+
+    fn input_shape(&self) -> [usize; 3] {
+        [self.in_channels, self.height, self.width]
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
     }
 
     fn num_params(&self) -> usize {
@@ -484,6 +172,7 @@ impl crate::Model for ResNet20 {
         v
     }
 
+    /// Everything but the batch-norm running statistics.
     fn trainable(&self) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = Vec::new();
         for (name, r) in self.param_layout() {
@@ -510,8 +199,7 @@ impl crate::Model for ResNet20 {
                 *v = std * rng.sample::<f32, _>(StandardNormal);
             }
         };
-        let layers: Vec<ConvBn> = self.layers().cloned().collect();
-        for l in &layers {
+        for l in self.layers() {
             normal(l.conv.weight.clone(), l.conv.fan_in(), &mut p);
             l.bn.init(&mut p);
         }
@@ -523,104 +211,197 @@ impl crate::Model for ResNet20 {
         p
     }
 
-    fn train_batch(
-        &mut self,
-        params: &mut [f32],
-        grads: &mut [f32],
-        images: ArrayView4<f32>,
-        labels: &[usize],
-    ) -> Result<BatchStats, NnError> {
-        if grads.len() != self.fc.end() {
-            return Err(shape_err(
-                "gradient buffer length",
-                self.fc.end(),
-                grads.len(),
-            ));
-        }
-        let n = self.check_batch(params, &images, labels)?;
-        // Batch statistics need two values per channel in the last stage (H/4 × W/4 each).
-        if n == 0 || n * self.blocks[self.blocks.len() - 1].c2.bn.hw < 2 {
+    /// Batch statistics need two values per channel in the last stage (H/4 × W/4 each).
+    fn check_train_size(&self, n: usize) -> Result<(), NnError> {
+        if n == 0 || n * self.last_hw() < 2 {
             return Err(shape_err(
                 "batch size",
                 "at least 2 values per BN channel",
                 n,
             ));
         }
-        self.laps.start();
-        self.load(n, images)?;
-        self.forward(params, n, true)?;
-        let s = &mut self.scratch;
-        let k = self.num_classes;
-        let logits = batch_view(&s.logits, n, k, "logits")?;
-        let d_logits = batch_view_mut(&mut s.d_logits, n, k, "logit gradient")?;
-        let sums = softmax_cross_entropy(logits, labels, Some(d_logits))?;
-        self.laps.lap("loss");
-        self.backward(params, grads, n)?;
-        // Running statistics change only after the gradient used the batch statistics.
-        for (l, saved) in self.layers().zip(&self.scratch.saved) {
+        Ok(())
+    }
+
+    fn grow(&self, s: &mut Activations, n: usize) {
+        let layers: Vec<&ConvBn> = self.layers().collect();
+        let max_act = layers.iter().map(|l| l.out_size()).max().unwrap_or(0);
+        let sized = |per: usize| vec![0.0f32; n * per];
+        s.col = vec![0.0; layers.iter().map(|l| l.conv.col_size()).max().unwrap_or(0)];
+        s.z = layers.iter().map(|l| sized(l.out_size())).collect();
+        s.saved = layers.iter().map(|l| vec![0.0; l.bn.saved_len()]).collect();
+        s.stem = sized(self.stem.out_size());
+        s.mid = self.blocks.iter().map(|b| sized(b.c1.out_size())).collect();
+        s.out = self.blocks.iter().map(|b| sized(b.c2.out_size())).collect();
+        s.pooled = sized(WIDTHS[2]);
+        s.d_pooled = sized(WIDTHS[2]);
+        s.g1 = sized(max_act);
+        s.g2 = sized(max_act);
+        s.g3 = sized(max_act);
+        s.gz = sized(max_act);
+    }
+
+    fn forward(
+        &self,
+        params: &[f32],
+        n: usize,
+        mode: Mode,
+        scratch: &mut Scratch<Activations>,
+        laps: &mut Laps,
+    ) -> Result<(), NnError> {
+        let s = &mut scratch.acts;
+        let (z, saved) = (&mut s.z[0], &mut s.saved[0]);
+        let stem_out = &mut s.stem;
+        self.stem.forward(
+            params, n, &scratch.x, &mut s.col, z, saved, stem_out, true, mode,
+        )?;
+        laps.lap("stem fwd");
+        for (b, blk) in self.blocks.iter().enumerate() {
+            let (prev, rest) = s.out.split_at_mut(b);
+            let input: &[f32] = if b == 0 { &s.stem } else { &prev[b - 1] };
+            let out = &mut rest[0];
+            let (l1, l2) = (blk.layer, blk.layer + 1);
+            let (z, saved) = (&mut s.z[l1], &mut s.saved[l1]);
+            blk.c1.forward(
+                params,
+                n,
+                input,
+                &mut s.col,
+                z,
+                saved,
+                &mut s.mid[b],
+                true,
+                mode,
+            )?;
+            let (z, saved) = (&mut s.z[l2], &mut s.saved[l2]);
+            blk.c2
+                .forward(params, n, &s.mid[b], &mut s.col, z, saved, out, false, mode)?;
+            blk.shortcut_add(n, input, out);
+            relu_forward(ArrayViewMut1::from(&mut out[..n * blk.c2.out_size()]));
+            if b % BLOCKS == BLOCKS - 1 {
+                laps.lap(FWD[b / BLOCKS]);
+            }
+        }
+        let hw = self.last_hw();
+        let out = &s.out[self.blocks.len() - 1];
+        for (p, plane) in s.pooled[..n * WIDTHS[2]]
+            .iter_mut()
+            .zip(out.chunks_exact(hw))
+        {
+            *p = plane.iter().sum::<f32>() / hw as f32;
+        }
+        self.fc.forward(params, n, &s.pooled, &mut scratch.logits)?;
+        laps.lap("pool+fc fwd");
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        n: usize,
+        scratch: &mut Scratch<Activations>,
+        laps: &mut Laps,
+    ) -> Result<(), NnError> {
+        let s = &mut scratch.acts;
+        self.fc.backward(
+            params,
+            n,
+            &s.pooled,
+            &scratch.d_logits,
+            grads,
+            Some(&mut s.d_pooled),
+        )?;
+        let hw = self.last_hw();
+        for (plane, &d) in s.g1.chunks_exact_mut(hw).zip(&s.d_pooled[..n * WIDTHS[2]]) {
+            plane.fill(d / hw as f32);
+        }
+        laps.lap("pool+fc bwd");
+        for b in (0..self.blocks.len()).rev() {
+            let blk = &self.blocks[b];
+            let (l1, l2) = (blk.layer, blk.layer + 1);
+            let (osz, msz, isz) = (blk.c2.out_size(), blk.c1.out_size(), blk.c1.conv.in_size());
+            // g1 = d(block output); through the final ReLU.
+            relu_backward(
+                ArrayViewMut1::from(&mut s.g1[..n * osz]),
+                ArrayView1::from(&s.out[b][..n * osz]),
+            )?;
+            let input: &[f32] = if b == 0 { &s.stem } else { &s.out[b - 1] };
+            blk.c2
+                .bn
+                .backward(params, n, &s.z[l2], &s.saved[l2], &s.g1, grads, &mut s.gz)?;
+            blk.c2.conv.backward(
+                params,
+                n,
+                &s.mid[b],
+                &s.gz,
+                &mut s.col,
+                grads,
+                Some(&mut s.g2),
+            )?;
+            relu_backward(
+                ArrayViewMut1::from(&mut s.g2[..n * msz]),
+                ArrayView1::from(&s.mid[b][..n * msz]),
+            )?;
+            blk.c1
+                .bn
+                .backward(params, n, &s.z[l1], &s.saved[l1], &s.g2, grads, &mut s.gz)?;
+            blk.c1
+                .conv
+                .backward(params, n, input, &s.gz, &mut s.col, grads, Some(&mut s.g3))?;
+            blk.shortcut_backward(n, &s.g1, &mut s.g3);
+            // The block input was a ReLU output: mask here so g1 is ready for the next block.
+            relu_backward(
+                ArrayViewMut1::from(&mut s.g3[..n * isz]),
+                ArrayView1::from(&input[..n * isz]),
+            )?;
+            std::mem::swap(&mut s.g1, &mut s.g3);
+            if b % BLOCKS == 0 {
+                laps.lap(BWD[b / BLOCKS]);
+            }
+        }
+        self.stem
+            .bn
+            .backward(params, n, &s.z[0], &s.saved[0], &s.g1, grads, &mut s.gz)?;
+        self.stem
+            .conv
+            .backward(params, n, &scratch.x, &s.gz, &mut s.col, grads, None)?;
+        laps.lap("stem bwd");
+        Ok(())
+    }
+
+    fn update_state(&self, params: &mut [f32], n: usize, acts: &Activations) {
+        for (l, saved) in self.layers().zip(&acts.saved) {
             l.bn.update_running(params, n, saved);
         }
-        Ok(self.stats(n, sums))
     }
 
-    fn eval_batch(
-        &mut self,
-        params: &[f32],
-        images: ArrayView4<f32>,
-        labels: &[usize],
-    ) -> Result<BatchStats, NnError> {
-        let n = self.check_batch(params, &images, labels)?;
-        if n == 0 {
-            return Ok(BatchStats::default());
-        }
-        self.load(n, images)?;
-        self.forward(params, n, false)?;
-        let logits = batch_view(&self.scratch.logits, n, self.num_classes, "logits")?;
-        let sums = softmax_cross_entropy(logits, labels, None)?;
-        Ok(self.stats(n, sums))
-    }
-
-    fn set_profiling(&mut self, on: bool) {
-        self.laps.set_enabled(on);
-    }
-
-    fn take_profile(&mut self) -> Vec<(&'static str, f64)> {
-        self.laps.take()
-    }
-
-    fn stage_flops(&self) -> Vec<(&'static str, f64)> {
-        let conv = |c: &Conv2d| 2.0 * (c.out_size() * c.fan_in()) as f64;
+    fn stage_flops(&self) -> (StageFlops, StageFlops) {
+        let conv = |c: &ConvBn| 2.0 * (c.conv.out_size() * c.conv.fan_in()) as f64;
         let stage = |s: usize| -> f64 {
             self.blocks[s * BLOCKS..(s + 1) * BLOCKS]
                 .iter()
-                .map(|b| conv(&b.c1.conv) + conv(&b.c2.conv))
+                .map(|b| conv(&b.c1) + conv(&b.c2))
                 .sum()
         };
         let fc = 2.0 * (self.fc.in_features * self.fc.out_features) as f64;
-        let mut v = vec![("stem fwd", conv(&self.stem.conv))];
-        v.extend((0..3).map(|s| (FWD[s], stage(s))));
-        v.push(("pool+fc fwd", fc));
-        v.push(("loss", 0.0));
-        v.push(("pool+fc bwd", 2.0 * fc));
-        v.extend((0..3).rev().map(|s| (BWD[s], 2.0 * stage(s))));
+        let mut forward = vec![("stem fwd", conv(&self.stem))];
+        forward.extend((0..3).map(|s| (FWD[s], stage(s))));
+        forward.push(("pool+fc fwd", fc));
+        let mut backward = vec![("pool+fc bwd", 2.0 * fc)];
+        backward.extend((0..3).rev().map(|s| (BWD[s], 2.0 * stage(s))));
         // No input gradient for the stem: only dW.
-        v.push(("stem bwd", conv(&self.stem.conv)));
-        v
+        backward.push(("stem bwd", conv(&self.stem)));
+        (forward, backward)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{random_vec, rng};
-    use crate::Model;
-    use ndarray::Array4;
-
-    fn images(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Array4<f32> {
-        let mut r = rng(seed);
-        Array4::from_shape_vec((n, c, h, w), random_vec(&mut r, n * c * h * w, -2.0, 2.0))
-            .expect("shape")
-    }
+    use crate::gradcheck::{quadrant_batch, random_images, rng};
+    use crate::optim::Sgd;
+    use crate::{Classifier, Model};
 
     #[test]
     fn cifar_layout_has_the_papers_parameter_count() {
@@ -663,9 +444,9 @@ mod tests {
     /// missing term in any layer's backward pass breaks that equality.
     #[test]
     fn gradient_matches_finite_differences() {
-        let mut m = ResNet20::new(2, 8, 8, 3).expect("model");
+        let mut m = Classifier::new(ResNet20::new(2, 8, 8, 3).expect("model"));
         let params = m.init_params(5);
-        let x = images(6, 3, 2, 8, 8);
+        let x = random_images(6, 3, 2, 8, 8);
         let labels = [2, 0, 1];
         let mut grads = vec![0.0; m.num_params()];
         let mut after = params.clone();
@@ -715,56 +496,20 @@ mod tests {
         assert!(after[rm].iter().any(|&v| v != 0.0), "running mean moved");
     }
 
-    /// Option A's backward is the exact adjoint of its forward.
-    #[test]
-    fn option_a_shortcut_is_adjoint() {
-        let m = ResNet20::new(1, 8, 8, 2).expect("model");
-        let blk = &m.blocks[BLOCKS];
-        assert!(blk.down);
-        let n = 2;
-        let mut r = rng(11);
-        let x = random_vec(&mut r, n * blk.c1.conv.in_size(), -1.0, 1.0);
-        let g = random_vec(&mut r, n * blk.c2.out_size(), -1.0, 1.0);
-        let mut y = vec![0.0; g.len()];
-        shortcut_add(blk, n, &x, &mut y);
-        let mut dx = vec![0.0; x.len()];
-        shortcut_backward(blk, n, &g, &mut dx);
-        let lhs: f64 = y.iter().zip(&g).map(|(a, b)| (a * b) as f64).sum();
-        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
-        assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
-        // Input channel 0 lands in output channel out/4 = 8, subsampled.
-        assert_eq!(y[8 * 16], x[0]);
-        assert_eq!(y[8 * 16 + 1], x[2]);
-        assert!(
-            y[..8 * 16].iter().all(|&v| v == 0.0),
-            "padding channels stay zero"
-        );
-    }
-
     /// 8×8 three-channel images whose class is the bright quadrant: a few SGD steps on the
     /// trainable ranges must cut the loss, and eval mode must then agree.
     #[test]
     fn sgd_learns_quadrants() {
-        let mut m = ResNet20::new(3, 8, 8, 4).expect("model");
+        let mut m = Classifier::new(ResNet20::new(3, 8, 8, 4).expect("model"));
         let mut params = m.init_params(1);
         let mut grads = vec![0.0; m.num_params()];
-        let mut sgd = crate::optim::Sgd::new(m.num_params(), 0.05, 0.9, 0.0);
+        let mut sgd = Sgd::new(m.num_params(), 0.05, 0.9, 0.0);
         sgd.set_trainable(m.trainable());
         let mut r = rng(12);
-        let batch = |r: &mut StdRng, n: usize| {
-            let y: Vec<usize> = (0..n).map(|_| r.random_range(0..4)).collect();
-            let mut x = Array4::from_shape_fn((n, 3, 8, 8), |_| r.random_range(-0.3f32..0.3));
-            for (i, &q) in y.iter().enumerate() {
-                let (t, l) = ((q / 2) * 4, (q % 2) * 4);
-                x.slice_mut(ndarray::s![i, .., t..t + 4, l..l + 4])
-                    .mapv_inplace(|v| v + 1.0);
-            }
-            (x, y)
-        };
-        let (tx, ty) = batch(&mut r, 64);
+        let (tx, ty) = quadrant_batch(&mut r, 64, 3);
         let mut first = None;
         for _ in 0..30 {
-            let (x, y) = batch(&mut r, 16);
+            let (x, y) = quadrant_batch(&mut r, 16, 3);
             let s = m
                 .train_batch(&mut params, &mut grads, x.view(), &y)
                 .expect("train");
