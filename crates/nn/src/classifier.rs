@@ -57,7 +57,7 @@ impl<N: Network> Classifier<N> {
         images: &ArrayView4<f32>,
         labels: &[usize],
     ) -> Result<usize, NnError> {
-        let expected_params = self.net.num_params();
+        let expected_params = self.net.spec().params;
         if params.len() != expected_params {
             return Err(shape_err(
                 "parameter buffer length",
@@ -66,7 +66,7 @@ impl<N: Network> Classifier<N> {
             ));
         }
         let n = labels.len();
-        let [c, h, w] = self.net.input_shape();
+        let [c, h, w] = self.net.spec().image;
         let expected = [n, c, h, w];
         if images.shape() != expected {
             return Err(shape_err(
@@ -75,7 +75,7 @@ impl<N: Network> Classifier<N> {
                 images.shape(),
             ));
         }
-        let num_classes = self.net.num_classes();
+        let num_classes = self.net.spec().classes;
         if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
             return Err(NnError::Label {
                 index,
@@ -89,10 +89,10 @@ impl<N: Network> Classifier<N> {
     /// Grows the scratch buffers to hold a batch of `n` and copies the images in, so every
     /// kernel sees contiguous NCHW data whatever the caller's strides.
     fn load(&mut self, n: usize, images: ArrayView4<f32>) -> Result<(), NnError> {
-        let [c, h, w] = self.net.input_shape();
+        let [c, h, w] = self.net.spec().image;
         let s = &mut self.scratch;
         if n > s.capacity {
-            let k = self.net.num_classes();
+            let k = self.net.spec().classes;
             s.x.resize(n * c * h * w, 0.0);
             s.logits.resize(n * k, 0.0);
             s.d_logits.resize(n * k, 0.0);
@@ -106,11 +106,11 @@ impl<N: Network> Classifier<N> {
 
 impl<N: Network> Model for Classifier<N> {
     fn name(&self) -> &'static str {
-        self.net.name()
+        self.net.spec().name
     }
 
     fn num_params(&self) -> usize {
-        self.net.num_params()
+        self.net.spec().params
     }
 
     fn param_layout(&self) -> Vec<(String, Range<usize>)> {
@@ -132,10 +132,10 @@ impl<N: Network> Model for Classifier<N> {
         images: ArrayView4<f32>,
         labels: &[usize],
     ) -> Result<BatchStats, NnError> {
-        if grads.len() != self.net.num_params() {
+        if grads.len() != self.net.spec().params {
             return Err(shape_err(
                 "gradient buffer length",
-                self.net.num_params(),
+                self.net.spec().params,
                 grads.len(),
             ));
         }
@@ -146,7 +146,7 @@ impl<N: Network> Model for Classifier<N> {
         self.laps.lap("input copy");
         let (net, s) = (&self.net, &mut self.scratch);
         net.forward(params, n, Mode::Train, s, &mut self.laps)?;
-        let k = net.num_classes();
+        let k = net.spec().classes;
         let logits = batch_view(&s.logits, n, k, "logits")?;
         let d_logits = batch_view_mut(&mut s.d_logits, n, k, "logit gradient")?;
         let stats = softmax_cross_entropy(logits, labels, Some(d_logits))?;
@@ -170,7 +170,7 @@ impl<N: Network> Model for Classifier<N> {
         self.load(n, images)?;
         let (net, s) = (&self.net, &mut self.scratch);
         net.forward(params, n, Mode::Eval, s, &mut self.laps)?;
-        let logits = batch_view(&s.logits, n, net.num_classes(), "logits")?;
+        let logits = batch_view(&s.logits, n, net.spec().classes, "logits")?;
         softmax_cross_entropy(logits, labels, None)
     }
 

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::conv2d::Conv2d;
 use crate::linear::Linear;
-use crate::network::{Mode, Network, Scratch, StageFlops};
+use crate::network::{Mode, Network, Scratch, Spec, StageFlops};
 use crate::pool::{maxpool2_backward, maxpool2_forward};
 use crate::profile::Laps;
 use crate::relu::{relu_backward, relu_forward};
@@ -58,10 +58,7 @@ pub struct Activations {
 /// The reference CNN's geometry; [`crate::Classifier`] makes it a [`crate::Model`].
 #[derive(Debug)]
 pub struct Cnn {
-    in_channels: usize,
-    height: usize,
-    width: usize,
-    num_classes: usize,
+    spec: Spec,
     conv1: Conv2d,
     conv2: Conv2d,
     fc1: Linear,
@@ -106,10 +103,12 @@ impl Cnn {
         let fc1 = Linear::new(flat, HIDDEN, conv2.end());
         let fc2 = Linear::new(HIDDEN, num_classes, fc1.end());
         Ok(Cnn {
-            in_channels,
-            height,
-            width,
-            num_classes,
+            spec: Spec {
+                name: "cnn",
+                image: [in_channels, height, width],
+                classes: num_classes,
+                params: fc2.end(),
+            },
             conv1,
             conv2,
             fc1,
@@ -137,20 +136,8 @@ impl Cnn {
 impl Network for Cnn {
     type Activations = Activations;
 
-    fn name(&self) -> &'static str {
-        "cnn"
-    }
-
-    fn input_shape(&self) -> [usize; 3] {
-        [self.in_channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
-    fn num_params(&self) -> usize {
-        self.fc2.end()
+    fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     fn param_layout(&self) -> Vec<(String, Range<usize>)> {
@@ -166,7 +153,7 @@ impl Network for Cnn {
     /// stream, so the same seed gives a bit-identical buffer.
     fn init_params(&self, seed: u64) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = vec![0.0f32; self.num_params()];
+        let mut params = vec![0.0f32; self.spec.params];
         for (_, range, fan_in) in self.tensors() {
             // fan_in >= 1 for every layer of a model that `new` accepted, so the range is
             // never empty.
@@ -207,7 +194,7 @@ impl Network for Cnn {
     ) -> Result<(), NnError> {
         let s = &mut scratch.acts;
         let (c1, c2) = (&self.conv1, &self.conv2);
-        let (h, w) = (self.height, self.width);
+        let [_, h, w] = self.spec.image;
 
         // Bias and ReLU are fused into the pass that lays the product out in NCHW.
         c1.forward_act(params, n, &scratch.x, &mut s.col, &mut s.a1, true)?;
@@ -254,7 +241,7 @@ impl Network for Cnn {
     ) -> Result<(), NnError> {
         let s = &mut scratch.acts;
         let (c1, c2) = (&self.conv1, &self.conv2);
-        let (h, w) = (self.height, self.width);
+        let [_, h, w] = self.spec.image;
 
         self.fc2.backward(
             params,
@@ -370,9 +357,9 @@ mod tests {
         for pair in layout.windows(2) {
             assert_eq!(pair[0].1.end, pair[1].1.start, "tensors must be contiguous");
         }
-        assert_eq!(layout[7].1.end, m.num_params());
-        assert_eq!(m.num_params(), 1_663_370);
-        let all = std::iter::once(0..m.num_params());
+        assert_eq!(layout[7].1.end, m.spec().params);
+        assert_eq!(m.spec().params, 1_663_370);
+        let all = std::iter::once(0..m.spec().params);
         assert!(m.trainable().into_iter().eq(all), "no state");
     }
 
@@ -391,7 +378,7 @@ mod tests {
         let a = m.init_params(42);
         let b = m.init_params(42);
         let c = m.init_params(43);
-        assert_eq!(a.len(), m.num_params());
+        assert_eq!(a.len(), m.spec().params);
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         assert!(a.iter().zip(&c).filter(|(x, y)| x != y).count() > a.len() / 2);
         let fan_ins = [25, 25, 800, 800, 256, 256, 512, 512];

@@ -3,7 +3,7 @@
 //! f32 error left is the model's own rounding; comparisons use an absolute plus relative
 //! tolerance, strict enough that a visibly wrong gradient fails (`rejects_a_wrong_gradient`).
 
-use ndarray::{s, Array4};
+use ndarray::{s, Array3, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -35,6 +35,23 @@ pub fn quadrant_batch(r: &mut StdRng, n: usize, c: usize) -> (Array4<f32>, Vec<u
     }
     (x, labels)
 }
+
+/// One random (C, H, W) image with entries in `[-1, 1)`.
+pub fn random_image(seed: u64, c: usize, h: usize, w: usize) -> Array3<f32> {
+    let mut r = rng(seed);
+    Array3::from_shape_vec((c, h, w), random_vec(&mut r, c * h * w, -1.0, 1.0)).expect("shape")
+}
+
+/// Convolution shapes covering no padding, "same" padding, padding wider than the kernel reach,
+/// and non-square images.
+pub const CONV_CASES: [(usize, usize, usize, usize, usize, usize); 5] = [
+    // (C, H, W, F, K, pad)
+    (1, 5, 5, 2, 3, 0),
+    (2, 6, 5, 3, 3, 1),
+    (3, 7, 6, 4, 5, 2),
+    (2, 4, 4, 2, 5, 3),
+    (1, 8, 8, 2, 1, 0),
+];
 
 /// `Σ a_i·b_i` accumulated in f64: the scalar "loss" used to probe linear-ish layers.
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {

@@ -10,6 +10,7 @@ pub mod block;
 pub mod classifier;
 pub mod cnn;
 pub mod conv2d;
+pub mod im2col;
 pub mod linear;
 pub mod loss;
 pub mod model;
@@ -27,7 +28,7 @@ pub use classifier::Classifier;
 pub use cnn::Cnn;
 pub use loss::BatchStats;
 pub use model::{Model, ModelKind};
-pub use network::{Mode, Network};
+pub use network::{Mode, Network, Spec};
 pub use resnet::ResNet20;
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension};

@@ -43,6 +43,20 @@ impl<A> std::fmt::Debug for Scratch<A> {
     }
 }
 
+/// What a network is, fixed when it is built: the images it takes, the classes it tells
+/// apart, and the length of its flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Short name (`cnn`, `resnet20`).
+    pub name: &'static str,
+    /// Shape (C, H, W) of one input image.
+    pub image: [usize; 3],
+    /// Number of classes, the width of the logits.
+    pub classes: usize,
+    /// Length of the flat buffer (parameters and state) and of the gradient buffer.
+    pub params: usize,
+}
+
 /// Forward and backward stages of a network with the FLOPs of one training sample each
 /// (a multiply-add counts two; elementwise work is ignored), in execution order.
 pub type StageFlops = Vec<(&'static str, f64)>;
@@ -53,24 +67,15 @@ pub trait Network: std::fmt::Debug + Send {
     /// The network's activation and gradient buffers for a batch.
     type Activations: Default + Send;
 
-    /// Short name (`cnn`, `resnet20`).
-    fn name(&self) -> &'static str;
-
-    /// Shape (C, H, W) of one input image.
-    fn input_shape(&self) -> [usize; 3];
-
-    /// Number of classes, the width of the logits.
-    fn num_classes(&self) -> usize;
-
-    /// Length of the flat buffer (parameters and state) and of the gradient buffer.
-    fn num_params(&self) -> usize;
+    /// What the network maps, fixed when it was built.
+    fn spec(&self) -> &Spec;
 
     /// (name, range) of every tensor in the buffer, in layout order (PyTorch names).
     fn param_layout(&self) -> Vec<(String, Range<usize>)>;
 
     /// Ranges the optimizer updates (see [`crate::Model::trainable`]); all by default.
     fn trainable(&self) -> Vec<Range<usize>> {
-        std::iter::once(0..self.num_params()).collect()
+        std::iter::once(0..self.spec().params).collect()
     }
 
     /// A deterministic initial buffer from `seed`.

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::block::{Block, ConvBn};
 use crate::linear::Linear;
-use crate::network::{Mode, Network, Scratch, StageFlops};
+use crate::network::{Mode, Network, Scratch, Spec, StageFlops};
 use crate::profile::Laps;
 use crate::relu::{relu_backward, relu_forward};
 use crate::{shape_err, NnError};
@@ -49,10 +49,7 @@ pub struct Activations {
 /// The CIFAR ResNet-20's geometry; [`crate::Classifier`] makes it a [`crate::Model`].
 #[derive(Debug)]
 pub struct ResNet20 {
-    in_channels: usize,
-    height: usize,
-    width: usize,
-    num_classes: usize,
+    spec: Spec,
     stem: ConvBn,
     blocks: Vec<Block>,
     fc: Linear,
@@ -102,10 +99,12 @@ impl ResNet20 {
         }
         let fc = Linear::new(WIDTHS[2], num_classes, at);
         Ok(ResNet20 {
-            in_channels,
-            height,
-            width,
-            num_classes,
+            spec: Spec {
+                name: "resnet20",
+                image: [in_channels, height, width],
+                classes: num_classes,
+                params: fc.end(),
+            },
             stem,
             blocks,
             fc,
@@ -136,20 +135,8 @@ impl ResNet20 {
 impl Network for ResNet20 {
     type Activations = Activations;
 
-    fn name(&self) -> &'static str {
-        "resnet20"
-    }
-
-    fn input_shape(&self) -> [usize; 3] {
-        [self.in_channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
-    fn num_params(&self) -> usize {
-        self.fc.end()
+    fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     fn param_layout(&self) -> Vec<(String, Range<usize>)> {
@@ -192,7 +179,7 @@ impl Network for ResNet20 {
     /// layout order from one `StdRng::seed_from_u64(seed)` stream.
     fn init_params(&self, seed: u64) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut p = vec![0.0f32; self.fc.end()];
+        let mut p = vec![0.0f32; self.spec.params];
         let mut normal = |r: Range<usize>, fan_in: usize, p: &mut [f32]| {
             let std = (2.0 / fan_in as f32).sqrt();
             for v in &mut p[r] {
@@ -416,13 +403,13 @@ mod tests {
         let trainable: usize = m.trainable().iter().map(|r| r.len()).sum();
         // He et al.'s ResNet-20: 0.27 M weights; 2 × 688 BN channels of running statistics.
         assert_eq!(trainable, 269_722);
-        assert_eq!(m.num_params(), 269_722 + 2 * 688);
+        assert_eq!(m.spec().params, 269_722 + 2 * 688);
         let state: usize = layout
             .iter()
             .filter(|(n, _)| n.contains("running"))
             .map(|(_, r)| r.len())
             .sum();
-        assert_eq!(state + trainable, m.num_params());
+        assert_eq!(state + trainable, m.spec().params);
         let p = m.init_params(3);
         assert_eq!(p, m.init_params(3));
         let rv = &layout
