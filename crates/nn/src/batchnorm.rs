@@ -1,9 +1,8 @@
 //! Batch normalization over NCHW activations, PyTorch semantics (`nn.BatchNorm2d`, eps 1e-5,
 //! momentum 0.1). Its four tensors sit contiguously in the flat buffer: weight γ, bias β
-//! (trainable), then running mean and running variance (state, not trained: the optimizer
-//! skips them, but RPS exchanges and averages them with everything else). Training mode
-//! normalises with the batch statistics, which `update_running` then folds into the running
-//! ones; eval mode uses the running statistics.
+//! (trainable), then running mean and variance (state: the optimizer skips them, RPS averages
+//! them). Training mode normalises with the batch statistics, which `update_running` then
+//! folds into the running ones; eval mode uses the running statistics.
 
 use std::ops::Range;
 

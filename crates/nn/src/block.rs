@@ -1,5 +1,5 @@
 //! The pieces of ResNet-20's basic block: a bias-free 3×3 convolution followed by batch
-//! normalization ([`ConvBn`]), and the block's shortcut, the identity or option A of He et
+//! normalization (`ConvBn`), and the block's shortcut, the identity or option A of He et
 //! al. (subsample by 2, zero-pad channels). The shortcut has no parameters, and its
 //! backward pass is the exact adjoint of its forward pass.
 

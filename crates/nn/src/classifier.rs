@@ -104,6 +104,7 @@ impl<N: Network> Classifier<N> {
     }
 }
 
+// The method signatures repeat the trait's, as every implementation must.
 impl<N: Network> Model for Classifier<N> {
     fn name(&self) -> &'static str {
         self.net.spec().name

@@ -184,6 +184,8 @@ impl Network for Cnn {
     }
 
     /// The same in both modes: the CNN has no batch statistics.
+    // forward and backward have the trait's signatures, alike in every network and in
+    // each other; backward walks forward's stages in reverse.
     fn forward(
         &self,
         params: &[f32],

@@ -204,6 +204,7 @@ impl Conv2d {
         self.forward_act(params, n, input, col, output, false)
     }
 
+    // Same arguments as `forward`, which is this pass without the ReLU.
     /// [`Conv2d::forward`] followed by a ReLU when `relu` is set, fused into the pass that
     /// adds the bias and moves the product into NCHW order.
     pub fn forward_act(

@@ -110,6 +110,8 @@ pub fn im2col_strided(
     Ok(())
 }
 
+// col2im and col2im_strided mirror im2col and im2col_strided (signatures, geometry checks,
+// the walk over column rows) because each is the other's adjoint: the copy becomes an add.
 /// The adjoint of [`im2col`]: overwrites `output` (C, H, W) with the sum, for every pixel,
 /// of all column entries that were copied from it. Padding entries are dropped. Stride 1.
 pub fn col2im(

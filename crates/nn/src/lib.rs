@@ -1,12 +1,11 @@
-//! rps-nn, the neural-network engine of rps: the reference CNN, the CIFAR ResNet-20, their
-//! layers and kernels, and the SGD optimiser ([`optim`]); it knows nothing of MPI or HDF5.
-//! Every parameter lives in one flat `f32` buffer (and every gradient in one of the same
-//! layout); layers only know their offsets into it and borrow ndarray views of sub-slices,
-//! so a distributed algorithm can cut the model into contiguous blocks that are plain slices.
-//! Kernels are single-threaded and write into buffers they are given.
+//! rps-nn, the neural-network engine of rps (no MPI, no HDF5): the reference CNN and the CIFAR
+//! ResNet-20 as [`Network`]s behind one [`Model`] implementation, [`Classifier`], their layers
+//! and kernels, and SGD ([`optim`]). Every parameter lives in one flat `f32` buffer (every
+//! gradient in one of the same layout); layers know only their offsets into it, so a model cuts
+//! into contiguous blocks that are plain slices. Kernels are single-threaded, into given buffers.
 
 pub mod batchnorm;
-pub mod block;
+mod block;
 pub mod classifier;
 pub mod cnn;
 pub mod conv2d;

@@ -1,5 +1,5 @@
 //! ResNet-20 for CIFAR (He et al. 2016, §4.2) as a [`Network`]: conv3×3(16)–BN–ReLU,
-//! three stages of three basic blocks ([`crate::block`]; 16, 32, 64 channels, the first
+//! three stages of three basic blocks (`block.rs`; 16, 32, 64 channels, the first
 //! block of stages 2 and 3 with stride 2), global average pooling, linear(64 → classes).
 //! No convolution has a bias, so the model has the paper's 0.27 M weights; one flat buffer
 //! holds them and the batch-norm running statistics, which only training mode updates.
@@ -228,6 +228,8 @@ impl Network for ResNet20 {
         s.gz = sized(max_act);
     }
 
+    // forward and backward have the trait's signatures, alike in every network and in
+    // each other; backward walks forward's stages in reverse.
     fn forward(
         &self,
         params: &[f32],
