@@ -22,11 +22,14 @@ pub mod hash;
 pub mod job;
 pub mod metrics;
 pub mod netsim;
-pub mod nn;
-pub mod optim;
 pub mod plot;
 pub mod report;
 pub mod rps;
 pub mod sweep;
 pub mod testbed;
 pub mod train;
+
+/// The neural-network engine, the `rps-nn` crate of this workspace.
+pub use rps_nn as nn;
+/// SGD over the flat parameter buffer, from `rps-nn`.
+pub use rps_nn::optim;

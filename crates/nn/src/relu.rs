@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension, Zip};
 
-use crate::nn::{check_shape, NnError};
+use crate::{check_shape, NnError};
 
 /// x ← max(x, 0), in place.
 pub fn relu_forward<D: Dimension>(mut x: ArrayViewMut<f32, D>) {
@@ -27,7 +27,7 @@ pub fn relu_backward<D: Dimension>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
     use ndarray::{Array1, ArrayView1, ArrayViewMut1};
 
     #[test]

@@ -1,13 +1,12 @@
 //! Batch normalization over NCHW activations, PyTorch semantics (`nn.BatchNorm2d`, eps 1e-5,
 //! momentum 0.1). Its four tensors sit contiguously in the flat buffer: weight γ, bias β
-//! (trainable), then running mean and running variance (state, not trained: the optimizer
-//! skips them, but RPS exchanges and averages them with everything else). Training mode
-//! normalises with the batch statistics, which `update_running` then folds into the running
-//! ones; eval mode uses the running statistics.
+//! (trainable), then running mean and variance (state: the optimizer skips them, RPS averages
+//! them). Training mode normalises with the batch statistics, which `update_running` then
+//! folds into the running ones; eval mode uses the running statistics.
 
 use std::ops::Range;
 
-use crate::nn::{shape_err, NnError};
+use crate::{shape_err, NnError};
 
 /// Added to the variance before the square root.
 pub const EPS: f32 = 1e-5;
@@ -264,7 +263,7 @@ impl BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
 
     /// Training-mode gradients of L = Σ y·R (with and without the fused ReLU masked by the
     /// caller) against central differences, for γ, β and the input.

@@ -31,7 +31,7 @@ impl Sgd {
         }
     }
 
-    /// Restricts updates to `ranges` (see [`crate::nn::Model::trainable`]).
+    /// Restricts updates to `ranges` (see [`crate::Model::trainable`]).
     ///
     /// # Panics
     /// If a range reaches past the parameter count: a wiring bug, not a data error.

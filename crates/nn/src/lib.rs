@@ -1,15 +1,20 @@
-//! Neural-network engine: the reference CNN, the CIFAR ResNet-20, their layers and kernels.
-//! Every parameter lives in one flat `f32` buffer (and every gradient in one of the same
-//! layout); layers only know their offsets into it and borrow ndarray views of sub-slices,
-//! so a distributed algorithm can cut the model into contiguous blocks that are plain slices.
-//! Kernels are single-threaded and write into buffers they are given.
+//! rps-nn, the neural-network engine of rps (no MPI, no HDF5): the reference CNN and the CIFAR
+//! ResNet-20 as [`Network`]s behind one [`Model`] implementation, [`Classifier`], their layers
+//! and kernels, and SGD ([`optim`]). Every parameter lives in one flat `f32` buffer (every
+//! gradient in one of the same layout); layers know only their offsets into it, so a model cuts
+//! into contiguous blocks that are plain slices. Kernels are single-threaded, into given buffers.
 
 pub mod batchnorm;
+mod block;
+pub mod classifier;
 pub mod cnn;
 pub mod conv2d;
+pub mod im2col;
 pub mod linear;
 pub mod loss;
 pub mod model;
+pub mod network;
+pub mod optim;
 pub mod pool;
 pub mod profile;
 pub mod relu;
@@ -18,20 +23,21 @@ pub mod resnet;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 
-pub use cnn::{BatchStats, Cnn};
+pub use classifier::Classifier;
+pub use cnn::Cnn;
+pub use loss::BatchStats;
 pub use model::{Model, ModelKind};
+pub use network::{Mode, Network, Spec};
 pub use resnet::ResNet20;
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension};
 
 /// Errors raised by the network engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum NnError {
     /// The model cannot be built with the requested geometry.
-    #[error("invalid model configuration: {0}")]
     Config(String),
     /// An argument does not have the shape or length the model expects.
-    #[error("shape mismatch for {what}: expected {expected}, found {found}")]
     Shape {
         /// Which argument was wrong.
         what: String,
@@ -41,7 +47,6 @@ pub enum NnError {
         found: String,
     },
     /// A label is not a valid class index.
-    #[error("label {label} of sample {index} is out of range for {num_classes} classes")]
     Label {
         /// Position of the offending sample in the batch.
         index: usize,
@@ -51,11 +56,53 @@ pub enum NnError {
         num_classes: usize,
     },
     /// A kernel was handed a view that is not contiguous in standard (row-major) order.
-    #[error("{0} must be contiguous in standard layout")]
     Layout(&'static str),
     /// An ndarray view could not be built over a buffer.
-    #[error(transparent)]
-    Array(#[from] ndarray::ShapeError),
+    Array(ndarray::ShapeError),
+}
+
+// Written by hand rather than with thiserror to keep this crate's dependencies to ndarray
+// and rand; the messages are those the derive produced.
+impl std::fmt::Display for NnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NnError::Config(msg) => write!(f, "invalid model configuration: {msg}"),
+            NnError::Shape {
+                what,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape mismatch for {what}: expected {expected}, found {found}"
+            ),
+            NnError::Label {
+                index,
+                label,
+                num_classes,
+            } => write!(
+                f,
+                "label {label} of sample {index} is out of range for {num_classes} classes"
+            ),
+            NnError::Layout(what) => write!(f, "{what} must be contiguous in standard layout"),
+            // `#[error(transparent)]`: the message and the source are the inner error's.
+            NnError::Array(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for NnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NnError::Array(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<ndarray::ShapeError> for NnError {
+    fn from(e: ndarray::ShapeError) -> NnError {
+        NnError::Array(e)
+    }
 }
 
 /// Builds a [`NnError::Shape`] from anything printable.
@@ -69,42 +116,6 @@ pub(crate) fn shape_err(
         expected: format!("{expected:?}"),
         found: format!("{found:?}"),
     }
-}
-
-/// Checks a batch against a model: the parameter buffer length (`(expected, found)`),
-/// images of shape (N, C, H, W) with N = `labels.len()`, and every label below
-/// `num_classes`. Returns N.
-pub(crate) fn check_batch(
-    (expected_params, found_params): (usize, usize),
-    [c, h, w]: [usize; 3],
-    num_classes: usize,
-    images: &ndarray::ArrayView4<f32>,
-    labels: &[usize],
-) -> Result<usize, NnError> {
-    if found_params != expected_params {
-        return Err(shape_err(
-            "parameter buffer length",
-            expected_params,
-            found_params,
-        ));
-    }
-    let n = labels.len();
-    let expected = [n, c, h, w];
-    if images.shape() != expected {
-        return Err(shape_err(
-            "images (N, C, H, W) with N = labels.len()",
-            expected,
-            images.shape(),
-        ));
-    }
-    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= num_classes) {
-        return Err(NnError::Label {
-            index,
-            label,
-            num_classes,
-        });
-    }
-    Ok(n)
 }
 
 /// Checks that a view has exactly the expected shape.

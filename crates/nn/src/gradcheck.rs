@@ -1,8 +1,9 @@
-//! Test-only helpers for checking analytic gradients against central finite differences.
-//! Losses are accumulated in f64 so the only f32 error left is the model's own rounding;
-//! comparisons use an absolute plus relative tolerance, strict enough that a visibly wrong
-//! gradient fails (see `rejects_a_wrong_gradient`).
+//! Test-only helpers: seeded random data, a toy image task, and checks of analytic
+//! gradients against central finite differences. Losses are accumulated in f64 so the only
+//! f32 error left is the model's own rounding; comparisons use an absolute plus relative
+//! tolerance, strict enough that a visibly wrong gradient fails (`rejects_a_wrong_gradient`).
 
+use ndarray::{s, Array3, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -15,6 +16,42 @@ pub fn rng(seed: u64) -> StdRng {
 pub fn random_vec(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
 }
+
+/// A batch of `n` random (C, H, W) images with entries in `[-2, 2)`.
+pub fn random_images(seed: u64, n: usize, c: usize, h: usize, w: usize) -> Array4<f32> {
+    let mut r = rng(seed);
+    Array4::from_shape_vec((n, c, h, w), random_vec(&mut r, n * c * h * w, -2.0, 2.0))
+        .expect("shape")
+}
+
+/// `n` 8×8 images of `c` channels whose class (0..4) is the bright quadrant, plus noise.
+pub fn quadrant_batch(r: &mut StdRng, n: usize, c: usize) -> (Array4<f32>, Vec<usize>) {
+    let labels: Vec<usize> = (0..n).map(|_| r.random_range(0..4)).collect();
+    let mut x = Array4::from_shape_fn((n, c, 8, 8), |_| r.random_range(-0.3f32..0.3));
+    for (i, &q) in labels.iter().enumerate() {
+        let (top, left) = ((q / 2) * 4, (q % 2) * 4);
+        x.slice_mut(s![i, .., top..top + 4, left..left + 4])
+            .mapv_inplace(|v| v + 1.0);
+    }
+    (x, labels)
+}
+
+/// One random (C, H, W) image with entries in `[-1, 1)`.
+pub fn random_image(seed: u64, c: usize, h: usize, w: usize) -> Array3<f32> {
+    let mut r = rng(seed);
+    Array3::from_shape_vec((c, h, w), random_vec(&mut r, c * h * w, -1.0, 1.0)).expect("shape")
+}
+
+/// Convolution shapes covering no padding, "same" padding, padding wider than the kernel reach,
+/// and non-square images.
+pub const CONV_CASES: [(usize, usize, usize, usize, usize, usize); 5] = [
+    // (C, H, W, F, K, pad)
+    (1, 5, 5, 2, 3, 0),
+    (2, 6, 5, 3, 3, 1),
+    (3, 7, 6, 4, 5, 2),
+    (2, 4, 4, 2, 5, 3),
+    (1, 8, 8, 2, 1, 0),
+];
 
 /// `Σ a_i·b_i` accumulated in f64: the scalar "loss" used to probe linear-ish layers.
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {

@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayView3, ArrayViewMut3};
 
-use crate::nn::{as_slice, as_slice_mut, check_shape, shape_err, NnError};
+use crate::{as_slice, as_slice_mut, check_shape, shape_err, NnError};
 
 /// Pools `input` (P, H, W) into `output` (P, H/2, W/2) and writes the winning window
 /// position of every output into `argmax` (at least P·(H/2)·(W/2) entries).
@@ -88,7 +88,7 @@ pub fn maxpool2_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
     use ndarray::Array3;
 
     /// Direct-loop max-pool returning values and the flat input index of each winner.

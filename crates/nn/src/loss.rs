@@ -5,24 +5,27 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::nn::{check_shape, NnError};
+use crate::{check_shape, NnError};
 
-/// Sum of per-sample losses and number of correct argmax predictions of a batch.
+/// Statistics of one batch; they add up across batches by summing the fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LossSums {
-    /// Σ over samples of −log softmax(logits)\[label\].
+pub struct BatchStats {
+    /// Sum over samples of the cross-entropy −log softmax(logits)\[label\]; the mean loss
+    /// is `loss_sum / count`.
     pub loss_sum: f64,
-    /// Samples whose first maximal logit is at the label.
+    /// Samples whose argmax prediction (the first maximal logit) equals the label.
     pub correct: usize,
+    /// Samples in the batch.
+    pub count: usize,
 }
 
-/// Evaluates softmax cross-entropy of `logits` (N, K) against `labels` (N entries < K).
-/// When `grad` (N, K) is given it is OVERWRITTEN with the gradient of the MEAN loss.
+/// Evaluates softmax cross-entropy of `logits` (N, K) against `labels` (N entries < K),
+/// as the statistics of a batch of N. When `grad` (N, K) is given it is OVERWRITTEN with the gradient of the MEAN loss.
 pub fn softmax_cross_entropy(
     logits: ArrayView2<f32>,
     labels: &[usize],
     grad: Option<ArrayViewMut2<f32>>,
-) -> Result<LossSums, NnError> {
+) -> Result<BatchStats, NnError> {
     let (n, k) = logits.dim();
     check_shape("labels", &[labels.len()], &[n])?;
     if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= k) {
@@ -35,7 +38,10 @@ pub fn softmax_cross_entropy(
     if let Some(g) = &grad {
         check_shape("loss gradient", g.shape(), &[n, k])?;
     }
-    let mut sums = LossSums::default();
+    let mut sums = BatchStats {
+        count: n,
+        ..BatchStats::default()
+    };
     if k == 0 {
         return Ok(sums);
     }
@@ -68,7 +74,7 @@ pub fn softmax_cross_entropy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, numeric_grad, random_vec, rng};
     use ndarray::Array2;
 
     #[test]

@@ -7,14 +7,15 @@ use std::ops::Range;
 
 use ndarray::ArrayView4;
 
-use crate::nn::{BatchStats, Cnn, NnError, ResNet20};
+use crate::classifier::Classifier;
+use crate::{BatchStats, Cnn, NnError, ResNet20};
 
 /// Which network to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    /// The reference CNN of [`crate::nn::cnn`].
+    /// The reference CNN of [`crate::cnn`].
     Cnn,
-    /// The CIFAR ResNet-20 of [`crate::nn::resnet`].
+    /// The CIFAR ResNet-20 of [`crate::resnet`].
     ResNet20,
 }
 
@@ -47,13 +48,18 @@ impl ModelKind {
         classes: usize,
     ) -> Result<Box<dyn Model>, NnError> {
         Ok(match self {
-            ModelKind::Cnn => Box::new(Cnn::new(channels, height, width, classes)?),
-            ModelKind::ResNet20 => Box::new(ResNet20::new(channels, height, width, classes)?),
+            ModelKind::Cnn => {
+                Box::new(Classifier::new(Cnn::new(channels, height, width, classes)?))
+            }
+            ModelKind::ResNet20 => Box::new(Classifier::new(ResNet20::new(
+                channels, height, width, classes,
+            )?)),
         })
     }
 }
 
-/// A trainable network over a flat buffer. Implementations own only geometry and scratch.
+/// A trainable network over a flat buffer. Implementations own only geometry and scratch;
+/// the one in this crate is [`Classifier`], over a [`crate::Network`].
 pub trait Model: std::fmt::Debug + Send {
     /// Short name (`cnn`, `resnet20`).
     fn name(&self) -> &'static str;
@@ -106,48 +112,4 @@ pub trait Model: std::fmt::Debug + Send {
 
     /// FLOPs of one training sample per stage (matrix products only).
     fn stage_flops(&self) -> Vec<(&'static str, f64)>;
-}
-
-impl Model for Cnn {
-    fn name(&self) -> &'static str {
-        "cnn"
-    }
-    fn num_params(&self) -> usize {
-        Cnn::num_params(self)
-    }
-    fn param_layout(&self) -> Vec<(String, Range<usize>)> {
-        Cnn::param_layout(self)
-            .into_iter()
-            .map(|(n, r)| (n.to_string(), r))
-            .collect()
-    }
-    fn init_params(&self, seed: u64) -> Vec<f32> {
-        Cnn::init_params(self, seed)
-    }
-    fn train_batch(
-        &mut self,
-        params: &mut [f32],
-        grads: &mut [f32],
-        images: ArrayView4<f32>,
-        labels: &[usize],
-    ) -> Result<BatchStats, NnError> {
-        Cnn::train_batch(self, params, grads, images, labels)
-    }
-    fn eval_batch(
-        &mut self,
-        params: &[f32],
-        images: ArrayView4<f32>,
-        labels: &[usize],
-    ) -> Result<BatchStats, NnError> {
-        Cnn::eval_batch(self, params, images, labels)
-    }
-    fn set_profiling(&mut self, on: bool) {
-        Cnn::set_profiling(self, on)
-    }
-    fn take_profile(&mut self) -> Vec<(&'static str, f64)> {
-        Cnn::take_profile(self)
-    }
-    fn stage_flops(&self) -> Vec<(&'static str, f64)> {
-        Cnn::stage_flops(self)
-    }
 }

@@ -8,7 +8,7 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use crate::nn::{check_shape, shape_err, NnError};
+use crate::{check_shape, shape_err, NnError};
 
 /// y (N, out) = x (N, in) · weightᵀ + bias, with weight (out, in) and bias (out).
 pub fn linear_forward(
@@ -188,7 +188,7 @@ pub(crate) fn batch_view_mut<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
 
     #[test]
     fn forward_matches_naive() {

@@ -1,0 +1,512 @@
+//! The 2-D convolution layer of the models, with zero padding and a stride, computed as
+//! im2col + matrix product ([`crate::im2col`]) over groups of samples whose columns sit side
+//! by side, so one product serves the group. Weights use PyTorch's (F, C, K, K) layout and
+//! sit in the flat buffer right before the F-entry bias. Backward: dW = dY·colsᵀ,
+//! db = Σ dY, dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
+
+use std::ops::Range;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
+
+use crate::im2col::{col2im_strided, im2col_strided, out_len_strided};
+use crate::{as_slice, NnError};
+
+/// Output columns (samples × Ho·Wo) a layer aims for in one matrix product. Per-sample
+/// products of a small layer are too narrow for the product to amortise packing the
+/// weight matrix; grouping samples fixes that while the column buffer stays a few MB.
+const GROUP_COLUMNS: usize = 1536;
+
+/// A convolution layer of the model: its geometry and where its parameters live in the
+/// flat buffer (weight immediately followed by bias). Batches are processed in groups of
+/// [`Conv2d::group`] samples whose im2col columns sit side by side in one matrix, so one
+/// matrix product serves the whole group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Input channels C.
+    pub in_channels: usize,
+    /// Output channels (filters) F.
+    pub out_channels: usize,
+    /// Square kernel side K.
+    pub kernel: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Input height H.
+    pub in_h: usize,
+    /// Input width W.
+    pub in_w: usize,
+    /// Range of the (F, C, K, K) weight in the flat buffer.
+    pub weight: Range<usize>,
+    /// Range of the (F) bias in the flat buffer.
+    pub bias: Range<usize>,
+}
+
+impl Conv2d {
+    /// A stride-1 layer whose parameters start at `offset` in the flat buffer.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        pad: usize,
+        in_hw: (usize, usize),
+        offset: usize,
+    ) -> Result<Conv2d, NnError> {
+        Conv2d::new_strided(in_channels, out_channels, kernel, pad, 1, in_hw, offset)
+    }
+
+    /// A layer with the given stride whose parameters start at `offset`.
+    pub fn new_strided(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        pad: usize,
+        stride: usize,
+        (in_h, in_w): (usize, usize),
+        offset: usize,
+    ) -> Result<Conv2d, NnError> {
+        out_len_strided(in_h, kernel, pad, stride)?;
+        out_len_strided(in_w, kernel, pad, stride)?;
+        let wlen = out_channels * in_channels * kernel * kernel;
+        Ok(Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            pad,
+            stride,
+            in_h,
+            in_w,
+            weight: offset..offset + wlen,
+            bias: offset + wlen..offset + wlen + out_channels,
+        })
+    }
+
+    /// The same layer without a bias (its bias range becomes empty), as convolutions
+    /// followed by batch normalization have; every parameter after it moves down by F.
+    pub fn without_bias(mut self) -> Conv2d {
+        self.bias = self.weight.end..self.weight.end;
+        self
+    }
+
+    /// Output height Ho.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    /// Output width Wo.
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    /// Inputs per weight row, C·K·K: the fan-in used for initialisation.
+    pub fn fan_in(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    /// Floats of one input sample, C·H·W.
+    pub fn in_size(&self) -> usize {
+        self.in_channels * self.in_h * self.in_w
+    }
+
+    /// Floats of one output sample, F·Ho·Wo.
+    pub fn out_size(&self) -> usize {
+        self.out_channels * self.out_h() * self.out_w()
+    }
+
+    /// Samples per matrix product.
+    pub fn group(&self) -> usize {
+        (GROUP_COLUMNS / (self.out_h() * self.out_w()).max(1)).max(1)
+    }
+
+    /// Floats of the column scratch: the im2col columns of one group, (C·K·K, G·Ho·Wo),
+    /// followed by one group's output (or output gradient) in (F, G·Ho·Wo) layout.
+    pub fn col_size(&self) -> usize {
+        self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
+    }
+
+    /// One past the last parameter of this layer.
+    pub fn end(&self) -> usize {
+        self.bias.end
+    }
+
+    /// Views of (weight (F, C·K·K), bias (F)) inside the flat parameter buffer.
+    fn param_views<'a>(
+        &self,
+        params: &'a [f32],
+    ) -> Result<(ArrayView2<'a, f32>, &'a [f32]), NnError> {
+        if params.len() < self.end() {
+            return Err(crate::shape_err(
+                "conv2d parameters",
+                self.end(),
+                params.len(),
+            ));
+        }
+        let w = ArrayView2::from_shape(
+            (self.out_channels, self.fan_in()),
+            &params[self.weight.clone()],
+        )?;
+        Ok((w, &params[self.bias.clone()]))
+    }
+
+    fn input_view<'a>(&self, x: &'a [f32], n: usize) -> Result<ArrayView3<'a, f32>, NnError> {
+        let s = self.in_size();
+        Ok(ArrayView3::from_shape(
+            (self.in_channels, self.in_h, self.in_w),
+            &x[n * s..(n + 1) * s],
+        )?)
+    }
+
+    fn check_batch(
+        &self,
+        what: &str,
+        len: usize,
+        per_sample: usize,
+        n: usize,
+    ) -> Result<(), NnError> {
+        if len < n * per_sample {
+            return Err(crate::shape_err(what, n * per_sample, len));
+        }
+        Ok(())
+    }
+
+    /// Fills the first `g` column blocks of `cols` with im2col of samples `first..first+g`.
+    fn unfold_group(
+        &self,
+        input: &[f32],
+        first: usize,
+        g: usize,
+        cols: &mut ArrayViewMut2<f32>,
+    ) -> Result<(), NnError> {
+        let hw = self.out_h() * self.out_w();
+        for j in 0..g {
+            im2col_strided(
+                self.input_view(input, first + j)?,
+                self.kernel,
+                self.pad,
+                self.stride,
+                cols.slice_mut(s![.., j * hw..(j + 1) * hw]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forward pass over a batch of `n` NCHW samples in `input`, writing (N, F, Ho, Wo) to
+    /// `output`. `col` must hold at least [`Conv2d::col_size`] floats.
+    pub fn forward(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        col: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), NnError> {
+        self.forward_act(params, n, input, col, output, false)
+    }
+
+    // Same arguments as `forward`, which is this pass without the ReLU.
+    /// [`Conv2d::forward`] followed by a ReLU when `relu` is set, fused into the pass that
+    /// adds the bias and moves the product into NCHW order.
+    pub fn forward_act(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        col: &mut [f32],
+        output: &mut [f32],
+        relu: bool,
+    ) -> Result<(), NnError> {
+        self.check_batch("conv2d input", input.len(), self.in_size(), n)?;
+        self.check_batch("conv2d output", output.len(), self.out_size(), n)?;
+        self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
+        let (weight, bias) = self.param_views(params)?;
+        let (hw, os, f, ckk) = (
+            self.out_h() * self.out_w(),
+            self.out_size(),
+            self.out_channels,
+            self.fan_in(),
+        );
+        let gmax = self.group();
+        let (cols_buf, out_buf) = col[..self.col_size()].split_at_mut(gmax * hw * ckk);
+        for first in (0..n).step_by(gmax) {
+            let g = gmax.min(n - first);
+            let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
+            self.unfold_group(input, first, g, &mut cols)?;
+            let mut prod = ArrayViewMut2::from_shape((f, g * hw), &mut out_buf[..f * g * hw])?;
+            general_mat_mul(1.0, &weight, &cols, 0.0, &mut prod);
+            let prod = as_slice(&prod.view(), "conv2d product")?;
+            for j in 0..g {
+                let out = &mut output[(first + j) * os..(first + j + 1) * os];
+                for (fi, (dst, src)) in out
+                    .chunks_exact_mut(hw)
+                    .zip(prod.chunks_exact(g * hw))
+                    .enumerate()
+                {
+                    let b = bias.get(fi).copied().unwrap_or(0.0);
+                    let src = &src[j * hw..(j + 1) * hw];
+                    if relu {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = (v + b).max(0.0);
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v + b;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward pass over a batch of `n` samples. OVERWRITES this layer's ranges of the flat
+    /// `grads` buffer with dL/dW and dL/db, and `grad_input` (N, C, H, W) with dL/dx if given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        grad_output: &[f32],
+        col: &mut [f32],
+        grads: &mut [f32],
+        mut grad_input: Option<&mut [f32]>,
+    ) -> Result<(), NnError> {
+        self.check_batch("conv2d input", input.len(), self.in_size(), n)?;
+        self.check_batch(
+            "conv2d output gradient",
+            grad_output.len(),
+            self.out_size(),
+            n,
+        )?;
+        self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
+        self.check_batch("conv2d gradients", grads.len(), self.end(), 1)?;
+        if let Some(gi) = &grad_input {
+            self.check_batch("conv2d input gradient", gi.len(), self.in_size(), n)?;
+        }
+        let (weight, _) = self.param_views(params)?;
+        let (gw, gb) = grads[self.weight.start..self.bias.end].split_at_mut(self.weight.len());
+        gw.fill(0.0);
+        gb.fill(0.0);
+        let mut gw = ArrayViewMut2::from_shape((self.out_channels, self.fan_in()), gw)?;
+        let (hw, os, is, f, ckk) = (
+            self.out_h() * self.out_w(),
+            self.out_size(),
+            self.in_size(),
+            self.out_channels,
+            self.fan_in(),
+        );
+        let shape3 = (self.in_channels, self.in_h, self.in_w);
+        let gmax = self.group();
+        let (cols_buf, dy_buf) = col[..self.col_size()].split_at_mut(gmax * hw * ckk);
+        for first in (0..n).step_by(gmax) {
+            let g = gmax.min(n - first);
+            // Gather the group's output gradient into (F, G·Ho·Wo) and sum the bias gradient.
+            let dy = &mut dy_buf[..f * g * hw];
+            for (fi, row) in dy.chunks_exact_mut(g * hw).enumerate() {
+                for (j, dst) in row.chunks_exact_mut(hw).enumerate() {
+                    let at = (first + j) * os + fi * hw;
+                    dst.copy_from_slice(&grad_output[at..at + hw]);
+                    if let Some(gbf) = gb.get_mut(fi) {
+                        *gbf += dst.iter().sum::<f32>();
+                    }
+                }
+            }
+            let dy = ArrayView2::from_shape((f, g * hw), &*dy)?;
+            let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
+            self.unfold_group(input, first, g, &mut cols)?;
+            general_mat_mul(1.0, &dy, &cols.t(), 1.0, &mut gw);
+            if let Some(gi) = grad_input.as_deref_mut() {
+                // The columns are no longer needed, so they take dcols = Wᵀ·dY.
+                general_mat_mul(1.0, &weight.t(), &dy, 0.0, &mut cols);
+                for j in 0..g {
+                    let i = first + j;
+                    col2im_strided(
+                        cols.slice(s![.., j * hw..(j + 1) * hw]),
+                        self.kernel,
+                        self.pad,
+                        self.stride,
+                        ArrayViewMut3::from_shape(shape3, &mut gi[i * is..(i + 1) * is])?,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{
+        assert_grad_close, dot_f64, numeric_grad, random_vec, rng, CONV_CASES as CASES,
+    };
+    use crate::im2col::{conv2d_backward, conv2d_forward};
+    use ndarray::{Array2, Array3, ArrayView1};
+
+    /// Weight, bias and input gradients of L = Σ y·R against central differences, through
+    /// the batched layer so its per-sample accumulation is covered too.
+    #[test]
+    fn layer_backward_matches_finite_differences() {
+        for (s, &(c, h, w, f, k, pad)) in CASES.iter().enumerate() {
+            let n = 2;
+            let layer = Conv2d::new(c, f, k, pad, (h, w), 3).expect("layer");
+            let mut r = rng(30 + s as u64);
+            let params = random_vec(&mut r, layer.end() + 2, -1.0, 1.0);
+            let mut x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
+            let proj = random_vec(&mut r, n * layer.out_size(), -1.0, 1.0);
+            let mut col = vec![0.0; layer.col_size()];
+            let loss = |p: &[f32], x: &[f32], col: &mut Vec<f32>| {
+                let mut y = vec![0.0; n * layer.out_size()];
+                layer.forward(p, n, x, col, &mut y).expect("forward");
+                dot_f64(&y, &proj)
+            };
+            // Garbage in the gradient buffers proves the backward pass overwrites them.
+            let mut grads = vec![7.0; params.len()];
+            let mut gx = vec![7.0; x.len()];
+            layer
+                .backward(&params, n, &x, &proj, &mut col, &mut grads, Some(&mut gx))
+                .expect("backward");
+            assert_eq!(
+                grads[..3],
+                [7.0; 3],
+                "outside the layer's range must stay untouched"
+            );
+
+            let xs = x.clone();
+            let num_p = numeric_grad(
+                &mut params[layer.weight.start..layer.bias.end].to_vec(),
+                1e-2,
+                |sub| {
+                    let mut p = vec![0.0; 3];
+                    p.extend_from_slice(sub);
+                    loss(&p, &xs, &mut col.clone())
+                },
+            );
+            let pc = params.clone();
+            let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv, &mut col.clone()));
+            assert_grad_close(
+                &format!("case {s} weight"),
+                &grads[layer.weight.clone()],
+                &num_p[..layer.weight.len()],
+                1e-3,
+                1e-3,
+            );
+            assert_grad_close(
+                &format!("case {s} bias"),
+                &grads[layer.bias.clone()],
+                &num_p[layer.weight.len()..],
+                1e-3,
+                1e-3,
+            );
+            assert_grad_close(&format!("case {s} input"), &gx, &num_x, 1e-3, 1e-3);
+        }
+    }
+
+    /// The grouped layer (several samples per product, a last partial group) against the
+    /// per-sample kernels, forward and backward, with the fused ReLU too.
+    #[test]
+    fn grouped_layer_matches_per_sample_kernels() {
+        let (c, h, w, f, k, pad, n) = (2, 20, 20, 3, 3, 1, 5);
+        let layer = Conv2d::new(c, f, k, pad, (h, w), 0).expect("layer");
+        assert_eq!(
+            layer.group(),
+            3,
+            "the test needs a full and a partial group"
+        );
+        let mut r = rng(80);
+        let params = random_vec(&mut r, layer.end(), -1.0, 1.0);
+        let x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
+        let dy = random_vec(&mut r, n * layer.out_size(), -1.0, 1.0);
+        let mut col = vec![f32::NAN; layer.col_size()];
+        let mut y = vec![f32::NAN; n * layer.out_size()];
+        layer
+            .forward(&params, n, &x, &mut col, &mut y)
+            .expect("forward");
+        let mut y_relu = vec![f32::NAN; y.len()];
+        layer
+            .forward_act(&params, n, &x, &mut col, &mut y_relu, true)
+            .expect("forward relu");
+        let mut grads = vec![f32::NAN; layer.end()];
+        let mut gx = vec![f32::NAN; x.len()];
+        layer
+            .backward(&params, n, &x, &dy, &mut col, &mut grads, Some(&mut gx))
+            .expect("backward");
+
+        let wv = ArrayView2::from_shape((f, c * k * k), &params[layer.weight.clone()]).expect("w");
+        let bv = ArrayView1::from(&params[layer.bias.clone()]);
+        let (hw, os, is) = (h * w, layer.out_size(), layer.in_size());
+        let mut one_col = Array2::zeros((c * k * k, hw));
+        let mut want_gw = Array2::zeros((f, c * k * k));
+        let mut want_gb = ndarray::Array1::zeros(f);
+        for i in 0..n {
+            let xi = ArrayView3::from_shape((c, h, w), &x[i * is..(i + 1) * is]).expect("x");
+            let mut yi = Array2::zeros((f, hw));
+            conv2d_forward(xi, wv, bv, k, pad, one_col.view_mut(), yi.view_mut()).expect("ref");
+            let got = &y[i * os..(i + 1) * os];
+            for (a, b) in got.iter().zip(yi.iter()) {
+                assert!((a - b).abs() < 1e-5, "forward sample {i}: {a} vs {b}");
+            }
+            for (a, b) in y_relu[i * os..(i + 1) * os].iter().zip(yi.iter()) {
+                assert!((a - b.max(0.0)).abs() < 1e-5, "relu sample {i}: {a} vs {b}");
+            }
+            let dyi = ArrayView2::from_shape((f, hw), &dy[i * os..(i + 1) * os]).expect("dy");
+            let mut gxi = Array3::zeros((c, h, w));
+            conv2d_backward(
+                xi,
+                wv,
+                dyi,
+                k,
+                pad,
+                one_col.view_mut(),
+                want_gw.view_mut(),
+                want_gb.view_mut(),
+                Some(gxi.view_mut()),
+            )
+            .expect("ref backward");
+            for (a, b) in gx[i * is..(i + 1) * is].iter().zip(gxi.iter()) {
+                assert!((a - b).abs() < 1e-4, "dx sample {i}: {a} vs {b}");
+            }
+        }
+        for (a, b) in grads[layer.weight.clone()].iter().zip(want_gw.iter()) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dW {a} vs {b}");
+        }
+        for (a, b) in grads[layer.bias.clone()].iter().zip(want_gb.iter()) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "db {a} vs {b}");
+        }
+    }
+
+    /// A stride-2 layer's gradients against central differences.
+    #[test]
+    fn strided_layer_backward_matches_finite_differences() {
+        let (c, h, w, f, k, pad, st, n) = (2, 7, 6, 3, 3, 1, 2, 2);
+        let layer = Conv2d::new_strided(c, f, k, pad, st, (h, w), 0).expect("layer");
+        assert_eq!((layer.out_h(), layer.out_w()), (4, 3));
+        let mut r = rng(90);
+        let mut params = random_vec(&mut r, layer.end(), -1.0, 1.0);
+        let mut x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
+        let proj = random_vec(&mut r, n * layer.out_size(), -1.0, 1.0);
+        let mut col = vec![0.0; layer.col_size()];
+        let mut grads = vec![0.0; layer.end()];
+        let mut gx = vec![0.0; x.len()];
+        layer
+            .backward(&params, n, &x, &proj, &mut col, &mut grads, Some(&mut gx))
+            .expect("backward");
+        let mut loss = |p: &[f32], xv: &[f32]| {
+            let mut y = vec![0.0; n * layer.out_size()];
+            layer.forward(p, n, xv, &mut col, &mut y).expect("forward");
+            dot_f64(&y, &proj)
+        };
+        let xs = x.clone();
+        let num_p = numeric_grad(&mut params, 1e-2, |p| loss(p, &xs));
+        let pc = params.clone();
+        let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv));
+        assert_grad_close("strided params", &grads, &num_p, 1e-3, 1e-3);
+        assert_grad_close("strided input", &gx, &num_x, 1e-3, 1e-3);
+    }
+
+    #[test]
+    fn new_rejects_a_kernel_that_does_not_fit() {
+        assert!(Conv2d::new(1, 1, 5, 0, (3, 3), 0).is_err());
+    }
+}
