@@ -7,6 +7,6 @@ scripts/setup.sh
 scripts/setup-slurm.sh
 source scripts/env.sh
 cargo fmt --all -- --check
-cargo clippy --release --locked --all-targets -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps
-cargo test --release --locked
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --workspace --no-deps
+cargo test --release --locked --workspace
