@@ -465,15 +465,8 @@ mod tests {
 
     /// The flags of `rps train --dataset d.h5 --metrics m.h5 --drop-rate 0.1 EXTRA...`.
     fn flags(extra: &[&str]) -> TrainFlags {
-        let base = [
-            "--dataset",
-            "d.h5",
-            "--metrics",
-            "m.h5",
-            "--drop-rate",
-            "0.1",
-        ];
-        crate::cli::parse_train(base.iter().chain(extra)).expect("flags parse")
+        let base = "--dataset d.h5 --metrics m.h5 --drop-rate 0.1".split(' ');
+        crate::cli::parse_train(base.chain(extra.iter().copied())).expect("flags parse")
     }
 
     fn check(extra: &[&str], size: usize) -> Result<TrainConfig, ConfigError> {

@@ -128,6 +128,7 @@ impl Transport for MpiTransport {
         Ok(())
     }
 
+    // The signature repeats the trait's (and local.rs's): the body is what differs.
     fn exchange_until(
         &self,
         sends: &[Outgoing<'_>],

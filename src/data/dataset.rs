@@ -197,6 +197,12 @@ fn read_normalization(
     Ok(Some((f(mean), f(std))))
 }
 
+/// Maps an HDF5 failure reading `/{split}/{name}` of `path` to a [`DatasetError::Read`].
+fn read_error(path: &Path, split: &str, name: &str) -> impl FnOnce(hdf5::Error) -> DatasetError {
+    let (path, name) = (path.to_path_buf(), format!("{split}/{name}"));
+    move |source| DatasetError::Read { path, name, source }
+}
+
 fn check_split(
     file: &hdf5::File,
     path: &Path,
@@ -214,14 +220,7 @@ fn check_split(
     let labels = group
         .dataset("labels")
         .map_err(|_| missing(format!("dataset /{split}/labels")))?;
-    let read_err = |name: &str| {
-        let name = format!("{split}/{name}");
-        move |source| DatasetError::Read {
-            path: p(),
-            name,
-            source,
-        }
-    };
+    let read_err = |name: &str| read_error(&p(), split, name);
     let dtype = images
         .dtype()
         .and_then(|t| t.to_descriptor())
@@ -326,14 +325,7 @@ impl Shard {
         range: Range<usize>,
     ) -> Result<Self, DatasetError> {
         let p = || info.path.clone();
-        let read_err = |name: &str| {
-            let name = format!("{split}/{name}");
-            move |source| DatasetError::Read {
-                path: p(),
-                name,
-                source,
-            }
-        };
+        let read_err = |name: &str| read_error(&p(), split, name);
         let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
             path: p(),
             why: e.to_string(),

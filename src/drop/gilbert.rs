@@ -153,6 +153,7 @@ impl DropModel for GilbertElliott {
 mod tests {
     use super::*;
 
+    // Message coordinates are spelled out in full in these tests, for readability.
     fn sequence(model: &GilbertElliott, n: u64) -> Vec<bool> {
         (0..n)
             .map(|s| {

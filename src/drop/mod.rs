@@ -205,6 +205,7 @@ mod tests {
     fn coordinates_are_independent() {
         // Decisions for the two directions of the same link must not be correlated.
         let model = Bernoulli::new(3, 0.5);
+        // Message coordinates are spelled out in full in these tests, for readability.
         let n = 100_000u64;
         let both = (0..n)
             .filter(|&s| {

@@ -525,6 +525,7 @@ impl Exchange {
             .filter_map(|&(_, b, _)| blocks[b].take())
             .collect();
         let tag = |b| layout.tag(step, Direction::Down, b);
+        // The same phase as the uplink's, with the downlink's direction and buffers.
         let arrived = d.phase(
             t,
             pe,
