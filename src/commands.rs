@@ -20,7 +20,7 @@ use crate::cli::{
 };
 use crate::comm::mpi::MpiTransport;
 use crate::comm::udp::UdpTransport;
-use crate::comm::Transport;
+use crate::comm::{agree, Transport};
 use crate::config::{TrainConfig, TransportKind};
 use crate::train::{threads::train_threads, train as train_on, Failure, Summary};
 
@@ -176,11 +176,13 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     if let Err(e) = stop_on_signals(&stop) {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
-    // Every rank validates the same flags identically, so all fail together; rank 0 says why.
-    let cfg = match TrainConfig::build(&flags, mpi.size(), command_line) {
+    // Every rank validates its flags; all learn whether any failed (ranks may have been
+    // started with different flags), and the lowest failing rank says why.
+    let built = TrainConfig::build(&flags, mpi.size(), command_line).map_err(anyhow::Error::from);
+    let cfg = match agree(&mpi, built) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            stop_together(&mpi, rank == 0, || print_error(None, &e));
+        Err(d) => {
+            stop_together(&mpi, d.rank == rank, || print_error(None, &d.message));
             return ExitCode::from(EXIT_USAGE);
         }
     };

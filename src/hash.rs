@@ -18,3 +18,14 @@ pub fn hash_words(words: &[u64]) -> u64 {
         .iter()
         .fold(0x5250_535F_4452_4F50, |h, &w| mix64(h ^ w))
 }
+
+/// Hashes bytes (the tail zero-padded to a word) with [`hash_words`]' chain.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = hash_words(&[bytes.len() as u64]);
+    for chunk in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h = mix64(h ^ u64::from_le_bytes(w));
+    }
+    h
+}

@@ -11,6 +11,7 @@
 //! and [`netsim`] reads the results of the ns-3 datacenter simulation (`netsim/`).
 
 pub mod bench;
+pub mod build;
 pub mod checkpoint;
 pub mod cli;
 pub mod comm;
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod drop;
+pub mod files;
 pub mod hash;
 pub mod job;
 pub mod metrics;

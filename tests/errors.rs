@@ -355,3 +355,85 @@ fn output_problems() {
     local_ranks(3, &forced).assert_ok();
     assert_eq!(attr_str(&existing, "status"), "completed");
 }
+
+/// Runs an MPMD job: one `mpirun` with a `:`-separated program per rank group.
+fn mpmd(groups: &[(&str, Vec<&str>)]) -> Run {
+    let _guard = lock_mpirun();
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--timeout", "60"]);
+    for (i, (program, args)) in groups.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-n", "1", program]).args(args);
+    }
+    let out = cmd
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Ranks started with different flags, or from different builds, stop at once with one
+/// line naming what differs and where (they used to hang or train on mixed settings).
+#[test]
+fn ranks_must_run_the_same_job() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    let args = |steps: &'static str, lr: &'static str| {
+        let mut a = train_args(data, m);
+        a.extend(["--colocated", "--steps", steps, "--lr", lr]);
+        a
+    };
+    let check = |run: &Run, needle: &str| {
+        assert!(
+            !run.ok() && run.code != Some(110),
+            "{:?}\n{}",
+            run.code,
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(needle),
+            "expected {needle:?} in:\n{}",
+            run.stderr
+        );
+        let errors = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count();
+        assert_eq!(errors, 1, "{}", run.stderr);
+        assert!(!metrics.exists());
+    };
+    let run = mpmd(&[
+        (RPS, args("3", "0.05")),
+        (RPS, args("4", "0.05")),
+        (RPS, args("3", "0.05")),
+    ]);
+    check(
+        &run,
+        "duration is Steps(3) on rank(s) 0, 2, but Steps(4) on rank(s) 1",
+    );
+    let run = mpmd(&[(RPS, args("3", "0.05")), (RPS, args("3", "0.1"))]);
+    check(&run, "lr is 0.05 on rank(s) 0, but 0.1 on rank(s) 1");
+    // The same version, another build: a copy of the binary with one byte more.
+    let other = dir.path().join("rps-other");
+    let mut bytes = std::fs::read(RPS).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, bytes).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = mpmd(&[
+        (RPS, args("3", "0.05")),
+        (other.to_str().unwrap(), args("3", "0.05")),
+    ]);
+    check(&run, "the ranks run different jobs: build is");
+}

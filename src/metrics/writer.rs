@@ -2,7 +2,10 @@
 //!
 //! Root attributes hold the configuration and environment; the datasets are those of
 //! [`super::schema`], 1-D, extendable and chunked, growing by one row per step (or per
-//! evaluation). The file is flushed at every evaluation and checkpoint.
+//! evaluation). Rank 0 writes a hidden working copy beside `--metrics` and publishes it
+//! (flush, copy, sync, rename) at creation and at every flush point, so the file at
+//! `--metrics` is at every instant a complete HDF5 file, even after `kill -9`. A lock
+//! file keeps a second job off the same path.
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +17,19 @@ use ndarray::s;
 use super::schema::{Column, EvalRecord, Kind, StepRow, EVAL_COLUMNS, GROUPS, STEP, STEP_COLUMNS};
 
 use super::attrs::AttrValue;
+use crate::files::{self, Lock};
 
 /// Rows per chunk of every extendable dataset.
 const CHUNK: usize = 1024;
 
 /// An open metrics file.
 pub struct MetricsWriter {
+    /// The working copy (`.NAME.writing`), open for writing.
     file: hdf5::File,
+    work: PathBuf,
+    /// Where the published file lives (`--metrics`).
     path: PathBuf,
+    _lock: Lock,
 }
 
 fn text(s: &str) -> Result<VarLenUnicode> {
@@ -30,42 +38,41 @@ fn text(s: &str) -> Result<VarLenUnicode> {
 }
 
 impl MetricsWriter {
-    /// Creates the file (and its parent directories) with the given root attributes.
+    /// Creates the file (and its parent directories) with the given root attributes,
+    /// and publishes it at once.
     ///
     /// # Errors
-    /// The file exists and `force` is false, or it cannot be created.
+    /// The file exists and `force` is false, another job writes it, or it cannot be
+    /// created; then nothing is left behind.
     pub fn create(path: &Path, force: bool, attrs: &[(&str, AttrValue)]) -> Result<Self> {
-        if path.exists() && !force {
-            bail!(
-                "--metrics {} already exists (use --force to overwrite it)",
-                path.display()
-            );
-        }
+        let what = format!("--metrics {}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "--metrics {}: cannot create directory {}",
-                    path.display(),
-                    dir.display()
-                )
-            })?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{what}: cannot create directory {}", dir.display()))?;
         }
-        let file = hdf5::File::create(path)
-            .with_context(|| format!("--metrics {}: cannot create the file", path.display()))?;
+        let lock = Lock::acquire(&files::sibling(path, "lock"), &what)?;
+        if path.exists() && !force {
+            bail!("{what} already exists (use --force to overwrite it)");
+        }
+        let work = files::sibling(path, "writing");
+        let file =
+            hdf5::File::create(&work).with_context(|| format!("{what}: cannot create the file"))?;
         let w = MetricsWriter {
             file,
+            work,
             path: path.to_path_buf(),
+            _lock: lock,
         };
-        if let Err(e) = w.init(attrs) {
-            // Leave no half-initialised file behind.
-            drop(w);
-            let _ = std::fs::remove_file(path);
-            return Err(e.context(format!(
-                "--metrics {}: cannot write the layout",
-                path.display()
-            )));
+        match w.init(attrs).and_then(|()| w.flush()) {
+            Ok(()) => Ok(w),
+            Err(e) => {
+                // Leave no half-initialised file behind.
+                let work = w.work.clone();
+                drop(w);
+                let _ = std::fs::remove_file(work);
+                Err(e.context(format!("{what}: cannot write the layout")))
+            }
         }
-        Ok(w)
     }
 
     fn init(&self, attrs: &[(&str, AttrValue)]) -> Result<()> {
@@ -109,10 +116,16 @@ impl MetricsWriter {
                 path.display()
             )
         };
-        let file = hdf5::File::open_rw(path).with_context(ctx)?;
+        let what = format!("--metrics {}", path.display());
+        let lock = Lock::acquire(&files::sibling(path, "lock"), &what)?;
+        let work = files::sibling(path, "writing");
+        std::fs::copy(path, &work).with_context(ctx)?;
+        let file = hdf5::File::open_rw(&work).with_context(ctx)?;
         let w = MetricsWriter {
             file,
+            work,
             path: path.to_path_buf(),
+            _lock: lock,
         };
         let cut = |name: &str, n: u64| -> Result<()> {
             let ds = w.file.dataset(name).with_context(ctx)?;
@@ -141,7 +154,16 @@ impl MetricsWriter {
         for (name, value) in attrs {
             w.set_attr(name, value)?;
         }
+        w.flush()?;
         Ok(w)
+    }
+
+    /// A root attribute as text, `None` when absent (e.g. the fingerprint on resume).
+    pub fn attr_str(&self, name: &str) -> Option<String> {
+        let a = self.file.attr(name).ok()?;
+        a.read_scalar::<VarLenUnicode>()
+            .ok()
+            .map(|v| v.as_str().to_string())
     }
 
     /// Rows of the per-step, per-evaluation and trace datasets (for checkpoints).
@@ -301,22 +323,31 @@ impl MetricsWriter {
         Ok(())
     }
 
-    /// Pushes everything written so far to disk.
+    /// Publishes everything written so far: the working copy is flushed and copied over
+    /// `--metrics` atomically.
     ///
     /// # Errors
-    /// HDF5 failures.
+    /// HDF5 or file-system failures (a full disk), naming `--metrics`.
     pub fn flush(&self) -> Result<()> {
-        self.file.flush()?;
-        Ok(())
+        self.file
+            .flush()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| files::publish_copy(&self.work, &self.path))
+            .with_context(|| format!("--metrics {}: cannot write", self.path.display()))
     }
 
-    /// Flushes and closes the file.
+    /// Flushes, closes and publishes the file for the last time.
     ///
     /// # Errors
-    /// HDF5 failures.
+    /// HDF5 or file-system failures, naming `--metrics`.
     pub fn close(self) -> Result<()> {
-        self.file.flush()?;
-        self.file.close()?;
+        let what = format!("--metrics {}: cannot write", self.path.display());
+        let ctx = || what.clone();
+        self.file.flush().with_context(ctx)?;
+        let (work, path, lock) = (self.work, self.path, self._lock);
+        self.file.close().with_context(ctx)?;
+        files::publish_rename(&work, &path).with_context(ctx)?;
+        drop(lock);
         Ok(())
     }
 }

@@ -68,6 +68,7 @@ pub fn train<T: Transport + ?Sized>(
     cfg: &TrainConfig,
     stop: &AtomicBool,
 ) -> Result<Summary, Failure> {
+    agree(t, same_job(t, cfg))?;
     let (setup, exchange) = agree(t, setup::prepare(t.rank(), t.size(), cfg))?;
     same_resume_step(t, setup.resume.as_ref().map_or(0, |r| r.step))?;
     let env = RunEnv {
@@ -84,6 +85,129 @@ pub fn train<T: Transport + ?Sized>(
     };
     let writer = agree(t, writer)?;
     run::Run::new(t, cfg, setup, exchange, writer, stop)?.steps()
+}
+
+/// What every rank of a job must share: the whole configuration (but the command line,
+/// which may differ in form) and the build of rps, as `(field, value)` pairs taken from
+/// the configuration's `Debug` form, so a new field is covered without being listed.
+fn job_identity(cfg: &TrainConfig) -> Vec<(String, String)> {
+    let mut c = cfg.clone();
+    c.command_line.clear();
+    let text = format!("{c:?}");
+    let body = text
+        .split_once(" { ")
+        .and_then(|(_, rest)| rest.strip_suffix(" }"))
+        .unwrap_or(&text);
+    let mut fields = top_level_fields(body);
+    fields.push(("build".into(), crate::build::identity().into()));
+    fields
+}
+
+/// Splits `a: X, b: Y { c: 1, d: "e, f" }` at its top-level commas into name/value pairs.
+fn top_level_fields(body: &str) -> Vec<(String, String)> {
+    let (mut out, mut depth, mut quoted, mut escaped, mut start) =
+        (Vec::new(), 0i32, false, false, 0);
+    let mut push = |part: &str| {
+        let (k, v) = part.split_once(": ").unwrap_or((part, ""));
+        out.push((k.trim().to_string(), v.trim().to_string()));
+    };
+    for (i, ch) in body.char_indices() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '{' | '(' | '[' if !quoted => depth += 1,
+            '}' | ')' | ']' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&body[start..]);
+    out
+}
+
+/// Checks that every rank runs the same job: a rank started with other flags (an MPMD
+/// launch, per-node job files) or another build of rps would otherwise hang the job or
+/// train on mixed settings. Collective.
+///
+/// # Errors
+/// The first field that differs, with the ranks on each side.
+fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyhow::Result<()> {
+    let mine = job_identity(cfg);
+    let text: String = mine
+        .iter()
+        .map(|(k, v)| format!("{k}\u{1f}{v}\u{1e}"))
+        .collect();
+    let hashes = t.allgather_bytes(&crate::hash::hash_bytes(text.as_bytes()).to_le_bytes());
+    if hashes.chunks(8).all(|h| h == &hashes[..8]) {
+        return Ok(());
+    }
+    let parsed: Vec<Vec<(String, String)>> = gather_strings(t, &text)
+        .iter()
+        .map(|s| {
+            s.split('\u{1e}')
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    let (k, v) = f.split_once('\u{1f}').unwrap_or((f, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect()
+        })
+        .collect();
+    let first_diff = parsed[0]
+        .iter()
+        .enumerate()
+        .find(|(i, (_, v))| parsed.iter().any(|p| p.get(*i).map(|f| &f.1) != Some(v)));
+    let Some((i, (name, _))) = first_diff else {
+        anyhow::bail!("the ranks run different jobs (their configurations differ)");
+    };
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (rank, p) in parsed.iter().enumerate() {
+        let v = p.get(i).map(|f| f.1.clone()).unwrap_or_default();
+        match groups.iter_mut().find(|g| g.0 == v) {
+            Some(g) => g.1.push(rank),
+            None => groups.push((v, vec![rank])),
+        }
+    }
+    let sides: Vec<String> = groups
+        .iter()
+        .map(|(v, ranks)| format!("{v} on rank(s) {}", list(ranks)))
+        .collect();
+    anyhow::bail!(
+        "the ranks run different jobs: {name} is {} (start every rank with the same flags and the same rps binary)",
+        sides.join(", but ")
+    )
+}
+
+fn list(ranks: &[usize]) -> String {
+    ranks
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every rank's `s`, in rank order. Collective.
+fn gather_strings<T: Transport + ?Sized>(t: &T, s: &str) -> Vec<String> {
+    let lens = t.allgather_bytes(&(s.len() as u64).to_le_bytes());
+    let max = lens
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
+        .max()
+        .unwrap_or(0);
+    let mut mine = s.as_bytes().to_vec();
+    mine.resize(max, 0);
+    t.allgather_bytes(&mine)
+        .chunks(max.max(1))
+        .map(|c| {
+            String::from_utf8_lossy(c)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect()
 }
 
 /// Every rank must resume from the same step (a checkpoint directory all ranks share).
@@ -112,4 +236,58 @@ fn gather_hosts<T: Transport + ?Sized>(t: &T) -> Vec<String> {
                 .into_owned()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_split_at_top_level_only() {
+        let f = top_level_fields(
+            r#"a: Steps(5), b: Some("x, \"y\""), c: Udp(UdpOptions { mtu: 1500, port: None }), d: [1, 2]"#,
+        );
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!(f[0].1, "Steps(5)");
+        assert_eq!(f[1].1, r#"Some("x, \"y\"")"#);
+        assert_eq!(f[2].1, "Udp(UdpOptions { mtu: 1500, port: None })");
+    }
+
+    #[test]
+    fn ranks_that_run_different_jobs_are_named() {
+        let flags = |extra: &[&str]| {
+            let base = "--dataset d.h5 --metrics m.h5 --colocated".split(' ');
+            let f = crate::cli::parse_train(base.chain(extra.iter().copied())).unwrap();
+            TrainConfig::build(&f, 3, String::new()).unwrap()
+        };
+        let cfgs = [
+            flags(&["--steps", "5"]),
+            flags(&["--steps", "7"]),
+            flags(&["--steps", "5"]),
+        ];
+        let errs: Vec<String> = std::thread::scope(|s| {
+            let nets = crate::comm::local::LocalTransport::network(3);
+            let handles: Vec<_> = nets
+                .into_iter()
+                .zip(&cfgs)
+                .map(|(net, cfg)| s.spawn(move || agree(&net, same_job(&net, cfg))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap_err().message)
+                .collect()
+        });
+        for e in &errs {
+            assert!(
+                e.contains("duration is Steps(5) on rank(s) 0, 2, but Steps(7) on rank(s) 1"),
+                "{e}"
+            );
+        }
+        // The same flags in another order (another command line) are the same job.
+        let cfg = flags(&["--steps", "5"]);
+        let mut other = cfg.clone();
+        other.command_line = "rps train --steps 5 --colocated ...".into();
+        assert_eq!(job_identity(&cfg), job_identity(&other));
+    }
 }

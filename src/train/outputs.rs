@@ -78,8 +78,12 @@ impl<T: Transport + ?Sized> Run<'_, T> {
         let Some(dir) = self.cfg.checkpoint_dir.clone() else {
             return Ok(());
         };
+        // The published metrics file must hold at least the rows the checkpoint counts.
         let rows = match &self.writer {
-            Some(w) => w.rows()?,
+            Some(w) => {
+                w.flush()?;
+                w.rows()?
+            }
             None => [0; 3],
         };
         let state = RankState {

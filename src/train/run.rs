@@ -149,20 +149,23 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             }
             counts.to_flat(&mut self.pending);
             let stop = (sync_point || !self.exchange.uses_deadline()) && self.stop_requested();
-            if sync_point || stop {
+            if stop && done < total {
+                // mpirun kills the ranks about a second after forwarding the signal: the
+                // rows and the checkpoint come first, and no evaluation delays them.
+                self.flush_steps(done)?;
+                self.checkpoint(done)?;
+                return Err(self.interrupted(done)?);
+            }
+            if sync_point {
                 let rows = self.flush_steps(done)?;
                 if eval_due {
                     last = self.evaluate(done)?;
                     self.report(&rows, &last)?;
-                } else if let Some(w) = &self.writer {
-                    w.flush()?;
                 }
-            }
-            if checkpoint_due || (stop && self.cfg.checkpoint_dir.is_some()) {
-                self.checkpoint(done)?;
-            }
-            if stop && done < total {
-                return Err(self.interrupted(done)?);
+                // After the evaluation, so that a resumed run keeps its row.
+                if checkpoint_due {
+                    self.checkpoint(done)?;
+                }
             }
         }
         self.finish(last)
