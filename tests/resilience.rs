@@ -348,3 +348,180 @@ fn a_killed_job_leaves_a_readable_metrics_file() {
     assert_eq!(steps.len() as u64, *evals.last().unwrap());
     assert_eq!(attr_str(&m, "status"), "running");
 }
+
+/// Kills a job at many moments (before the first flush, during flushes, evaluations and
+/// checkpoints) and opens what it left each time: the metrics file is always a complete
+/// HDF5 file whose step rows run 1..=n with every column of the same length, and the
+/// newest complete checkpoint always resumes.
+#[test]
+fn a_job_killed_at_any_moment_leaves_files_that_open() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let m = dir.path().join("m.h5");
+    let ckpt = dir.path().join("ckpt");
+    let (m_s, ckpt_s) = (m.to_str().unwrap(), ckpt.to_str().unwrap());
+    let args = [
+        "train",
+        "--local-ranks",
+        "2",
+        "--dataset",
+        data,
+        "--metrics",
+        m_s,
+        "--colocated",
+        "--steps",
+        "100000",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "7",
+        "--checkpoint-every",
+        "5",
+        "--checkpoint-dir",
+        ckpt_s,
+        "--force",
+    ];
+    let mut seen_rows = 0;
+    let _guard = lock_mpirun();
+    // Delays from before the file exists to well into the run, at odd offsets so the kill
+    // lands in different phases.
+    for (i, ms) in [5u64, 40, 90, 150, 230, 330, 470, 610, 790, 1030]
+        .iter()
+        .enumerate()
+    {
+        let mut child = Command::new(RPS).args(args).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(*ms));
+        signal(&[child.id() as i32], "KILL");
+        let _ = child.wait();
+        if !m.exists() {
+            assert!(*ms < 500, "kill {i} after {ms} ms: no metrics file yet");
+            continue;
+        }
+        let out = Command::new("h5dump").args(["-H", m_s]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "kill {i} after {ms} ms: h5dump cannot read the file: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let steps = read_u64(&m, "train/step");
+        assert_eq!(
+            steps,
+            (1..=steps.len() as u64).collect::<Vec<_>>(),
+            "kill {i}"
+        );
+        assert_eq!(read_f64(&m, "train/loss").len(), steps.len(), "kill {i}");
+        assert_eq!(read_u64(&m, "comm/sent_up").len(), steps.len(), "kill {i}");
+        assert_eq!(attr_str(&m, "status"), "running");
+        seen_rows = seen_rows.max(steps.len());
+    }
+    assert!(seen_rows > 0, "no kill landed after the first flush");
+    // The last kill's checkpoints resume (the lock of the killed job is gone with it).
+    if ckpt.join("step-00000005").exists() || std::fs::read_dir(&ckpt).is_ok() {
+        let resume = [
+            "train",
+            "--local-ranks",
+            "2",
+            "--dataset",
+            data,
+            "--metrics",
+            m_s,
+            "--colocated",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "7",
+            "--resume",
+            ckpt_s,
+            "--steps",
+            "100",
+        ];
+        let out = Command::new(RPS).args(resume).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("no complete checkpoint"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A second job on a running job's metrics file or checkpoint directory is refused and
+/// the running job's files are untouched.
+#[test]
+fn a_second_job_cannot_take_a_running_jobs_files() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let m = dir.path().join("m.h5");
+    let ckpt = dir.path().join("ckpt");
+    let other = dir.path().join("other.h5");
+    let (m_s, ckpt_s, other_s) = (
+        m.to_str().unwrap(),
+        ckpt.to_str().unwrap(),
+        other.to_str().unwrap(),
+    );
+    let job = |metrics: &str, ckpt_s: &str| -> Vec<String> {
+        [
+            "train",
+            "--local-ranks",
+            "2",
+            "--dataset",
+            data,
+            "--metrics",
+            metrics,
+            "--colocated",
+            "--steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "5",
+            "--checkpoint-every",
+            "5",
+            "--checkpoint-dir",
+            ckpt_s,
+            "--force",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let _guard = lock_mpirun();
+    let mut first = Command::new(RPS).args(job(m_s, ckpt_s)).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(m.exists() && ckpt.join(".lock").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first job never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elsewhere = dir.path().join("ckpt2");
+    let second = Command::new(RPS)
+        .args(job(m_s, elsewhere.to_str().unwrap()))
+        .output()
+        .unwrap();
+    let third = Command::new(RPS)
+        .args(job(other_s, ckpt_s))
+        .output()
+        .unwrap();
+    signal(&[first.id() as i32], "INT");
+    let status = first.wait().unwrap();
+    for (out, what) in [
+        (&second, format!("--metrics {m_s}")),
+        (&third, format!("--checkpoint-dir {ckpt_s}")),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!(
+                "{what} is in use by another job (pid {}",
+                first.id()
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(status.code(), Some(75), "the first job stops cleanly");
+    assert_eq!(attr_str(&m, "status"), "interrupted");
+    assert!(!other.exists());
+}

@@ -79,12 +79,12 @@ pub fn train<T: Transport + ?Sized>(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
     };
-    let writer = match t.rank() {
-        0 => outputs::open_metrics(cfg, &setup, &env).map(Some),
+    let outputs = match t.rank() {
+        0 => outputs::open(cfg, &setup, &env).map(Some),
         _ => Ok(None),
     };
-    let writer = agree(t, writer)?;
-    run::Run::new(t, cfg, setup, exchange, writer, stop)?.steps()
+    let outputs = agree(t, outputs)?;
+    run::Run::new(t, cfg, setup, exchange, outputs, stop)?.steps()
 }
 
 /// What every rank of a job must share: the whole configuration (but the command line,

@@ -13,6 +13,7 @@ use super::Failure;
 use crate::checkpoint::{self, RankState};
 use crate::comm::{agree, Transport};
 use crate::config::TrainConfig;
+use crate::files::Lock;
 use crate::metrics::attrs::{self, AttrValue};
 use crate::metrics::{MetricsWriter, RunEnv};
 use crate::nn::Model;
@@ -20,13 +21,36 @@ use crate::nn::Model;
 /// Keeps the newest this many complete checkpoints.
 const KEEP_CHECKPOINTS: usize = 2;
 
-/// Rank 0: checks the output paths and creates the metrics file with the run's
-/// attributes, or reopens it to continue a resumed run.
+/// Rank 0's open outputs: the metrics file and the lock on the checkpoint directory,
+/// both held until the run ends.
+pub(super) struct Outputs {
+    pub writer: MetricsWriter,
+    pub checkpoint_lock: Option<Lock>,
+}
+
+/// Rank 0: locks the checkpoint directory, checks the output paths and creates the
+/// metrics file with the run's attributes, or reopens it to continue a resumed run.
 ///
 /// # Errors
-/// Outputs that exist without --force, a checkpoint directory of another run, a metrics
-/// file that cannot be created or continued.
-pub(super) fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWriter> {
+/// Outputs that exist without --force, a checkpoint directory of another run or in use
+/// by another job, a metrics file that cannot be created or continued.
+pub(super) fn open(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<Outputs> {
+    let checkpoint_lock = match &cfg.checkpoint_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--checkpoint-dir {}: cannot create it", dir.display()))?;
+            let what = format!("--checkpoint-dir {}", dir.display());
+            Some(Lock::acquire(&dir.join(".lock"), &what)?)
+        }
+        None => None,
+    };
+    Ok(Outputs {
+        writer: open_metrics(cfg, s, env)?,
+        checkpoint_lock,
+    })
+}
+
+fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWriter> {
     if let (Some(dir), None) = (&cfg.checkpoint_dir, &cfg.resume) {
         // A fresh run must not mix its checkpoints with an earlier run's: a later
         // --resume would pick whichever is newest.

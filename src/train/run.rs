@@ -10,6 +10,7 @@ use anyhow::Context;
 use log::info;
 use ndarray::ArrayView4;
 
+use super::outputs::Outputs;
 use super::setup::Setup;
 use super::{Failure, Summary};
 use crate::comm::Transport;
@@ -46,6 +47,8 @@ pub(super) struct Run<'a, T: Transport + ?Sized> {
     pub exchange: Exchange,
     /// Rank 0's metrics file.
     pub writer: Option<MetricsWriter>,
+    /// Rank 0's lock on the checkpoint directory, held for the whole run.
+    pub _checkpoint_lock: Option<crate::files::Lock>,
     pub replica: Replica,
     pub batch: Batch,
     /// Per-step counters not yet reduced, [`StepCounters::LEN`] values per step.
@@ -69,9 +72,13 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         cfg: &'a TrainConfig,
         mut setup: Setup,
         mut exchange: Exchange,
-        writer: Option<MetricsWriter>,
+        outputs: Option<Outputs>,
         stop: &'a AtomicBool,
     ) -> Result<Self, Failure> {
+        let (writer, checkpoint_lock) = match outputs {
+            Some(o) => (Some(o.writer), o.checkpoint_lock),
+            None => (None, None),
+        };
         let d = setup.model.num_params();
         let trace = (cfg.record_trace && writer.is_some()).then(Vec::new);
         let len = if setup.worker.is_some() { d } else { 0 };
@@ -100,6 +107,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             cfg,
             exchange,
             writer,
+            _checkpoint_lock: checkpoint_lock,
             replica: Replica {
                 params,
                 grads: vec![0.0; len],
