@@ -274,6 +274,13 @@ fn conclude(cfg: &TrainConfig, result: Result<Summary, Failure>) -> ExitCode {
             print_error(None, &e);
             ExitCode::FAILURE
         }
+        Err(e @ Failure::Diverged { .. }) => {
+            print_error(
+                None,
+                &format!("{e}; metrics {metrics} (status \"diverged\"); lower --lr, or check the dataset's mean and std attributes"),
+            );
+            ExitCode::FAILURE
+        }
         Err(Failure::Interrupted { step, checkpoint }) => {
             match checkpoint {
                 Some(c) => eprintln!(

@@ -437,3 +437,46 @@ fn ranks_must_run_the_same_job() {
     ]);
     check(&run, "the ranks run different jobs: build is");
 }
+
+/// Statistics that would poison training are refused up front, and a run that diverges
+/// anyway stops at once with a distinct status and a non-zero exit, its rows flushed.
+#[test]
+fn divergence_is_an_error_not_a_result() {
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    for (i, (mean, std, needle)) in [
+        (f64::NAN, 0.3, "attribute mean[0] = NaN"),
+        (1e300, 0.3, "attribute mean[0] = 1e300"),
+        (0.5, 1e-30, "attribute std[0] = 1e-30"),
+        (0.5, f64::INFINITY, "attribute std[0] = inf"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = h5(&dir.path().join(format!("stats{i}.h5")), |f| {
+            classes(f, 10);
+            split(f, "train", 8, 0);
+            split(f, "test", 4, 0);
+            for (name, v) in [("mean", mean), ("std", std)] {
+                f.new_attr::<f64>()
+                    .shape(1)
+                    .create(name)
+                    .unwrap()
+                    .write(&[v])
+                    .unwrap();
+            }
+        });
+        expect_failure(launch(i), 2, &train_args(&data, m), needle);
+        assert!(!metrics.exists());
+    }
+    let data = small_dataset();
+    let mut args = train_args(data.to_str().unwrap(), m);
+    args.extend(["--colocated", "--lr", "1e30", "--steps", "20"]);
+    let run = expect_failure(Launch::Mpirun, 2, &args, "training diverged at step");
+    assert_eq!(run.code, Some(1));
+    assert_eq!(attr_str(&metrics, "status"), "diverged");
+    let steps = read_u64(&metrics, "train/step");
+    assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
+    assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
+}

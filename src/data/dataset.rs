@@ -48,6 +48,13 @@ pub enum DatasetError {
         label: i64,
         classes: usize,
     },
+    #[error("dataset {path}: attribute {name}[{channel}] = {value:e} is not a statistic of pixels in [0, 1] (mean in [0, 1], std in [1e-3, 1])")]
+    Statistics {
+        path: PathBuf,
+        name: &'static str,
+        channel: usize,
+        value: f64,
+    },
     #[error("dataset {path}: cannot read {name}: {source}")]
     Read {
         path: PathBuf,
@@ -162,6 +169,9 @@ impl DatasetInfo {
     }
 }
 
+/// The smallest per-channel pixel std accepted (pixels in [0, 1]; real data is ~0.1–0.4).
+const MIN_STD: f64 = 1e-3;
+
 /// Per-channel (mean, std) used to standardise pixels.
 pub type Normalization = (Vec<f32>, Vec<f32>);
 
@@ -182,16 +192,30 @@ fn read_normalization(
         })
     };
     let (mean, std) = (read(mean, "mean")?, read(std, "std")?);
-    if mean.len() != channels
-        || std.len() != channels
-        || std.iter().any(|&s| s.is_nan() || s <= 0.0)
-    {
+    if mean.len() != channels || std.len() != channels {
         return Err(DatasetError::Shape {
             path: path.to_path_buf(),
             name: "attributes mean and std".into(),
-            expected: format!("{channels} values each (one per channel), std > 0"),
+            expected: format!("{channels} values each (one per channel)"),
             found: vec![mean.len(), std.len()],
         });
+    }
+    // Statistics of pixels in [0, 1]: a mean outside it, a std of 0 (or so small that
+    // standardised pixels overflow) or above 1 would poison training from the first step.
+    let bad = |name: &'static str, v: &[f64], ok: fn(f64) -> bool| {
+        v.iter()
+            .position(|&x| !ok(x))
+            .map(|c| DatasetError::Statistics {
+                path: path.to_path_buf(),
+                name,
+                channel: c,
+                value: v[c],
+            })
+    };
+    if let Some(e) = bad("mean", &mean, |m| (0.0..=1.0).contains(&m))
+        .or_else(|| bad("std", &std, |s| (MIN_STD..=1.0).contains(&s)))
+    {
+        return Err(e);
     }
     let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
     Ok(Some((f(mean), f(std))))

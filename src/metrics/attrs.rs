@@ -305,7 +305,7 @@ macro_rules! result_attrs {
 
 result_attrs! {
     RESULT_ATTRS {
-        /// `running`, then `completed`, `interrupted` (stopped by a signal; resumable) or, if the job died, still `running`.
+        /// `running`, then `completed`, `interrupted` (stopped by a signal; resumable), `diverged` (a non-finite loss or parameter stopped it) or, if the job died, still `running`.
         STATUS = "status";
         /// Steps whose rows are in the file.
         STEPS_COMPLETED = "steps_completed";
@@ -330,6 +330,7 @@ result_attrs! {
 pub const RUNNING: &str = "running";
 pub const COMPLETED: &str = "completed";
 pub const INTERRUPTED: &str = "interrupted";
+pub const DIVERGED: &str = "diverged";
 
 /// The reference of the root attributes in Markdown (part of docs/metrics.md).
 pub fn markdown() -> String {

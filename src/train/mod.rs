@@ -47,6 +47,10 @@ pub enum Failure {
     /// Every rank stopped together at a step boundary because the job was told to stop
     /// (SIGTERM, SIGINT, SIGUSR1); metrics are flushed and closed, and a checkpoint
     /// was written if a checkpoint directory was given.
+    /// Every rank stopped together because the loss or a parameter became non-finite;
+    /// the metrics file says `diverged`.
+    #[error("training diverged at step {step}: {what}")]
+    Diverged { step: u64, what: String },
     #[error("stopped by a signal after {step} steps")]
     Interrupted {
         step: u64,

@@ -132,6 +132,19 @@ impl<T: Transport + ?Sized> Run<'_, T> {
         Ok(())
     }
 
+    /// Closes the metrics as diverged after `done` steps.
+    pub(super) fn diverged(&mut self, done: u64, what: &str) -> Result<Failure, Failure> {
+        if let Some(w) = self.writer.take() {
+            w.set_attr(attrs::STATUS.name, &attrs::DIVERGED.into())?;
+            w.set_attr(attrs::STEPS_COMPLETED.name, &done.into())?;
+            w.close()?;
+        }
+        Ok(Failure::Diverged {
+            step: done,
+            what: what.to_string(),
+        })
+    }
+
     /// Closes the metrics as interrupted; the failure says where to resume from.
     pub(super) fn interrupted(&mut self, done: u64) -> Result<Failure, Failure> {
         if let Some(w) = self.writer.take() {

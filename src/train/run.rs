@@ -22,6 +22,16 @@ use crate::metrics::{EvalRecord, MetricsWriter, StepCounters};
 use crate::optim::Sgd;
 use crate::rps::{Exchange, Mode};
 
+/// With deadline detection, the most steps between two checks for a stop or divergence.
+const CHECK_EVERY: u64 = 10;
+
+/// What ranks agreed on at a check point.
+#[derive(Debug, Default)]
+struct Check {
+    stop: bool,
+    diverged: Option<&'static str>,
+}
+
 /// This rank's model: its replica, gradient and optimizer, and the average of all
 /// replicas (evaluation, the all-reduce baseline). Empty on a pure server.
 pub(super) struct Replica {
@@ -148,16 +158,26 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0);
             let checkpoint_due =
                 done < total && self.cfg.checkpoint_every.is_some_and(|k| done % k == 0);
+            // With deadline detection, ranks check for stops and divergence only where
+            // no message is in flight: at sync points, and every CHECK_EVERY steps.
+            let check_point = !self.exchange.uses_deadline() || done % CHECK_EVERY == 0;
             let sync_point = eval_due || checkpoint_due;
             // No message may still be in flight when a collective starts: with deadline
             // detection ranks drain stragglers first, and agree on stopping only where
             // they synchronise anyway (oracle exchanges leave nothing in flight).
-            if sync_point {
+            if sync_point || check_point {
                 counts.late += self.exchange.quiesce(self.net);
             }
             counts.to_flat(&mut self.pending);
-            let stop = (sync_point || !self.exchange.uses_deadline()) && self.stop_requested();
-            if stop && done < total {
+            let check = match sync_point || check_point {
+                true => self.check(counts.loss_sum),
+                false => Check::default(),
+            };
+            if let Some(what) = check.diverged {
+                self.flush_steps(done)?;
+                return Err(self.diverged(done, what)?);
+            }
+            if check.stop && done < total {
                 // mpirun kills the ranks about a second after forwarding the signal: the
                 // rows and the checkpoint come first, and no evaluation delays them.
                 self.flush_steps(done)?;
@@ -203,11 +223,28 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         }
     }
 
-    /// Whether any rank was told to stop (collective).
-    fn stop_requested(&self) -> bool {
-        let mut flag = [f64::from(u8::from(self.stop.load(Ordering::Relaxed)))];
-        self.net.allreduce_sum_f64(&mut flag);
-        flag[0] > 0.0
+    /// Whether any rank was told to stop, and whether any rank's training diverged: a
+    /// non-finite loss in this step or a non-finite parameter (a scan costs well under a
+    /// millisecond against a step of tens). Collective.
+    fn check(&self, loss_sum: f64) -> Check {
+        let bad_params = self.replica.params.iter().any(|x| !x.is_finite());
+        let mut flags = [
+            f64::from(u8::from(self.stop.load(Ordering::Relaxed))),
+            f64::from(u8::from(!loss_sum.is_finite())),
+            f64::from(u8::from(bad_params)),
+        ];
+        self.net.allreduce_sum_f64(&mut flags);
+        let diverged = if flags[1] > 0.0 {
+            Some("the training loss is not finite (NaN or infinite)")
+        } else if flags[2] > 0.0 {
+            Some("a parameter is not finite (NaN or infinite)")
+        } else {
+            None
+        };
+        Check {
+            stop: flags[0] > 0.0,
+            diverged,
+        }
     }
 
     /// Worker part of a step: minibatch, forward, backward, optimizer update.
