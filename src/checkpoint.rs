@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use hdf5::types::VarLenUnicode;
 
+use crate::hash::hash_words;
 use crate::metrics::StepCounters;
 
 /// Marker file of a complete checkpoint.
@@ -73,6 +74,10 @@ pub fn write_rank(dir: &Path, rank: usize, fingerprint: &str, state: &RankState)
             .shape(())
             .create("fingerprint")?
             .write_scalar(&text(fingerprint)?)?;
+        f.new_attr::<u64>()
+            .shape(())
+            .create("checksum")?
+            .write_scalar(&checksum(state))?;
         f.new_dataset_builder()
             .with_data(&state.params[..])
             .create("params")?;
@@ -189,29 +194,46 @@ pub fn remove_all(dir: &Path, steps: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// Reads this rank's state from the newest complete checkpoint in `dir`, refusing one
-/// written under another configuration.
+/// This rank's state in every complete checkpoint of `dir`, newest first: each one read
+/// and verified against its checksum, or the reason it cannot be used (unreadable,
+/// corrupt), so the job can fall back to an older checkpoint that every rank can read.
 ///
 /// # Errors
-/// No complete checkpoint, an unreadable file, or a different configuration.
-pub fn read_newest(dir: &Path, rank: usize, fingerprint: &str) -> Result<RankState> {
-    let Some(&step) = complete_steps(dir)?.last() else {
+/// No complete checkpoint at all, or one written under another configuration (a
+/// fingerprint mismatch is never a reason to fall back).
+pub fn read_candidates(
+    dir: &Path,
+    rank: usize,
+    fingerprint: &str,
+) -> Result<Vec<(u64, Result<RankState>)>> {
+    let steps = complete_steps(dir)?;
+    if steps.is_empty() {
         bail!("--resume {}: no complete checkpoint (a step-NNNNNNNN directory with a COMPLETE marker)", dir.display());
-    };
-    let path = rank_file(&step_dir(dir, step), rank);
-    let ctx = || format!("--resume: cannot read {}", path.display());
-    let f = hdf5::File::open(&path).with_context(ctx)?;
-    let theirs = f
-        .attr("fingerprint")
-        .and_then(|a| a.read_scalar::<VarLenUnicode>())
-        .with_context(ctx)?;
-    if theirs.as_str() != fingerprint {
-        let diff = fingerprint_diff(theirs.as_str(), fingerprint);
-        bail!(
-            "--resume {}: the checkpoint was written by an incompatible configuration ({diff})",
-            dir.display()
-        );
     }
+    let mut out = Vec::new();
+    for &step in steps.iter().rev() {
+        let path = rank_file(&step_dir(dir, step), rank);
+        let theirs = hdf5::File::open(&path)
+            .and_then(|f| f.attr("fingerprint"))
+            .and_then(|a| a.read_scalar::<VarLenUnicode>());
+        if let Ok(theirs) = &theirs {
+            if theirs.as_str() != fingerprint {
+                let diff = fingerprint_diff(theirs.as_str(), fingerprint);
+                bail!(
+                    "--resume {}: the checkpoint was written by an incompatible configuration ({diff})",
+                    dir.display()
+                );
+            }
+        }
+        out.push((step, read_rank(&path, step)));
+    }
+    Ok(out)
+}
+
+/// Reads and verifies one rank file.
+fn read_rank(path: &Path, step: u64) -> Result<RankState> {
+    let ctx = || format!("--resume: cannot read {}", path.display());
+    let f = hdf5::File::open(path).with_context(ctx)?;
     let read_u64 = |name: &str| {
         f.dataset(name)
             .and_then(|d| d.read_raw::<u64>())
@@ -225,8 +247,8 @@ pub fn read_newest(dir: &Path, rank: usize, fingerprint: &str) -> Result<RankSta
         .with_context(ctx)?;
     ensure!(
         columns.as_str() == StepCounters::NAMES.join(","),
-        "--resume {}: the checkpoint counts {}, this build of rps counts {} (written by another version)",
-        dir.display(),
+        "{}: the checkpoint counts {}, this build of rps counts {} (written by another version)",
+        path.display(),
         columns.as_str(),
         StepCounters::NAMES.join(",")
     );
@@ -236,27 +258,53 @@ pub fn read_newest(dir: &Path, rank: usize, fingerprint: &str) -> Result<RankSta
         "{}: malformed checkpoint",
         path.display()
     );
-    Ok(RankState {
+    let read_f32 = |name: &str| {
+        f.dataset(name)
+            .and_then(|d| d.read_raw::<f32>())
+            .with_context(ctx)
+    };
+    let state = RankState {
         step: f
             .attr("step")
             .and_then(|a| a.read_scalar::<u64>())
             .with_context(ctx)?,
-        params: f
-            .dataset("params")
-            .and_then(|d| d.read_raw::<f32>())
-            .with_context(ctx)?,
-        velocity: f
-            .dataset("velocity")
-            .and_then(|d| d.read_raw::<f32>())
-            .with_context(ctx)?,
+        params: read_f32("params")?,
+        velocity: read_f32("velocity")?,
         links: read_u64("links")?,
         metrics_rows: [rows[0], rows[1], rows[2]],
         totals: StepCounters::from_flat(&totals),
-    })
+    };
+    let stored = f
+        .attr("checksum")
+        .and_then(|a| a.read_scalar::<u64>())
+        .with_context(|| format!("{}: no checksum", path.display()))?;
+    ensure!(
+        stored == checksum(&state) && state.step == step,
+        "{}: the checksum does not match the content (the file is corrupt)",
+        path.display()
+    );
+    Ok(state)
+}
+
+/// A hash of everything a rank file holds.
+fn checksum(s: &RankState) -> u64 {
+    let mut totals = Vec::new();
+    s.totals.to_flat(&mut totals);
+    let mut words = vec![s.step];
+    words.extend(
+        s.params
+            .iter()
+            .chain(&s.velocity)
+            .map(|x| u64::from(x.to_bits())),
+    );
+    words.extend(&s.links);
+    words.extend(s.metrics_rows);
+    words.extend(totals.iter().map(|x| x.to_bits()));
+    hash_words(&words)
 }
 
 /// Names the fields of two `key=value;` fingerprints that differ.
-fn fingerprint_diff(theirs: &str, ours: &str) -> String {
+pub fn fingerprint_diff(theirs: &str, ours: &str) -> String {
     let parse = |s: &str| -> Vec<(String, String)> {
         s.split(';')
             .filter_map(|kv| kv.split_once('='))
@@ -317,9 +365,10 @@ mod tests {
             .to_string()
             .contains("[1] missing"));
         assert_eq!(complete_steps(d).unwrap(), vec![10]);
-        let s = read_newest(d, 1, "a=1;b=2").unwrap();
-        assert_eq!(s, state(10));
-        let err = read_newest(d, 1, "a=1;b=3").unwrap_err().to_string();
+        let c = read_candidates(d, 1, "a=1;b=2").unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].1.as_ref().unwrap(), &state(10));
+        let err = read_candidates(d, 1, "a=1;b=3").unwrap_err().to_string();
         assert!(err.contains("b: checkpoint 2, now 3"), "{err}");
     }
 
@@ -332,9 +381,32 @@ mod tests {
         }
         assert_eq!(complete_steps(dir.path()).unwrap(), vec![10, 15]);
         let empty = tempfile::tempdir().unwrap();
-        assert!(read_newest(empty.path(), 0, "x=1")
+        assert!(read_candidates(empty.path(), 0, "x=1")
             .unwrap_err()
             .to_string()
             .contains("no complete checkpoint"));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_detected_and_older_checkpoints_remain_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for step in [5, 10] {
+            write_rank(d, 0, "x=1", &state(step)).unwrap();
+            mark_complete(d, step, 1, 2).unwrap();
+        }
+        // Flip bytes of the newest file's parameters, as a bad disk would.
+        let path = rank_file(&step_dir(d, 10), 0);
+        let f = hdf5::File::open_rw(&path).unwrap();
+        f.dataset("params")
+            .unwrap()
+            .write(&[1.0f32, -152_943.0])
+            .unwrap();
+        drop(f);
+        let c = read_candidates(d, 0, "x=1").unwrap();
+        assert_eq!(c.iter().map(|x| x.0).collect::<Vec<_>>(), vec![10, 5]);
+        let err = format!("{:#}", c[0].1.as_ref().unwrap_err());
+        assert!(err.contains("checksum does not match"), "{err}");
+        assert_eq!(c[1].1.as_ref().unwrap(), &state(5));
     }
 }

@@ -525,3 +525,145 @@ fn a_second_job_cannot_take_a_running_jobs_files() {
     assert_eq!(attr_str(&m, "status"), "interrupted");
     assert!(!other.exists());
 }
+
+/// Outputs that are inputs are refused before anything is written; --resume refuses a
+/// metrics file of another run and a dataset of other content under the same name, and
+/// falls back past a corrupt checkpoint to the newest one every rank can read.
+#[test]
+fn outputs_and_resume_trust_nothing_they_are_given() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let copy = p("data.h5");
+    std::fs::copy(&data, &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let base = |metrics: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--dataset",
+            &copy,
+            "--metrics",
+            metrics,
+            "--colocated",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "5",
+            "--seed",
+            "2",
+            "--drop-rate",
+            "0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        local_ranks(2, &args)
+    };
+    let refused = |r: &Run, needle: &str| {
+        assert!(!r.ok(), "{}", r.stdout);
+        assert!(
+            r.stderr.contains(needle),
+            "expected {needle:?} in:\n{}",
+            r.stderr
+        );
+    };
+    // An output that is an input, or two outputs that are one file.
+    let r = run(&base(&copy, &["--steps", "3", "--force"]));
+    refused(&r, &format!("--metrics {copy} is also --dataset"));
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the dataset was touched"
+    );
+    let (m, model) = (p("m.h5"), p("model.h5"));
+    let r = run(&base(&m, &["--steps", "3", "--save-model", &m]));
+    refused(&r, &format!("--metrics {m} is also --save-model"));
+    assert!(!Path::new(&m).exists());
+
+    // A run with checkpoints at steps 5 and 10, stopped there.
+    let ckpt = p("ckpt");
+    // (No checkpoint is taken at the last step, so 12 steps keep those of 5 and 10.)
+    let first = base(
+        &m,
+        &[
+            "--steps",
+            "12",
+            "--checkpoint-every",
+            "5",
+            "--checkpoint-dir",
+            &ckpt,
+        ],
+    );
+    run(&first).assert_ok();
+    let resume = |metrics: &str, data_extra: &[&str]| {
+        let mut a = base(
+            metrics,
+            &[
+                "--steps",
+                "15",
+                "--resume",
+                &ckpt,
+                "--save-model",
+                &model,
+                "--force",
+            ],
+        );
+        a.extend(data_extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // Another run's metrics file (another seed) is refused.
+    let other = p("other.h5");
+    let mut other_run = base(&other, &["--steps", "3"]);
+    other_run.extend(["--seed".into(), "9".into()]);
+    run(&other_run).assert_ok();
+    refused(
+        &run(&resume(&other, &[])),
+        "belongs to another run (seed: checkpoint 9, now 2)",
+    );
+
+    // The same file name with other content (one label changed) is another dataset.
+    let original = std::fs::read(&copy).unwrap();
+    {
+        let f = hdf5::File::open_rw(&copy).unwrap();
+        let labels = f.dataset("train/labels").unwrap();
+        let mut l: Vec<u8> = labels.read_raw().unwrap();
+        l[0] = (l[0] + 1) % 10;
+        labels.write(&l).unwrap();
+    }
+    refused(&run(&resume(&m, &[])), "dataset_digest: checkpoint");
+    std::fs::write(&copy, original).unwrap();
+
+    // A corrupt newest checkpoint: the job falls back to the older one, says so, and
+    // still ends like the uninterrupted run.
+    let newest = Path::new(&ckpt).join("step-00000010").join("rank-00001.h5");
+    {
+        let f = hdf5::File::open_rw(&newest).unwrap();
+        let params = f.dataset("params").unwrap();
+        let mut v: Vec<f32> = params.read_raw().unwrap();
+        v[17] = -152_943.0;
+        params.write(&v).unwrap();
+    }
+    let r = run(&resume(&m, &[]));
+    r.assert_ok();
+    assert!(r.stderr.contains("checksum does not match"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("resuming from the checkpoint of step 5"),
+        "{}",
+        r.stderr
+    );
+    let (full, full_model) = (p("full.h5"), p("full-model.h5"));
+    run(&base(
+        &full,
+        &["--steps", "15", "--save-model", &full_model],
+    ))
+    .assert_ok();
+    assert_eq!(
+        read_params(Path::new(&model)),
+        read_params(Path::new(&full_model))
+    );
+}

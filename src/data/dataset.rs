@@ -70,7 +70,14 @@ pub struct SplitInfo {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+    /// A hash of the split's shape, every label and the first [`DIGEST_IMAGES`] images:
+    /// what identifies the data, whatever the file is called.
+    pub digest: u64,
 }
+
+/// Images of each split that go into its digest (reading them all would cost every rank
+/// a full pass over the file).
+pub const DIGEST_IMAGES: usize = 64;
 
 impl SplitInfo {
     pub fn sample_len(&self) -> usize {
@@ -93,6 +100,21 @@ pub struct DatasetInfo {
 }
 
 impl DatasetInfo {
+    /// What identifies the dataset's content (not its file name): both splits' digests,
+    /// the classes and the statistics, as 16 hex digits.
+    pub fn digest(&self) -> String {
+        let mut words = vec![self.train.digest, self.test.digest];
+        words.extend(
+            self.classes
+                .iter()
+                .map(|c| crate::hash::hash_bytes(c.as_bytes())),
+        );
+        if let Some((mean, std)) = &self.normalization {
+            words.extend(mean.iter().chain(std).map(|&x| u64::from(x.to_bits())));
+        }
+        format!("{:016x}", hash_words(&words))
+    }
+
     /// Opens and validates a dataset file, reading all labels to check their range.
     ///
     /// # Errors
@@ -309,11 +331,20 @@ fn check_split(
             classes,
         });
     }
+    let first = images
+        .read_slice::<u8, _, Ix4>(s![..shape[0].min(DIGEST_IMAGES), .., .., ..])
+        .map_err(read_err("images"))?;
+    let mut words: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    words.extend(values.iter().map(|&l| l as u64));
+    words.push(crate::hash::hash_bytes(
+        first.as_slice().unwrap_or_default(),
+    ));
     Ok(SplitInfo {
         count: shape[0],
         channels: shape[1],
         height: shape[2],
         width: shape[3],
+        digest: hash_words(&words),
     })
 }
 
@@ -479,6 +510,7 @@ mod tests {
             channels: c,
             height: h,
             width: w,
+            digest: 0,
         };
         let (scale, shift) = match norm {
             Some((m, s)) => (

@@ -254,6 +254,8 @@ attrs! {
         NUM_PARAMS = "num_params", fingerprint, |f| Some(f.num_params.into());
         /// The dataset file as given.
         DATASET = "dataset", record, |f| Some(f.cfg.dataset.display().to_string().into());
+        /// What identifies the dataset's content, whatever its file is called: a hash of its shapes, labels, classes, statistics and first images.
+        DATASET_DIGEST = "dataset_digest", fingerprint, |f| Some(f.dataset.digest().into());
         /// The dataset's `source` attribute.
         DATASET_SOURCE = "dataset_source", fingerprint, |f| Some(f.dataset.source.clone().into());
         /// Samples in the dataset's training split.
@@ -264,6 +266,8 @@ attrs! {
         MPI_LIBRARY_VERSION = "mpi_library_version", record, |f| env(f, |e| e.mpi_library_version.clone());
         /// Host of every rank, in rank order, comma-separated.
         HOSTS = "hosts", record, |f| env(f, |e| e.hosts.join(","));
+        /// The checkpoint fingerprint (`name=value;...` of the attributes marked fingerprint): `--resume` refuses a metrics file of another run.
+        FINGERPRINT = "fingerprint", record, |f| Some(fingerprint(f).into());
     }
 }
 

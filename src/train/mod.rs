@@ -73,8 +73,8 @@ pub fn train<T: Transport + ?Sized>(
     stop: &AtomicBool,
 ) -> Result<Summary, Failure> {
     agree(t, same_job(t, cfg))?;
-    let (setup, exchange) = agree(t, setup::prepare(t.rank(), t.size(), cfg))?;
-    same_resume_step(t, setup.resume.as_ref().map_or(0, |r| r.step))?;
+    let (mut setup, exchange) = agree(t, setup::prepare(t.rank(), t.size(), cfg))?;
+    choose_resume_step(t, &mut setup)?;
     let env = RunEnv {
         command_line: cfg.command_line.clone(),
         mpi_library_version: t.library_version(),
@@ -201,11 +201,12 @@ fn gather_strings<T: Transport + ?Sized>(t: &T, s: &str) -> Vec<String> {
         .chunks(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(1);
     let mut mine = s.as_bytes().to_vec();
     mine.resize(max, 0);
     t.allgather_bytes(&mine)
-        .chunks(max.max(1))
+        .chunks(max)
         .map(|c| {
             String::from_utf8_lossy(c)
                 .trim_end_matches('\0')
@@ -214,18 +215,54 @@ fn gather_strings<T: Transport + ?Sized>(t: &T, s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every rank must resume from the same step (a checkpoint directory all ranks share).
-fn same_resume_step<T: Transport + ?Sized>(t: &T, step: u64) -> Result<(), Disagreement> {
-    let steps: Vec<u64> = t
-        .allgather_bytes(&step.to_le_bytes())
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
-    let same = match steps.iter().all(|&s| s == step) {
-        true => Ok(()),
-        false => Err(anyhow::anyhow!("--resume: ranks found different newest checkpoints (steps {steps:?}); is the directory shared by all ranks?")),
+/// With --resume: the newest checkpoint step every rank can use (a rank whose newest
+/// file is unreadable or corrupt makes the job fall back to an older one, with a
+/// warning); keeps only that state in `setup`. Collective.
+fn choose_resume_step<T: Transport + ?Sized>(
+    t: &T,
+    setup: &mut setup::Setup,
+) -> Result<(), Disagreement> {
+    let r = &mut setup.resume;
+    let mine: Vec<String> = r.candidates.iter().map(|c| c.step.to_string()).collect();
+    let all = gather_strings(t, &mine.join(","));
+    if all.iter().all(|s| s.is_empty()) && r.unusable.is_empty() {
+        return Ok(()); // not resuming
+    }
+    let usable = |s: &str| -> Vec<u64> { s.split(',').filter_map(|x| x.parse().ok()).collect() };
+    let common = usable(&all[0])
+        .into_iter()
+        .filter(|step| all.iter().all(|s| usable(s).contains(step)))
+        .max();
+    let newest = all
+        .iter()
+        .flat_map(|s| usable(s))
+        .chain(r.unusable.iter().map(|u| u.0))
+        .max();
+    for (step, why) in &r.unusable {
+        log::warn!(
+            "rank {}: cannot resume from the checkpoint of step {step}: {why}",
+            t.rank()
+        );
+    }
+    let chosen = match common {
+        Some(step) => {
+            r.candidates.retain(|c| c.step == step);
+            Ok(step)
+        }
+        None => Err(anyhow::anyhow!(
+            "--resume: no checkpoint that every rank can read (usable steps per rank: {})",
+            all.iter()
+                .enumerate()
+                .map(|(i, s)| format!("rank {i}: [{s}]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     };
-    agree(t, same)
+    let step = agree(t, chosen)?;
+    if t.rank() == 0 && newest.is_some_and(|n| n > step) {
+        log::warn!("resuming from the checkpoint of step {step}, the newest every rank can read");
+    }
+    Ok(())
 }
 
 /// The host name of every rank, in rank order. Collective.

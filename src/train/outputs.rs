@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure, Context, Result};
 use log::info;
 
 use super::run::Run;
@@ -12,10 +14,10 @@ use super::setup::Setup;
 use super::Failure;
 use crate::checkpoint::{self, RankState};
 use crate::comm::{agree, Transport};
-use crate::config::TrainConfig;
+use crate::config::{DropSpec, TrainConfig};
 use crate::files::Lock;
 use crate::metrics::attrs::{self, AttrValue};
-use crate::metrics::{MetricsWriter, RunEnv};
+use crate::metrics::{MetricsWriter, RunEnv, RunFile};
 use crate::nn::Model;
 
 /// Keeps the newest this many complete checkpoints.
@@ -73,8 +75,9 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
         );
     }
     let facts = s.facts(cfg, Some(env));
-    match &s.resume {
+    match s.resume.candidates.first() {
         Some(state) => {
+            check_metrics_of_this_run(cfg, &s.fingerprint)?;
             let resumed: [(&str, AttrValue); 5] = [
                 (attrs::STATUS.name, attrs::RUNNING.into()),
                 (attrs::STEPS.name, s.total_steps.into()),
@@ -92,6 +95,75 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
             all.insert(1, (attrs::STATUS.name, attrs::RUNNING.into()));
             MetricsWriter::create(&cfg.metrics, cfg.force, &all)
         }
+    }
+}
+
+/// With --resume, the metrics file continued must be this run's (same fingerprint).
+fn check_metrics_of_this_run(cfg: &TrainConfig, fingerprint: &str) -> Result<()> {
+    let what = format!("--resume: --metrics {}", cfg.metrics.display());
+    let f = RunFile::open(&cfg.metrics).with_context(|| what.clone())?;
+    let theirs = f
+        .attr_str(attrs::FINGERPRINT.name)
+        .with_context(|| what.clone())?;
+    let Some(theirs) = theirs else {
+        bail!("{what} has no fingerprint attribute: it was not written by this version of rps");
+    };
+    ensure!(
+        theirs == fingerprint,
+        "{what} belongs to another run ({})",
+        checkpoint::fingerprint_diff(&theirs, fingerprint)
+    );
+    Ok(())
+}
+
+/// Refuses an output that is also an input, or two outputs that are one file, before
+/// anything is written (`--metrics` equal to `--dataset` with `--force` would destroy it).
+///
+/// # Errors
+/// The two flags that name the same file.
+pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
+    let mut outputs = vec![("--metrics", cfg.metrics.clone())];
+    outputs.extend(cfg.save_model.clone().map(|p| ("--save-model", p)));
+    let mut inputs = vec![("--dataset", cfg.dataset.clone())];
+    match &cfg.drop {
+        DropSpec::Replay { file } => inputs.push(("--replay-trace", file.clone())),
+        DropSpec::PerLink { file, .. } => inputs.push(("--link-rates", file.clone())),
+        _ => {}
+    }
+    let all: Vec<_> = outputs
+        .iter()
+        .chain(&inputs)
+        .map(|(f, p)| (*f, same_file_key(p)))
+        .collect();
+    for (i, (out, key)) in all.iter().enumerate().take(outputs.len()) {
+        if let Some((other, _)) = all
+            .iter()
+            .enumerate()
+            .find(|(j, (_, k))| *j != i && k == key)
+            .map(|(_, x)| x)
+        {
+            bail!(
+                "{out} {} is also {other}: choose another path for {out}",
+                outputs[i].1.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A path as the file system resolves it (symbolic links and `..` in existing parents
+/// followed), so two spellings of one file compare equal.
+fn same_file_key(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (
+        abs.parent().and_then(|d| d.canonicalize().ok()),
+        abs.file_name(),
+    ) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => abs,
     }
 }
 

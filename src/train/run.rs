@@ -103,7 +103,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             sgd.set_trainable(setup.model.trainable());
         }
         let (mut first_step, mut totals) = (0, StepCounters::default());
-        if let Some(state) = setup.resume.take() {
+        if let Some(state) = setup.resume.candidates.pop() {
             params = state.params;
             sgd.velocity_mut().copy_from_slice(&state.velocity);
             exchange

@@ -36,8 +36,17 @@ pub(super) struct Setup {
     pub worker: Option<WorkerData>,
     /// Everything that must match between a checkpoint and the run resuming it.
     pub fingerprint: String,
-    /// The state to continue from, with --resume.
-    pub resume: Option<RankState>,
+    /// With --resume, the states this rank could continue from.
+    pub resume: Resume,
+}
+
+/// This rank's checkpoints, with --resume.
+#[derive(Debug, Default)]
+pub(super) struct Resume {
+    /// Usable states, newest first.
+    pub candidates: Vec<RankState>,
+    /// Complete checkpoints this rank cannot use: step and why.
+    pub unusable: Vec<(u64, String)>,
 }
 
 impl Setup {
@@ -65,6 +74,7 @@ impl Setup {
 /// roles, the drop model's files, the checkpoint to resume, the datagram size.
 pub(super) fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchange)> {
     check_launcher(size)?;
+    super::outputs::check_paths(cfg)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let model = build_model(cfg, &info)?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
@@ -108,10 +118,10 @@ pub(super) fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Se
         total_steps,
         worker,
         fingerprint: String::new(),
-        resume: None,
+        resume: Resume::default(),
     };
     setup.fingerprint = attrs::fingerprint(&setup.facts(cfg, None));
-    setup.resume = resume_state(rank, cfg, &setup)?;
+    setup.resume = resume_candidates(rank, cfg, &setup)?;
     Ok((setup, exchange))
 }
 
@@ -164,32 +174,41 @@ fn balanced_range(count: usize, parts: usize, part: usize) -> std::ops::Range<us
     part * count / parts..(part + 1) * count / parts
 }
 
-/// With --resume: this rank's state in the newest complete checkpoint, checked against
-/// this run.
-fn resume_state(rank: usize, cfg: &TrainConfig, s: &Setup) -> Result<Option<RankState>> {
+/// With --resume: this rank's usable states, newest first, each checked against this
+/// run (the job then resumes from the newest step every rank can use), and the reasons
+/// the others cannot be used.
+fn resume_candidates(rank: usize, cfg: &TrainConfig, s: &Setup) -> Result<Resume> {
     let Some(dir) = &cfg.resume else {
-        return Ok(None);
+        return Ok(Resume::default());
     };
-    let state = checkpoint::read_newest(dir, rank, &s.fingerprint)?;
     let expected = if s.worker.is_some() {
         s.model.num_params()
     } else {
         0
     };
-    ensure!(
-        state.params.len() == expected && state.velocity.len() == expected,
-        "--resume {}: rank {rank}'s checkpoint holds {} parameters, expected {expected}",
-        dir.display(),
-        state.params.len()
-    );
-    ensure!(
-        state.step < s.total_steps,
-        "--resume {}: the checkpoint is at step {}, but this run has only {} steps (raise --steps or --epochs)",
-        dir.display(),
-        state.step,
-        s.total_steps
-    );
-    Ok(Some(state))
+    let mut resume = Resume::default();
+    for (step, state) in checkpoint::read_candidates(dir, rank, &s.fingerprint)? {
+        match state {
+            Ok(state) => {
+                ensure!(
+                    state.params.len() == expected && state.velocity.len() == expected,
+                    "--resume {}: rank {rank}'s checkpoint holds {} parameters, expected {expected}",
+                    dir.display(),
+                    state.params.len()
+                );
+                ensure!(
+                    state.step < s.total_steps,
+                    "--resume {}: the checkpoint is at step {}, but this run has only {} steps (raise --steps or --epochs)",
+                    dir.display(),
+                    state.step,
+                    s.total_steps
+                );
+                resume.candidates.push(state);
+            }
+            Err(e) => resume.unusable.push((step, format!("{e:#}"))),
+        }
+    }
+    Ok(resume)
 }
 
 /// With UDP, every packet and its headers must fit one datagram.
