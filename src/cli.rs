@@ -132,24 +132,48 @@ pub fn expand_job_file(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::Os
     Ok(out)
 }
 
-/// Every key of a job file must be a flag of `rps train`.
+/// Every key of a job file must be a flag of `rps train`, and every value (each sweep
+/// value too) one that flag accepts, so a bad value is reported with its file and key
+/// before any run starts.
 ///
 /// # Errors
-/// The first unknown key, named with the file.
+/// The first unknown key or invalid value, named with the file.
 pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
     use clap::CommandFactory;
     let cmd = Cli::command();
     let train = cmd.find_subcommand("train").ok_or("no train subcommand")?;
-    let known: Vec<String> = train
-        .get_arguments()
-        .map(|a| a.get_id().to_string())
-        .collect();
+    let file = job.path.display();
     for key in job.keys() {
-        if !known.iter().any(|k| k == key) || key == "job" {
+        if key == "job" || !train.get_arguments().any(|a| a.get_id() == key) {
             return Err(format!(
-                "job file {}: {key:?} is not a flag of `rps train` (keys are flag names with _ for -, e.g. drop_rate)",
-                job.path.display()
+                "job file {file}: {key:?} is not a flag of `rps train` (keys are flag names with _ for -, e.g. drop_rate)"
             ));
+        }
+    }
+    for (key, value) in job.values() {
+        let Some(arg) = train.get_arguments().find(|a| a.get_id() == key) else {
+            continue;
+        };
+        let flag = format!("--{}", arg.get_long().unwrap_or(key));
+        let switch = !arg.get_action().takes_values();
+        let bad = |why: String| Err(format!("job file {file}: {key} = {value}: {why}"));
+        match (switch, value) {
+            (true, toml::Value::Boolean(_)) => {}
+            (true, _) => return bad("a switch takes true or false".into()),
+            (false, toml::Value::Boolean(_)) => {
+                return bad(format!("{flag} takes a value, not true or false"))
+            }
+            (false, v) => {
+                let v = crate::job::scalar(&job.path, key, v).map_err(|e| e.to_string())?;
+                // `--flag=value`, so that a negative number is read as a value.
+                let pair = format!("{flag}={v}");
+                let args = ["--dataset", "d", "--metrics", "m", &pair];
+                if let Err(e) = parse_train(args) {
+                    let why = e.to_string();
+                    let why = why.lines().next().unwrap_or_default();
+                    return bad(why.trim_start_matches("error: ").to_string());
+                }
+            }
         }
     }
     Ok(())

@@ -16,6 +16,9 @@ use crate::drop::GeParams;
 use crate::nn::ModelKind;
 use crate::rps::Mode;
 
+/// The longest receive deadline accepted, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
 /// Which training algorithm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -156,8 +159,8 @@ pub enum ConfigError {
     ReplayWith(&'static str),
     #[error("--packet-bytes {0} must be a positive multiple of 4 (one f32 element)")]
     PacketBytes(usize),
-    #[error("--recv-timeout-ms must be at least 1")]
-    Timeout,
+    #[error("--recv-timeout-ms {0} must be from 1 to 60000 (a minute): a deadline is a bound on one exchange phase")]
+    Timeout(u64),
     #[error("--transport udp needs --detect deadline: a receiver cannot know what a real network lost, it can only stop waiting")]
     UdpWithoutDeadline,
     #[error("--{0} applies to --transport udp only")]
@@ -188,7 +191,7 @@ pub enum ConfigError {
     ServersAndColocated,
     #[error("--servers must be at least 1 (or use --colocated)")]
     NoServers,
-    #[error("--servers {servers} leaves no worker in a job of {size} rank(s): start at least {need} ranks (mpirun -n {need}) or use fewer servers")]
+    #[error("--servers {servers} leaves no worker in a job of {size} rank(s): start at least {need} ranks (mpirun -n {need}) or use fewer servers (at most {})", size.saturating_sub(1))]
     NoWorkers {
         servers: usize,
         size: usize,
@@ -217,7 +220,9 @@ impl TrainConfig {
         }
         let detection = match f.detect {
             DetectFlag::Oracle => Detection::Oracle,
-            DetectFlag::Deadline if f.recv_timeout_ms == 0 => return Err(ConfigError::Timeout),
+            DetectFlag::Deadline if !(1..=MAX_TIMEOUT_MS).contains(&f.recv_timeout_ms) => {
+                return Err(ConfigError::Timeout(f.recv_timeout_ms))
+            }
             DetectFlag::Deadline => Detection::Deadline {
                 timeout: std::time::Duration::from_millis(f.recv_timeout_ms),
             },
@@ -396,7 +401,7 @@ fn mode(f: &TrainFlags, world_size: usize) -> Result<Mode, ConfigError> {
                 return Err(ConfigError::NoWorkers {
                     servers,
                     size: world_size,
-                    need: servers + 1,
+                    need: servers.saturating_add(1),
                 });
             }
             Ok(Mode::Dedicated { servers })
@@ -521,7 +526,11 @@ mod tests {
             ),
             (
                 &["--detect", "deadline", "--recv-timeout-ms", "0"],
-                ConfigError::Timeout,
+                ConfigError::Timeout(0),
+            ),
+            (
+                &["--detect", "deadline", "--recv-timeout-ms", "100000000"],
+                ConfigError::Timeout(100_000_000),
             ),
             (&["--transport", "udp"], ConfigError::UdpWithoutDeadline),
             (

@@ -33,6 +33,19 @@ pub struct JobFile {
     pub name: String,
 }
 
+impl JobFile {
+    /// Every `[train]` value and every `[sweep]` value, with its key, in file order.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &Value)> {
+        let train = self.train.iter().map(|(k, v)| (k.as_str(), v));
+        let sweep = self
+            .sweep
+            .iter()
+            .filter(|(k, _)| k != "ranks")
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v)));
+        train.chain(sweep)
+    }
+}
+
 /// One run of a job: its world size and the `rps train` arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRun {
@@ -56,7 +69,7 @@ pub fn flag_name(key: &str) -> String {
     format!("--{}", key.replace('_', "-"))
 }
 
-fn scalar(path: &Path, key: &str, v: &Value) -> Result<String, JobError> {
+pub(crate) fn scalar(path: &Path, key: &str, v: &Value) -> Result<String, JobError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Integer(i) => Ok(i.to_string()),

@@ -331,3 +331,47 @@ fn deadline_shorter_than_any_transfer_ends_with_consistent_counts() {
     assert_eq!(links_missed, missed);
     assert!(read_f64(&m, "eval/test_loss").iter().all(|l| l.is_finite()));
 }
+
+/// A replayed trace whose rows name a message the run cannot send is refused, naming
+/// the row, instead of silently ignoring it.
+#[test]
+fn a_trace_naming_missing_ranks_is_refused() {
+    let dir = out_dir();
+    let (rec, rep) = (dir.path().join("rec.h5"), dir.path().join("rep.h5"));
+    let common = ["--steps", "4", "--servers", "1", "--drop-rate", "0.5"];
+    let mut a = common.to_vec();
+    a.push("--record-trace");
+    run_ok(3, &rec, &a);
+    {
+        let f = hdf5::File::open_rw(&rec).unwrap();
+        let ds = f.dataset("trace/dropped").unwrap();
+        let mut rows: ndarray::Array2<u32> = ds.read_2d().unwrap();
+        assert!(rows.nrows() > 0);
+        rows[[0, 2]] = 99; // source rank 99 in a job of 3
+        ds.write(&rows).unwrap();
+    }
+    let data = small_dataset();
+    let args = vec![
+        "train",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--metrics",
+        rep.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+        "--servers",
+        "1",
+        "--replay-trace",
+        rec.to_str().unwrap(),
+    ];
+    let run = local_ranks(3, &args);
+    assert!(!run.ok());
+    assert!(
+        run.stderr
+            .contains("row 0 of /trace/dropped names source rank 99, but this run has only 3"),
+        "{}",
+        run.stderr
+    );
+}

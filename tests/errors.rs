@@ -93,6 +93,19 @@ fn split(file: &hdf5::File, name: &str, n: usize, label: u8) {
         .unwrap();
 }
 
+/// A split of `n` blank single-channel images of `side`×`side` pixels.
+fn split_sized(file: &hdf5::File, name: &str, n: usize, side: usize) {
+    let g = file.create_group(name).unwrap();
+    g.new_dataset_builder()
+        .with_data(&Array4::<u8>::zeros((n, 1, side, side)))
+        .create("images")
+        .unwrap();
+    g.new_dataset_builder()
+        .with_data(&Array1::<u8>::zeros(n))
+        .create("labels")
+        .unwrap();
+}
+
 /// Writes an HDF5 file whose content `build` decides.
 fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> String {
     let f = hdf5::File::create(path).unwrap();
@@ -201,6 +214,30 @@ fn dataset_problems() {
             "split train is empty",
         ),
         (
+            h5(&dir.path().join("u64labels.h5"), |f| {
+                classes(f, 10);
+                split(f, "train", 8, 0);
+                let g = f.create_group("test").unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array4::<u8>::zeros((4, 1, 8, 8)))
+                    .create("images")
+                    .unwrap();
+                g.new_dataset_builder()
+                    .with_data(&Array1::from_elem(4, u64::MAX))
+                    .create("labels")
+                    .unwrap();
+            }),
+            "test/labels[0] = 18446744073709551615 is outside the 10 classes",
+        ),
+        (
+            h5(&dir.path().join("huge.h5"), |f| {
+                classes(f, 10);
+                split_sized(f, "train", 2, 2048);
+                split_sized(f, "test", 1, 2048);
+            }),
+            "each rank needs about",
+        ),
+        (
             h5(&dir.path().join("geometry.h5"), |f| {
                 classes(f, 10);
                 let g = f.create_group("train").unwrap();
@@ -301,6 +338,28 @@ fn flag_problems() {
         (
             with(&["--drop-rate", "abc"]),
             "invalid value 'abc' for '--drop-rate <P>'",
+        ),
+        (
+            vec![
+                "train",
+                "--dataset",
+                data,
+                "--metrics",
+                m,
+                "--epochs",
+                "288230376151711745",
+                "--batch-size",
+                "1",
+            ],
+            "--epochs 288230376151711745 of 256 steps each is more steps than can be counted",
+        ),
+        (
+            with(&["--servers", "18446744073709551615"]),
+            "or use fewer servers (at most 2)",
+        ),
+        (
+            with(&["--detect", "deadline", "--recv-timeout-ms", "100000000"]),
+            "--recv-timeout-ms 100000000 must be from 1 to 60000",
         ),
         (
             with(&["--no-such-flag"]),

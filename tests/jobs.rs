@@ -134,3 +134,60 @@ fn sweeps_run_every_combination_once() {
         out_of_range.stderr
     );
 }
+
+/// A job-file value of the wrong type names the file and the key, and a sweep with one
+/// bad value is refused before any run starts.
+#[test]
+fn bad_job_values_name_the_file_and_key() {
+    let dir = out_dir();
+    for (name, line, needle) in [
+        (
+            "switch.toml",
+            "colocated = \"yes\"",
+            "colocated = \"yes\": a switch takes true or false",
+        ),
+        (
+            "negative.toml",
+            "steps = -3",
+            "steps = -3: invalid value '-3' for '--steps <N>'",
+        ),
+        (
+            "valued.toml",
+            "seed = true",
+            "seed = true: --seed takes a value, not true or false",
+        ),
+    ] {
+        let job = write_job(
+            dir.path(),
+            name,
+            &format!("[train]\ndataset = \"DATA\"\nmetrics = \"OUT/x.h5\"\n{line}\n"),
+        );
+        let run = rps(&["train", "--job", &job, "--local-ranks", "2"]);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("job file {job}: {needle}")),
+            "{}",
+            run.stderr
+        );
+    }
+    let sweep = write_job(
+        dir.path(),
+        "sweep.toml",
+        "ranks = 2\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/s{drop_rate}.h5\"\ncolocated = true\nsteps = 2\n[sweep]\ndrop_rate = [0.0, \"x\"]\n",
+    );
+    for extra in [&["--list"][..], &[]] {
+        let mut args = vec!["sweep", sweep.as_str()];
+        args.extend(extra);
+        let run = rps(&args);
+        assert!(!run.ok());
+        assert!(
+            run.stderr.contains("drop_rate = \"x\": invalid value 'x'"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !dir.path().join("s0.h5").exists(),
+        "run 0 ran before run 1 was refused"
+    );
+}

@@ -667,3 +667,57 @@ fn outputs_and_resume_trust_nothing_they_are_given() {
         read_params(Path::new(&full_model))
     );
 }
+
+/// With deadline detection and no evaluation before the end, a signal still stops the
+/// run within a few steps (ranks check every 10 steps where nothing is in flight).
+#[test]
+fn deadline_runs_without_evaluations_still_stop_on_a_signal() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("m.h5");
+    let _guard = lock_mpirun();
+    let mut child = Command::new(RPS)
+        .args([
+            "train",
+            "--local-ranks",
+            "2",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--metrics",
+            m.to_str().unwrap(),
+            "--colocated",
+            "--steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "0",
+            "--detect",
+            "deadline",
+            "--recv-timeout-ms",
+            "50",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !m.exists() {
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&[child.id() as i32], "TERM");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("SIGTERM was ignored for 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(75));
+    assert_eq!(attr_str(&m, "status"), "interrupted");
+}

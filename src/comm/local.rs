@@ -266,6 +266,11 @@ impl Transport for LocalTransport {
         std::panic::resume_unwind(Box::new(PeerFailed))
     }
 
+    /// Every in-process rank lives in this one process.
+    fn ranks_on_host(&self) -> usize {
+        self.shared.size
+    }
+
     fn processor_name(&self) -> String {
         "local".into()
     }

@@ -122,6 +122,15 @@ pub trait Transport {
     /// learn of it, so nobody hangs waiting for it).
     fn abort(&self, code: i32) -> !;
 
+    /// Ranks that share this rank's host, and so its memory (for the memory check before
+    /// data is loaded): what the launcher says (OpenMPI, MPICH), else 1.
+    fn ranks_on_host(&self) -> usize {
+        ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse().ok())
+            .unwrap_or(1)
+    }
+
     /// Host name and MPI library description, for the metrics file.
     fn processor_name(&self) -> String;
     fn library_version(&self) -> String;

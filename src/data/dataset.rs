@@ -45,7 +45,7 @@ pub enum DatasetError {
         path: PathBuf,
         split: String,
         index: usize,
-        label: i64,
+        label: i128,
         classes: usize,
     },
     #[error("dataset {path}: attribute {name}[{channel}] = {value:e} is not a statistic of pixels in [0, 1] (mean in [0, 1], std in [1e-3, 1])")]
@@ -317,11 +317,25 @@ fn check_split(
             split: split.into(),
         });
     }
-    let values = labels.read_raw::<i64>().map_err(read_err("labels"))?;
+    // Unsigned labels are read as such: u64::MAX must not turn into i64::MAX or -1.
+    let values: Vec<i128> = match ldtype {
+        TypeDescriptor::Unsigned(_) => labels
+            .read_raw::<u64>()
+            .map_err(read_err("labels"))?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+        _ => labels
+            .read_raw::<i64>()
+            .map_err(read_err("labels"))?
+            .into_iter()
+            .map(i128::from)
+            .collect(),
+    };
     if let Some((index, &label)) = values
         .iter()
         .enumerate()
-        .find(|(_, &l)| l < 0 || l as usize >= classes)
+        .find(|(_, &l)| l < 0 || l >= classes as i128)
     {
         return Err(DatasetError::LabelRange {
             path: p(),

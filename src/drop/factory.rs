@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use super::{
     Bernoulli, DropModel, GeParams, GilbertElliott, LinkRates, LinkRatesError, PerLink, Replay,
-    TraceError,
+    TraceBounds, TraceError,
 };
 use crate::hash::hash_words;
 use crate::metrics::attrs;
@@ -101,7 +101,16 @@ pub fn build(spec: &DropSpec, run: &RunShape) -> Result<Built, BuildError> {
                     run.packet_bytes.unwrap_or(0) as i64,
                 ),
             ];
-            Box::new(Replay::load(file, &expected, run.total_steps)?)
+            let bounds = TraceBounds {
+                world_size: run.world_size,
+                blocks: if run.colocated {
+                    run.world_size
+                } else {
+                    run.servers
+                },
+                packets: run.slots_per_step as usize,
+            };
+            Box::new(Replay::load(file, &expected, run.total_steps, bounds)?)
         }
     };
     Ok(Built {

@@ -24,6 +24,8 @@ use super::{bernoulli_draw, Direction, DropModel, MessageId};
 pub enum LinkRatesError {
     #[error("--link-rates {path}: cannot read: {why}")]
     Read { path: String, why: String },
+    #[error("--link-rates {path}: {why}")]
+    Empty { path: String, why: String },
     #[error("--link-rates {path}, line {line}: {why}")]
     Syntax {
         path: String,
@@ -51,22 +53,24 @@ impl LinkRates {
             path: path.display().to_string(),
             why: e.to_string(),
         })?;
-        Self::parse(&text, world_size).map_err(|(line, why)| LinkRatesError::Syntax {
-            path: path.display().to_string(),
-            line,
-            why,
+        let path = path.display().to_string();
+        Self::parse(&text, world_size).map_err(|(line, why)| match line {
+            0 => LinkRatesError::Empty { path, why },
+            _ => LinkRatesError::Syntax { path, line, why },
         })
     }
 
-    /// Parses rules; errors carry the 1-based line number.
+    /// Parses rules; errors carry the 1-based line number (0: the file as a whole).
     pub fn parse(text: &str, world_size: usize) -> Result<Self, (usize, String)> {
         let mut rules = LinkRates::default();
+        let (mut default_line, mut count) = (0, 0);
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
             let err = |why: String| (i + 1, why);
+            count += 1;
             let words: Vec<&str> = line.split_whitespace().collect();
             let rate = |w: &str| -> Result<f64, (usize, String)> {
                 match w.parse::<f64>() {
@@ -80,11 +84,27 @@ impl LinkRates {
                     Ok(r) => Err(err(format!(
                         "rank {r} does not exist in a job of {world_size} rank(s)"
                     ))),
+                    Err(_) if w.starts_with('-') || w.is_empty() => Err(err(format!(
+                        "rank {w:?} is not a rank number (ranks are numbered from 0, ranges are written R-R2)"
+                    ))),
                     Err(_) => Err(err(format!("{w:?} is not a rank number"))),
                 }
             };
             match words.as_slice() {
-                ["default", p] => rules.default = Some(rate(p)?),
+                ["default", p] => {
+                    if default_line > 0 {
+                        return Err(err(format!(
+                            "a second `default` rule (the first is on line {default_line})"
+                        )));
+                    }
+                    default_line = i + 1;
+                    rules.default = Some(rate(p)?);
+                }
+                ["rank", spec, _] if spec.starts_with('-') => {
+                    return Err(err(format!(
+                        "rank {spec} is negative: ranks are numbered from 0"
+                    )))
+                }
                 ["rank", spec, p] => {
                     let (lo, hi) = match spec.split_once('-') {
                         Some((a, b)) => (rank(a)?, rank(b)?),
@@ -105,6 +125,9 @@ impl LinkRates {
                     )))
                 }
             }
+        }
+        if count == 0 {
+            return Err((0, "the file holds no rule (expected `default P`, `rank R[-R2] P` or `link SRC DST P` lines)".into()));
         }
         Ok(rules)
     }
@@ -197,6 +220,17 @@ mod tests {
             .unwrap_err()
             .1
             .contains("empty"));
+        let (line, why) = LinkRates::parse("# nothing\n\n", 4).unwrap_err();
+        assert_eq!(line, 0);
+        assert!(why.contains("holds no rule"), "{why}");
+        let (line, why) = LinkRates::parse("default 0.1\nrank 1 0.2\ndefault 0.3", 4).unwrap_err();
+        assert_eq!(line, 3);
+        assert!(
+            why.contains("second `default` rule (the first is on line 1)"),
+            "{why}"
+        );
+        let (_, why) = LinkRates::parse("rank -1 0.2", 4).unwrap_err();
+        assert!(why.contains("rank -1 is negative"), "{why}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::fmt;
 pub use factory::{build, DropSpec, RunShape};
 pub use gilbert::{GeParams, GilbertElliott};
 pub use links::{LinkRates, LinkRatesError, PerLink};
-pub use trace::{Replay, TraceError, TraceRecord};
+pub use trace::{Replay, TraceBounds, TraceError, TraceRecord};
 
 use crate::hash::hash_words;
 

@@ -53,6 +53,15 @@ pub struct Replay {
     dropped: HashSet<MessageId>,
 }
 
+/// What a run can send: every row of a replayed trace must fall inside these.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceBounds {
+    pub world_size: usize,
+    pub blocks: usize,
+    /// Packets per block (1 when whole blocks are the unit of loss).
+    pub packets: usize,
+}
+
 impl Replay {
     pub fn from_records(source: PathBuf, rows: impl IntoIterator<Item = TraceRecord>) -> Self {
         let dropped = rows
@@ -74,12 +83,17 @@ impl Replay {
     }
 
     /// Loads the trace of a metrics file, checking that the recording run's integer
-    /// attributes named in `expected` equal this run's, and that it recorded at least
-    /// `steps` steps.
+    /// attributes named in `expected` equal this run's, that it recorded at least `steps`
+    /// steps, and that every row names a message this run can send (`bounds`).
     ///
     /// # Errors
     /// Not a metrics file with a trace, or recorded under another configuration.
-    pub fn load(path: &Path, expected: &[(&str, i64)], steps: u64) -> Result<Self, TraceError> {
+    pub fn load(
+        path: &Path,
+        expected: &[(&str, i64)],
+        steps: u64,
+        bounds: TraceBounds,
+    ) -> Result<Self, TraceError> {
         let invalid = |why: String| TraceError::Invalid {
             path: path.to_path_buf(),
             why,
@@ -127,9 +141,27 @@ impl Replay {
             .into_iter()
             .map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]])
             .collect::<Vec<_>>();
+        let limits = [
+            ("step", recorded),
+            ("direction", 2),
+            ("source rank", bounds.world_size as u64),
+            ("destination rank", bounds.world_size as u64),
+            ("block", bounds.blocks as u64),
+            ("packet", bounds.packets as u64),
+        ];
+        for (i, r) in records.iter().enumerate() {
+            if let Some(((name, limit), v)) =
+                limits.iter().zip(r).find(|((_, l), &v)| u64::from(v) >= *l)
+            {
+                return Err(invalid(format!(
+                    "row {i} of /{TRACE_DATASET} names {name} {v}, but this run has only {limit} (0..{limit})"
+                )));
+            }
+        }
         Ok(Self::from_records(path.to_path_buf(), records))
     }
 
+    /// Drop decisions recorded.
     pub fn len(&self) -> usize {
         self.dropped.len()
     }

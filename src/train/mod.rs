@@ -73,7 +73,10 @@ pub fn train<T: Transport + ?Sized>(
     stop: &AtomicBool,
 ) -> Result<Summary, Failure> {
     agree(t, same_job(t, cfg))?;
-    let (mut setup, exchange) = agree(t, setup::prepare(t.rank(), t.size(), cfg))?;
+    let (mut setup, exchange) = agree(
+        t,
+        setup::prepare(t.rank(), t.size(), t.ranks_on_host(), cfg),
+    )?;
     choose_resume_step(t, &mut setup)?;
     let env = RunEnv {
         command_line: cfg.command_line.clone(),

@@ -14,7 +14,7 @@ use crate::metrics::schema::{ACCURACY, LINK_MATRICES, LOSS};
 use crate::metrics::{EvalRecord, StepCounters, StepRow};
 
 /// Samples per forward pass when evaluating the test set.
-const EVAL_BATCH: usize = 100;
+pub(super) const EVAL_BATCH: usize = 100;
 
 impl<T: Transport + ?Sized> Run<'_, T> {
     /// Reduces the pending per-step counters over ranks; rank 0 appends the rows (and

@@ -72,12 +72,18 @@ impl Setup {
 /// # Errors
 /// Whatever this rank finds wrong: the launcher, the dataset, the model's fit to it, the
 /// roles, the drop model's files, the checkpoint to resume, the datagram size.
-pub(super) fn prepare(rank: usize, size: usize, cfg: &TrainConfig) -> Result<(Setup, Exchange)> {
+pub(super) fn prepare(
+    rank: usize,
+    size: usize,
+    ranks_here: usize,
+    cfg: &TrainConfig,
+) -> Result<(Setup, Exchange)> {
     check_launcher(size)?;
     super::outputs::check_paths(cfg)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let model = build_model(cfg, &info)?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
+    check_memory(cfg, &info, &layout, &*model, ranks_here)?;
     let (steps_per_epoch, total_steps) = schedule(cfg, &info, &layout)?;
     let packet_elems = cfg.packet_bytes.map(|b| b / 4);
     let max_block = layout.blocks().iter().map(|r| r.len()).max().unwrap_or(1);
@@ -154,10 +160,59 @@ fn schedule(cfg: &TrainConfig, info: &DatasetInfo, layout: &Layout) -> Result<(u
         cfg.batch_size,
     );
     let total_steps = match cfg.duration {
-        Duration::Epochs(e) => e * steps_per_epoch,
+        Duration::Epochs(e) => e.checked_mul(steps_per_epoch).with_context(|| {
+            format!(
+                "--epochs {e} of {steps_per_epoch} steps each is more steps than can be counted"
+            )
+        })?,
         Duration::Steps(s) => s,
     };
     Ok((steps_per_epoch, total_steps))
+}
+
+/// Refuses a run that cannot fit in memory before anything big is allocated (images of
+/// 4096×4096 pixels would otherwise abort every rank on a failed allocation): a worker
+/// holds its shards as bytes, a few batches as f32, and about five copies of the model
+/// (replica, gradient, momentum, average, a received block).
+fn check_memory(
+    cfg: &TrainConfig,
+    info: &DatasetInfo,
+    layout: &Layout,
+    model: &dyn Model,
+    ranks_here: usize,
+) -> Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let workers = layout.num_workers() as u128;
+    let sample = info.train.sample_len() as u128;
+    let shard = info.train.count as u128 / workers + (info.test.count as u128).div_ceil(workers);
+    let batches = 2 * (cfg.batch_size.max(super::record::EVAL_BATCH)) as u128 * sample * 4;
+    let per_rank = shard * sample + batches + 5 * 4 * model.num_params() as u128;
+    let need = per_rank * ranks_here.max(1) as u128;
+    let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
+    ensure!(
+        need <= available as u128,
+        "dataset {} with the {}: each rank needs about {:.1} GiB ({} samples of {}×{}×{} in its shards, {} parameters), and {ranks_here} rank(s) share this host's {:.1} GiB of available memory; use smaller images, fewer ranks per host or more workers",
+        info.path.display(),
+        cfg.model.title(),
+        gib(per_rank),
+        shard,
+        info.train.channels,
+        info.train.height,
+        info.train.width,
+        model.num_params(),
+        gib(available as u128)
+    );
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes (`None` where it cannot be read).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Worker `w`'s shards: its part of the training set, and a balanced part of the test set.
