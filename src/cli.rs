@@ -443,6 +443,14 @@ pub struct TrainFlags {
     /// Refuse to start unless the job has exactly N ranks (set by job files' `ranks`).
     #[arg(long, value_name = "N")]
     pub ranks: Option<usize>,
+    /// Warn when a rank has made no progress (no step, evaluation or checkpoint finished)
+    /// for S seconds, saying which rank it waits for (0: never).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub stall_warn: u64,
+    /// End the whole job when a rank has made no progress for S seconds (0: never), so a
+    /// frozen or lost rank does not hold the allocation until its time limit.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub stall_abort: u64,
     /// Run N ranks as threads of this one process over an in-process network, without
     /// mpirun or MPI: the researcher's workbench for many ranks on one machine (same
     /// flags, same metrics file, bit-identical results to `mpirun -n N` with oracle

@@ -136,13 +136,11 @@ impl log::Log for RankLogger {
     }
 }
 
-/// The rank of an in-process rank's thread (named `rank N`).
+/// The rank of an in-process rank's thread (named `rank N`, or `rank N watchdog`).
 fn thread_rank() -> Option<usize> {
-    std::thread::current()
-        .name()?
-        .strip_prefix("rank ")?
-        .parse()
-        .ok()
+    let thread = std::thread::current();
+    let name = thread.name()?.strip_prefix("rank ")?;
+    name.split(' ').next()?.parse().ok()
 }
 
 /// SIGTERM (Slurm's warning before the time limit, `scancel`), SIGINT (Ctrl-C) and

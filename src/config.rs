@@ -85,6 +85,9 @@ pub struct TrainConfig {
     pub model: ModelKind,
     /// Random crop (padding 4) and horizontal flip of training batches.
     pub augment: bool,
+    /// Warn, and end the job, after this long without progress (`None`: never).
+    pub stall_warn: Option<std::time::Duration>,
+    pub stall_abort: Option<std::time::Duration>,
 }
 
 /// How receivers learn that a message was lost.
@@ -279,6 +282,8 @@ impl TrainConfig {
             command_line,
             model: f.model.into(),
             augment: f.augment,
+            stall_warn: seconds(f.stall_warn),
+            stall_abort: seconds(f.stall_abort),
         })
     }
 
@@ -334,6 +339,11 @@ fn transport(
             Ok((TransportKind::Udp(opts), Some(bytes)))
         }
     }
+}
+
+/// `s` seconds, or `None` for 0.
+fn seconds(s: u64) -> Option<std::time::Duration> {
+    (s > 0).then(|| std::time::Duration::from_secs(s))
 }
 
 /// How long to train: epochs or steps, never both, never zero.

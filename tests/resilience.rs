@@ -721,3 +721,74 @@ fn deadline_runs_without_evaluations_still_stop_on_a_signal() {
     assert_eq!(status.code(), Some(75));
     assert_eq!(attr_str(&m, "status"), "interrupted");
 }
+
+/// A frozen rank (SIGSTOP) no longer stalls the job silently: the others warn, naming
+/// the rank they wait for, and --stall-abort ends the job with a non-zero status.
+#[test]
+fn a_frozen_rank_is_named_and_the_job_ends() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("frozen.h5");
+    let _guard = lock_mpirun();
+    let child = Command::new("mpirun")
+        .args(["-n", "3", "--timeout", "60", RPS, "train", "--dataset"])
+        .arg(&data)
+        .args([
+            "--metrics",
+            m.to_str().unwrap(),
+            "--colocated",
+            "--steps",
+            "100000",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "20",
+            "--stall-warn",
+            "2",
+            "--stall-abort",
+            "6",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !m.exists() {
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ranks = ranks_of(m.to_str().unwrap());
+    assert_eq!(ranks.len(), 3, "{ranks:?}");
+    // The process of rank 2 is the one whose environment says so.
+    let frozen = *ranks
+        .iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|e| e.split(|&b| b == 0).any(|v| v == b"OMPI_COMM_WORLD_RANK=2"))
+                .unwrap_or(false)
+        })
+        .expect("rank 2's process");
+    signal(&[frozen], "STOP");
+    let stopped = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    signal(&[frozen], "KILL");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stopped.elapsed() < Duration::from_secs(30), "{stderr}");
+    assert!(!out.status.success());
+    assert!(stderr.contains("WARN  rank 0: no progress for"), "{stderr}");
+    assert!(
+        stderr.contains("rank(s) 2"),
+        "the frozen rank is not named:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("ending the job (--stall-abort)"),
+        "{stderr}"
+    );
+    drop(open(&m)); // still a readable file
+}

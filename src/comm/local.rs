@@ -122,6 +122,7 @@ impl LocalTransport {
         }
         st.contributions[self.rank] = Some(mine);
         let generation = st.generation;
+        super::watch::set(self.rank, super::watch::Waiting::Collective("a collective"));
         if st.contributions.iter().all(Option::is_some) {
             let all = st
                 .contributions
@@ -135,6 +136,7 @@ impl LocalTransport {
         while st.generation == generation {
             st = sh.wait(st, None);
         }
+        super::watch::clear(self.rank);
         let (all, readers) = st.result.as_mut().expect("collective result present");
         let out = all.clone();
         *readers -= 1;
@@ -184,6 +186,7 @@ impl Transport for LocalTransport {
         let mut st = self.post(sends)?;
         for r in recvs.iter_mut() {
             let key = (r.from, self.rank, r.tag);
+            super::watch::set(self.rank, super::watch::Waiting::Peers(vec![r.from]));
             let msg = loop {
                 if let Some(m) = st.mail.get_mut(&key).and_then(VecDeque::pop_front) {
                     break m;
@@ -200,6 +203,7 @@ impl Transport for LocalTransport {
             }
             r.buf.copy_from_slice(&msg);
         }
+        super::watch::clear(self.rank);
         Ok(())
     }
 

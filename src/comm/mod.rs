@@ -9,6 +9,7 @@
 pub mod local;
 pub mod mpi;
 pub mod udp;
+pub mod watch;
 
 use thiserror::Error;
 

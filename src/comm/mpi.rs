@@ -10,7 +10,7 @@ use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::{CommError, Incoming, Mailbox, Outgoing, Transport, POLL_SLEEP};
+use super::{watch, CommError, Incoming, Mailbox, Outgoing, Transport, POLL_SLEEP};
 
 /// The MPI environment of this process. Dropping it finalises MPI.
 pub struct MpiTransport {
@@ -106,12 +106,20 @@ impl Transport for MpiTransport {
                 );
             }
             let mut statuses = Vec::with_capacity(receives);
+            let me = self.rank();
             for (i, req) in requests.into_iter().enumerate() {
+                // For the stall watchdog: the peers this rank still waits on.
+                let peers = match i < receives {
+                    true => expected[i..].iter().map(|e| e.0).collect(),
+                    false => sends[i - receives..].iter().map(|s| s.to).collect(),
+                };
+                watch::set(me, watch::Waiting::Peers(peers));
                 let status = req.wait();
                 if i < receives {
                     statuses.push(status);
                 }
             }
+            watch::clear(me);
             statuses
         });
         for (status, (from, tag, len)) in statuses.iter().zip(expected) {
@@ -190,24 +198,30 @@ impl Transport for MpiTransport {
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
         scratch.extend_from_slice(buf);
-        self.world
-            .all_reduce_into(&scratch[..], buf, SystemOperation::sum());
+        watch::in_collective(self.rank(), "a reduction", || {
+            self.world
+                .all_reduce_into(&scratch[..], buf, SystemOperation::sum())
+        });
     }
 
     fn allreduce_sum_f64(&self, buf: &mut [f64]) {
         let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        watch::in_collective(self.rank(), "a reduction", || {
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum())
+        });
     }
 
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
         let mut recv = vec![0u8; send.len() * self.size()];
-        self.world.all_gather_into(send, &mut recv[..]);
+        watch::in_collective(self.rank(), "a gather", || {
+            self.world.all_gather_into(send, &mut recv[..])
+        });
         recv
     }
 
     fn barrier(&self) {
-        self.world.barrier();
+        watch::in_collective(self.rank(), "a barrier", || self.world.barrier());
     }
 
     fn abort(&self, code: i32) -> ! {

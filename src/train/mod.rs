@@ -10,6 +10,7 @@ mod record;
 mod run;
 mod setup;
 pub mod threads;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

@@ -201,6 +201,7 @@ impl<T: Transport + ?Sized> Run<'_, T> {
             );
         }
         self.net.barrier();
+        self.progress.tick();
         Ok(())
     }
 

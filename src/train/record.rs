@@ -77,12 +77,14 @@ impl<T: Transport + ?Sized> Run<'_, T> {
                     .model
                     .eval_batch(&r.average, view, &batch.labels)
                     .with_context(|| format!("evaluation after step {done}"))?;
+                self.progress.tick();
                 stats[1] += b.loss_sum;
                 stats[2] += b.correct as f64;
                 stats[3] += b.count as f64;
             }
         }
         self.net.allreduce_sum_f64(&mut stats);
+        self.progress.tick();
         Ok(EvalRecord {
             step: done,
             consensus_distance: stats[0] / self.setup.layout.num_workers() as f64,

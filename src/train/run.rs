@@ -12,6 +12,7 @@ use ndarray::ArrayView4;
 
 use super::outputs::Outputs;
 use super::setup::Setup;
+use super::watchdog::{Progress, Watchdog};
 use super::{Failure, Summary};
 use crate::comm::Transport;
 use crate::config::{Algorithm, TrainConfig};
@@ -74,6 +75,8 @@ pub(super) struct Run<'a, T: Transport + ?Sized> {
     pub stop: &'a AtomicBool,
     /// The transport's count of refused datagrams at the last step.
     pub rejected_seen: u64,
+    /// Ticks at every step, evaluation and checkpoint, for the stall watchdog.
+    pub progress: Progress,
 }
 
 impl<'a, T: Transport + ?Sized> Run<'a, T> {
@@ -132,6 +135,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             first_step,
             stop,
             rejected_seen: net.rejected(),
+            progress: Progress::default(),
             setup,
         })
     }
@@ -142,6 +146,12 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     /// [`Failure::Interrupted`] after a requested stop; any failure on the way.
     pub fn steps(&mut self) -> Result<Summary, Failure> {
         self.announce();
+        let _watchdog = Watchdog::start(
+            self.net.rank(),
+            &self.progress,
+            self.cfg.stall_warn,
+            self.cfg.stall_abort,
+        );
         let total = self.setup.total_steps;
         self.clock = Instant::now();
         let mut last = EvalRecord::default();
@@ -153,6 +163,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             if self.net.rank() == 0 {
                 counts.wall_s = self.clock.elapsed().as_secs_f64();
             }
+            self.progress.tick();
             let done = step + 1;
             let eval_due =
                 done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0);
