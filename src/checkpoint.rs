@@ -31,6 +31,9 @@ pub struct RankState {
     pub links: Vec<u64>,
     /// Rank 0: rows of the metrics file at this step (steps, evaluations, trace).
     pub metrics_rows: [u64; 3],
+    /// Whether the evaluation due at this step (if any) was done before the checkpoint;
+    /// a stop checkpoints first, and the resumed run then evaluates first.
+    pub evaluated: bool,
     /// Every step counter summed over ranks and over the steps done (the same on every
     /// rank), stored by name so a checkpoint of another counter set is refused.
     pub totals: StepCounters,
@@ -90,6 +93,10 @@ pub fn write_rank(dir: &Path, rank: usize, fingerprint: &str, state: &RankState)
         f.new_dataset_builder()
             .with_data(&state.metrics_rows[..])
             .create("metrics_rows")?;
+        f.new_attr::<u8>()
+            .shape(())
+            .create("evaluated")?
+            .write_scalar(&u8::from(state.evaluated))?;
         let mut totals = Vec::with_capacity(StepCounters::LEN);
         state.totals.to_flat(&mut totals);
         f.new_dataset_builder()
@@ -272,6 +279,11 @@ fn read_rank(path: &Path, step: u64) -> Result<RankState> {
         velocity: read_f32("velocity")?,
         links: read_u64("links")?,
         metrics_rows: [rows[0], rows[1], rows[2]],
+        evaluated: f
+            .attr("evaluated")
+            .and_then(|a| a.read_scalar::<u8>())
+            .with_context(ctx)?
+            != 0,
         totals: StepCounters::from_flat(&totals),
     };
     let stored = f
@@ -299,6 +311,7 @@ fn checksum(s: &RankState) -> u64 {
     );
     words.extend(&s.links);
     words.extend(s.metrics_rows);
+    words.push(u64::from(s.evaluated));
     words.extend(totals.iter().map(|x| x.to_bits()));
     hash_words(&words)
 }
@@ -341,6 +354,7 @@ mod tests {
             velocity: vec![0.5, 0.25],
             links: vec![3, 4, 5],
             metrics_rows: [step, 1, 0],
+            evaluated: true,
             totals: StepCounters {
                 packets_up: 70,
                 packets_dropped_up: 7,

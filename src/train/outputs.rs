@@ -168,9 +168,10 @@ fn same_file_key(p: &Path) -> PathBuf {
 }
 
 impl<T: Transport + ?Sized> Run<'_, T> {
-    /// Every rank writes its state after `done` steps; once all have, rank 0 marks the
+    /// Every rank writes its state after `done` steps (`evaluated`: the evaluation due at
+    /// `done`, if any, is already in the metrics); once all have, rank 0 marks the
     /// checkpoint complete. Collective.
-    pub(super) fn checkpoint(&mut self, done: u64) -> Result<(), Failure> {
+    pub(super) fn checkpoint(&mut self, done: u64, evaluated: bool) -> Result<(), Failure> {
         let Some(dir) = self.cfg.checkpoint_dir.clone() else {
             return Ok(());
         };
@@ -188,6 +189,7 @@ impl<T: Transport + ?Sized> Run<'_, T> {
             velocity: self.replica.sgd.velocity().to_vec(),
             links: self.exchange.link_state(),
             metrics_rows: rows,
+            evaluated,
             totals: self.totals,
         };
         let rank = self.net.rank();

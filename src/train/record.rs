@@ -101,16 +101,23 @@ impl<T: Transport + ?Sized> Run<'_, T> {
         };
         w.append_eval(e)?;
         w.flush()?;
-        let n = rows.len().max(1) as f64;
+        let n = rows.len() as f64;
         let mean = |f: fn(&StepRow) -> f64| rows.iter().map(f).sum::<f64>() / n;
+        // No rows: the evaluation a stop skipped, made by the resumed run.
+        let train = match rows.is_empty() {
+            true => "train loss - acc -".to_string(),
+            false => format!(
+                "train loss {:.4} acc {:.3}",
+                mean(LOSS.value),
+                mean(ACCURACY.value)
+            ),
+        };
         let (s, t) = (&self.setup, &self.totals);
         info!(
-            "step {}/{} (epoch {:.2}): train loss {:.4} acc {:.3} | test loss {:.4} acc {:.4} | consensus {:.3e} | dropped {}/{} {} | {:.1} s",
+            "step {}/{} (epoch {:.2}): {train} | test loss {:.4} acc {:.4} | consensus {:.3e} | dropped {}/{} {} | {:.1} s",
             e.step,
             s.total_steps,
             e.step as f64 / s.steps_per_epoch as f64,
-            mean(LOSS.value),
-            mean(ACCURACY.value),
             e.test_loss,
             e.test_accuracy,
             e.consensus_distance,

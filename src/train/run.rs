@@ -72,6 +72,8 @@ pub(super) struct Run<'a, T: Transport + ?Sized> {
     pub clock: Instant,
     /// First step to run (after a resumed checkpoint).
     pub first_step: u64,
+    /// The resumed checkpoint was taken by a stop before the evaluation due at its step.
+    pub evaluate_first: bool,
     pub stop: &'a AtomicBool,
     /// The transport's count of refused datagrams at the last step.
     pub rejected_seen: u64,
@@ -105,7 +107,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             // Batch-norm running statistics are exchanged, never trained.
             sgd.set_trainable(setup.model.trainable());
         }
-        let (mut first_step, mut totals) = (0, StepCounters::default());
+        let (mut first_step, mut totals, mut evaluate_first) = (0, StepCounters::default(), false);
         if let Some(state) = setup.resume.candidates.pop() {
             params = state.params;
             sgd.velocity_mut().copy_from_slice(&state.velocity);
@@ -114,6 +116,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 .context("--resume: the checkpoint's link counters")?;
             first_step = state.step;
             totals = state.totals;
+            evaluate_first = !state.evaluated;
         }
         Ok(Run {
             net,
@@ -133,6 +136,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             trace,
             clock: Instant::now(),
             first_step,
+            evaluate_first,
             stop,
             rejected_seen: net.rejected(),
             progress: Progress::default(),
@@ -155,6 +159,14 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         let total = self.setup.total_steps;
         self.clock = Instant::now();
         let mut last = EvalRecord::default();
+        let eval_due = |done: u64| {
+            done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0)
+        };
+        if self.evaluate_first && eval_due(self.first_step) {
+            // The evaluation the stop skipped: the state is the one it would have seen.
+            last = self.evaluate(self.first_step)?;
+            self.report(&[], &last)?;
+        }
         for step in self.first_step..total {
             let mut counts = self.local_step(step)?;
             let t0 = Instant::now();
@@ -165,8 +177,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             }
             self.progress.tick();
             let done = step + 1;
-            let eval_due =
-                done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0);
+            let eval_due = eval_due(done);
             let checkpoint_due =
                 done < total && self.cfg.checkpoint_every.is_some_and(|k| done % k == 0);
             // With deadline detection, ranks check for stops and divergence only where
@@ -192,7 +203,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 // mpirun kills the ranks about a second after forwarding the signal: the
                 // rows and the checkpoint come first, and no evaluation delays them.
                 self.flush_steps(done)?;
-                self.checkpoint(done)?;
+                self.checkpoint(done, false)?;
                 return Err(self.interrupted(done)?);
             }
             if sync_point {
@@ -203,7 +214,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 }
                 // After the evaluation, so that a resumed run keeps its row.
                 if checkpoint_due {
-                    self.checkpoint(done)?;
+                    self.checkpoint(done, eval_due)?;
                 }
             }
         }
