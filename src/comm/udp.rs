@@ -8,9 +8,9 @@
 //! collectives for evaluation, metrics and error agreement) stays on the inner,
 //! reliable transport (MPI).
 //!
-//! The socket is an attack surface. Every datagram carries a MAC (BLAKE3 in keyed mode,
-//! 16 bytes) under a per-job key that only the inner transport carries, over the
-//! receiver's rank, the whole header and the payload, and a per-link sequence number.
+//! The socket is an attack surface. Every datagram carries a MAC (HMAC-SHA-256-128)
+//! under a per-job key that only the inner transport carries, over the receiver's rank,
+//! the whole header and the payload, and a per-link sequence number.
 //! A datagram is accepted only from a peer's address, with the job's token, a valid MAC
 //! and a sequence number not accepted before ([`Window`]); its header is then validated
 //! here (layout, length) and again by the receiving mailbox (step, block, offset and
@@ -30,6 +30,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use super::{agree, CommError, Disagreement, Framing, Incoming, Mailbox, Outgoing, Transport};
 
@@ -46,11 +48,11 @@ const BATCH: usize = 64;
 pub const HEADER_BYTES: usize = MAC_AT + MAC_BYTES;
 /// Where the MAC starts: it covers everything before and after it.
 const MAC_AT: usize = 36;
-/// Length of the MAC: BLAKE3's 32-byte output truncated to 128 bits (the tag length of
-/// Poly1305 and GCM), which a forger must guess.
+/// Length of the MAC: HMAC-SHA-256 truncated to its first 128 bits (HMAC-SHA-256-128 of
+/// IPsec, RFC 4868), which a forger must guess.
 pub const MAC_BYTES: usize = 16;
-/// Length of the per-job key.
-const KEY_BYTES: usize = blake3::KEY_LEN;
+/// Length of the per-job key (the hash's output length, as RFC 2104 recommends).
+const KEY_BYTES: usize = 32;
 /// "RPS2": the second layout (with sequence number and MAC).
 const MAGIC: u32 = 0x5250_5332;
 /// Sequence numbers of one link that may arrive out of order: a datagram this far
@@ -166,7 +168,19 @@ pub struct Job {
     /// Every rank's socket address, by rank.
     pub peers: Vec<SocketAddrV4>,
     pub token: u64,
-    pub key: [u8; KEY_BYTES],
+    /// HMAC-SHA-256 with the job key, before any input (cloned for each datagram).
+    keyed: Hmac<Sha256>,
+}
+
+impl Job {
+    pub fn new(peers: Vec<SocketAddrV4>, token: u64, key: &[u8; KEY_BYTES]) -> Self {
+        Job {
+            peers,
+            token,
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .expect("HMAC takes keys of any length"),
+        }
+    }
 }
 
 impl fmt::Debug for Job {
@@ -191,28 +205,15 @@ pub struct Datagram<'a> {
     pub floats: &'a [u8],
 }
 
-/// The MAC of datagram `bytes` (whole, MAC field ignored) for receiver rank `to`: BLAKE3
-/// keyed hash of the receiver's rank, the header before the MAC and everything after
-/// it. Binding the receiver means a datagram redirected to another rank is refused.
-fn mac(key: &[u8; KEY_BYTES], to: usize, bytes: &[u8]) -> [u8; MAC_BYTES] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(&(to as u32).to_le_bytes());
-    h.update(&bytes[..MAC_AT]);
-    h.update(&bytes[HEADER_BYTES..]);
-    let mut out = [0u8; MAC_BYTES];
-    out.copy_from_slice(&h.finalize().as_bytes()[..MAC_BYTES]);
-    out
-}
-
-/// Constant-time equality of two MACs, by [`blake3::Hash`]'s own constant-time
-/// comparison (of 32 bytes: both are zero-padded alike).
-fn same_mac(a: &[u8], b: &[u8; MAC_BYTES]) -> bool {
-    let padded = |m: &[u8]| {
-        let mut x = [0u8; blake3::OUT_LEN];
-        x[..MAC_BYTES].copy_from_slice(m);
-        blake3::Hash::from_bytes(x)
-    };
-    padded(a) == padded(b)
+/// The HMAC of datagram `bytes` (whole, MAC field skipped) for receiver rank `to`, over
+/// the receiver's rank, the header before the MAC and everything after it. Binding the
+/// receiver means a datagram redirected to another rank is refused.
+fn mac(job: &Job, to: usize, bytes: &[u8]) -> Hmac<Sha256> {
+    let mut m = job.keyed.clone();
+    m.update(&(to as u32).to_le_bytes());
+    m.update(&bytes[..MAC_AT]);
+    m.update(&bytes[HEADER_BYTES..]);
+    m
 }
 
 /// Checks a datagram received by rank `me` against the job. Pure, so every refusal is
@@ -247,7 +248,11 @@ pub fn parse<'a>(
     if u64_at(4) != job.token {
         return Err(Reject::Token);
     }
-    if !same_mac(&bytes[MAC_AT..HEADER_BYTES], &mac(&job.key, me, bytes)) {
+    // The crate's constant-time comparison of the first MAC_BYTES bytes.
+    if mac(job, me, bytes)
+        .verify_truncated_left(&bytes[MAC_AT..HEADER_BYTES])
+        .is_err()
+    {
         return Err(Reject::Mac);
     }
     let prefix = usize::from(u16::from_le_bytes([bytes[24], bytes[25]]));
@@ -365,8 +370,8 @@ fn encode_into(
     for (b, x) in floats.chunks_exact_mut(4).zip(prefix.iter().chain(body)) {
         b.copy_from_slice(&x.to_le_bytes());
     }
-    let m = mac(&job.key, to, &slot[..len]);
-    slot[MAC_AT..HEADER_BYTES].copy_from_slice(&m);
+    let m = mac(job, to, &slot[..len]).finalize().into_bytes();
+    slot[MAC_AT..HEADER_BYTES].copy_from_slice(&m[..MAC_BYTES]);
     len
 }
 
@@ -501,7 +506,7 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
         let t = UdpTransport {
             inner,
             socket,
-            job: Job { peers, token, key },
+            job: Job::new(peers, token, &key),
             next_seq: RefCell::new(vec![1; size]),
             windows: RefCell::new(vec![Window::default(); size]),
             rejected: Cell::new(0),
@@ -942,14 +947,11 @@ mod tests {
     use crate::comm::local::LocalTransport;
 
     fn job() -> Job {
-        Job {
-            peers: vec![
-                "10.0.0.1:5000".parse().unwrap(),
-                "10.0.0.2:5001".parse().unwrap(),
-            ],
-            token: 42,
-            key: [7; KEY_BYTES],
-        }
+        let peers = vec![
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:5001".parse().unwrap(),
+        ];
+        Job::new(peers, 42, &[7; KEY_BYTES])
     }
 
     /// Rank 1's address, as rank 0 sees it.
@@ -1035,10 +1037,7 @@ mod tests {
         let mut zeroed = good.clone();
         zeroed[MAC_AT..HEADER_BYTES].fill(0);
         assert_eq!(parse(&zeroed, from, &j, 0), Err(Reject::Mac));
-        let guessed = Job {
-            key: [8; KEY_BYTES],
-            ..job()
-        };
+        let guessed = Job::new(j.peers.clone(), j.token, &[8; KEY_BYTES]);
         let forged = datagram(&guessed, 1, 1, &[1.0], &[f32::NAN, 3.0]);
         assert_eq!(parse(&forged, from, &j, 0), Err(Reject::Mac));
         // A datagram of the old layout (no MAC) with the right token.
@@ -1075,8 +1074,8 @@ mod tests {
         // A prefix longer than the datagram, with a valid MAC: refused after it.
         let mut long = datagram(&j, 1, 1, &[1.0], &[2.0, 3.0]);
         long[24..26].copy_from_slice(&100u16.to_le_bytes());
-        let m = mac(&j.key, 0, &long);
-        long[MAC_AT..HEADER_BYTES].copy_from_slice(&m);
+        let m = mac(&j, 0, &long).finalize().into_bytes();
+        long[MAC_AT..HEADER_BYTES].copy_from_slice(&m[..MAC_BYTES]);
         assert_eq!(parse(&long, from, &j, 0), Err(Reject::Malformed));
     }
 
@@ -1197,6 +1196,65 @@ mod tests {
             ];
             assert_eq!(got, expect, "rank {r}");
             assert_eq!(rejected, 0);
+        }
+    }
+
+    /// A benchmark, not a test (run it with `--ignored --nocapture` on an idle machine):
+    /// the time to authenticate, write and check MTU-sized datagrams, which
+    /// docs/results/udp-mac.md reports.
+    #[test]
+    #[ignore]
+    fn mac_throughput() {
+        let j = job();
+        for mtu in [DEFAULT_MTU, 9000] {
+            let len = mtu - IP_UDP_HEADERS;
+            let body: Vec<f32> = (0..(len - HEADER_BYTES) / 4 - 6)
+                .map(|i| i as f32)
+                .collect();
+            let prefix = [0.5f32; 6];
+            let mut slot = vec![0u8; MAX_MTU];
+            let n = 200_000 * 1472 / len;
+            let mut sink = 0u8;
+            let time = |label: &str, f: &mut dyn FnMut(u64)| {
+                let start = Instant::now();
+                for k in 0..n as u64 {
+                    f(k);
+                }
+                let s = start.elapsed().as_secs_f64();
+                println!(
+                    "{len}-byte datagrams, {label}: {:.0} ns each, {:.0} MB/s",
+                    s / n as f64 * 1e9,
+                    (n * len) as f64 / s / 1e6
+                );
+            };
+            let h = |seq| Header {
+                src: 1,
+                tag: 7,
+                offset: 64,
+                seq,
+            };
+            assert_eq!(encode_into(&mut slot, &j, 0, &h(1), &prefix, &body), len);
+            time("MAC only (HMAC-SHA-256)", &mut |_| {
+                sink ^= mac(&j, 0, &slot[..len]).finalize().into_bytes()[0];
+            });
+            time("write with MAC", &mut |k| {
+                let l = encode_into(&mut slot, &j, 0, &h(k + 1), &prefix, &body);
+                sink ^= slot[l - 1];
+            });
+            let mut windows = vec![Window::default(); 2];
+            let mut datagrams = Vec::new();
+            for k in 0..256u64 {
+                let l = encode_into(&mut slot, &j, 0, &h(k + 1), &prefix, &body);
+                datagrams.push(slot[..l].to_vec());
+            }
+            let mut accepted = 0u64;
+            time("check (MAC, window)", &mut |k| {
+                // Sequence numbers 1..=256 once, then replays: the work is the same.
+                let d = &datagrams[k as usize % 256];
+                accepted += u64::from(admit(d, from(), &j, 0, &mut windows).is_ok());
+            });
+            assert_eq!(accepted, 256);
+            std::hint::black_box(sink);
         }
     }
 
