@@ -173,6 +173,7 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job of `peers` (by rank) with `token`, its MACs keyed with `key`.
     pub fn new(peers: Vec<SocketAddrV4>, token: u64, key: &[u8; KEY_BYTES]) -> Self {
         Job {
             peers,
