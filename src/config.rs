@@ -138,7 +138,7 @@ impl TransportKind {
 
 /// The largest packet (bytes of model) one datagram carries with `--transport udp`:
 /// the MTU less the IP, UDP, datagram and message headers, in whole `f32`s. The
-/// default of `--packet-bytes` with UDP (1420 bytes for an MTU of 1500).
+/// default of `--packet-bytes` with UDP (1396 bytes for an MTU of 1500).
 pub fn udp_packet_bytes(opts: &UdpOptions) -> usize {
     opts.max_datagram()
         .saturating_sub(HEADER_BYTES + crate::rps::exchange::DATAGRAM_HEADER_BYTES)
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn udp_packets_default_to_what_fits_the_mtu() {
         let c = check(&["--transport", "udp", "--detect", "deadline"], 3).unwrap();
-        assert_eq!(c.packet_bytes, Some(1420));
+        assert_eq!(c.packet_bytes, Some(1396));
         let big = check(
             &[
                 "--transport",
@@ -618,7 +618,7 @@ mod tests {
             big.unwrap_err(),
             ConfigError::UdpPacketBytes {
                 bytes: 4000,
-                max: 1420
+                max: 1396
             }
         );
     }

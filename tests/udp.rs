@@ -1,10 +1,13 @@
 //! `--transport udp` under real mpirun on this host: the datagram exchange reproduces the
-//! reliable one when nothing is lost, and a stream of garbage, truncated and foreign
-//! datagrams aimed at the ranks' sockets is refused, counted, and changes nothing.
+//! reliable one when nothing is lost; a stream of garbage, truncated and foreign
+//! datagrams aimed at the ranks' sockets, and an attacker who reads the job's datagrams
+//! and sends with the ranks' own addresses (replays and forgeries with the right token),
+//! are refused, counted, and change nothing.
 
 mod common;
 use common::*;
 
+use rps::comm::udp::HEADER_BYTES;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +61,21 @@ fn udp(port: Option<&str>) -> Vec<&str> {
     a
 }
 
+/// Asserts that two runs saved the same model, bit for bit (a short message, not two
+/// million numbers, when they differ).
+fn assert_same_model(run: &Path, reference: &Path) {
+    let (a, b) = (read_params(&model(run)), read_params(&model(reference)));
+    assert_eq!(a.len(), b.len());
+    let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits());
+    let nan = a.iter().filter(|x| x.is_nan()).count();
+    assert_eq!(
+        differ.count(),
+        0,
+        "parameters differ from the reference run ({nan} of {} are NaN)",
+        a.len()
+    );
+}
+
 fn total(path: &Path, name: &str) -> u64 {
     read_u64(path, name).iter().sum()
 }
@@ -76,23 +94,20 @@ fn udp_without_loss_reproduces_the_reliable_exchange() {
     assert_eq!(total(&datagrams, "comm/packets_missed_up"), 0);
     assert_eq!(total(&datagrams, "comm/packets_missed_down"), 0);
     assert_eq!(total(&datagrams, "comm/rejected"), 0);
-    assert_eq!(
-        read_params(&model(&datagrams)),
-        read_params(&model(&reliable))
-    );
+    assert_same_model(&datagrams, &reliable);
 }
 
 /// Datagrams an attacker (or a confused neighbour) might send: each is refused before
 /// it reaches the model.
 fn hostile() -> Vec<Vec<u8>> {
     let mut header = Vec::new();
-    header.extend_from_slice(&0x5250_5331u32.to_le_bytes()); // the real magic
+    header.extend_from_slice(&0x5250_5332u32.to_le_bytes()); // the real magic
     header.extend_from_slice(&0u64.to_le_bytes()); // a guessed token
     header.extend_from_slice(&0u32.to_le_bytes()); // claims to be rank 0
     header.extend_from_slice(&0i32.to_le_bytes()); // tag
     header.extend_from_slice(&u32::MAX.to_le_bytes()); // offset far out of range
     header.extend_from_slice(&3u16.to_le_bytes()); // prefix
-    header.extend_from_slice(&0u16.to_le_bytes());
+    header.resize(HEADER_BYTES, 0); // reserved, sequence number, MAC
     let mut full = header.clone();
     full.extend((0..64).flat_map(|i| (i as f32).to_le_bytes()));
     vec![
@@ -143,7 +158,151 @@ fn hostile_datagrams_are_refused_and_change_nothing() {
     assert_eq!(total(&attacked, "comm/packets_missed_up"), 0);
     assert_eq!(total(&attacked, "comm/packets_missed_down"), 0);
     // Same seed, same exchange: the hostile traffic changed nothing in the model.
-    assert_eq!(read_params(&model(&attacked)), read_params(&model(&clean)));
+    assert_same_model(&attacked, &clean);
+}
+
+/// An attacker on the path, as in issue 13: reads every datagram of the job (a raw
+/// socket) and sends datagrams with any rank's source address, so the token, the
+/// address check and the message header are all right. From every 16th datagram it
+/// makes a replay of it as it is, and copies for the next two steps with every body
+/// element NaN (the message header — step, direction, block, packets — is the prefix of
+/// the payload). Returns (datagrams read, datagrams sent), or `None` where raw sockets
+/// are not permitted (not root).
+fn sniff_and_forge(base: u16, stop: &AtomicBool) -> Option<(u64, u64)> {
+    // SAFETY: plain socket calls on a descriptor owned here; every buffer passed
+    // outlives its call and its length is the one given.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd < 0 {
+        return None;
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 2000,
+    };
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let ranks = base..base + 3;
+    let mut sent_by_us = std::collections::HashSet::new();
+    let (mut read, mut sent) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    let send = |src_port: u16, dst_port: u16, payload: &[u8]| {
+        // UDP header (checksum 0: none, valid for IPv4), then the payload; the kernel
+        // adds the IP header from 127.0.0.1.
+        let mut packet = Vec::with_capacity(8 + payload.len());
+        packet.extend_from_slice(&src_port.to_be_bytes());
+        packet.extend_from_slice(&dst_port.to_be_bytes());
+        packet.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        packet.extend_from_slice(&0u16.to_be_bytes());
+        packet.extend_from_slice(payload);
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let rc = unsafe {
+            libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        rc > 0
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        // The IP header, then the UDP header.
+        let ip = &buf[..n as usize];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip.len() < ihl + 8 {
+            continue;
+        }
+        let port = |i: usize| u16::from_be_bytes([ip[ihl + i], ip[ihl + i + 1]]);
+        let (src_port, dst_port) = (port(0), port(2));
+        let payload = &ip[ihl + 8..];
+        if !ranks.contains(&src_port) || !ranks.contains(&dst_port) {
+            continue;
+        }
+        if sent_by_us.contains(payload) {
+            continue;
+        }
+        read += 1;
+        // Only datagrams of the exchange: a message header after the datagram header.
+        let prefix = usize::from(u16::from_le_bytes([payload[24], payload[25]]));
+        let body = HEADER_BYTES + 4 * prefix;
+        if read % 16 != 0 || prefix < 6 || payload.len() <= body {
+            continue;
+        }
+        let mut forgeries = vec![payload.to_vec()];
+        let word = |d: &[u8], i: usize| {
+            u32::from_le_bytes(
+                d[HEADER_BYTES + 4 * i..HEADER_BYTES + 4 * i + 4]
+                    .try_into()
+                    .unwrap(),
+            )
+        };
+        let step = u64::from(word(payload, 0)) | u64::from(word(payload, 1)) << 32;
+        for ahead in 1..=2 {
+            let mut f = payload.to_vec();
+            f[HEADER_BYTES..HEADER_BYTES + 8].copy_from_slice(&(step + ahead).to_le_bytes());
+            for x in f[body..].chunks_exact_mut(4) {
+                x.copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            forgeries.push(f);
+        }
+        for f in forgeries {
+            if send(src_port, dst_port, &f) {
+                sent += 1;
+            }
+            sent_by_us.insert(f);
+        }
+    }
+    unsafe { libc::close(fd) };
+    Some((read, sent))
+}
+
+#[test]
+fn sniffed_token_and_spoofed_source_change_nothing() {
+    let dir = out_dir();
+    let (clean, attacked) = (dir.path().join("clean.h5"), dir.path().join("attacked.h5"));
+    // Ports apart from the other test's (40000 and up).
+    let base = 20000 + (std::process::id() % 6000) as u16 * 3;
+    let port = base.to_string();
+    train(&clean, &udp(None)).assert_ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || sniff_and_forge(base, &stop))
+    };
+    let run = train(&attacked, &udp(Some(&port)));
+    stop.store(true, Ordering::Relaxed);
+    let Some((read, forged)) = attacker.join().unwrap() else {
+        eprintln!("skipped: raw sockets need root (CAP_NET_RAW)");
+        return;
+    };
+    run.assert_ok();
+    assert!(read > 0 && forged > 0, "read {read}, forged {forged}");
+    // Same seed, same exchange: the forgeries and replays changed nothing.
+    assert_same_model(&attacked, &clean);
+    let rejected = total(&attacked, "comm/rejected");
+    eprintln!("attacker read {read} datagrams, sent {forged}; ranks rejected {rejected}");
+    // Nearly every forgery reaches a rank while it still reads its socket.
+    assert!(
+        rejected >= forged / 2,
+        "{rejected} of {forged} forged datagrams counted as rejected"
+    );
+    assert_eq!(total(&attacked, "comm/packets_missed_up"), 0);
+    assert_eq!(total(&attacked, "comm/packets_missed_down"), 0);
 }
 
 #[test]
