@@ -220,7 +220,7 @@ columns! {
         /// Server→worker packets sent but not received in time.
         PACKETS_MISSED_DOWN = "comm/packets_missed_down", U64, "packets",
             |r| missing(r.sum.packets_down, r.sum.packets_dropped_down + r.sum.packets_received_down);
-        /// Datagrams or messages refused: foreign sender or job, malformed header, or a header that does not fit what the receiver awaits.
+        /// Datagrams or messages refused: foreign sender or job, a MAC that does not verify, a replayed datagram, a malformed header, or a header that does not fit what the receiver awaits.
         REJECTED = "comm/rejected", U64, "datagrams", |r| r.sum.rejected as f64;
         /// Mean over ranks of the time in the local step (data, forward, backward, update).
         COMPUTE_S = "time/compute_s", F64, "s", |r| r.sum.compute_s / r.ranks.max(1) as f64;
