@@ -60,6 +60,25 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// `rps train` on two in-process ranks, co-located, batch 4, plus `extra`.
+fn local_job(data: &str, metrics: &str, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "train",
+        "--local-ranks",
+        "2",
+        "--dataset",
+        data,
+        "--metrics",
+        metrics,
+    ];
+    let rest = ["--colocated", "--batch-size", "4"];
+    base.iter()
+        .chain(&rest)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 fn signal(pids: &[i32], sig: &str) {
     assert!(!pids.is_empty(), "no process to signal");
     let status = Command::new("kill")
@@ -361,27 +380,21 @@ fn a_job_killed_at_any_moment_leaves_files_that_open() {
     let m = dir.path().join("m.h5");
     let ckpt = dir.path().join("ckpt");
     let (m_s, ckpt_s) = (m.to_str().unwrap(), ckpt.to_str().unwrap());
-    let args = [
-        "train",
-        "--local-ranks",
-        "2",
-        "--dataset",
+    let args = local_job(
         data,
-        "--metrics",
         m_s,
-        "--colocated",
-        "--steps",
-        "100000",
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "7",
-        "--checkpoint-every",
-        "5",
-        "--checkpoint-dir",
-        ckpt_s,
-        "--force",
-    ];
+        &[
+            "--steps",
+            "100000",
+            "--eval-every",
+            "7",
+            "--checkpoint-every",
+            "5",
+            "--checkpoint-dir",
+            ckpt_s,
+            "--force",
+        ],
+    );
     let mut seen_rows = 0;
     let _guard = lock_mpirun();
     // Delays from before the file exists to well into the run, at odd offsets so the kill
@@ -390,7 +403,7 @@ fn a_job_killed_at_any_moment_leaves_files_that_open() {
         .iter()
         .enumerate()
     {
-        let mut child = Command::new(RPS).args(args).spawn().unwrap();
+        let mut child = Command::new(RPS).args(&args).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(*ms));
         signal(&[child.id() as i32], "KILL");
         let _ = child.wait();
@@ -418,25 +431,12 @@ fn a_job_killed_at_any_moment_leaves_files_that_open() {
     assert!(seen_rows > 0, "no kill landed after the first flush");
     // The last kill's checkpoints resume (the lock of the killed job is gone with it).
     if ckpt.join("step-00000005").exists() || std::fs::read_dir(&ckpt).is_ok() {
-        let resume = [
-            "train",
-            "--local-ranks",
-            "2",
-            "--dataset",
+        let resume = local_job(
             data,
-            "--metrics",
             m_s,
-            "--colocated",
-            "--batch-size",
-            "4",
-            "--eval-every",
-            "7",
-            "--resume",
-            ckpt_s,
-            "--steps",
-            "100",
-        ];
-        let out = Command::new(RPS).args(resume).output().unwrap();
+            &["--eval-every", "7", "--resume", ckpt_s, "--steps", "100"],
+        );
+        let out = Command::new(RPS).args(&resume).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() || stderr.contains("no complete checkpoint"),
@@ -460,31 +460,18 @@ fn a_second_job_cannot_take_a_running_jobs_files() {
         ckpt.to_str().unwrap(),
         other.to_str().unwrap(),
     );
-    let job = |metrics: &str, ckpt_s: &str| -> Vec<String> {
-        [
-            "train",
-            "--local-ranks",
-            "2",
-            "--dataset",
-            data,
-            "--metrics",
-            metrics,
-            "--colocated",
+    let job = |metrics: &str, ckpt_s: &str| {
+        let extra = [
             "--steps",
             "100000",
-            "--batch-size",
-            "4",
             "--eval-every",
             "5",
             "--checkpoint-every",
             "5",
-            "--checkpoint-dir",
-            ckpt_s,
-            "--force",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
+        ];
+        let mut a = local_job(data, metrics, &extra);
+        a.extend(["--checkpoint-dir".into(), ckpt_s.into(), "--force".into()]);
+        a
     };
     let _guard = lock_mpirun();
     let mut first = Command::new(RPS).args(job(m_s, ckpt_s)).spawn().unwrap();
@@ -677,34 +664,24 @@ fn deadline_runs_without_evaluations_still_stop_on_a_signal() {
     let m = dir.path().join("m.h5");
     let _guard = lock_mpirun();
     let mut child = Command::new(RPS)
-        .args([
-            "train",
-            "--local-ranks",
-            "2",
-            "--dataset",
+        .args(local_job(
             data.to_str().unwrap(),
-            "--metrics",
             m.to_str().unwrap(),
-            "--colocated",
-            "--steps",
-            "100000",
-            "--batch-size",
-            "4",
-            "--eval-every",
-            "0",
-            "--detect",
-            "deadline",
-            "--recv-timeout-ms",
-            "50",
-        ])
+            &[
+                "--steps",
+                "100000",
+                "--eval-every",
+                "0",
+                "--detect",
+                "deadline",
+                "--recv-timeout-ms",
+                "50",
+            ],
+        ))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !m.exists() {
-        assert!(Instant::now() < deadline, "the run never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&m);
     std::thread::sleep(Duration::from_millis(300));
     signal(&[child.id() as i32], "TERM");
     let sent = Instant::now();
@@ -757,11 +734,7 @@ fn a_frozen_rank_is_named_and_the_job_ends() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !m.exists() {
-        assert!(Instant::now() < deadline, "the run never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&m);
     std::thread::sleep(Duration::from_millis(500));
     let ranks = ranks_of(m.to_str().unwrap());
     assert_eq!(ranks.len(), 3, "{ranks:?}");
