@@ -443,6 +443,12 @@ pub struct TrainFlags {
     /// Refuse to start unless the job has exactly N ranks (set by job files' `ranks`).
     #[arg(long, value_name = "N")]
     pub ranks: Option<usize>,
+    /// Every K steps, measure what the exchange did to the replicas (/diag: their spread
+    /// before it, the error it put into their average, the consensus distance after it,
+    /// the training loss of the average on a fixed subset) through reliable collectives
+    /// that are not counted as traffic and do not change the run (0: never).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub diag_every: u64,
     /// Warn when a rank has made no progress (no step, evaluation or checkpoint finished)
     /// for S seconds, saying which rank it waits for (0: never).
     #[arg(long, value_name = "S", default_value_t = 60)]

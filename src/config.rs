@@ -85,6 +85,8 @@ pub struct TrainConfig {
     pub model: ModelKind,
     /// Random crop (padding 4) and horizontal flip of training batches.
     pub augment: bool,
+    /// Measure /diag every this many steps (0: never).
+    pub diag_every: u64,
     /// Warn, and end the job, after this long without progress (`None`: never).
     pub stall_warn: Option<std::time::Duration>,
     pub stall_abort: Option<std::time::Duration>,
@@ -172,6 +174,8 @@ pub enum ConfigError {
     UdpMtu(usize),
     #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram (raise --udp-mtu if the network has jumbo frames)")]
     UdpPacketBytes { bytes: usize, max: usize },
+    #[error("--diag-every measures between exchanges with reliable collectives, which needs --detect oracle (with deadlines, messages may still be in flight)")]
+    DiagWithDeadline,
     #[error("--checkpoint-every needs --checkpoint-dir (or --resume DIR)")]
     CheckpointWithoutDir,
     #[error("--checkpoint-every must be at least 1")]
@@ -231,6 +235,9 @@ impl TrainConfig {
             },
         };
         let (transport, packet_bytes) = transport(f, detection)?;
+        if f.diag_every > 0 && detection != Detection::Oracle {
+            return Err(ConfigError::DiagWithDeadline);
+        }
         if f.algorithm == Algorithm::Allreduce {
             check_allreduce(f, &drop)?;
         }
@@ -282,6 +289,7 @@ impl TrainConfig {
             command_line,
             model: f.model.into(),
             augment: f.augment,
+            diag_every: f.diag_every,
             stall_warn: seconds(f.stall_warn),
             stall_abort: seconds(f.stall_abort),
         })

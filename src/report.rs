@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::metrics::attrs::{self, Attr};
 use crate::metrics::schema::{
-    CONSENSUS_DISTANCE, DROPPED_DOWN, DROPPED_UP, PACKETS_DOWN, PACKETS_DROPPED_DOWN,
-    PACKETS_DROPPED_UP, PACKETS_UP, SENT_DOWN, SENT_UP, TEST_ACCURACY, WALL_S,
+    CONSENSUS_DISTANCE, DIAG_AVG_TRAIN_LOSS, DIAG_CONSENSUS, DIAG_MEAN_ERROR, DIAG_SPREAD,
+    DROPPED_DOWN, DROPPED_UP, PACKETS_DOWN, PACKETS_DROPPED_DOWN, PACKETS_DROPPED_UP, PACKETS_UP,
+    SENT_DOWN, SENT_UP, TEST_ACCURACY, WALL_S,
 };
 pub use crate::metrics::{ReadError as ReportError, RunFile};
 
@@ -50,6 +51,41 @@ pub struct RunSummary {
     /// Messages dropped and attempted (sent + dropped), both directions.
     pub messages_dropped: u64,
     pub messages_attempted: u64,
+    /// With `--diag-every`: mean over the measurements of n·mean_error/spread and of
+    /// consensus/spread (n workers), and the last training loss of the average.
+    pub diag: Option<DiagSummary>,
+}
+
+/// The diagnostics of one run, reduced to the ratios the theory speaks of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiagSummary {
+    pub error_ratio: f64,
+    pub consensus_ratio: f64,
+    pub avg_train_loss: f64,
+}
+
+impl DiagSummary {
+    fn read(f: &RunFile, workers: i64) -> Result<Option<Self>, ReportError> {
+        let spread = f.column(&DIAG_SPREAD)?;
+        let (error, consensus) = (f.column(&DIAG_MEAN_ERROR)?, f.column(&DIAG_CONSENSUS)?);
+        let ratios = |v: &[f64], scale: f64| {
+            let r: Vec<f64> = v
+                .iter()
+                .zip(&spread)
+                .filter(|(_, &s)| s > 0.0)
+                .map(|(x, s)| scale * x / s)
+                .collect();
+            r.iter().sum::<f64>() / r.len().max(1) as f64
+        };
+        Ok(match f.last(&DIAG_AVG_TRAIN_LOSS)? {
+            None => None,
+            Some(avg_train_loss) => Some(DiagSummary {
+                error_ratio: ratios(&error, workers as f64),
+                consensus_ratio: ratios(&consensus, 1.0),
+                avg_train_loss,
+            }),
+        })
+    }
 }
 
 impl RunSummary {
@@ -102,6 +138,7 @@ impl RunSummary {
             attempted: total(&PACKETS_UP)? + total(&PACKETS_DOWN)?,
             messages_dropped,
             messages_attempted: messages_dropped + total(&SENT_UP)? + total(&SENT_DOWN)?,
+            diag: DiagSummary::read(&f, i(attrs::WORKERS)?)?,
             path: path.into(),
         })
     }
@@ -298,7 +335,35 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             g.status(),
         );
     }
+    diag_table(runs, &mut out);
     out
+}
+
+/// With `--diag-every` runs: per group, the mean (± std over seeds) of n·mean_error/spread
+/// and consensus/spread, and the last training loss of the average.
+fn diag_table(runs: &[RunSummary], out: &mut String) {
+    let groups: Vec<Group> = group(runs)
+        .into_iter()
+        .filter(|g| g.runs.iter().any(|r| r.diag.is_some()))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    *out += "\n| mode | workers | drop model | seeds | n·mean_error/spread | consensus/spread | train loss of x̄ |\n|---|---|---|---|---|---|---|\n";
+    for g in groups {
+        let k = &g.key;
+        let stat = |f: fn(&DiagSummary) -> f64| g.stat(|r| r.diag.as_ref().map(f));
+        *out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            k.mode,
+            k.workers,
+            k.drop_model_description.replace('|', "\\|"),
+            g.runs.len(),
+            fmt_stat(stat(|d| d.error_ratio), sci),
+            fmt_stat(stat(|d| d.consensus_ratio), sci),
+            fmt_stat(stat(|d| d.avg_train_loss), fixed4),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,37 @@ columns! {
     }
 }
 
+/// One diagnostic measurement (`--diag-every`): what the drops did to the replicas at
+/// one step, measured with reliable collectives that do not change the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DiagRecord {
+    /// The step measured (1-based).
+    pub step: u64,
+    /// (1/n)Σ‖v_i − v̄‖²: the spread of the worker replicas before the exchange.
+    pub spread: f64,
+    /// ‖x̄ − v̄‖²: how far the exchange moved the average of the replicas.
+    pub mean_error: f64,
+    /// (1/n)Σ‖x_i − x̄‖² after the exchange.
+    pub consensus: f64,
+    /// Training loss of x̄ on a fixed subset of the training set.
+    pub avg_train_loss: f64,
+}
+
+columns! {
+    DIAG_COLUMNS: DiagRecord {
+        /// The step measured (1-based), every --diag-every steps.
+        DIAG_STEP = "diag/step", U64, "step", |d| d.step as f64;
+        /// (1/n)Σ‖v_i − v̄‖² over the n workers: the spread of the replicas after their local step, before the exchange.
+        DIAG_SPREAD = "diag/spread", F64, "parameter²", |d| d.spread;
+        /// ‖x̄ − v̄‖²: what the exchange (its drops) did to the average of the replicas; at p = 0 only the f32 rounding of the servers' averages.
+        DIAG_MEAN_ERROR = "diag/mean_error", F64, "parameter²", |d| d.mean_error;
+        /// (1/n)Σ‖x_i − x̄‖² after the exchange (0 without drops).
+        DIAG_CONSENSUS = "diag/consensus", F64, "parameter²", |d| d.consensus;
+        /// Mean training loss of the averaged model x̄ on a fixed subset of the training set (the first samples of each worker's shard, 1,024 in all at most).
+        DIAG_AVG_TRAIN_LOSS = "diag/avg_train_loss", F64, "nats", |d| d.avg_train_loss;
+    }
+}
+
 /// A per-link matrix written at the end of a run: servers × workers, u64.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkMatrix {
@@ -282,7 +313,7 @@ pub const LINK_MATRICES: [LinkMatrix; 6] = [
 ];
 
 /// The groups every metrics file has.
-pub const GROUPS: [&str; 4] = ["train", "eval", "comm", "time"];
+pub const GROUPS: [&str; 5] = ["train", "eval", "comm", "time", "diag"];
 
 /// The reference of the per-step, per-evaluation and per-link datasets, in Markdown
 /// (docs/metrics.md is this text; a test keeps it current).
@@ -305,6 +336,10 @@ pub fn markdown() -> String {
         "\n## One row per evaluation\n\n| dataset | type | unit | meaning |\n|---|---|---|---|\n",
     );
     for c in EVAL_COLUMNS {
+        row(&mut s, c.name, c.kind, c.unit, c.doc);
+    }
+    s.push_str("\n## One row per diagnostic measurement (`--diag-every K`; empty without it)\n\n| dataset | type | unit | meaning |\n|---|---|---|---|\n");
+    for c in DIAG_COLUMNS {
         row(&mut s, c.name, c.kind, c.unit, c.doc);
     }
     s.push_str(
@@ -349,6 +384,7 @@ mod tests {
             .iter()
             .map(|c| c.name)
             .chain(EVAL_COLUMNS.iter().map(|c| c.name))
+            .chain(DIAG_COLUMNS.iter().map(|c| c.name))
             .chain(LINK_MATRICES.iter().map(|m| m.name))
             .collect();
         for n in &names {

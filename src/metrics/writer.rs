@@ -14,7 +14,10 @@ use hdf5::types::VarLenUnicode;
 use hdf5::H5Type;
 use ndarray::s;
 
-use super::schema::{Column, EvalRecord, Kind, StepRow, EVAL_COLUMNS, GROUPS, STEP, STEP_COLUMNS};
+use super::schema::{
+    Column, DiagRecord, EvalRecord, Kind, StepRow, DIAG_COLUMNS, EVAL_COLUMNS, GROUPS, STEP,
+    STEP_COLUMNS,
+};
 
 use super::attrs::AttrValue;
 use crate::files::{self, Lock};
@@ -83,7 +86,8 @@ impl MetricsWriter {
             self.file.create_group(g)?;
         }
         let kinds = STEP_COLUMNS.iter().map(|c| (c.name, c.kind));
-        for (name, kind) in kinds.chain(EVAL_COLUMNS.iter().map(|c| (c.name, c.kind))) {
+        let kinds = kinds.chain(EVAL_COLUMNS.iter().map(|c| (c.name, c.kind)));
+        for (name, kind) in kinds.chain(DIAG_COLUMNS.iter().map(|c| (c.name, c.kind))) {
             match kind {
                 Kind::U64 => self
                     .file
@@ -150,6 +154,14 @@ impl MetricsWriter {
         }
         if w.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
             cut(crate::drop::trace::TRACE_DATASET, rows[2])?;
+        }
+        // Diagnostic rows name their step: keep those of the steps kept.
+        if let Ok(ds) = w.file.dataset(DIAG_COLUMNS[0].name) {
+            let steps = ds.read_raw::<u64>().with_context(ctx)?;
+            let keep = steps.iter().take_while(|&&s| s <= rows[0]).count() as u64;
+            for c in DIAG_COLUMNS {
+                cut(c.name, keep)?;
+            }
         }
         for (name, value) in attrs {
             w.set_attr(name, value)?;
@@ -252,6 +264,14 @@ impl MetricsWriter {
     /// HDF5 failures.
     pub fn append_eval(&self, r: &EvalRecord) -> Result<()> {
         self.append_rows(EVAL_COLUMNS, std::slice::from_ref(r))
+    }
+
+    /// Appends one diagnostic row.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn append_diag(&self, r: &DiagRecord) -> Result<()> {
+        self.append_rows(DIAG_COLUMNS, std::slice::from_ref(r))
     }
 
     /// Appends rows of the drop trace (`/trace/dropped`, u32 N×6), creating it on first use.

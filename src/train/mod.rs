@@ -5,6 +5,7 @@
 //! collectives (exchanges, evaluations, metric reductions) in the same order, whatever
 //! its role, so no rank ever waits for a peer that took another branch.
 
+mod diag;
 mod outputs;
 mod record;
 mod run;

@@ -169,9 +169,14 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         }
         for step in self.first_step..total {
             let mut counts = self.local_step(step)?;
+            let diag = self.cfg.diag_every > 0 && (step + 1) % self.cfg.diag_every == 0;
+            let before = diag.then(|| self.diag_before());
             let t0 = Instant::now();
             self.communicate(step, &mut counts)?;
             counts.comm_s = t0.elapsed().as_secs_f64();
+            if let Some(before) = before {
+                self.diag_after(step + 1, before)?;
+            }
             if self.net.rank() == 0 {
                 counts.wall_s = self.clock.elapsed().as_secs_f64();
             }

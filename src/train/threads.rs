@@ -229,4 +229,55 @@ mod tests {
             }
         }
     }
+
+    /// The diagnostics measure without changing the run: at p = 0 the replicas agree
+    /// exactly and the average moves only by the rounding of the servers' f32 averages;
+    /// with drops both become visible.
+    #[test]
+    fn diagnostics_measure_without_changing_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let diag = |p: &str| {
+            let cfg = config(
+                dir.path(),
+                3,
+                &["--colocated", "--drop-rate", p, "--diag-every", "2"],
+            );
+            let s = train_threads(3, &cfg, &stop).unwrap();
+            let f = crate::metrics::RunFile::open(&cfg.metrics).unwrap();
+            let col = |c| f.column(c).unwrap();
+            use crate::metrics::schema::*;
+            let rows = (
+                col(&DIAG_STEP),
+                col(&DIAG_SPREAD),
+                col(&DIAG_MEAN_ERROR),
+                col(&DIAG_CONSENSUS),
+                col(&DIAG_AVG_TRAIN_LOSS),
+            );
+            (s, rows)
+        };
+        let (lossless, (steps, spread, error, consensus, loss)) = diag("0");
+        assert_eq!(steps, vec![2.0, 4.0, 6.0]);
+        assert!(spread.iter().all(|&s| s > 0.0), "{spread:?}");
+        assert!(consensus.iter().all(|&c| c == 0.0), "{consensus:?}");
+        for (e, s) in error.iter().zip(&spread) {
+            assert!(*e <= 1e-6 * s, "mean error {e} against spread {s}");
+        }
+        assert!(loss.iter().all(|l| l.is_finite() && *l > 0.0));
+        let (lossy, (_, spread, error, consensus, _)) = diag("0.5");
+        assert!(consensus.iter().any(|&c| c > 0.0), "{consensus:?}");
+        assert!(
+            error.iter().zip(&spread).any(|(e, s)| *e > 1e-3 * s),
+            "{error:?} {spread:?}"
+        );
+        // The same runs without diagnostics end identically.
+        for (p, with) in [("0", lossless), ("0.5", lossy)] {
+            let cfg = config(dir.path(), 3, &["--colocated", "--drop-rate", p]);
+            let without = train_threads(3, &cfg, &stop).unwrap();
+            assert_eq!(
+                (without.test_loss, without.dropped),
+                (with.test_loss, with.dropped)
+            );
+        }
+    }
 }
