@@ -77,14 +77,12 @@ impl DiagSummary {
                 .collect();
             r.iter().sum::<f64>() / r.len().max(1) as f64
         };
-        Ok(match f.last(&DIAG_AVG_TRAIN_LOSS)? {
-            None => None,
-            Some(avg_train_loss) => Some(DiagSummary {
+        Ok(f.last(&DIAG_AVG_TRAIN_LOSS)?
+            .map(|avg_train_loss| DiagSummary {
                 error_ratio: ratios(&error, workers as f64),
                 consensus_ratio: ratios(&consensus, 1.0),
                 avg_train_loss,
-            }),
-        })
+            }))
     }
 }
 
@@ -396,6 +394,7 @@ mod tests {
             attempted: 100,
             messages_dropped: 10,
             messages_attempted: 100,
+            diag: None,
         }
     }
 
