@@ -238,6 +238,16 @@ impl ValueEnum for Algorithm {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LrScheduleFlag {
+    /// --lr throughout.
+    Constant,
+    /// --lr, times --lr-gamma at each of --lr-milestones.
+    Step,
+    /// Cosine decay from --lr to 0 over the run.
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DetectFlag {
     /// Receivers compute the drop decisions (the default; reproducible).
     Oracle,
@@ -399,6 +409,20 @@ pub struct TrainFlags {
         allow_negative_numbers = true
     )]
     pub lr: f32,
+    /// How the learning rate changes: `constant`, `step` (×--lr-gamma at each of
+    /// --lr-milestones) or `cosine` (to 0 at the last step), after --warmup-steps.
+    #[arg(long, value_enum, default_value_t = LrScheduleFlag::Constant)]
+    pub lr_schedule: LrScheduleFlag,
+    /// With --lr-schedule step: where the rate drops, as fractions of the run (0.5,0.75)
+    /// or step numbers (2000,3000).
+    #[arg(long, value_name = "M,M,...", value_delimiter = ',')]
+    pub lr_milestones: Vec<f64>,
+    /// With --lr-schedule step: the factor at each milestone.
+    #[arg(long, value_name = "G", default_value_t = 0.1)]
+    pub lr_gamma: f32,
+    /// Steps of linear warm-up from --lr/N to --lr before the schedule.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup_steps: u64,
     /// Momentum of each worker's SGD (kept locally per worker, as in the paper).
     #[arg(
         long,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{DetectFlag, DropModelFlag, TrainFlags, TransportFlag};
+use crate::cli::{DetectFlag, DropModelFlag, LrScheduleFlag, TrainFlags, TransportFlag};
 use crate::comm::udp::{UdpOptions, DEFAULT_MTU, HEADER_BYTES, MAX_MTU};
 pub use crate::drop::DropSpec;
 use crate::drop::GeParams;
@@ -85,6 +85,10 @@ pub struct TrainConfig {
     pub model: ModelKind,
     /// Random crop (padding 4) and horizontal flip of training batches.
     pub augment: bool,
+    /// The learning-rate schedule as given; the driver resolves it for the run's length.
+    pub lr_schedule: crate::schedule::LrSchedule,
+    pub lr_milestones: Vec<f64>,
+    pub warmup_steps: u64,
     /// Measure /diag every this many steps (0: never).
     pub diag_every: u64,
     /// Warn, and end the job, after this long without progress (`None`: never).
@@ -174,6 +178,10 @@ pub enum ConfigError {
     UdpMtu(usize),
     #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram (raise --udp-mtu if the network has jumbo frames)")]
     UdpPacketBytes { bytes: usize, max: usize },
+    #[error("--{0} applies to --lr-schedule step only")]
+    LrFlag(&'static str),
+    #[error("--lr-milestones: {0}")]
+    LrMilestones(String),
     #[error("--diag-every measures between exchanges with reliable collectives, which needs --detect oracle (with deadlines, messages may still be in flight)")]
     DiagWithDeadline,
     #[error("--checkpoint-every needs --checkpoint-dir (or --resume DIR)")]
@@ -289,10 +297,31 @@ impl TrainConfig {
             command_line,
             model: f.model.into(),
             augment: f.augment,
+            lr_schedule: lr_schedule(f)?,
+            lr_milestones: f.lr_milestones.clone(),
+            warmup_steps: f.warmup_steps,
             diag_every: f.diag_every,
             stall_warn: seconds(f.stall_warn),
             stall_abort: seconds(f.stall_abort),
         })
+    }
+
+    /// The learning-rate schedule of a run of `total` steps.
+    pub fn lr(&self, total: u64) -> crate::schedule::Lr {
+        use crate::schedule::{resolve_milestones, Lr, LrSchedule};
+        let schedule = match &self.lr_schedule {
+            LrSchedule::Step { gamma, .. } => LrSchedule::Step {
+                milestones: resolve_milestones(&self.lr_milestones, total),
+                gamma: *gamma,
+            },
+            other => other.clone(),
+        };
+        Lr {
+            base: self.lr,
+            schedule,
+            warmup: self.warmup_steps,
+            total,
+        }
     }
 
     /// What drop counts count: packets with `--packet-bytes`, else whole messages.
@@ -347,6 +376,42 @@ fn transport(
             Ok((TransportKind::Udp(opts), Some(bytes)))
         }
     }
+}
+
+/// The schedule `--lr-schedule` names, its flags checked (milestones resolve to steps
+/// once the run's length is known).
+fn lr_schedule(f: &TrainFlags) -> Result<crate::schedule::LrSchedule, ConfigError> {
+    use crate::schedule::LrSchedule;
+    let step = f.lr_schedule == LrScheduleFlag::Step;
+    if !step && !f.lr_milestones.is_empty() {
+        return Err(ConfigError::LrFlag("lr-milestones"));
+    }
+    if step && f.lr_milestones.is_empty() {
+        return Err(ConfigError::LrMilestones("give at least one".into()));
+    }
+    if let Some(m) = f
+        .lr_milestones
+        .iter()
+        .find(|m| !(m.is_finite() && **m > 0.0))
+    {
+        return Err(ConfigError::LrMilestones(format!(
+            "{m} is not a fraction in (0, 1) or a step number"
+        )));
+    }
+    if !(f.lr_gamma.is_finite() && f.lr_gamma > 0.0) {
+        return Err(ConfigError::LrMilestones(format!(
+            "--lr-gamma {} must be > 0",
+            f.lr_gamma
+        )));
+    }
+    Ok(match f.lr_schedule {
+        LrScheduleFlag::Constant => LrSchedule::Constant,
+        LrScheduleFlag::Cosine => LrSchedule::Cosine,
+        LrScheduleFlag::Step => LrSchedule::Step {
+            milestones: Vec::new(),
+            gamma: f.lr_gamma,
+        },
+    })
 }
 
 /// `s` seconds, or `None` for 0.
@@ -558,6 +623,18 @@ mod tests {
             (
                 &["--checkpoint-every", "3"],
                 ConfigError::CheckpointWithoutDir,
+            ),
+            (
+                &["--lr-milestones", "0.5"],
+                ConfigError::LrFlag("lr-milestones"),
+            ),
+            (
+                &["--lr-schedule", "step"],
+                ConfigError::LrMilestones("give at least one".into()),
+            ),
+            (
+                &["--diag-every", "5", "--detect", "deadline"],
+                ConfigError::DiagWithDeadline,
             ),
             (
                 &["--ranks", "4"],

@@ -27,6 +27,7 @@ pub mod netsim;
 pub mod plot;
 pub mod report;
 pub mod rps;
+pub mod schedule;
 pub mod sweep;
 pub mod testbed;
 pub mod train;

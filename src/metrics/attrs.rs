@@ -234,6 +234,8 @@ attrs! {
         BATCH_SIZE = "batch_size", fingerprint, |f| Some(f.cfg.batch_size.into());
         /// Learning rate.
         LR = "lr", fingerprint, |f| Some(f.cfg.lr.into());
+        /// The learning-rate schedule, resolved for this run's length (`constant`, `step(milestones=[..], gamma=..)`, `cosine(..)`, and the warm-up).
+        LR_SCHEDULE = "lr_schedule", fingerprint, |f| Some(f.cfg.lr(f.total_steps).to_string().into());
         /// SGD momentum.
         MOMENTUM = "momentum", fingerprint, |f| Some(f.cfg.momentum.into());
         /// L2 weight decay.

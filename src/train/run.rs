@@ -308,6 +308,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             .model
             .train_batch(&mut r.params, &mut r.grads, view, &batch.labels)
             .with_context(|| format!("training step {}", step + 1))?;
+        r.sgd.lr = self.setup.lr.at(step);
         r.sgd.step(&mut r.params, &r.grads);
         counts.loss_sum = stats.loss_sum;
         counts.correct = stats.correct as u64;

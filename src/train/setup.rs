@@ -32,6 +32,8 @@ pub(super) struct Setup {
     pub link_rates_text: Option<String>,
     pub steps_per_epoch: u64,
     pub total_steps: u64,
+    /// The learning rate of every step.
+    pub lr: crate::schedule::Lr,
     /// `None` on a pure server.
     pub worker: Option<WorkerData>,
     /// Everything that must match between a checkpoint and the run resuming it.
@@ -122,6 +124,7 @@ pub(super) fn prepare(
         link_rates_text: drop.link_rates_text,
         steps_per_epoch,
         total_steps,
+        lr: cfg.lr(total_steps),
         worker,
         fingerprint: String::new(),
         resume: Resume::default(),
