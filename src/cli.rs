@@ -539,6 +539,9 @@ pub enum ModelFlag {
     Cnn,
     /// CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, batch norm.
     Resnet20,
+    /// A small multilayer perceptron: one hidden layer of 64 ReLU units on the flattened
+    /// image; cheap enough for many ranks and long runs (the theory experiments).
+    Mlp,
 }
 
 impl From<ModelFlag> for ModelKind {
@@ -546,6 +549,7 @@ impl From<ModelFlag> for ModelKind {
         match f {
             ModelFlag::Cnn => ModelKind::Cnn,
             ModelFlag::Resnet20 => ModelKind::ResNet20,
+            ModelFlag::Mlp => ModelKind::Mlp,
         }
     }
 }
@@ -563,8 +567,8 @@ pub struct BenchFlags {
         default_value = "32,128"
     )]
     pub batch_sizes: Vec<usize>,
-    /// Input image as channels,height,width [default: 1,28,28 (Fashion-MNIST) for cnn,
-    /// 3,32,32 (CIFAR-10) for resnet20].
+    /// Input image as channels,height,width [default: 1,28,28 (Fashion-MNIST) for cnn and
+    /// mlp, 3,32,32 (CIFAR-10) for resnet20].
     #[arg(long, value_name = "C,H,W", value_delimiter = ',')]
     pub image: Option<Vec<usize>>,
     /// Number of classes.
@@ -597,7 +601,7 @@ impl TryFrom<BenchFlags> for BenchOptions {
 
     fn try_from(f: BenchFlags) -> Result<Self, String> {
         let image = f.image.unwrap_or_else(|| match f.model {
-            ModelFlag::Cnn => vec![1, 28, 28],
+            ModelFlag::Cnn | ModelFlag::Mlp => vec![1, 28, 28],
             ModelFlag::Resnet20 => vec![3, 32, 32],
         });
         let image: [usize; 3] = image.as_slice().try_into().map_err(|_| {

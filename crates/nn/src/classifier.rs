@@ -1,7 +1,7 @@
 //! [`Classifier`], the one implementation of [`Model`]: a [`Network`] plus softmax
-//! cross-entropy, shared by the CNN and ResNet-20. Every argument is checked before any
-//! work, so a failed call leaves both buffers untouched; results never depend on the
-//! scratch's history or on the strides of the images.
+//! cross-entropy, shared by the CNN, ResNet-20 and the MLP. Every argument is checked
+//! before any work, so a failed call leaves both buffers untouched; results never depend on
+//! the scratch's history or on the strides of the images.
 
 use std::ops::Range;
 
@@ -200,9 +200,10 @@ mod tests {
     use crate::ModelKind;
     use ndarray::Array4;
 
-    /// Both models on 8×8 images with `c` channels and 3 classes.
-    fn models(c: usize) -> [Box<dyn Model>; 2] {
-        [ModelKind::Cnn, ModelKind::ResNet20].map(|k| k.build(c, 8, 8, 3).expect("model"))
+    /// Every model on 8×8 images with `c` channels and 3 classes.
+    fn models(c: usize) -> [Box<dyn Model>; 3] {
+        [ModelKind::Cnn, ModelKind::ResNet20, ModelKind::Mlp]
+            .map(|k| k.build(c, 8, 8, 3).expect("model"))
     }
 
     #[test]
@@ -259,12 +260,7 @@ mod tests {
     /// change a single bit of the result, in training (gradient and state) or evaluation.
     #[test]
     fn results_do_not_depend_on_history_or_strides() {
-        let [mut fresh_cnn, mut fresh_resnet] = models(2);
-        let [mut used_cnn, mut used_resnet] = models(2);
-        for (fresh, used) in [
-            (&mut fresh_cnn, &mut used_cnn),
-            (&mut fresh_resnet, &mut used_resnet),
-        ] {
+        for (mut fresh, mut used) in models(2).into_iter().zip(models(2)) {
             let p0 = fresh.init_params(3);
             let x = random_images(4, 3, 2, 8, 8);
             let labels = [1, 2, 0];

@@ -1,8 +1,9 @@
-//! rps-nn, the neural-network engine of rps (no MPI, no HDF5): the reference CNN and the CIFAR
-//! ResNet-20 as [`Network`]s behind one [`Model`] implementation, [`Classifier`], their layers
-//! and kernels, and SGD ([`optim`]). Every parameter lives in one flat `f32` buffer (every
-//! gradient in one of the same layout); layers know only their offsets into it, so a model cuts
-//! into contiguous blocks that are plain slices. Kernels are single-threaded, into given buffers.
+//! rps-nn, the neural-network engine of rps (no MPI, no HDF5): the reference CNN, the CIFAR
+//! ResNet-20 and a small MLP as [`Network`]s behind one [`Model`] implementation,
+//! [`Classifier`], their layers and kernels, and SGD ([`optim`]). Every parameter lives in
+//! one flat `f32` buffer (every gradient in one of the same layout); layers know only their
+//! offsets into it, so a model cuts into contiguous blocks that are plain slices. Kernels
+//! are single-threaded, into given buffers.
 
 pub mod batchnorm;
 mod block;
@@ -12,6 +13,7 @@ pub mod conv2d;
 pub mod im2col;
 pub mod linear;
 pub mod loss;
+pub mod mlp;
 pub mod model;
 pub mod network;
 pub mod optim;
@@ -26,6 +28,7 @@ pub(crate) mod gradcheck;
 pub use classifier::Classifier;
 pub use cnn::Cnn;
 pub use loss::BatchStats;
+pub use mlp::Mlp;
 pub use model::{Model, ModelKind};
 pub use network::{Mode, Network, Spec};
 pub use resnet::ResNet20;

@@ -8,7 +8,7 @@ use std::ops::Range;
 use ndarray::ArrayView4;
 
 use crate::classifier::Classifier;
-use crate::{BatchStats, Cnn, NnError, ResNet20};
+use crate::{BatchStats, Cnn, Mlp, NnError, ResNet20};
 
 /// Which network to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub enum ModelKind {
     Cnn,
     /// The CIFAR ResNet-20 of [`crate::resnet`].
     ResNet20,
+    /// The one-hidden-layer perceptron of [`crate::mlp`], for the theory experiments.
+    Mlp,
 }
 
 impl ModelKind {
@@ -25,14 +27,16 @@ impl ModelKind {
         match self {
             ModelKind::Cnn => "cnn",
             ModelKind::ResNet20 => "resnet20",
+            ModelKind::Mlp => "mlp",
         }
     }
 
-    /// The name in prose (`CNN`, `ResNet-20`), for messages.
+    /// The name in prose (`CNN`, `ResNet-20`, `MLP`), for messages.
     pub fn title(self) -> &'static str {
         match self {
             ModelKind::Cnn => "CNN",
             ModelKind::ResNet20 => "ResNet-20",
+            ModelKind::Mlp => "MLP",
         }
     }
 
@@ -54,6 +58,9 @@ impl ModelKind {
             ModelKind::ResNet20 => Box::new(Classifier::new(ResNet20::new(
                 channels, height, width, classes,
             )?)),
+            ModelKind::Mlp => {
+                Box::new(Classifier::new(Mlp::new(channels, height, width, classes)?))
+            }
         })
     }
 }
@@ -61,7 +68,7 @@ impl ModelKind {
 /// A trainable network over a flat buffer. Implementations own only geometry and scratch;
 /// the one in this crate is [`Classifier`], over a [`crate::Network`].
 pub trait Model: std::fmt::Debug + Send {
-    /// Short name (`cnn`, `resnet20`).
+    /// Short name (`cnn`, `resnet20`, `mlp`).
     fn name(&self) -> &'static str;
 
     /// Length of the flat buffer (parameters and state) and of the gradient buffer.

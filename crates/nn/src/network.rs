@@ -47,7 +47,7 @@ impl<A> std::fmt::Debug for Scratch<A> {
 /// apart, and the length of its flat buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
-    /// Short name (`cnn`, `resnet20`).
+    /// Short name (`cnn`, `resnet20`, `mlp`).
     pub name: &'static str,
     /// Shape (C, H, W) of one input image.
     pub image: [usize; 3],
