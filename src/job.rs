@@ -27,8 +27,10 @@ pub struct JobFile {
     pub ranks: Option<usize>,
     /// `[train]`, in file order.
     pub train: Vec<(String, Value)>,
-    /// `[sweep]` axes, in file order; empty for a single run.
-    pub sweep: Vec<(String, Vec<Value>)>,
+    /// `[sweep]` axes, in file order; empty for a single run. An axis is one list, or
+    /// several lists of one length that advance together (`together = { ranks = [..],
+    /// servers = [..] }`).
+    pub sweep: Vec<Vec<(String, Vec<Value>)>>,
     /// `name` of the sweep (defaults to the file stem), for `{name}` in templates.
     pub name: String,
 }
@@ -40,6 +42,7 @@ impl JobFile {
         let sweep = self
             .sweep
             .iter()
+            .flatten()
             .filter(|(k, _)| k != "ranks")
             .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v)));
         train.chain(sweep)
@@ -131,17 +134,7 @@ impl JobFile {
                 }
                 ("sweep", Value::Table(t)) => {
                     for (k, v) in t {
-                        match v {
-                            Value::Array(a) if !a.is_empty() => {
-                                job.sweep.push((k.clone(), a.clone()))
-                            }
-                            _ => {
-                                return Err(invalid(
-                                    path,
-                                    format!("[sweep] {k}: expected a non-empty list of values"),
-                                ))
-                            }
-                        }
+                        job.sweep.push(axis(path, k, v)?);
                     }
                 }
                 (other, _) => {
@@ -163,6 +156,7 @@ impl JobFile {
         self.train.iter().map(|(k, _)| k.as_str()).chain(
             self.sweep
                 .iter()
+                .flatten()
                 .map(|(k, _)| k.as_str())
                 .filter(|k| *k != "ranks"),
         )
@@ -175,13 +169,14 @@ impl JobFile {
     /// A template naming an unknown key, or several runs sharing one metrics path.
     pub fn runs(&self) -> Result<Vec<JobRun>, JobError> {
         let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-        for (key, values) in &self.sweep {
+        for axis in &self.sweep {
+            let len = axis.first().map_or(0, |(_, v)| v.len());
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
-                    values.iter().map(move |v| {
+                    (0..len).map(move |j| {
                         let mut c = c.clone();
-                        c.push((key.clone(), v.clone()));
+                        c.extend(axis.iter().map(|(k, v)| (k.clone(), v[j].clone())));
                         c
                     })
                 })
@@ -261,6 +256,37 @@ impl JobFile {
             }
         }
         Ok(runs)
+    }
+}
+
+/// One `[sweep]` entry as an axis: a non-empty list, or a table of lists of one length
+/// that advance together.
+fn axis(path: &Path, key: &str, v: &Value) -> Result<Vec<(String, Vec<Value>)>, JobError> {
+    let list = |k: &str, v: &Value| {
+        match v {
+        Value::Array(a) if !a.is_empty() => Ok(a.clone()),
+        _ => Err(invalid(
+            path,
+            format!("[sweep] {k}: expected a non-empty list of values (or a table of lists that advance together)"),
+        )),
+    }
+    };
+    match v {
+        Value::Table(t) if !t.is_empty() => {
+            let lists = t
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), list(&format!("{key}.{k}"), v)?)))
+                .collect::<Result<Vec<_>, JobError>>()?;
+            let len = lists[0].1.len();
+            if let Some((k, v)) = lists.iter().find(|(_, v)| v.len() != len) {
+                return Err(invalid(
+                    path,
+                    format!("[sweep] {key}: lists that advance together need one length, but {} has {len} values and {k} {}", lists[0].0, v.len()),
+                ));
+            }
+            Ok(lists)
+        }
+        _ => Ok(vec![(key.to_string(), list(key, v)?)]),
     }
 }
 

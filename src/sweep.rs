@@ -56,8 +56,12 @@ pub fn run(opts: &SweepOptions) -> Result<()> {
             } else {
                 ""
             };
-            let ranks = r.ranks.map_or("?".into(), |n| n.to_string());
-            if writeln!(out, "{i}\tranks={ranks}\t{metrics}{done}\t{}", r.label).is_err() {
+            let local = r.args.iter().position(|a| a == "--local-ranks");
+            let ranks = match local.and_then(|p| r.args.get(p + 1)) {
+                Some(n) => format!("local_ranks={n}"),
+                None => format!("ranks={}", r.ranks.map_or("?".into(), |n| n.to_string())),
+            };
+            if writeln!(out, "{i}\t{ranks}\t{metrics}{done}\t{}", r.label).is_err() {
                 break; // e.g. piped into head
             }
         }
@@ -71,12 +75,6 @@ pub fn run(opts: &SweepOptions) -> Result<()> {
         .collect();
     let mut failed = Vec::new();
     for (i, r) in &selected {
-        let Some(ranks) = r.ranks else {
-            bail!(
-                "{}: run {i} has no ranks (set `ranks` at the top of the file or in [sweep])",
-                opts.job.display()
-            );
-        };
         if !opts.rerun && r.metrics.as_deref().is_some_and(completed) {
             info!(
                 "run {i}/{} ({}): completed already, skipped",
@@ -85,22 +83,34 @@ pub fn run(opts: &SweepOptions) -> Result<()> {
             );
             continue;
         }
-        info!(
-            "run {i}/{} ({}): {} -n {ranks} rps train {}",
-            runs.len(),
-            r.label,
-            opts.mpirun,
-            r.args.join(" ")
-        );
         // --force: a run that did not complete left a metrics file to replace.
-        let status = Command::new(&opts.mpirun)
-            .args(["-n", &ranks.to_string()])
-            .arg(&exe)
-            .arg("train")
-            .args(&r.args)
-            .arg("--force")
-            .status()
-            .with_context(|| format!("cannot start {}", opts.mpirun))?;
+        let status = if r.args.iter().any(|a| a == "--local-ranks") {
+            // In-process ranks: no launcher.
+            info!("run {i}/{} ({}): rps train {}", runs.len(), r.label, r.args.join(" "));
+            Command::new(&exe).arg("train").args(&r.args).arg("--force").status()
+        } else {
+            let Some(ranks) = r.ranks else {
+                bail!(
+                    "{}: run {i} has no ranks (set `ranks` at the top of the file or in [sweep], or use local_ranks)",
+                    opts.job.display()
+                );
+            };
+            info!(
+                "run {i}/{} ({}): {} -n {ranks} rps train {}",
+                runs.len(),
+                r.label,
+                opts.mpirun,
+                r.args.join(" ")
+            );
+            Command::new(&opts.mpirun)
+                .args(["-n", &ranks.to_string()])
+                .arg(&exe)
+                .arg("train")
+                .args(&r.args)
+                .arg("--force")
+                .status()
+        }
+        .with_context(|| format!("cannot start run {i}"))?;
         if !status.success() {
             failed.push(format!("{i} ({}): {status}", r.label));
         }

@@ -191,3 +191,51 @@ fn bad_job_values_name_the_file_and_key() {
         "run 0 ran before run 1 was refused"
     );
 }
+
+/// Sweep keys can advance together (`together = { .. }`), and a sweep of in-process
+/// runs (`local_ranks`) starts no mpirun.
+#[test]
+fn sweeps_tie_keys_together_and_run_in_process() {
+    let dir = out_dir();
+    let job = write_job(
+        dir.path(),
+        "tied.toml",
+        "[train]\ndataset = \"DATA\"\nmetrics = \"OUT/n{local_ranks}-s{servers}-seed{seed}.h5\"\nsteps = 2\nbatch_size = 4\n[sweep]\ntogether = { local_ranks = [2, 3], servers = [1, 2] }\nseed = [1, 2]\n",
+    );
+    let list = rps(&["sweep", &job, "--list"]);
+    list.assert_ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", list.stdout);
+    assert!(
+        lines[0].contains("local_ranks=2") && lines[0].contains("servers=1 seed=1"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[3].contains("local_ranks=3") && lines[3].contains("servers=2 seed=2"),
+        "{}",
+        lines[3]
+    );
+    // No mpirun: a launcher that does not exist would fail every run.
+    let run = rps(&["sweep", &job, "--mpirun", "/nonexistent/mpirun"]);
+    run.assert_ok();
+    for (n, s) in [(2, 1), (3, 2)] {
+        let m = dir.path().join(format!("n{n}-s{s}-seed2.h5"));
+        assert_eq!(attr_i64(&m, "world_size"), n);
+        assert_eq!(attr_i64(&m, "servers"), s);
+        assert_eq!(attr_str(&m, "mpi_library_version"), "in-process");
+    }
+    let bad = write_job(
+        dir.path(),
+        "uneven.toml",
+        "[train]\ndataset = \"DATA\"\nmetrics = \"OUT/x{ranks}.h5\"\n[sweep]\ntogether = { ranks = [2, 3], servers = [1] }\n",
+    );
+    let run = rps(&["sweep", &bad, "--list"]);
+    assert!(!run.ok());
+    assert!(
+        run.stderr
+            .contains("lists that advance together need one length"),
+        "{}",
+        run.stderr
+    );
+}
