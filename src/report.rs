@@ -27,6 +27,11 @@ pub struct GroupKey {
     pub detection: String,
     pub model: String,
     pub steps: i64,
+    /// The optimizer settings, as written in the file (runs that differ in them are
+    /// different experiments, not seeds of one).
+    pub batch_size: i64,
+    pub lr: String,
+    pub momentum: String,
 }
 
 /// What `rps report` needs from one metrics file.
@@ -108,6 +113,13 @@ impl RunSummary {
             detection: s(attrs::DETECTION)?,
             model: s(attrs::MODEL)?,
             steps: i(attrs::STEPS)?,
+            batch_size: i(attrs::BATCH_SIZE)?,
+            lr: f
+                .attr_f64(attrs::LR.name)?
+                .map_or("?".into(), |v| v.to_string()),
+            momentum: f
+                .attr_f64(attrs::MOMENTUM.name)?
+                .map_or("?".into(), |v| v.to_string()),
         };
         let test_accuracy = match f.attr_f64(attrs::FINAL_TEST_ACCURACY.name)? {
             Some(v) => Some(v),
@@ -347,21 +359,86 @@ fn diag_table(runs: &[RunSummary], out: &mut String) {
     if groups.is_empty() {
         return;
     }
-    *out += "\n| mode | workers | drop model | seeds | n·mean_error/spread | consensus/spread | train loss of x̄ |\n|---|---|---|---|---|---|---|\n";
-    for g in groups {
+    *out += "\n| mode | model | workers | drop model | momentum | seeds | n·mean_error/spread | consensus/spread | train loss of x̄ |\n|---|---|---|---|---|---|---|---|---|\n";
+    for g in &groups {
         let k = &g.key;
         let stat = |f: fn(&DiagSummary) -> f64| g.stat(|r| r.diag.as_ref().map(f));
         *out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             k.mode,
+            k.model,
             k.workers,
             k.drop_model_description.replace('|', "\\|"),
+            k.momentum,
             g.runs.len(),
             fmt_stat(stat(|d| d.error_ratio), sci),
             fmt_stat(stat(|d| d.consensus_ratio), sci),
             fmt_stat(stat(|d| d.avg_train_loss), fixed4),
         );
     }
+    slopes(&groups, out);
+}
+
+/// For each set of groups that differ only in the number of workers: the least-squares
+/// slope of log(mean_error/spread) on log(n) over every run, ± twice its standard error
+/// (the theory predicts −1: the error drops put into the average falls as 1/n).
+fn slopes(groups: &[Group], out: &mut String) {
+    let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for g in groups {
+        let mut family = g.key.clone();
+        (family.world_size, family.servers, family.workers) = (0, 0, 0);
+        for d in g.runs.iter().filter_map(|r| r.diag) {
+            let n = g.key.workers as f64;
+            if d.error_ratio > 0.0 && n > 0.0 {
+                families
+                    .entry(family.clone())
+                    .or_default()
+                    .push((n.ln(), (d.error_ratio / n).ln()));
+            }
+        }
+    }
+    let fits: Vec<String> = families
+        .iter()
+        .filter_map(|(k, points)| {
+            let (slope, se) = fit(points)?;
+            Some(format!(
+                "| {} | {} | {} | {} | {:.3} ± {:.3} |\n",
+                k.mode,
+                k.model,
+                k.drop_model_description.replace('|', "\\|"),
+                k.momentum,
+                slope,
+                2.0 * se
+            ))
+        })
+        .collect();
+    if !fits.is_empty() {
+        *out += "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE |\n|---|---|---|---|---|\n";
+        out.extend(fits);
+    }
+}
+
+/// Least-squares slope of y on x and its standard error (`None` with fewer than 3 points
+/// or a single x).
+fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return None;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let resid: f64 = points
+        .iter()
+        .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
+        .sum();
+    Some((slope, (resid / (n - 2.0) / sxx).sqrt()))
 }
 
 #[cfg(test)]
@@ -382,6 +459,9 @@ mod tests {
                 detection: "oracle".into(),
                 model: "cnn".into(),
                 steps: 10,
+                batch_size: 32,
+                lr: "0.05".into(),
+                momentum: "0.9".into(),
             },
             seed,
             drop_rate: 0.1,
