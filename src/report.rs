@@ -296,7 +296,7 @@ fn sci(v: f64) -> String {
 /// The Markdown table of `rps report`: one row per group, sorted by configuration.
 pub fn markdown(runs: &[RunSummary]) -> String {
     let mut out = String::from(
-        "| algorithm | mode | world / servers / workers | drop model | packet bytes | detection | model, steps | seeds | test accuracy | consensus distance | dropped / attempted | wall time (s) | status |\n\
+        "| algorithm | mode | world / servers / workers | drop model | packet bytes | detection | model, steps, batch, lr, momentum | seeds | test accuracy | consensus distance | dropped / attempted | wall time (s) | status |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for g in group(runs) {
@@ -320,7 +320,7 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             .collect::<Vec<_>>()
             .join(",");
         out += &format!(
-            "| {} | {} | {} / {} / {} | {} | {} | {} | {}, {} | {} ({}) | {} | {} | {} / {} {}{} | {} | {} |\n",
+            "| {} | {} | {} / {} / {} | {} | {} | {} | {}, {}, {}, {}, {} | {} ({}) | {} | {} | {} / {} {}{} | {} | {} |\n",
             k.algorithm,
             k.mode,
             k.world_size,
@@ -331,6 +331,9 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             k.detection,
             k.model,
             k.steps,
+            k.batch_size,
+            k.lr,
+            k.momentum,
             g.runs.len(),
             seeds,
             fmt_stat(g.test_accuracy(), fixed4),

@@ -119,11 +119,11 @@ fn report_groups_seeds_and_marks_unfinished_runs() {
     // Sorted by configuration: p=0 before p=0.1.
     assert_eq!(
         rows[0],
-        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0) | 0 | oracle | cnn, 30 | 1 (1) | 0.6000 | 1.00e-3 | 30 / 600 messages (5.00%) | 10.0 | 1 interrupted |"
+        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0) | 0 | oracle | cnn, 30, 0, ?, ? | 1 (1) | 0.6000 | 1.00e-3 | 30 / 600 messages (5.00%) | 10.0 | 1 interrupted |"
     );
     assert_eq!(
         rows[1],
-        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0.1) | 0 | oracle | cnn, 30 | 2 (1,2) | 0.8500 ± 0.0707 | 1.00e-3 ± 0 | 60 / 1200 messages (5.00%) | 15.0 | completed |"
+        "| rps | dedicated | 5 / 2 / 3 | bernoulli(p=0.1) | 0 | oracle | cnn, 30, 0, ?, ? | 2 (1,2) | 0.8500 ± 0.0707 | 1.00e-3 ± 0 | 60 / 1200 messages (5.00%) | 15.0 | completed |"
     );
 }
 
