@@ -67,7 +67,12 @@ pub struct DiagSummary {
     pub error_ratio: f64,
     pub consensus_ratio: f64,
     pub avg_train_loss: f64,
+    /// The training loss of x̄ averaged over the last [`TAIL`] measurements.
+    pub tail_loss: f64,
 }
+
+/// Diagnostic measurements the end-of-run loss of x̄ is averaged over.
+pub const TAIL: usize = 10;
 
 impl DiagSummary {
     fn read(f: &RunFile, workers: i64) -> Result<Option<Self>, ReportError> {
@@ -82,12 +87,15 @@ impl DiagSummary {
                 .collect();
             r.iter().sum::<f64>() / r.len().max(1) as f64
         };
-        Ok(f.last(&DIAG_AVG_TRAIN_LOSS)?
-            .map(|avg_train_loss| DiagSummary {
-                error_ratio: ratios(&error, workers as f64),
-                consensus_ratio: ratios(&consensus, 1.0),
-                avg_train_loss,
-            }))
+        let losses = f.column(&DIAG_AVG_TRAIN_LOSS)?;
+        let tail = &losses[losses.len().saturating_sub(TAIL)..];
+        let tail_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+        Ok(losses.last().map(|&avg_train_loss| DiagSummary {
+            error_ratio: ratios(&error, workers as f64),
+            consensus_ratio: ratios(&consensus, 1.0),
+            avg_train_loss,
+            tail_loss,
+        }))
     }
 }
 
@@ -380,6 +388,82 @@ fn diag_table(runs: &[RunSummary], out: &mut String) {
         );
     }
     slopes(&groups, out);
+    outcome(runs, out);
+}
+
+/// Experiment B of the theory: for every run with drops that has a lossless twin (the
+/// same configuration and seed at p = 0), Δ = loss(p) − loss(0) of x̄ at the end of the
+/// run; per configuration, Δ, n·Δ and Δ/loss(0) over the seeds, and the slope of log Δ
+/// on log n.
+fn outcome(runs: &[RunSummary], out: &mut String) {
+    let twin_key = |r: &RunSummary| {
+        let mut k = r.key.clone();
+        k.drop_model_description.clear();
+        (k, r.seed)
+    };
+    let lossless: BTreeMap<(GroupKey, i64), f64> = runs
+        .iter()
+        .filter(|r| r.drop_rate == 0.0)
+        .filter_map(|r| Some((twin_key(r), r.diag?.tail_loss)))
+        .collect();
+    let mut rows: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.drop_rate > 0.0) {
+        if let (Some(d), Some(&base)) = (r.diag, lossless.get(&twin_key(r))) {
+            rows.entry(r.key.clone())
+                .or_default()
+                .push((d.tail_loss - base, base));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    *out += &format!("\n| mode | model | workers | drop model | momentum | seeds | Δ = loss(p) − loss(0) of x̄ (last {TAIL} measurements) | n·Δ | Δ / loss(0) |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for (k, pairs) in &rows {
+        let n = k.workers as f64;
+        let deltas: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let rel: Vec<f64> = pairs.iter().map(|p| p.0 / p.1).collect();
+        let scaled: Vec<f64> = deltas.iter().map(|d| n * d).collect();
+        *out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            k.mode,
+            k.model,
+            k.workers,
+            k.drop_model_description.replace('|', "\\|"),
+            k.momentum,
+            pairs.len(),
+            fmt_stat(mean_std(&deltas), sci),
+            fmt_stat(mean_std(&scaled), sci),
+            fmt_stat(mean_std(&rel), sci),
+        );
+        let mut family = k.clone();
+        (family.world_size, family.servers, family.workers) = (0, 0, 0);
+        let points = deltas
+            .iter()
+            .filter(|d| **d > 0.0)
+            .map(|d| (n.ln(), d.ln()));
+        families.entry(family).or_default().extend(points);
+    }
+    let fits: Vec<String> = families
+        .iter()
+        .filter_map(|(k, points)| {
+            let (slope, se) = fit(points)?;
+            Some(format!(
+                "| {} | {} | {} | {} | {} | {:.3} ± {:.3} |\n",
+                k.mode,
+                k.model,
+                k.drop_model_description.replace('|', "\\|"),
+                k.momentum,
+                points.len(),
+                slope,
+                2.0 * se
+            ))
+        })
+        .collect();
+    if !fits.is_empty() {
+        *out += "\n| mode | model | drop model | momentum | runs with Δ > 0 | slope of log Δ on log(n), ± 2 SE |\n|---|---|---|---|---|---|\n";
+        out.extend(fits);
+    }
 }
 
 /// For each set of groups that differ only in the number of workers: the least-squares
@@ -554,5 +638,30 @@ mod tests {
         );
         let none: [&Path; 0] = [];
         assert!(matches!(summarize(&none), Err(ReportError::NoFiles)));
+    }
+
+    #[test]
+    fn slopes_and_lossless_twins() {
+        // y = -x + 0.5, no noise: slope -1, standard error 0.
+        let points: Vec<(f64, f64)> = (1..5).map(|i| (i as f64, 0.5 - i as f64)).collect();
+        let (slope, se) = fit(&points).unwrap();
+        assert!((slope + 1.0).abs() < 1e-12 && se < 1e-12);
+        assert!(fit(&points[..2]).is_none());
+        let diag = |tail_loss| {
+            Some(DiagSummary {
+                error_ratio: 0.2,
+                consensus_ratio: 0.1,
+                avg_train_loss: tail_loss,
+                tail_loss,
+            })
+        };
+        let mut lossless = run("bernoulli(p=0)", 1, 0.8, "completed");
+        (lossless.drop_rate, lossless.diag) = (0.0, diag(0.5));
+        let mut lossy = run("bernoulli(p=0.1)", 1, 0.8, "completed");
+        lossy.diag = diag(0.6);
+        let mut out = String::new();
+        outcome(&[lossless, lossy], &mut out);
+        // Δ = 0.1, n·Δ = 0.4 (4 workers), Δ/loss(0) = 0.2.
+        assert!(out.contains("| 1 | 1.00e-1 | 4.00e-1 | 2.00e-1 |"), "{out}");
     }
 }
