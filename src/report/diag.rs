@@ -1,0 +1,245 @@
+//! The diagnostic tables of `rps report` (runs with `--diag-every`): what one exchange's
+//! drops do to the replicas against the number of ranks, the slope of that on n, and the
+//! training loss of the average against a lossless twin of the same seed.
+
+use std::collections::BTreeMap;
+
+use super::{fixed4, fmt_stat, group, mean_std, sci, Group, GroupKey, ReportError, RunSummary};
+use crate::metrics::schema::{DIAG_AVG_TRAIN_LOSS, DIAG_CONSENSUS, DIAG_MEAN_ERROR, DIAG_SPREAD};
+use crate::metrics::RunFile;
+
+/// The diagnostics of one run, reduced to the ratios the theory speaks of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiagSummary {
+    pub error_ratio: f64,
+    pub consensus_ratio: f64,
+    pub avg_train_loss: f64,
+    /// The training loss of x̄ averaged over the last [`TAIL`] measurements.
+    pub tail_loss: f64,
+}
+
+/// Diagnostic measurements the end-of-run loss of x̄ is averaged over.
+pub const TAIL: usize = 10;
+
+impl DiagSummary {
+    pub(super) fn read(f: &RunFile, workers: i64) -> Result<Option<Self>, ReportError> {
+        let spread = f.column(&DIAG_SPREAD)?;
+        let (error, consensus) = (f.column(&DIAG_MEAN_ERROR)?, f.column(&DIAG_CONSENSUS)?);
+        let ratios = |v: &[f64], scale: f64| {
+            let r: Vec<f64> = v
+                .iter()
+                .zip(&spread)
+                .filter(|(_, &s)| s > 0.0)
+                .map(|(x, s)| scale * x / s)
+                .collect();
+            r.iter().sum::<f64>() / r.len().max(1) as f64
+        };
+        let losses = f.column(&DIAG_AVG_TRAIN_LOSS)?;
+        let tail = &losses[losses.len().saturating_sub(TAIL)..];
+        let tail_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+        Ok(losses.last().map(|&avg_train_loss| DiagSummary {
+            error_ratio: ratios(&error, workers as f64),
+            consensus_ratio: ratios(&consensus, 1.0),
+            avg_train_loss,
+            tail_loss,
+        }))
+    }
+}
+
+/// With `--diag-every` runs: per group, the mean (± std over seeds) of n·mean_error/spread
+/// and consensus/spread, and the last training loss of the average.
+pub(super) fn tables(runs: &[RunSummary], out: &mut String) {
+    let groups: Vec<Group> = group(runs)
+        .into_iter()
+        .filter(|g| g.runs.iter().any(|r| r.diag.is_some()))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    *out += "\n| mode | model | workers | drop model | momentum | seeds | n·mean_error/spread | consensus/spread | train loss of x̄ |\n|---|---|---|---|---|---|---|---|---|\n";
+    for g in &groups {
+        let k = &g.key;
+        let stat = |f: fn(&DiagSummary) -> f64| g.stat(|r| r.diag.as_ref().map(f));
+        *out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            k.mode,
+            k.model,
+            k.workers,
+            k.drop_model_description.replace('|', "\\|"),
+            k.momentum,
+            g.runs.len(),
+            fmt_stat(stat(|d| d.error_ratio), sci),
+            fmt_stat(stat(|d| d.consensus_ratio), sci),
+            fmt_stat(stat(|d| d.avg_train_loss), fixed4),
+        );
+    }
+    slopes(&groups, out);
+    outcome(runs, out);
+}
+
+/// Experiment B of the theory: for every run with drops that has a lossless twin (the
+/// same configuration and seed at p = 0), Δ = loss(p) − loss(0) of x̄ at the end of the
+/// run; per configuration, Δ, n·Δ and Δ/loss(0) over the seeds, and the slope of log Δ
+/// on log n.
+fn outcome(runs: &[RunSummary], out: &mut String) {
+    let twin_key = |r: &RunSummary| {
+        let mut k = r.key.clone();
+        k.drop_model_description.clear();
+        (k, r.seed)
+    };
+    let lossless: BTreeMap<(GroupKey, i64), f64> = runs
+        .iter()
+        .filter(|r| r.drop_rate == 0.0)
+        .filter_map(|r| Some((twin_key(r), r.diag?.tail_loss)))
+        .collect();
+    let mut rows: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.drop_rate > 0.0) {
+        if let (Some(d), Some(&base)) = (r.diag, lossless.get(&twin_key(r))) {
+            rows.entry(r.key.clone())
+                .or_default()
+                .push((d.tail_loss - base, base));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    *out += &format!("\n| mode | model | workers | drop model | momentum | seeds | Δ = loss(p) − loss(0) of x̄ (last {TAIL} measurements) | n·Δ | Δ / loss(0) |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for (k, pairs) in &rows {
+        let n = k.workers as f64;
+        let deltas: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let rel: Vec<f64> = pairs.iter().map(|p| p.0 / p.1).collect();
+        let scaled: Vec<f64> = deltas.iter().map(|d| n * d).collect();
+        *out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            k.mode,
+            k.model,
+            k.workers,
+            k.drop_model_description.replace('|', "\\|"),
+            k.momentum,
+            pairs.len(),
+            fmt_stat(mean_std(&deltas), sci),
+            fmt_stat(mean_std(&scaled), sci),
+            fmt_stat(mean_std(&rel), sci),
+        );
+        let mut family = k.clone();
+        (family.world_size, family.servers, family.workers) = (0, 0, 0);
+        let points = deltas
+            .iter()
+            .filter(|d| **d > 0.0)
+            .map(|d| (n.ln(), d.ln()));
+        families.entry(family).or_default().extend(points);
+    }
+    let fits: Vec<String> = families
+        .iter()
+        .filter_map(|(k, points)| {
+            let (slope, se) = fit(points)?;
+            Some(format!(
+                "| {} | {} | {} | {} | {} | {:.3} ± {:.3} |\n",
+                k.mode,
+                k.model,
+                k.drop_model_description.replace('|', "\\|"),
+                k.momentum,
+                points.len(),
+                slope,
+                2.0 * se
+            ))
+        })
+        .collect();
+    if !fits.is_empty() {
+        *out += "\n| mode | model | drop model | momentum | runs with Δ > 0 | slope of log Δ on log(n), ± 2 SE |\n|---|---|---|---|---|---|\n";
+        out.extend(fits);
+    }
+}
+
+/// For each set of groups that differ only in the number of workers: the least-squares
+/// slope of log(mean_error/spread) on log(n) over every run, ± twice its standard error
+/// (the theory predicts −1: the error drops put into the average falls as 1/n).
+fn slopes(groups: &[Group], out: &mut String) {
+    let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    for g in groups {
+        let mut family = g.key.clone();
+        (family.world_size, family.servers, family.workers) = (0, 0, 0);
+        for d in g.runs.iter().filter_map(|r| r.diag) {
+            let n = g.key.workers as f64;
+            if d.error_ratio > 0.0 && n > 0.0 {
+                families
+                    .entry(family.clone())
+                    .or_default()
+                    .push((n.ln(), (d.error_ratio / n).ln()));
+            }
+        }
+    }
+    let fits: Vec<String> = families
+        .iter()
+        .filter_map(|(k, points)| {
+            let (slope, se) = fit(points)?;
+            Some(format!(
+                "| {} | {} | {} | {} | {:.3} ± {:.3} |\n",
+                k.mode,
+                k.model,
+                k.drop_model_description.replace('|', "\\|"),
+                k.momentum,
+                slope,
+                2.0 * se
+            ))
+        })
+        .collect();
+    if !fits.is_empty() {
+        *out += "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE |\n|---|---|---|---|---|\n";
+        out.extend(fits);
+    }
+}
+
+/// Least-squares slope of y on x and its standard error (`None` with fewer than 3 points
+/// or a single x).
+fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return None;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let resid: f64 = points
+        .iter()
+        .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
+        .sum();
+    Some((slope, (resid / (n - 2.0) / sxx).sqrt()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slopes_and_lossless_twins() {
+        // y = -x + 0.5, no noise: slope -1, standard error 0.
+        let points: Vec<(f64, f64)> = (1..5).map(|i| (i as f64, 0.5 - i as f64)).collect();
+        let (slope, se) = fit(&points).unwrap();
+        assert!((slope + 1.0).abs() < 1e-12 && se < 1e-12);
+        assert!(fit(&points[..2]).is_none());
+        let diag = |tail_loss| {
+            Some(DiagSummary {
+                error_ratio: 0.2,
+                consensus_ratio: 0.1,
+                avg_train_loss: tail_loss,
+                tail_loss,
+            })
+        };
+        let mut lossless = super::super::tests::run("bernoulli(p=0)", 1, 0.8, "completed");
+        (lossless.drop_rate, lossless.diag) = (0.0, diag(0.5));
+        let mut lossy = super::super::tests::run("bernoulli(p=0.1)", 1, 0.8, "completed");
+        lossy.diag = diag(0.6);
+        let mut out = String::new();
+        outcome(&[lossless, lossy], &mut out);
+        // Δ = 0.1, n·Δ = 0.4 (4 workers), Δ/loss(0) = 0.2.
+        assert!(out.contains("| 1 | 1.00e-1 | 4.00e-1 | 2.00e-1 |"), "{out}");
+    }
+}
