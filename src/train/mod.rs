@@ -272,16 +272,7 @@ fn choose_resume_step<T: Transport + ?Sized>(
 
 /// The host name of every rank, in rank order. Collective.
 fn gather_hosts<T: Transport + ?Sized>(t: &T) -> Vec<String> {
-    const SLOT: usize = 64;
-    let mut mine = t.processor_name().into_bytes();
-    mine.resize(SLOT, 0);
-    t.allgather_bytes(&mine)
-        .chunks(SLOT)
-        .map(|c| {
-            String::from_utf8_lossy(&c[..c.iter().position(|&b| b == 0).unwrap_or(SLOT)])
-                .into_owned()
-        })
-        .collect()
+    gather_strings(t, &t.processor_name())
 }
 
 #[cfg(test)]
