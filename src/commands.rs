@@ -223,10 +223,17 @@ fn train_local(
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
     init_logger(None);
-    if launcher_rank().is_some() {
+    // Several processes of one launch would be several jobs on the same files (a batch
+    // script, where the launcher started just this process, is fine).
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(1);
+    if launched > 1 {
         print_error(
             None,
-            &"--local-ranks runs every rank in this one process: start it without mpirun or srun",
+            &format!("--local-ranks runs every rank in this one process, but the launcher started {launched}: start it once, without mpirun -n or srun -n"),
         );
         return ExitCode::from(EXIT_USAGE);
     }
