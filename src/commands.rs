@@ -231,10 +231,8 @@ fn train_local(
         .max()
         .unwrap_or(1);
     if launched > 1 {
-        print_error(
-            None,
-            &format!("--local-ranks runs every rank in this one process, but the launcher started {launched}: start it once, without mpirun -n or srun -n"),
-        );
+        let why = format!("--local-ranks runs every rank in this one process, but the launcher started {launched}: start it once, without mpirun -n or srun -n");
+        stop_together_if_launched(|| print_error(None, &why));
         return ExitCode::from(EXIT_USAGE);
     }
     if let Err(e) = stop_on_signals(stop) {
