@@ -520,3 +520,16 @@ fn divergence_is_an_error_not_a_result() {
     assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
     assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
 }
+
+/// `--local-ranks` started by a launcher of several processes would be several jobs on
+/// the same files: refused, with one line.
+#[test]
+fn local_ranks_under_mpirun_is_refused() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let mut args = train_args(data.to_str().unwrap(), metrics.to_str().unwrap());
+    args.extend(["--local-ranks", "2"]);
+    expect_failure(Launch::Mpirun, 2, &args, "but the launcher started 2");
+    assert!(!metrics.exists());
+}
