@@ -161,7 +161,12 @@ fn slopes(groups: &[Group], out: &mut String) {
         let mut family = g.key.clone();
         (family.world_size, family.servers, family.workers) = (0, 0, 0);
         // Lossless runs have no drop error to fit (only the rounding of the averages).
-        for d in g.runs.iter().filter(|r| r.drop_rate > 0.0).filter_map(|r| r.diag) {
+        for d in g
+            .runs
+            .iter()
+            .filter(|r| r.drop_rate > 0.0)
+            .filter_map(|r| r.diag)
+        {
             let n = g.key.workers as f64;
             if d.error_ratio > 0.0 && n > 0.0 {
                 families
