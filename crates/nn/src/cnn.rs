@@ -6,12 +6,10 @@
 use std::ops::Range;
 
 use ndarray::{ArrayView1, ArrayView3, ArrayViewMut1, ArrayViewMut3};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::conv2d::Conv2d;
 use crate::linear::Linear;
-use crate::network::{Mode, Network, Scratch, Spec, StageFlops};
+use crate::network::{layout_of, uniform_init, Mode, Network, Scratch, Spec, StageFlops, Tensor};
 use crate::pool::{maxpool2_backward, maxpool2_forward};
 use crate::profile::Laps;
 use crate::relu::{relu_backward, relu_forward};
@@ -118,7 +116,7 @@ impl Cnn {
 
     /// (name, range in the flat buffer, fan-in of its layer) for every parameter tensor,
     /// in layout order.
-    fn tensors(&self) -> [(&'static str, Range<usize>, usize); 8] {
+    fn tensors(&self) -> [Tensor; 8] {
         let (c1, c2, f1, f2) = (&self.conv1, &self.conv2, &self.fc1, &self.fc2);
         [
             ("conv1.weight", c1.weight.clone(), c1.fan_in()),
@@ -141,28 +139,12 @@ impl Network for Cnn {
     }
 
     fn param_layout(&self) -> Vec<(String, Range<usize>)> {
-        self.tensors()
-            .into_iter()
-            .map(|(name, range, _)| (name.to_string(), range))
-            .collect()
+        layout_of(&self.tensors())
     }
 
-    /// PyTorch's default: every weight and bias of a layer is drawn from
-    /// U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5 gives that same bound for
-    /// weights). Tensors are filled in layout order from one `StdRng::seed_from_u64(seed)`
-    /// stream, so the same seed gives a bit-identical buffer.
+    /// PyTorch's default initialisation ([`uniform_init`]).
     fn init_params(&self, seed: u64) -> Vec<f32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = vec![0.0f32; self.spec.params];
-        for (_, range, fan_in) in self.tensors() {
-            // fan_in >= 1 for every layer of a model that `new` accepted, so the range is
-            // never empty.
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            for p in &mut params[range] {
-                *p = rng.random_range(-bound..bound);
-            }
-        }
-        params
+        uniform_init(self.spec.params, &self.tensors(), seed)
     }
 
     fn grow(&self, s: &mut Activations, n: usize) {
@@ -336,6 +318,7 @@ mod tests {
     use crate::gradcheck::{first_mismatch, numeric_grad_at, quadrant_batch, random_images, rng};
     use crate::optim::Sgd;
     use crate::{Classifier, Model};
+    use rand::Rng;
 
     #[test]
     fn fashion_mnist_layout() {

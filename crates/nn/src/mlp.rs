@@ -6,11 +6,9 @@
 use std::ops::Range;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::linear::Linear;
-use crate::network::{Mode, Network, Scratch, Spec, StageFlops};
+use crate::network::{layout_of, uniform_init, Mode, Network, Scratch, Spec, StageFlops, Tensor};
 use crate::profile::Laps;
 use crate::relu::{relu_backward, relu_forward};
 use crate::NnError;
@@ -89,7 +87,7 @@ impl Mlp {
 
     /// (name, range in the flat buffer, fan-in of its layer) for every parameter tensor,
     /// in layout order.
-    fn tensors(&self) -> [(&'static str, Range<usize>, usize); 4] {
+    fn tensors(&self) -> [Tensor; 4] {
         let (f1, f2) = (&self.fc1, &self.fc2);
         [
             ("fc1.weight", f1.weight.clone(), f1.fan_in()),
@@ -108,27 +106,12 @@ impl Network for Mlp {
     }
 
     fn param_layout(&self) -> Vec<(String, Range<usize>)> {
-        self.tensors()
-            .into_iter()
-            .map(|(name, range, _)| (name.to_string(), range))
-            .collect()
+        layout_of(&self.tensors())
     }
 
-    /// PyTorch's default for `nn.Linear`, as the CNN's fully connected layers: every
-    /// weight and bias of a layer is drawn from U(−1/√fan_in, 1/√fan_in). Tensors are
-    /// filled in layout order from one `StdRng::seed_from_u64(seed)` stream, so the same
-    /// seed gives a bit-identical buffer.
+    /// PyTorch's default initialisation ([`uniform_init`]).
     fn init_params(&self, seed: u64) -> Vec<f32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = vec![0.0f32; self.spec.params];
-        for (_, range, fan_in) in self.tensors() {
-            // fan_in >= 1 for both layers of a model that `new` accepted.
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            for p in &mut params[range] {
-                *p = rng.random_range(-bound..bound);
-            }
-        }
-        params
+        uniform_init(self.spec.params, &self.tensors(), seed)
     }
 
     fn grow(&self, s: &mut Activations, n: usize) {

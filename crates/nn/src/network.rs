@@ -131,3 +131,34 @@ pub trait Network: std::fmt::Debug + Send {
     /// charge to the laps.
     fn stage_flops(&self) -> (StageFlops, StageFlops);
 }
+
+/// A parameter tensor of a network built from PyTorch's default layers: its name, its
+/// range in the flat buffer and the fan-in of its layer.
+pub(crate) type Tensor = (&'static str, Range<usize>, usize);
+
+/// The (name, range) layout of `tensors`, in their order.
+pub(crate) fn layout_of(tensors: &[Tensor]) -> Vec<(String, Range<usize>)> {
+    tensors
+        .iter()
+        .map(|(name, range, _)| (name.to_string(), range.clone()))
+        .collect()
+}
+
+/// PyTorch's default initialisation of convolutions and linear layers: every weight and
+/// bias of a layer is drawn from U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5
+/// gives that same bound for weights). Tensors are filled in the order given from one
+/// `StdRng::seed_from_u64(seed)` stream, so the same seed gives a bit-identical buffer.
+pub(crate) fn uniform_init(len: usize, tensors: &[Tensor], seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut params = vec![0.0f32; len];
+    for (_, range, fan_in) in tensors {
+        // fan_in >= 1 for every layer of a model that `new` accepted, so the range is
+        // never empty.
+        let bound = 1.0 / (*fan_in as f32).sqrt();
+        for p in &mut params[range.clone()] {
+            *p = rng.random_range(-bound..bound);
+        }
+    }
+    params
+}
