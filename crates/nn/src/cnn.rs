@@ -142,7 +142,8 @@ impl Network for Cnn {
         layout_of(&self.tensors())
     }
 
-    /// PyTorch's default initialisation ([`uniform_init`]).
+    /// PyTorch's default: every weight and bias from U(−1/√fan_in, 1/√fan_in), in layout
+    /// order from one seeded stream (`network::uniform_init`).
     fn init_params(&self, seed: u64) -> Vec<f32> {
         uniform_init(self.spec.params, &self.tensors(), seed)
     }
