@@ -184,8 +184,7 @@ impl Network for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{first_mismatch, numeric_grad, quadrant_batch, random_images, rng};
-    use crate::optim::Sgd;
+    use crate::gradcheck::{first_mismatch, numeric_grad, random_images};
     use crate::{Classifier, Model};
 
     #[test]
@@ -295,25 +294,8 @@ mod tests {
     #[test]
     fn sgd_training_learns_quadrants() {
         let mut m = Classifier::new(Mlp::new(1, 8, 8, 4).expect("model"));
-        let mut params = m.init_params(11);
-        let mut grads = vec![0.0; m.num_params()];
-        let mut sgd = Sgd::new(m.num_params(), 0.05, 0.9, 1e-4);
-        let mut r = rng(12);
-        let (test_x, test_y) = quadrant_batch(&mut r, 64, 1);
-        let before = m.eval_batch(&params, test_x.view(), &test_y).expect("eval");
-        for _ in 0..40 {
-            let (x, y) = quadrant_batch(&mut r, 16, 1);
-            m.train_batch(&mut params, &mut grads, x.view(), &y)
-                .expect("train");
-            sgd.step(&mut params, &grads);
-        }
-        let after = m.eval_batch(&params, test_x.view(), &test_y).expect("eval");
-        let (l0, l1) = (before.loss_sum / 64.0, after.loss_sum / 64.0);
-        eprintln!(
-            "quadrant loss {l0:.4} -> {l1:.4}, accuracy {}/64",
-            after.correct
-        );
+        let (l0, l1, correct) = crate::gradcheck::train_quadrants(&mut m);
         assert!(l1 < 0.25 * l0, "loss went from {l0:.4} to {l1:.4}");
-        assert!(after.correct >= 62, "accuracy {}/64", after.correct);
+        assert!(correct >= 62, "accuracy {correct}/64");
     }
 }
