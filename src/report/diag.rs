@@ -122,34 +122,14 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
             fmt_stat(mean_std(&scaled), sci),
             fmt_stat(mean_std(&rel), sci),
         );
-        let mut family = k.clone();
-        (family.world_size, family.servers, family.workers) = (0, 0, 0);
         let points = deltas
             .iter()
             .filter(|d| **d > 0.0)
             .map(|d| (n.ln(), d.ln()));
-        families.entry(family).or_default().extend(points);
+        families.entry(family(k)).or_default().extend(points);
     }
-    let fits: Vec<String> = families
-        .iter()
-        .filter_map(|(k, points)| {
-            let (slope, se) = fit(points)?;
-            Some(format!(
-                "| {} | {} | {} | {} | {} | {:.3} ± {:.3} |\n",
-                k.mode,
-                k.model,
-                k.drop_model_description.replace('|', "\\|"),
-                k.momentum,
-                points.len(),
-                slope,
-                2.0 * se
-            ))
-        })
-        .collect();
-    if !fits.is_empty() {
-        *out += "\n| mode | model | drop model | momentum | runs with Δ > 0 | slope of log Δ on log(n), ± 2 SE |\n|---|---|---|---|---|---|\n";
-        out.extend(fits);
-    }
+    let header = "\n| mode | model | drop model | momentum | runs with Δ > 0 | slope of log Δ on log(n), ± 2 SE |\n|---|---|---|---|---|---|\n";
+    fit_table(&families, header, true, out);
 }
 
 /// For each set of groups that differ only in the number of workers: the least-squares
@@ -158,8 +138,7 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
 fn slopes(groups: &[Group], out: &mut String) {
     let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
     for g in groups {
-        let mut family = g.key.clone();
-        (family.world_size, family.servers, family.workers) = (0, 0, 0);
+        let family = family(&g.key);
         // Lossless runs have no drop error to fit (only the rounding of the averages).
         for d in g
             .runs
@@ -176,25 +155,48 @@ fn slopes(groups: &[Group], out: &mut String) {
             }
         }
     }
-    let fits: Vec<String> = families
+    let header = "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE |\n|---|---|---|---|---|\n";
+    fit_table(&families, header, false, out);
+}
+
+/// The fitted slope (± 2 SE) of every family with enough points, under `header`; with
+/// `count`, the number of points too. Nothing when no family can be fitted.
+fn fit_table(
+    families: &BTreeMap<GroupKey, Vec<(f64, f64)>>,
+    header: &str,
+    count: bool,
+    out: &mut String,
+) {
+    let rows: Vec<String> = families
         .iter()
         .filter_map(|(k, points)| {
             let (slope, se) = fit(points)?;
+            let n = if count {
+                format!(" {} |", points.len())
+            } else {
+                String::new()
+            };
             Some(format!(
-                "| {} | {} | {} | {} | {:.3} ± {:.3} |\n",
+                "| {} | {} | {} | {} |{n} {slope:.3} ± {:.3} |\n",
                 k.mode,
                 k.model,
                 k.drop_model_description.replace('|', "\\|"),
                 k.momentum,
-                slope,
                 2.0 * se
             ))
         })
         .collect();
-    if !fits.is_empty() {
-        *out += "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE |\n|---|---|---|---|---|\n";
-        out.extend(fits);
+    if !rows.is_empty() {
+        *out += header;
+        out.extend(rows);
     }
+}
+
+/// A configuration with its size cleared: the family of runs that differ only in n.
+fn family(k: &GroupKey) -> GroupKey {
+    let mut family = k.clone();
+    (family.world_size, family.servers, family.workers) = (0, 0, 0);
+    family
 }
 
 /// Least-squares slope of y on x and its standard error (`None` with fewer than 3 points
