@@ -6,11 +6,26 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::rps;
+use rps::metrics::schema::DiagRecord;
 use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepCounters, StepRow};
 
 /// A metrics file of `steps` steps with constant drops (1 of 10 messages up), two
 /// evaluations, and a 2×3 per-link matrix.
 fn write_run(path: &Path, desc: &str, rate: f64, seed: i64, acc: Option<f64>, status: &str) {
+    write_run_with_diag(path, desc, rate, seed, acc, status, None);
+}
+
+/// [`write_run`], plus two `--diag-every` measurements whose training loss of the average
+/// is `diag_loss` when given.
+fn write_run_with_diag(
+    path: &Path,
+    desc: &str,
+    rate: f64,
+    seed: i64,
+    acc: Option<f64>,
+    status: &str,
+    diag_loss: Option<f64>,
+) {
     let mut attrs: Vec<(&str, AttrValue)> = vec![
         ("rps_version", "0.1.0".into()),
         ("algorithm", "rps".into()),
@@ -62,6 +77,16 @@ fn write_run(path: &Path, desc: &str, rate: f64, seed: i64, acc: Option<f64>, st
             test_accuracy: a,
             consensus_distance: 1e-3 * step as f64,
             ..Default::default()
+        })
+        .unwrap();
+    }
+    for step in [15, 30].into_iter().filter(|_| diag_loss.is_some()) {
+        w.append_diag(&DiagRecord {
+            step,
+            spread: 1.0,
+            mean_error: rate / 3.0,
+            consensus: rate,
+            avg_train_loss: diag_loss.unwrap_or_default(),
         })
         .unwrap();
     }
@@ -174,6 +199,52 @@ fn plot_writes_png_and_svg_figures() {
     let heat = std::fs::read_to_string(out.join("links_a-s1.svg")).unwrap();
     // plotters writes each text on a line of its own.
     assert!(heat.contains("\n6\n") && heat.contains("worker (column; worker ranks 2..5)"));
+}
+
+#[test]
+fn plot_draws_the_theory_figures_for_diag_runs() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let p = |n: &str| dir.path().join(n);
+    // A lossy run and its lossless twin (same configuration and seed): Δ = 0.1.
+    for (name, desc, rate, loss) in [
+        ("lossy.h5", "bernoulli(p=0.1)", 0.1, 0.6),
+        ("twin.h5", "bernoulli(p=0)", 0.0, 0.5),
+    ] {
+        let status = "completed";
+        write_run_with_diag(&p(name), desc, rate, 1, Some(0.8), status, Some(loss));
+    }
+    let out = p("figs");
+    let run = rps(&[
+        "plot",
+        "--output-dir",
+        out.to_str().unwrap(),
+        p("lossy.h5").to_str().unwrap(),
+        p("twin.h5").to_str().unwrap(),
+    ]);
+    run.assert_ok();
+    for (name, title) in [
+        ("diag_vs_n", "n·mean_error/spread"),
+        (
+            "outcome_vs_n",
+            "Cost of drops in the training loss of the average",
+        ),
+    ] {
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains(title), "{name}.svg lacks {title:?}");
+        assert!(out.join(format!("{name}.png")).is_file(), "{name}.png");
+    }
+    // Without a lossless twin there is no Δ, and no outcome figure.
+    let alone = p("alone");
+    let run = rps(&[
+        "plot",
+        "--output-dir",
+        alone.to_str().unwrap(),
+        p("lossy.h5").to_str().unwrap(),
+    ]);
+    run.assert_ok();
+    assert!(alone.join("diag_vs_n.svg").is_file());
+    assert!(!alone.join("outcome_vs_n.svg").exists());
 }
 
 #[test]

@@ -79,9 +79,9 @@ pub(super) fn tables(runs: &[RunSummary], out: &mut String) {
 
 /// Experiment B of the theory: for every run with drops that has a lossless twin (the
 /// same configuration and seed at p = 0), Δ = loss(p) − loss(0) of x̄ at the end of the
-/// run; per configuration, Δ, n·Δ and Δ/loss(0) over the seeds, and the slope of log Δ
-/// on log n.
-fn outcome(runs: &[RunSummary], out: &mut String) {
+/// run, with loss(0), per configuration (one pair per seed). Shared by the outcome table
+/// and the `outcome_vs_n` figure of `rps plot`.
+pub(crate) fn outcome_pairs(runs: &[RunSummary]) -> BTreeMap<GroupKey, Vec<(f64, f64)>> {
     let twin_key = |r: &RunSummary| {
         let mut k = r.key.clone();
         k.drop_model_description.clear();
@@ -100,6 +100,13 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
                 .push((d.tail_loss - base, base));
         }
     }
+    rows
+}
+
+/// The outcome table: per configuration, Δ, n·Δ and Δ/loss(0) over the seeds, and the
+/// slope of log Δ on log n.
+fn outcome(runs: &[RunSummary], out: &mut String) {
+    let rows = outcome_pairs(runs);
     if rows.is_empty() {
         return;
     }
@@ -193,7 +200,7 @@ fn fit_table(
 }
 
 /// A configuration with its size cleared: the family of runs that differ only in n.
-fn family(k: &GroupKey) -> GroupKey {
+pub(crate) fn family(k: &GroupKey) -> GroupKey {
     let mut family = k.clone();
     (family.world_size, family.servers, family.workers) = (0, 0, 0);
     family

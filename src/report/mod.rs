@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::metrics::attrs::{self, Attr};
 mod diag;
 
+pub(crate) use diag::{family, outcome_pairs};
 pub use diag::{DiagSummary, TAIL};
 
 use crate::metrics::schema::{

@@ -1,8 +1,9 @@
 //! Figures of a set of runs (`rps plot`), each written as PNG and SVG with plotters:
-//! smoothed training loss, final accuracy against loss rate, consensus distance, and
-//! per-link drop heat maps; for netsim results (CSV), web-flow completion times per size
-//! class for both policies and every load. Text is drawn with a TrueType font read at run time from
-//! the system (Debian's fonts-dejavu-core), so no font is compiled in.
+//! smoothed training loss, final accuracy against loss rate, consensus distance, per-link
+//! drop heat maps, and the theory figures of `--diag-every` runs (module `theory`); for
+//! netsim results (CSV), web-flow completion times per size class for both policies and
+//! every load. Text is drawn with a TrueType font read at run time from the system
+//! (Debian's fonts-dejavu-core), so no font is compiled in.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -15,7 +16,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::metrics::schema::{CONSENSUS_DISTANCE, EVAL_STEP, LINK_MATRICES, LOSS, STEP};
 use crate::metrics::RunFile;
 use crate::netsim::{is_results_file, Results, CLASSES};
-use crate::report::{group, mean_std, RunSummary};
+use crate::report::{group, mean_std, outcome_pairs, RunSummary};
+
+mod theory;
+use theory::{diag_vs_n, outcome_vs_n};
 
 /// Options of `rps plot`.
 #[derive(Debug, Clone)]
@@ -95,7 +99,7 @@ pub fn label(r: &RunSummary) -> String {
 }
 
 /// What the figures need of one run.
-struct Series {
+pub(crate) struct Series {
     summary: RunSummary,
     train_step: Vec<f64>,
     train_loss: Vec<f64>,
@@ -173,6 +177,10 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     out.extend(both!(dir, "consensus", SIZE, consensus(&runs)));
     if runs.iter().any(|r| r.summary.diag.is_some()) {
         out.extend(both!(dir, "diag_vs_n", SIZE, diag_vs_n(&runs)));
+        let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
+        if !outcome_pairs(&summaries).is_empty() {
+            out.extend(both!(dir, "outcome_vs_n", SIZE, outcome_vs_n(&summaries)));
+        }
     }
     for p in opts.files.iter().take(opts.max_link_maps) {
         let f = RunFile::open(p)?;
@@ -411,89 +419,6 @@ where
         }))?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-    Ok(())
-}
-
-/// With `--diag-every` runs: n·mean_error/spread (solid; flat when the error drops put
-/// into the average falls as 1/n) and consensus/spread (dashed) against the number of
-/// workers, log-log, one colour per drop model and momentum, mean over seeds.
-fn diag_vs_n<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Series]) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE)?;
-    let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
-    // (family label, n, error ratio, consensus ratio), means over seeds.
-    let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
-    for g in group(&summaries) {
-        let d: Vec<_> = g.runs.iter().filter_map(|r| r.diag).collect();
-        let (Some(e), Some(c)) = (
-            mean_std(&d.iter().map(|d| d.error_ratio).collect::<Vec<_>>()),
-            mean_std(&d.iter().map(|d| d.consensus_ratio).collect::<Vec<_>>()),
-        ) else {
-            continue;
-        };
-        let family = format!(
-            "{}, {}, momentum {}",
-            g.key.model, g.key.drop_model_description, g.key.momentum
-        );
-        points.push((family, g.key.workers as f64, e.mean, c.mean));
-    }
-    points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    let positive = |v: f64| v > 0.0 && v.is_finite();
-    let ys: Vec<f64> = points
-        .iter()
-        .flat_map(|p| [p.2, p.3])
-        .filter(|v| positive(*v))
-        .collect();
-    let (y_lo, y_hi) = (
-        ys.iter().copied().fold(f64::INFINITY, f64::min).min(1.0) / 1.5,
-        ys.iter().copied().fold(0.0, f64::max).max(1e-3) * 1.5,
-    );
-    let n_max = points.iter().map(|p| p.1).fold(2.0, f64::max);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "What one exchange's drops do (solid: n·mean_error/spread, dashed: consensus/spread)",
-            font(22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d((1.5..n_max * 1.4).log_scale(), (y_lo..y_hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("workers n (co-located: also servers)")
-        .y_desc("ratio to the spread of the replicas")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
-        .light_line_style(WHITE)
-        .label_style(font(15))
-        .axis_desc_style(font(17))
-        .draw()?;
-    let mut families: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
-    families.dedup();
-    for (i, fam) in families.iter().enumerate() {
-        let c = pick(i);
-        let pts: Vec<_> = points.iter().filter(|p| p.0 == *fam).collect();
-        let error: Vec<(f64, f64)> = pts
-            .iter()
-            .filter(|p| positive(p.2))
-            .map(|p| (p.1, p.2))
-            .collect();
-        let cons: Vec<(f64, f64)> = pts
-            .iter()
-            .filter(|p| positive(p.3))
-            .map(|p| (p.1, p.3))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(error.clone(), c.stroke_width(2)))?
-            .label(fam.to_string())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
-        chart.draw_series(error.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
-        chart.draw_series(DashedLineSeries::new(cons.clone(), 6, 4, c.stroke_width(2)))?;
-        chart.draw_series(cons.iter().map(|&p| Circle::new(p, 4, c.stroke_width(2))))?;
-    }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
