@@ -6,10 +6,10 @@
 
 use std::ops::Range;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
 use crate::im2col::{col2im_strided, im2col_strided, out_len_strided};
+use crate::matmul::mat_mul;
 use crate::{as_slice, NnError};
 
 /// Output columns (samples × Ho·Wo) a layer aims for in one matrix product. Per-sample
@@ -233,7 +233,7 @@ impl Conv2d {
             let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
             self.unfold_group(input, first, g, &mut cols)?;
             let mut prod = ArrayViewMut2::from_shape((f, g * hw), &mut out_buf[..f * g * hw])?;
-            general_mat_mul(1.0, &weight, &cols, 0.0, &mut prod);
+            mat_mul(1.0, &weight, &cols, 0.0, &mut prod);
             let prod = as_slice(&prod.view(), "conv2d product")?;
             for j in 0..g {
                 let out = &mut output[(first + j) * os..(first + j + 1) * os];
@@ -315,10 +315,10 @@ impl Conv2d {
             let dy = ArrayView2::from_shape((f, g * hw), &*dy)?;
             let mut cols = ArrayViewMut2::from_shape((ckk, g * hw), &mut cols_buf[..ckk * g * hw])?;
             self.unfold_group(input, first, g, &mut cols)?;
-            general_mat_mul(1.0, &dy, &cols.t(), 1.0, &mut gw);
+            mat_mul(1.0, &dy, &cols.t(), 1.0, &mut gw);
             if let Some(gi) = grad_input.as_deref_mut() {
                 // The columns are no longer needed, so they take dcols = Wᵀ·dY.
-                general_mat_mul(1.0, &weight.t(), &dy, 0.0, &mut cols);
+                mat_mul(1.0, &weight.t(), &dy, 0.0, &mut cols);
                 for j in 0..g {
                     let i = first + j;
                     col2im_strided(

@@ -3,9 +3,9 @@
 //! the grouped [`crate::conv2d::Conv2d`] layer is tested against. Weights are (F, C·K·K);
 //! cols = im2col(x) is (C·K·K, Ho·Wo) and y = W·cols + b is (F, Ho·Wo), i.e. NCHW.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3};
 
+use crate::matmul::mat_mul;
 use crate::{as_slice, as_slice_mut, check_shape, NnError};
 
 /// Output side length of a convolution, or an error if the kernel does not fit.
@@ -214,7 +214,7 @@ pub fn conv2d_forward(
     for (mut row, &b) in output.rows_mut().into_iter().zip(bias.iter()) {
         row.fill(b);
     }
-    general_mat_mul(1.0, &weight, &col, 1.0, &mut output);
+    mat_mul(1.0, &weight, &col, 1.0, &mut output);
     Ok(())
 }
 
@@ -247,13 +247,13 @@ pub fn conv2d_backward(
         check_shape("conv2d input gradient", gi.shape(), input.shape())?;
     }
     im2col(input, kernel, pad, col.view_mut())?;
-    general_mat_mul(1.0, &grad_output, &col.t(), 1.0, &mut grad_weight);
+    mat_mul(1.0, &grad_output, &col.t(), 1.0, &mut grad_weight);
     for (gb, row) in grad_bias.iter_mut().zip(grad_output.rows()) {
         *gb += row.sum();
     }
     if let Some(gi) = grad_input {
         // The columns are no longer needed, so they take dcols = Wᵀ·dY.
-        general_mat_mul(1.0, &weight.t(), &grad_output, 0.0, &mut col);
+        mat_mul(1.0, &weight.t(), &grad_output, 0.0, &mut col);
         col2im(col.view(), kernel, pad, gi)?;
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod conv2d;
 pub mod im2col;
 pub mod linear;
 pub mod loss;
+pub mod matmul;
 pub mod mlp;
 pub mod model;
 pub mod network;

@@ -5,9 +5,9 @@
 
 use std::ops::Range;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
+use crate::matmul::mat_mul;
 use crate::{check_shape, shape_err, NnError};
 
 /// y (N, out) = x (N, in) · weightᵀ + bias, with weight (out, in) and bias (out).
@@ -26,7 +26,7 @@ pub fn linear_forward(
     for mut row in y.rows_mut() {
         row.assign(&bias);
     }
-    general_mat_mul(1.0, &x, &weight.t(), 1.0, &mut y);
+    mat_mul(1.0, &x, &weight.t(), 1.0, &mut y);
     Ok(())
 }
 
@@ -46,7 +46,7 @@ pub fn linear_backward(
     check_shape("linear output gradient", grad_y.shape(), &[n, out])?;
     check_shape("linear weight gradient", grad_weight.shape(), &[out, inp])?;
     check_shape("linear bias gradient", grad_bias.shape(), &[out])?;
-    general_mat_mul(1.0, &grad_y.t(), &x, 0.0, &mut grad_weight);
+    mat_mul(1.0, &grad_y.t(), &x, 0.0, &mut grad_weight);
     // Row-by-row accumulation instead of sum_axis, which would allocate.
     grad_bias.fill(0.0);
     for row in grad_y.rows() {
@@ -54,7 +54,7 @@ pub fn linear_backward(
     }
     if let Some(mut gx) = grad_x {
         check_shape("linear input gradient", gx.shape(), &[n, inp])?;
-        general_mat_mul(1.0, &grad_y, &weight, 0.0, &mut gx);
+        mat_mul(1.0, &grad_y, &weight, 0.0, &mut gx);
     }
     Ok(())
 }
