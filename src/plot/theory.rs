@@ -57,7 +57,8 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d((1.5..n_max * 1.4).log_scale(), (y_lo..y_hi).log_scale())?;
+        .build_cartesian_2d(
+            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)), (y_lo..y_hi).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("workers n (co-located: also servers)")
@@ -93,6 +94,15 @@ where
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
+}
+
+/// The x ticks of the figures against n: the powers of 2 up to `n_max` (the n a
+/// sweep uses), which a log axis would otherwise label only at 10, 20, ….
+fn ticks(n_max: f64) -> Vec<f64> {
+    (1..)
+        .map(|e| f64::from(2u32.pow(e)))
+        .take_while(|&n| n <= n_max)
+        .collect()
 }
 
 /// Experiment B: n·Δ against n, where Δ = loss(p) − loss(0) of x̄ against the lossless
@@ -133,13 +143,15 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(75)
-        .build_cartesian_2d((1.5..n_max * 1.4).log_scale(), (lo - pad)..(hi + pad))?;
+        .build_cartesian_2d(
+            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)), (lo - pad)..(hi + pad))?;
     chart
         .configure_mesh()
         .x_desc("workers n (co-located: also servers)")
         .y_desc("n·Δ (mean over seeds, bars ± 1 sd; flat: Δ ∝ 1/n)")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        // A tick a rounding error below 0 would read "-0.000".
+        .y_label_formatter(&|y| format!("{:.3}", if y.abs() < 5e-4 { 0.0 } else { *y }))
         .light_line_style(WHITE)
         .label_style(font(15))
         .axis_desc_style(font(17))
