@@ -9,8 +9,9 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
+use crate::conv_algo::ConvAlgo;
 use crate::im2col::{col2im_strided, im2col_strided, out_len_strided};
-use crate::{as_slice, NnError};
+use crate::{as_slice, winograd, NnError};
 
 /// Output columns (samples × Ho·Wo) a layer aims for in one matrix product. Per-sample
 /// products of a small layer are too narrow for the product to amortise packing the
@@ -41,6 +42,8 @@ pub struct Conv2d {
     pub weight: Range<usize>,
     /// Range of the (F) bias in the flat buffer.
     pub bias: Range<usize>,
+    /// The algorithm, fixed by the geometry ([`ConvAlgo::select`]).
+    pub algo: ConvAlgo,
 }
 
 impl Conv2d {
@@ -66,8 +69,9 @@ impl Conv2d {
         (in_h, in_w): (usize, usize),
         offset: usize,
     ) -> Result<Conv2d, NnError> {
-        out_len_strided(in_h, kernel, pad, stride)?;
-        out_len_strided(in_w, kernel, pad, stride)?;
+        let oh = out_len_strided(in_h, kernel, pad, stride)?;
+        let ow = out_len_strided(in_w, kernel, pad, stride)?;
+        let algo = ConvAlgo::select(kernel, stride, (in_channels, out_channels), (oh, ow))?;
         let wlen = out_channels * in_channels * kernel * kernel;
         Ok(Conv2d {
             in_channels,
@@ -79,7 +83,29 @@ impl Conv2d {
             in_w,
             weight: offset..offset + wlen,
             bias: offset + wlen..offset + wlen + out_channels,
+            algo,
         })
+    }
+
+    /// The same layer with another algorithm (tests and measurements).
+    ///
+    /// # Errors
+    /// [`NnError::Config`] for a Winograd tile on a strided layer or another kernel size.
+    pub fn with_algo(mut self, algo: ConvAlgo) -> Result<Conv2d, NnError> {
+        if let ConvAlgo::Winograd(t) = algo {
+            if self.stride != 1 || t.r() != self.kernel {
+                return Err(NnError::Config(format!(
+                    "{t:?} needs stride 1 and a {}x{} kernel, the layer has stride {} and {}x{}",
+                    t.r(),
+                    t.r(),
+                    self.stride,
+                    self.kernel,
+                    self.kernel
+                )));
+            }
+        }
+        self.algo = algo;
+        Ok(self)
     }
 
     /// The same layer without a bias (its bias range becomes empty), as convolutions
@@ -119,10 +145,16 @@ impl Conv2d {
         (GROUP_COLUMNS / (self.out_h() * self.out_w()).max(1)).max(1)
     }
 
-    /// Floats of the column scratch: the im2col columns of one group, (C·K·K, G·Ho·Wo),
+    /// Floats of the column scratch. im2col: the columns of one group, (C·K·K, G·Ho·Wo),
     /// followed by one group's output (or output gradient) in (F, G·Ho·Wo) layout.
+    /// Winograd: the transformed weights, their gradient, and one group's tiles.
     pub fn col_size(&self) -> usize {
-        self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
+        match self.algo {
+            ConvAlgo::Im2col => {
+                self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
+            }
+            ConvAlgo::Winograd(t) => winograd::scratch_len(self, t),
+        }
     }
 
     /// One past the last parameter of this layer.
@@ -220,6 +252,9 @@ impl Conv2d {
         self.check_batch("conv2d output", output.len(), self.out_size(), n)?;
         self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
         let (weight, bias) = self.param_views(params)?;
+        if let ConvAlgo::Winograd(t) = self.algo {
+            return winograd::forward(self, t, params, n, input, col, output, relu);
+        }
         let (hw, os, f, ckk) = (
             self.out_h() * self.out_w(),
             self.out_size(),
@@ -288,6 +323,20 @@ impl Conv2d {
         let (gw, gb) = grads[self.weight.start..self.bias.end].split_at_mut(self.weight.len());
         gw.fill(0.0);
         gb.fill(0.0);
+        if let ConvAlgo::Winograd(t) = self.algo {
+            return winograd::backward(
+                self,
+                t,
+                params,
+                n,
+                input,
+                grad_output,
+                col,
+                gw,
+                gb,
+                grad_input,
+            );
+        }
         let mut gw = ArrayViewMut2::from_shape((self.out_channels, self.fan_in()), gw)?;
         let (hw, os, is, f, ckk) = (
             self.out_h() * self.out_w(),
