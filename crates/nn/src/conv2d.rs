@@ -391,15 +391,26 @@ mod tests {
         assert_grad_close, dot_f64, numeric_grad, random_vec, rng, CONV_CASES as CASES,
     };
     use crate::im2col::{conv2d_backward, conv2d_forward};
+    use crate::winograd::Tile;
     use ndarray::{Array2, Array3, ArrayView1};
 
     /// Weight, bias and input gradients of L = Σ y·R against central differences, through
-    /// the batched layer so its per-sample accumulation is covered too.
+    /// the batched layer so its per-sample accumulation is covered too, for im2col and
+    /// every Winograd tile that fits the kernel.
     #[test]
     fn layer_backward_matches_finite_differences() {
-        for (s, &(c, h, w, f, k, pad)) in CASES.iter().enumerate() {
+        let algos = |k: usize| {
+            let tiles = Tile::ALL.into_iter().filter(move |t| t.r() == k);
+            std::iter::once(ConvAlgo::Im2col).chain(tiles.map(ConvAlgo::Winograd))
+        };
+        let cases = CASES
+            .iter()
+            .flat_map(|&case| algos(case.4).map(move |a| (case, a)));
+        for (s, ((c, h, w, f, k, pad), algo)) in cases.enumerate() {
             let n = 2;
-            let layer = Conv2d::new(c, f, k, pad, (h, w), 3).expect("layer");
+            let layer = Conv2d::new(c, f, k, pad, (h, w), 3)
+                .and_then(|l| l.with_algo(algo))
+                .expect("layer");
             let mut r = rng(30 + s as u64);
             let params = random_vec(&mut r, layer.end() + 2, -1.0, 1.0);
             let mut x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
@@ -422,10 +433,14 @@ mod tests {
                 "outside the layer's range must stay untouched"
             );
 
+            // L is linear in the weights and in x, so central differences are exact for any
+            // step: a large one keeps the forward pass's f32 rounding (larger for Winograd
+            // than for im2col) small in the quotient.
+            let eps = 0.25;
             let xs = x.clone();
             let num_p = numeric_grad(
                 &mut params[layer.weight.start..layer.bias.end].to_vec(),
-                1e-2,
+                eps,
                 |sub| {
                     let mut p = vec![0.0; 3];
                     p.extend_from_slice(sub);
@@ -433,7 +448,7 @@ mod tests {
                 },
             );
             let pc = params.clone();
-            let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv, &mut col.clone()));
+            let num_x = numeric_grad(&mut x, eps, |xv| loss(&pc, xv, &mut col.clone()));
             assert_grad_close(
                 &format!("case {s} weight"),
                 &grads[layer.weight.clone()],

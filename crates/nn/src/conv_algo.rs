@@ -93,7 +93,7 @@ impl ConvAlgo {
     ) -> ConvAlgo {
         match (stride, kernel) {
             (1, 3) if c >= 16 => ConvAlgo::Winograd(Tile::F4x3),
-            (1, 5) if c >= 16 => ConvAlgo::Winograd(Tile::F2x5),
+            (1, 5) if c >= 16 => ConvAlgo::Winograd(Tile::F4x5),
             _ => ConvAlgo::Im2col,
         }
     }

@@ -244,9 +244,12 @@ pub(crate) fn forward(
                 let out = &mut output[(first + j) * os + fi * g.ho * g.wo..][..g.ho * g.wo];
                 for (y, orow) in out.chunks_exact_mut(g.wo).enumerate() {
                     let (ty, i) = (y / m, y % m);
-                    for (x, o) in orow.iter_mut().enumerate() {
-                        let val = tiles[(i * m + x % m) * t_all + j * tp + ty * g.ntx + x / m] + b;
-                        *o = if relu { val.max(0.0) } else { val };
+                    let at = j * tp + ty * g.ntx;
+                    for (tx, ochunk) in orow.chunks_mut(m).enumerate() {
+                        for (jj, o) in ochunk.iter_mut().enumerate() {
+                            let val = tiles[(i * m + jj) * t_all + at + tx] + b;
+                            *o = if relu { val.max(0.0) } else { val };
+                        }
                     }
                 }
             }
@@ -293,8 +296,11 @@ pub(crate) fn backward(
                 }
                 for (y, row) in dy.chunks_exact(g.wo).enumerate() {
                     let (ty, i) = (y / m, y % m);
-                    for (x, &val) in row.iter().enumerate() {
-                        tiles[(i * m + x % m) * t_all + j * tp + ty * g.ntx + x / m] = val;
+                    let at = j * tp + ty * g.ntx;
+                    for (tx, chunk) in row.chunks(m).enumerate() {
+                        for (jj, &val) in chunk.iter().enumerate() {
+                            tiles[(i * m + jj) * t_all + at + tx] = val;
+                        }
                     }
                 }
             }

@@ -189,6 +189,9 @@ fn time_layers() {
                 .filter(|t| t.r() == k)
                 .map(ConvAlgo::Winograd),
         );
+        if let Ok(a) = std::env::var("ALGO") {
+            algos.retain(|x| format!("{x:?}").contains(&a));
+        }
         let mut r = rng(1);
         let p = random_vec(&mut r, base.end(), -0.1, 0.1);
         let x = random_vec(&mut r, n * base.in_size(), -1.0, 1.0);

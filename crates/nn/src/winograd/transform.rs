@@ -176,16 +176,17 @@ pub(crate) struct Planar<S> {
 
 /// Tiles one [`sandwich`] step handles: its temporary (at most α²·CHUNK floats) stays in
 /// L1 while the whole group's tiles stream through.
-pub(crate) const CHUNK: usize = 64;
+pub(crate) const CHUNK: usize = 128;
 
 /// out = L·X·Rᵀ for each of `nt` small matrices X at once: L is p2×p, R is q2×q (both
 /// row-major), X planar p×q, out planar p2×q2. `tmp` holds p2·q·[`CHUNK`] floats. The
 /// inner loops run along the tiles, so they vectorise whatever α is; zero coefficients
 /// are skipped.
 ///
-/// On x86-64 CPUs with AVX2 the same code is compiled a second time for 8-wide vectors
-/// and picked at run time. It performs the same IEEE operations in the same order (no
-/// fused multiply-add), so both versions give bit-identical results.
+/// On x86-64 CPUs with AVX2 and FMA the same code is compiled a second time for 8-wide
+/// vectors and picked at run time. Both versions round the same fused multiply-adds in the
+/// same order, so they give bit-identical results (on a CPU without FMA the portable one
+/// is slow, not different).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sandwich(
     l: &[f32],
@@ -198,20 +199,20 @@ pub(crate) fn sandwich(
     out: Planar<&mut [f32]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         unsafe { sandwich_avx2(l, lp, r, rq, nt, x, tmp, out) };
         return;
     }
     sandwich_body(l, lp, r, rq, nt, x, tmp, out);
 }
 
-/// [`sandwich_body`] compiled for AVX2.
+/// [`sandwich_body`] compiled for AVX2 and FMA.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn sandwich_avx2(
     l: &[f32],
@@ -239,58 +240,89 @@ fn sandwich_body(
     tmp: &mut [f32],
     out: Planar<&mut [f32]>,
 ) {
+    let (lt, rt) = (Terms::of(l, p2, p), Terms::of(r, q2, q));
     let Planar { data, at, stride } = out;
     for t0 in (0..nt).step_by(CHUNK) {
         let w = CHUNK.min(nt - t0);
         for i in 0..p2 {
             for b in 0..q {
-                let terms = (0..p).map(|a| (l[i * p + a], x.at + (a * q + b) * x.stride + t0));
-                combine(terms, x.data, &mut tmp[(i * q + b) * w..][..w]);
+                let dst = &mut tmp[(i * q + b) * w..][..w];
+                combine(
+                    lt.row(i),
+                    x.data,
+                    x.at + b * x.stride + t0,
+                    q * x.stride,
+                    dst,
+                );
             }
         }
         for i in 0..p2 {
             for j in 0..q2 {
-                let terms = (0..q).map(|b| (r[j * q + b], (i * q + b) * w));
-                combine(
-                    terms,
-                    tmp,
-                    &mut data[at + (i * q2 + j) * stride + t0..][..w],
-                );
+                let dst = &mut data[at + (i * q2 + j) * stride + t0..][..w];
+                combine(rt.row(j), tmp, i * q * w, w, dst);
             }
         }
+    }
+}
+
+/// The nonzero coefficients of each row of a small matrix (at most 8×8), as
+/// (coefficient, column) pairs, so the tile loops never test for zeros.
+struct Terms {
+    pairs: [[(f32, usize); 8]; 8],
+    len: [usize; 8],
+}
+
+impl Terms {
+    #[inline(always)]
+    fn of(m: &[f32], rows: usize, cols: usize) -> Terms {
+        let mut t = Terms {
+            pairs: [[(0.0, 0); 8]; 8],
+            len: [0; 8],
+        };
+        for i in 0..rows {
+            for k in 0..cols {
+                let c = m[i * cols + k];
+                if c != 0.0 {
+                    t.pairs[i][t.len[i]] = (c, k);
+                    t.len[i] += 1;
+                }
+            }
+        }
+        t
+    }
+
+    #[inline(always)]
+    fn row(&self, i: usize) -> &[(f32, usize)] {
+        &self.pairs[i][..self.len[i]]
     }
 }
 
 /// Tiles combined per step of [`combine`]: a few SIMD registers of accumulators.
 const LANES: usize = 16;
 
-/// dst = Σ c·src[at..][..dst.len()] over the (c, at) terms with c ≠ 0 (at most 8 terms),
-/// summed in term order. Blocks of [`LANES`] tiles stay in registers while every term is
-/// added, so each destination value is written once.
+/// dst = Σ c·src[at + k·step..][..dst.len()] over the (c, k) terms, fused multiply-adds
+/// in term order. Blocks of [`LANES`] tiles stay in registers while every term is added,
+/// so each destination value is written once.
 #[inline(always)]
-fn combine(terms: impl Iterator<Item = (f32, usize)>, src: &[f32], dst: &mut [f32]) {
-    let mut nz = [(0.0f32, 0usize); 8];
-    let mut k = 0;
-    for (c, at) in terms.filter(|&(c, _)| c != 0.0) {
-        nz[k] = (c, at);
-        k += 1;
-    }
-    let nz = &nz[..k];
+fn combine(terms: &[(f32, usize)], src: &[f32], at: usize, step: usize, dst: &mut [f32]) {
     let n = dst.len();
     let mut t = 0;
     while t + LANES <= n {
         let mut acc = [0.0f32; LANES];
-        for &(c, at) in nz {
-            let s: &[f32; LANES] = src[at + t..at + t + LANES].try_into().expect("LANES");
+        for &(c, k) in terms {
+            let o = at + k * step + t;
+            let s: &[f32; LANES] = src[o..o + LANES].try_into().expect("LANES");
             for (a, &v) in acc.iter_mut().zip(s) {
-                *a += c * v;
+                *a = c.mul_add(v, *a);
             }
         }
         dst[t..t + LANES].copy_from_slice(&acc);
         t += LANES;
     }
     for (u, d) in dst.iter_mut().enumerate().skip(t) {
-        *d = nz.iter().map(|&(c, at)| c * src[at + u]).sum();
+        *d = terms
+            .iter()
+            .fold(0.0, |a, &(c, k)| c.mul_add(src[at + k * step + u], a));
     }
 }
 
