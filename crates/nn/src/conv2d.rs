@@ -472,7 +472,10 @@ mod tests {
     #[test]
     fn grouped_layer_matches_per_sample_kernels() {
         let (c, h, w, f, k, pad, n) = (2, 20, 20, 3, 3, 1, 5);
-        let layer = Conv2d::new(c, f, k, pad, (h, w), 0).expect("layer");
+        // The im2col path whatever RPS_CONV says: the grouping is what is under test.
+        let layer = Conv2d::new(c, f, k, pad, (h, w), 0)
+            .and_then(|l| l.with_algo(ConvAlgo::Im2col))
+            .expect("layer");
         assert_eq!(
             layer.group(),
             3,
