@@ -34,8 +34,7 @@ struct Geo {
     ho: usize,
     wo: usize,
     pad: usize,
-    /// Tile rows and columns of one output plane, and tiles per plane.
-    nty: usize,
+    /// Tile columns of one output plane, and tiles per plane.
     ntx: usize,
     tp: usize,
     /// Samples per group.
@@ -63,7 +62,6 @@ impl Geo {
             ho,
             wo,
             pad: l.pad,
-            nty,
             ntx,
             tp,
             gmax: (GROUP_TILES / tp).max(1),
@@ -203,6 +201,7 @@ fn mat_mut<'s>(
 }
 
 /// Forward pass of a stride-1 layer (arguments as [`Conv2d::forward_act`], checked there).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     l: &Conv2d,
     tile: Tile,

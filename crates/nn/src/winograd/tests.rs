@@ -15,16 +15,14 @@ fn reference(l: &Conv2d, p: &[f32], n: usize, x: &[f32], dy: &[f32]) -> [Vec<f64
     let mut gb = vec![0f64; f];
     let mut gx = vec![0f64; x.len()];
     for s in 0..n {
-        for fi in 0..f {
+        for (fi, gbf) in gb.iter_mut().enumerate() {
+            let bias = l.bias.clone().nth(fi).map_or(0.0, |b| p[b] as f64);
             for oy in 0..ho {
                 for ox in 0..wo {
                     let o = ((s * f + fi) * ho + oy) * wo + ox;
                     let g = dy[o] as f64;
-                    y[o] = p
-                        .get(l.bias.start + fi)
-                        .filter(|_| !l.bias.is_empty())
-                        .map_or(0.0, |&b| b as f64);
-                    gb[fi] += g;
+                    y[o] = bias;
+                    *gbf += g;
                     for ci in 0..c {
                         for kh in 0..k {
                             for kw in 0..k {
