@@ -18,8 +18,9 @@ use crate::NnError;
 
 /// Tiles (over samples × tiles per sample) a layer aims for in one set of α² matrix
 /// products: like im2col's column groups, wide enough to amortise packing U_ξ, small
-/// enough that V and M stay a few MB. Measured: 256–1024 within noise on the models.
-const GROUP_TILES: usize = 512;
+/// enough that V and M stay a few MB (CNN conv2: 2 + 4 MB). 256, 512 and 1024 timed
+/// within noise of each other on the models' layers; the smallest keeps memory lowest.
+const GROUP_TILES: usize = 256;
 
 /// A layer's geometry as the Winograd passes see it.
 struct Geo {
