@@ -1,8 +1,9 @@
 //! The 2-D convolution layer of the models, with zero padding and a stride, computed as
 //! im2col + matrix product ([`crate::im2col`]) over groups of samples whose columns sit side
-//! by side, so one product serves the group. Weights use PyTorch's (F, C, K, K) layout and
-//! sit in the flat buffer right before the F-entry bias. Backward: dW = dY·colsᵀ,
-//! db = Σ dY, dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
+//! by side, so one product serves the group, or by [`crate::winograd`] where the layer's
+//! [`ConvAlgo`] says so. Weights use PyTorch's (F, C, K, K) layout and sit in the flat
+//! buffer right before the F-entry bias. Backward: dW = dY·colsᵀ, db = Σ dY,
+//! dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
 
 use std::ops::Range;
 
