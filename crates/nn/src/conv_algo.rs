@@ -51,6 +51,15 @@ fn env_override() -> Result<Override, NnError> {
         .map_err(NnError::Config)
 }
 
+/// Checks `RPS_CONV` on its own, so an application can reject a bad value with a message
+/// about it before building a model.
+///
+/// # Errors
+/// [`NnError::Config`] naming the value and the accepted ones.
+pub fn check_env() -> Result<(), NnError> {
+    env_override().map(|_| ())
+}
+
 impl ConvAlgo {
     /// The algorithm for a layer: the `RPS_CONV` override if set, else [`ConvAlgo::auto`].
     ///
