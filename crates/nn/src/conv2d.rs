@@ -93,20 +93,27 @@ impl Conv2d {
     /// # Errors
     /// [`NnError::Config`] for a Winograd tile on a strided layer or another kernel size.
     pub fn with_algo(mut self, algo: ConvAlgo) -> Result<Conv2d, NnError> {
-        if let ConvAlgo::Winograd(t) = algo {
-            if self.stride != 1 || t.r() != self.kernel {
-                return Err(NnError::Config(format!(
+        self.check_tile(algo)?;
+        self.algo = algo;
+        Ok(self)
+    }
+
+    /// Rejects a Winograd tile that does not fit this layer (`algo` is a public field, so
+    /// the passes check it again rather than compute a wrong convolution).
+    fn check_tile(&self, algo: ConvAlgo) -> Result<(), NnError> {
+        match algo {
+            ConvAlgo::Winograd(t) if self.stride != 1 || t.r() != self.kernel => {
+                Err(NnError::Config(format!(
                     "{t:?} needs stride 1 and a {}x{} kernel, the layer has stride {} and {}x{}",
                     t.r(),
                     t.r(),
                     self.stride,
                     self.kernel,
                     self.kernel
-                )));
+                )))
             }
+            _ => Ok(()),
         }
-        self.algo = algo;
-        Ok(self)
     }
 
     /// The same layer without a bias (its bias range becomes empty), as convolutions
@@ -254,6 +261,7 @@ impl Conv2d {
         self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
         let (weight, bias) = self.param_views(params)?;
         if let ConvAlgo::Winograd(t) = self.algo {
+            self.check_tile(self.algo)?;
             return winograd::forward(self, t, params, n, input, col, output, relu);
         }
         let (hw, os, f, ckk) = (
@@ -325,6 +333,7 @@ impl Conv2d {
         gw.fill(0.0);
         gb.fill(0.0);
         if let ConvAlgo::Winograd(t) = self.algo {
+            self.check_tile(self.algo)?;
             return winograd::backward(
                 self,
                 t,

@@ -130,6 +130,30 @@ fn every_pass_matches_direct_convolution() {
     assert!(failed.is_empty(), "{failed:?}");
 }
 
+#[test]
+fn a_winograd_tile_must_fit_the_layer() {
+    let strided = Conv2d::new_strided(2, 2, 3, 1, 2, (8, 8), 0).expect("layer");
+    assert!(strided
+        .clone()
+        .with_algo(ConvAlgo::Winograd(Tile::F2x3))
+        .is_err());
+    let five = Conv2d::new(2, 2, 5, 2, (8, 8), 0).expect("layer");
+    assert!(five
+        .clone()
+        .with_algo(ConvAlgo::Winograd(Tile::F4x3))
+        .is_err());
+    // Set behind with_algo's back, the passes refuse it too.
+    let mut bad = strided;
+    bad.algo = ConvAlgo::Winograd(Tile::F2x3);
+    let (x, mut y) = (vec![0.0; bad.in_size()], vec![0.0; bad.out_size()]);
+    let mut col = vec![0.0; bad.col_size()];
+    let p = vec![0.0; bad.end()];
+    assert!(matches!(
+        bad.forward(&p, 1, &x, &mut col, &mut y),
+        Err(crate::NnError::Config(_))
+    ));
+}
+
 /// The im2col path under the same measure, for comparison in the report.
 #[test]
 fn im2col_errors_for_comparison() {
