@@ -304,6 +304,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         "--batch-sizes must all be at least 1"
     );
     ensure!(opts.repeats > 0, "--repeats must be at least 1");
+    crate::nn::conv_algo::check_env()?;
     let [c, h, w] = opts.image;
     let name = opts.model.name();
     let probe = opts

@@ -136,6 +136,7 @@ pub(super) fn prepare(
 
 /// The model `cfg` names, built for the dataset's images and classes.
 fn build_model(cfg: &TrainConfig, info: &DatasetInfo) -> Result<Box<dyn Model>> {
+    crate::nn::conv_algo::check_env()?;
     let t = info.train;
     cfg.model
         .build(t.channels, t.height, t.width, info.classes.len())

@@ -1,16 +1,18 @@
 //! The 2-D convolution layer of the models, with zero padding and a stride, computed as
 //! im2col + matrix product ([`crate::im2col`]) over groups of samples whose columns sit side
-//! by side, so one product serves the group. Weights use PyTorch's (F, C, K, K) layout and
-//! sit in the flat buffer right before the F-entry bias. Backward: dW = dY·colsᵀ,
-//! db = Σ dY, dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
+//! by side, so one product serves the group, or by [`crate::winograd`] where the layer's
+//! [`ConvAlgo`] says so. Weights use PyTorch's (F, C, K, K) layout and sit in the flat
+//! buffer right before the F-entry bias. Backward: dW = dY·colsᵀ, db = Σ dY,
+//! dcols = Wᵀ·dY, then col2im scatters dcols onto dx.
 
 use std::ops::Range;
 
 use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
+use crate::conv_algo::ConvAlgo;
 use crate::im2col::{col2im_strided, im2col_strided, out_len_strided};
 use crate::matmul::mat_mul;
-use crate::{as_slice, NnError};
+use crate::{as_slice, winograd, NnError};
 
 /// Output columns (samples × Ho·Wo) a layer aims for in one matrix product. Per-sample
 /// products of a small layer are too narrow for the product to amortise packing the
@@ -41,6 +43,8 @@ pub struct Conv2d {
     pub weight: Range<usize>,
     /// Range of the (F) bias in the flat buffer.
     pub bias: Range<usize>,
+    /// The algorithm, fixed by the geometry ([`ConvAlgo::select`]).
+    pub algo: ConvAlgo,
 }
 
 impl Conv2d {
@@ -66,8 +70,9 @@ impl Conv2d {
         (in_h, in_w): (usize, usize),
         offset: usize,
     ) -> Result<Conv2d, NnError> {
-        out_len_strided(in_h, kernel, pad, stride)?;
-        out_len_strided(in_w, kernel, pad, stride)?;
+        let oh = out_len_strided(in_h, kernel, pad, stride)?;
+        let ow = out_len_strided(in_w, kernel, pad, stride)?;
+        let algo = ConvAlgo::select(kernel, stride, (in_channels, out_channels), (oh, ow))?;
         let wlen = out_channels * in_channels * kernel * kernel;
         Ok(Conv2d {
             in_channels,
@@ -79,7 +84,36 @@ impl Conv2d {
             in_w,
             weight: offset..offset + wlen,
             bias: offset + wlen..offset + wlen + out_channels,
+            algo,
         })
+    }
+
+    /// The same layer with another algorithm (tests and measurements).
+    ///
+    /// # Errors
+    /// [`NnError::Config`] for a Winograd tile on a strided layer or another kernel size.
+    pub fn with_algo(mut self, algo: ConvAlgo) -> Result<Conv2d, NnError> {
+        self.check_tile(algo)?;
+        self.algo = algo;
+        Ok(self)
+    }
+
+    /// Rejects a Winograd tile that does not fit this layer (`algo` is a public field, so
+    /// the passes check it again rather than compute a wrong convolution).
+    fn check_tile(&self, algo: ConvAlgo) -> Result<(), NnError> {
+        match algo {
+            ConvAlgo::Winograd(t) if self.stride != 1 || t.r() != self.kernel => {
+                Err(NnError::Config(format!(
+                    "{t:?} needs stride 1 and a {}x{} kernel, the layer has stride {} and {}x{}",
+                    t.r(),
+                    t.r(),
+                    self.stride,
+                    self.kernel,
+                    self.kernel
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The same layer without a bias (its bias range becomes empty), as convolutions
@@ -119,10 +153,16 @@ impl Conv2d {
         (GROUP_COLUMNS / (self.out_h() * self.out_w()).max(1)).max(1)
     }
 
-    /// Floats of the column scratch: the im2col columns of one group, (C·K·K, G·Ho·Wo),
+    /// Floats of the column scratch. im2col: the columns of one group, (C·K·K, G·Ho·Wo),
     /// followed by one group's output (or output gradient) in (F, G·Ho·Wo) layout.
+    /// Winograd: the transformed weights, their gradient, and one group's tiles.
     pub fn col_size(&self) -> usize {
-        self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
+        match self.algo {
+            ConvAlgo::Im2col => {
+                self.group() * self.out_h() * self.out_w() * (self.fan_in() + self.out_channels)
+            }
+            ConvAlgo::Winograd(t) => winograd::scratch_len(self, t),
+        }
     }
 
     /// One past the last parameter of this layer.
@@ -220,6 +260,10 @@ impl Conv2d {
         self.check_batch("conv2d output", output.len(), self.out_size(), n)?;
         self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
         let (weight, bias) = self.param_views(params)?;
+        if let ConvAlgo::Winograd(t) = self.algo {
+            self.check_tile(self.algo)?;
+            return winograd::forward(self, t, params, n, input, col, output, relu);
+        }
         let (hw, os, f, ckk) = (
             self.out_h() * self.out_w(),
             self.out_size(),
@@ -288,6 +332,21 @@ impl Conv2d {
         let (gw, gb) = grads[self.weight.start..self.bias.end].split_at_mut(self.weight.len());
         gw.fill(0.0);
         gb.fill(0.0);
+        if let ConvAlgo::Winograd(t) = self.algo {
+            self.check_tile(self.algo)?;
+            return winograd::backward(
+                self,
+                t,
+                params,
+                n,
+                input,
+                grad_output,
+                col,
+                gw,
+                gb,
+                grad_input,
+            );
+        }
         let mut gw = ArrayViewMut2::from_shape((self.out_channels, self.fan_in()), gw)?;
         let (hw, os, is, f, ckk) = (
             self.out_h() * self.out_w(),
@@ -342,15 +401,26 @@ mod tests {
         assert_grad_close, dot_f64, numeric_grad, random_vec, rng, CONV_CASES as CASES,
     };
     use crate::im2col::{conv2d_backward, conv2d_forward};
+    use crate::winograd::Tile;
     use ndarray::{Array2, Array3, ArrayView1};
 
     /// Weight, bias and input gradients of L = Σ y·R against central differences, through
-    /// the batched layer so its per-sample accumulation is covered too.
+    /// the batched layer so its per-sample accumulation is covered too, for im2col and
+    /// every Winograd tile that fits the kernel.
     #[test]
     fn layer_backward_matches_finite_differences() {
-        for (s, &(c, h, w, f, k, pad)) in CASES.iter().enumerate() {
+        let algos = |k: usize| {
+            let tiles = Tile::ALL.into_iter().filter(move |t| t.r() == k);
+            std::iter::once(ConvAlgo::Im2col).chain(tiles.map(ConvAlgo::Winograd))
+        };
+        let cases = CASES
+            .iter()
+            .flat_map(|&case| algos(case.4).map(move |a| (case, a)));
+        for (s, ((c, h, w, f, k, pad), algo)) in cases.enumerate() {
             let n = 2;
-            let layer = Conv2d::new(c, f, k, pad, (h, w), 3).expect("layer");
+            let layer = Conv2d::new(c, f, k, pad, (h, w), 3)
+                .and_then(|l| l.with_algo(algo))
+                .expect("layer");
             let mut r = rng(30 + s as u64);
             let params = random_vec(&mut r, layer.end() + 2, -1.0, 1.0);
             let mut x = random_vec(&mut r, n * layer.in_size(), -1.0, 1.0);
@@ -373,10 +443,14 @@ mod tests {
                 "outside the layer's range must stay untouched"
             );
 
+            // L is linear in the weights and in x, so central differences are exact for any
+            // step: a large one keeps the forward pass's f32 rounding (larger for Winograd
+            // than for im2col) small in the quotient.
+            let eps = 0.25;
             let xs = x.clone();
             let num_p = numeric_grad(
                 &mut params[layer.weight.start..layer.bias.end].to_vec(),
-                1e-2,
+                eps,
                 |sub| {
                     let mut p = vec![0.0; 3];
                     p.extend_from_slice(sub);
@@ -384,7 +458,7 @@ mod tests {
                 },
             );
             let pc = params.clone();
-            let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv, &mut col.clone()));
+            let num_x = numeric_grad(&mut x, eps, |xv| loss(&pc, xv, &mut col.clone()));
             assert_grad_close(
                 &format!("case {s} weight"),
                 &grads[layer.weight.clone()],
@@ -408,7 +482,10 @@ mod tests {
     #[test]
     fn grouped_layer_matches_per_sample_kernels() {
         let (c, h, w, f, k, pad, n) = (2, 20, 20, 3, 3, 1, 5);
-        let layer = Conv2d::new(c, f, k, pad, (h, w), 0).expect("layer");
+        // The im2col path whatever RPS_CONV says: the grouping is what is under test.
+        let layer = Conv2d::new(c, f, k, pad, (h, w), 0)
+            .and_then(|l| l.with_algo(ConvAlgo::Im2col))
+            .expect("layer");
         assert_eq!(
             layer.group(),
             3,

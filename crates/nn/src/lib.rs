@@ -10,6 +10,7 @@ mod block;
 pub mod classifier;
 pub mod cnn;
 pub mod conv2d;
+pub mod conv_algo;
 pub mod im2col;
 pub mod linear;
 pub mod loss;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod profile;
 pub mod relu;
 pub mod resnet;
+pub mod winograd;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
