@@ -58,7 +58,9 @@ where
         .x_label_area_size(45)
         .y_label_area_size(65)
         .build_cartesian_2d(
-            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)), (y_lo..y_hi).log_scale())?;
+            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)),
+            (y_lo..y_hi).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("workers n (co-located: also servers)")
@@ -144,7 +146,9 @@ where
         .x_label_area_size(45)
         .y_label_area_size(75)
         .build_cartesian_2d(
-            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)), (lo - pad)..(hi + pad))?;
+            (1.5..n_max * 1.4).log_scale().with_key_points(ticks(n_max)),
+            (lo - pad)..(hi + pad),
+        )?;
     chart
         .configure_mesh()
         .x_desc("workers n (co-located: also servers)")
