@@ -109,7 +109,6 @@ fn bad_options_stop_every_rank_naming_the_flag() {
             vec!["--sizes", "400"],
             "--modes dedicated needs at least 2 ranks",
         ),
-        (2, vec!["--servers", "2"], "--servers 2"),
         (
             2,
             vec!["--sizes", "1e5x"],
