@@ -449,9 +449,12 @@ mod tests {
         }
     }
 
+    /// A change to the options, the job size, and the message it must give.
+    type Case = (fn(&mut Options), usize, &'static str);
+
     #[test]
     fn bad_options_name_their_flag() {
-        let cases: [(fn(&mut Options), usize, &str); 6] = [
+        let cases: [Case; 6] = [
             (|o| o.sizes = vec![0], 4, "--sizes: a buffer of 0 bytes"),
             (|o| o.sizes = vec![10], 4, "--sizes: 10 bytes"),
             (

@@ -12,7 +12,7 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 
 /// The human-readable table and the machine-readable lines.
 pub(super) fn report(rows: &[Row], n: usize) {
-    if let Some(big) = rows.iter().filter(|r| r.op == Op::Pair).last() {
+    if let Some(big) = rows.iter().rfind(|r| r.op == Op::Pair) {
         println!(
             "rank-to-rank bandwidth: ranks 0 and 1 swap {} bytes in {:.3} ms (median): {:.2} GB/s each way",
             big.bytes,
@@ -20,7 +20,7 @@ pub(super) fn report(rows: &[Row], n: usize) {
             big.bytes as f64 / big.time.median / 1e6
         );
     }
-    if let Some(big) = rows.iter().filter(|r| r.op == Op::Memcpy).last() {
+    if let Some(big) = rows.iter().rfind(|r| r.op == Op::Memcpy) {
         println!(
             "memcpy bandwidth: rank 0 copies {} bytes in {:.3} ms (median): {:.2} GB/s",
             big.bytes,
