@@ -77,7 +77,8 @@ pub enum Command {
     /// Example: rps plot runs/drop-models/*.h5 --output-dir figures
     ///
     /// Given netsim results (.csv, from netsim/run.sh), draws netsim_fct: web-flow
-    /// completion times per size class for both policies against load.
+    /// completion times per size class for both policies against load. Given `rps
+    /// bench-exchange --csv` files, draws exchange_cost: time against buffer size per mode.
     Plot(PlotFlags),
 }
 
@@ -205,8 +206,8 @@ pub struct ReportFlags {
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics`, netsim results (.csv), or with
-    /// --testbed one testbed index file.
+    /// Metrics files written by `rps train --metrics`, netsim results (.csv),
+    /// `rps bench-exchange --csv` files, or with --testbed one testbed index file.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// FILE is the index of a testbed measurement (jobs/testbed.sh): draw step time and
@@ -618,7 +619,7 @@ pub enum ExchangeModeFlag {
 
 #[derive(Debug, Args)]
 pub struct BenchExchangeFlags {
-    /// Buffer sizes in bytes, comma-separated (integers or 1e6-style; multiples of 4).
+    /// Buffer sizes in bytes (multiples of 4), comma-separated, as integers or 1e6-style.
     #[arg(
         long,
         value_name = "B,B,...",

@@ -18,6 +18,7 @@ use crate::metrics::StepCounters;
 use crate::rps::{Exchange, Layout, Mode};
 
 mod output;
+pub mod plot;
 pub use output::CSV_HEADER;
 
 /// Which role split to benchmark; dedicated's server count depends on the job's size.

@@ -476,31 +476,25 @@ impl Exchange {
         let range = self.layout.block(b);
         let len = range.len();
         let n = self.packets(len);
-        self.average.clear();
+        // Every element is written below, so the old contents need no clearing.
         self.average.resize(len, 0.0);
         self.available.clear();
         self.available.resize(n, false);
+        let own = colocated.then(|| &params[range]);
+        let mut copies: Vec<&[f32]> = Vec::with_capacity(received);
         for k in 0..n {
             let pr = self.packet_range(k, len);
-            let avg = &mut self.average[pr.clone()];
-            let mut copies = 0usize;
-            if colocated {
-                avg.copy_from_slice(&params[range.start + pr.start..range.start + pr.end]);
-                copies += 1;
-            }
+            copies.clear();
             for (i, copy) in self.inbox.chunks(len.max(1)).take(received).enumerate() {
                 if self.inbox_masks[i][k] {
-                    avg.iter_mut()
-                        .zip(&copy[pr.clone()])
-                        .for_each(|(a, &x)| *a += x);
-                    copies += 1;
+                    copies.push(&copy[pr.clone()]);
                 }
             }
-            if copies > 0 {
-                let scale = 1.0 / copies as f32;
-                avg.iter_mut().for_each(|a| *a *= scale);
-                self.available[k] = true;
-            }
+            let count = copies.len() + usize::from(colocated);
+            let scale = (count > 0).then(|| 1.0 / count as f32);
+            let first = own.map(|o| &o[pr.clone()]);
+            average_into(&mut self.average[pr], first, &copies, scale);
+            self.available[k] = count > 0;
         }
     }
 
@@ -569,6 +563,32 @@ impl Exchange {
             .filter(|(_, &m)| m)
             .map(|(k, _)| self.packet_range(k, len).len())
             .sum()
+    }
+}
+
+/// Sets `out` to (`first`, or zeros) + `copies[0]` + `copies[1]` + …, times `scale`:
+/// element by element in exactly that order, so the result is the same bit for bit as
+/// one pass over the block per term, but a cache-sized chunk at a time, so that each
+/// element of the block crosses the memory bus once rather than once per pass.
+fn average_into(out: &mut [f32], first: Option<&[f32]>, copies: &[&[f32]], scale: Option<f32>) {
+    /// Elements per chunk: 16 KB, which stays in L1 across the passes.
+    const CHUNK: usize = 4096;
+    for start in (0..out.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(out.len());
+        let chunk = &mut out[start..end];
+        match first {
+            Some(f) => chunk.copy_from_slice(&f[start..end]),
+            None => chunk.fill(0.0),
+        }
+        for copy in copies {
+            chunk
+                .iter_mut()
+                .zip(&copy[start..end])
+                .for_each(|(a, &x)| *a += x);
+        }
+        if let Some(s) = scale {
+            chunk.iter_mut().for_each(|a| *a *= s);
+        }
     }
 }
 
