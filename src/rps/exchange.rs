@@ -556,7 +556,8 @@ impl Exchange {
             } else {
                 counts.sent_down += 1;
                 self.down_links.sent[me * size + w] += 1;
-                counts.bytes_sent += 4 * self.delivered_elems(&mask, self.average.len()) as u64;
+                counts.bytes_sent +=
+                    4 * self.delivered_elems(&mask, self.layout.block(b).len()) as u64;
                 out.push((w, mask.clone()));
             }
         }
@@ -740,6 +741,9 @@ mod tests {
             assert_eq!(c.sent_up, 3);
             assert_eq!(c.sent_down, 3);
         }
+        // Every block goes up from three ranks and comes back down to three.
+        let bytes: u64 = out.iter().map(|(_, c)| c.bytes_sent).sum();
+        assert_eq!(bytes, 2 * 3 * 4 * D as u64);
     }
 
     #[test]
