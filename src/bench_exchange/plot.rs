@@ -107,7 +107,8 @@ where
     let mut rates: Vec<f64> = rows.iter().filter_map(|r| r.p).collect();
     rates.sort_by(f64::total_cmp);
     rates.dedup();
-    let positive = |r: &&CsvRow| r.median_ms > 0.0 && r.bytes > 0.0;
+    // What is drawn: RPS, all-reduce and the swap (not the memcpy rows).
+    let positive = |r: &&CsvRow| r.median_ms > 0.0 && r.bytes > 0.0 && r.op != "memcpy";
     let (x_lo, x_hi, y_lo, y_hi) = rows.iter().filter(positive).fold(
         (f64::INFINITY, 0.0f64, f64::INFINITY, 0.0f64),
         |(a, b, c, d), r| {
