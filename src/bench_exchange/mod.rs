@@ -203,8 +203,9 @@ pub fn run<T: Transport + ?Sized>(t: &T, plan: &mut Plan) -> Result<Vec<Row>> {
     let speak = me == 0;
     if speak {
         println!(
-            "rps bench-exchange: {n} ranks ({} on this host), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier",
+            "rps bench-exchange: {n} ranks ({} on this host of {} cores), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier",
             t.ranks_on_host(),
+            std::thread::available_parallelism().map_or(0, |c| c.get()),
             t.library_version().lines().next().unwrap_or_default(),
             plan.warmup,
             plan.repeats

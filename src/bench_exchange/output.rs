@@ -57,6 +57,19 @@ pub(super) fn report(rows: &[Row], n: usize) {
             opt(r.dropped, 1)
         );
     }
+    println!(
+        "\nrps/allreduce at p = 0, of the medians and of the minima (the minima show what the"
+    );
+    println!("operations cost when no other process takes the core):");
+    for (r, a) in pairs(rows) {
+        println!(
+            "  {:<10} {:>11} bytes: {:.3} (medians), {:.3} (minima)",
+            r.mode,
+            r.bytes,
+            r.time.median / a.time.median,
+            r.time.min / a.time.min
+        );
+    }
     println!();
     for r in rows {
         println!(
@@ -106,20 +119,27 @@ pub(super) fn write_csv(file: &mut File, rows: &[Row], n: usize) -> std::io::Res
     w.flush()
 }
 
+/// Each RPS row at p = 0 with the all-reduce row of its mode and size.
+fn pairs(rows: &[Row]) -> impl Iterator<Item = (&Row, &Row)> {
+    rows.iter()
+        .filter(|r| r.op == Op::Rps && r.p == Some(0.0))
+        .filter_map(|r| {
+            let a = rows
+                .iter()
+                .find(|a| a.op == Op::Allreduce && a.mode == r.mode && a.bytes == r.bytes)?;
+            Some((r, a))
+        })
+}
+
 /// The last lines of the report: `ratio rps/allreduce mode=M bytes=B n=N: R`, per mode
 /// and size, from the medians at p = 0 and of the all-reduce of the same mode and size.
 pub(super) fn ratios(rows: &[Row], n: usize) {
-    for r in rows.iter().filter(|r| r.op == Op::Rps && r.p == Some(0.0)) {
-        let base = rows
-            .iter()
-            .find(|a| a.op == Op::Allreduce && a.mode == r.mode && a.bytes == r.bytes);
-        if let Some(a) = base {
-            println!(
-                "ratio rps/allreduce mode={} bytes={} n={n}: {:.3}",
-                r.mode,
-                r.bytes,
-                r.time.median / a.time.median
-            );
-        }
+    for (r, a) in pairs(rows) {
+        println!(
+            "ratio rps/allreduce mode={} bytes={} n={n}: {:.3}",
+            r.mode,
+            r.bytes,
+            r.time.median / a.time.median
+        );
     }
 }
