@@ -203,7 +203,7 @@ pub fn run<T: Transport + ?Sized>(t: &T, plan: &mut Plan) -> Result<Vec<Row>> {
     let speak = me == 0;
     if speak {
         println!(
-            "rps bench-exchange: {n} ranks ({} on this host of {} cores), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier",
+            "rps bench-exchange: {n} ranks ({} on this host; rank 0 may run on {} core(s)), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier",
             t.ranks_on_host(),
             std::thread::available_parallelism().map_or(0, |c| c.get()),
             t.library_version().lines().next().unwrap_or_default(),
