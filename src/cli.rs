@@ -46,6 +46,18 @@ pub enum Command {
     ///
     /// Example: rps bench --batch-sizes 32,128 --pytorch
     Bench(BenchFlags),
+    /// Time one RPS exchange of a synthetic parameter buffer against MPI_Allreduce of the
+    /// same buffer, per size, drop rate and mode, under mpirun (every rank runs this same
+    /// command).
+    ///
+    /// Example: mpirun -n 4 rps bench-exchange --sizes 1e5,1e6,1e7 --csv exchange.csv
+    ///
+    /// Uses the training's own exchange on the MPI transport (no dataset, no model). Each
+    /// repeat starts after a barrier and counts as long as its slowest rank took. Prints a
+    /// table, `bench-exchange op=... ` lines, and last one `ratio rps/allreduce mode=M
+    /// bytes=B n=N: R` line per mode and size (median RPS time at p = 0 over median
+    /// all-reduce time).
+    BenchExchange(BenchExchangeFlags),
     /// Run every run of a sweep job file with mpirun, one after the other (or just one of
     /// them, for a Slurm job array), skipping runs that already completed.
     ///
@@ -65,7 +77,8 @@ pub enum Command {
     /// Example: rps plot runs/drop-models/*.h5 --output-dir figures
     ///
     /// Given netsim results (.csv, from netsim/run.sh), draws netsim_fct: web-flow
-    /// completion times per size class for both policies against load.
+    /// completion times per size class for both policies against load. Given `rps
+    /// bench-exchange --csv` files, draws exchange_cost: time against buffer size per mode.
     Plot(PlotFlags),
 }
 
@@ -193,8 +206,8 @@ pub struct ReportFlags {
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics`, netsim results (.csv), or with
-    /// --testbed one testbed index file.
+    /// Metrics files written by `rps train --metrics`, netsim results (.csv),
+    /// `rps bench-exchange --csv` files, or with --testbed one testbed index file.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// FILE is the index of a testbed measurement (jobs/testbed.sh): draw step time and
@@ -594,6 +607,96 @@ pub struct BenchFlags {
     /// Virtual environment the script creates and installs PyTorch into (reused).
     #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv"))]
     pub venv: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExchangeModeFlag {
+    /// The first --servers ranks are servers, the rest workers (as `rps train --servers`).
+    Dedicated,
+    /// Every rank is a worker and the server of one block (as `rps train --colocated`).
+    Colocated,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchExchangeFlags {
+    /// Buffer sizes in bytes (multiples of 4), comma-separated, as integers or 1e6-style.
+    #[arg(
+        long,
+        value_name = "B,B,...",
+        value_delimiter = ',',
+        default_value = "1e5,1e6,1e7,1e8",
+        value_parser = parse_bytes
+    )]
+    pub sizes: Vec<u64>,
+    /// i.i.d. Bernoulli drop rates of the RPS exchange, comma-separated, each in [0, 1);
+    /// must include 0.
+    #[arg(
+        long,
+        value_name = "P,P,...",
+        value_delimiter = ',',
+        default_value = "0,0.1",
+        allow_negative_numbers = true
+    )]
+    pub drop_rates: Vec<f64>,
+    /// Role splits to time, comma-separated.
+    #[arg(
+        long,
+        value_name = "M,M,...",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dedicated,colocated"
+    )]
+    pub modes: Vec<ExchangeModeFlag>,
+    /// Servers in dedicated mode [default: half the ranks, at least 1].
+    #[arg(long, value_name = "S")]
+    pub servers: Option<usize>,
+    /// Untimed repeats of every operation before measuring.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed repeats of every operation.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub repeats: usize,
+    /// Seed of the drop decisions and of co-located mode's block assignment.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write every measured row to this CSV file (rank 0; parent directories are
+    /// created, an existing file is replaced); `rps plot` draws it.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+}
+
+/// A byte count written as an integer (`1000000`) or in 1e6 style.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    if let Ok(b) = s.parse::<u64>() {
+        return Ok(b);
+    }
+    match s.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.fract() == 0.0 && x <= u64::MAX as f64 => Ok(x as u64),
+        _ => Err(format!("{s:?} is not a whole number of bytes")),
+    }
+}
+
+impl From<BenchExchangeFlags> for crate::bench_exchange::Options {
+    fn from(f: BenchExchangeFlags) -> Self {
+        use crate::bench_exchange::Roles;
+        crate::bench_exchange::Options {
+            sizes: f.sizes,
+            drop_rates: f.drop_rates,
+            modes: f
+                .modes
+                .into_iter()
+                .map(|m| match m {
+                    ExchangeModeFlag::Dedicated => Roles::Dedicated,
+                    ExchangeModeFlag::Colocated => Roles::Colocated,
+                })
+                .collect(),
+            servers: f.servers,
+            warmup: f.warmup,
+            repeats: f.repeats,
+            seed: f.seed,
+            csv: f.csv,
+        }
+    }
 }
 
 impl TryFrom<BenchFlags> for BenchOptions {

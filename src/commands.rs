@@ -16,7 +16,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::cli::{
-    BenchFlags, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags, SweepFlags, TrainFlags,
+    BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags,
+    SweepFlags, TrainFlags,
 };
 use crate::comm::mpi::MpiTransport;
 use crate::comm::udp::UdpTransport;
@@ -326,6 +327,33 @@ pub fn bench(flags: BenchFlags) -> Result<ExitCode> {
     };
     crate::bench::run(&opts)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rps bench-exchange`: under mpirun, every rank runs this. Invalid options stop every
+/// rank with one message (exit 2); rank 0 prints the report.
+pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
+    let Some(mpi) = MpiTransport::init() else {
+        print_error(None, &"MPI was already initialised");
+        return ExitCode::FAILURE;
+    };
+    let rank = mpi.rank();
+    init_logger(Some(rank));
+    let opts = crate::bench_exchange::Options::from(flags);
+    let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank)) {
+        Ok(plan) => plan,
+        Err(d) => {
+            stop_together(&mpi, d.rank == rank, || print_error(None, &d.message));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match crate::bench_exchange::run(&mpi, &mut plan) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A rank failing alone would leave the others in the next collective.
+            print_error(Some(rank), &e);
+            mpi.abort(1)
+        }
+    }
 }
 
 /// `rps sweep`: a launcher, no MPI in this process.

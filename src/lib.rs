@@ -7,10 +7,11 @@
 //! MPI implementation is the only user of `mpi`), [`rps`] (roles, blocks and the
 //! exchange), [`metrics`] (the HDF5 run log, declared once), [`train`] (the driver, on
 //! any transport), [`config`], [`cli`] and [`commands`]; [`mod@bench`] times the model on
-//! one thread; [`report`] and [`plot`] read metrics files back into tables and figures,
+//! one thread, [`bench_exchange`] the exchange against an all-reduce under MPI; [`report`] and [`plot`] read metrics files back into tables and figures,
 //! and [`netsim`] reads the results of the ns-3 datacenter simulation (`netsim/`).
 
 pub mod bench;
+pub mod bench_exchange;
 pub mod build;
 pub mod checkpoint;
 pub mod cli;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Train(flags) => return commands::train(*flags),
         Command::Convert(flags) => logged(|| commands::convert(flags)),
         Command::Bench(flags) => logged(|| commands::bench(flags)),
+        Command::BenchExchange(flags) => return commands::bench_exchange(flags),
         Command::Sweep(flags) => logged(|| commands::sweep(flags)),
         Command::Report(flags) => commands::report(flags),
         Command::Plot(flags) => logged(|| commands::plot(flags)),

@@ -81,6 +81,13 @@ pub trait Transport {
 
     /// Reliable element-wise sum over all ranks, result on every rank.
     fn allreduce_sum_f32(&self, buf: &mut [f32]);
+    /// Reliable element-wise sum over all ranks of `send` into `recv` (the same length),
+    /// result on every rank, `send` left alone. The default copies `send` into `recv` and
+    /// reduces in place; MPI reduces straight from one buffer into the other.
+    fn allreduce_sum_f32_into(&self, send: &[f32], recv: &mut [f32]) {
+        recv.copy_from_slice(send);
+        self.allreduce_sum_f32(recv);
+    }
     /// Reliable element-wise sum over all ranks, result on every rank.
     fn allreduce_sum_f64(&self, buf: &mut [f64]);
     /// Gathers `send` (the same length on every rank) from all ranks, in rank order.

@@ -204,6 +204,13 @@ impl Transport for MpiTransport {
         });
     }
 
+    fn allreduce_sum_f32_into(&self, send: &[f32], recv: &mut [f32]) {
+        watch::in_collective(self.rank(), "a reduction", || {
+            self.world
+                .all_reduce_into(send, recv, SystemOperation::sum())
+        });
+    }
+
     fn allreduce_sum_f64(&self, buf: &mut [f64]) {
         let send = buf.to_vec();
         watch::in_collective(self.rank(), "a reduction", || {

@@ -2,8 +2,9 @@
 //! smoothed training loss, final accuracy against loss rate, consensus distance, per-link
 //! drop heat maps, and the theory figures of `--diag-every` runs (module `theory`); for
 //! netsim results (CSV), web-flow completion times per size class for both policies and
-//! every load. Text is drawn with a TrueType font read at run time from the system
-//! (Debian's fonts-dejavu-core), so no font is compiled in.
+//! every load; for `rps bench-exchange --csv` files, the exchange's cost curve
+//! ([`crate::bench_exchange::plot`]). Text is drawn with a TrueType font read at run time
+//! from the system (Debian's fonts-dejavu-core), so no font is compiled in.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,6 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::bench_exchange;
 use crate::metrics::schema::{CONSENSUS_DISTANCE, EVAL_STEP, LINK_MATRICES, LOSS, STEP};
 use crate::metrics::RunFile;
 use crate::netsim::{is_results_file, Results, CLASSES};
@@ -139,6 +141,9 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
         bail!("no metrics files given");
     }
     let csv = opts.files.iter().filter(|p| is_results_file(p)).count();
+    if csv == opts.files.len() && opts.files.iter().all(|p| bench_exchange::plot::is_csv(p)) {
+        return bench_exchange::plot::plot(&opts.files, &opts.output_dir);
+    }
     if csv > 0 {
         if csv < opts.files.len() {
             bail!("give either metrics files (.h5) or netsim results (.csv), not both");

@@ -493,7 +493,7 @@ impl Exchange {
         }
         counts.received_up += received as u64;
         if let Some(b) = served {
-            self.average_served(b, params, received);
+            self.average_served(b, params, received, false);
         }
 
         // ---- Downlink: servers send what they have; workers wait for every server. ----
