@@ -1,6 +1,7 @@
 //! Times one f32 matrix product C = A·B on one thread with three libraries, on the shapes
 //! the rps models' layers produce at batch 32 (and a 1024³ product for the peak):
-//! matrixmultiply (what ndarray's `general_mat_mul` uses today), the `gemm` crate, and
+//! matrixmultiply (ndarray's `general_mat_mul`, the engine's product until it moved to
+//! `gemm`), the `gemm` crate, and
 //! OpenBLAS (`cblas_sgemm`, what ndarray's `blas` feature would call). Prints a Markdown
 //! table of medians in GFLOP/s and, per library, the time summed over the CNN's and
 //! ResNet-20's shapes, then one line per library: `total cnn=… resnet20=… ms`.
@@ -14,14 +15,16 @@ use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 
-/// One product of a layer: C (m×n) = A (m×k) · B (k×n), with B stored transposed when
-/// `bt` (as the weight gradient's colsᵀ is), and how often a batch-32 step runs it.
+/// One product of a layer: C (m×n) = A (m×k) · B (k×n), A stored transposed when `at`,
+/// B stored transposed when `bt` (as the engine passes them), and how often a batch-32
+/// step runs it.
 struct Shape {
     model: &'static str,
     what: &'static str,
     m: usize,
     n: usize,
     k: usize,
+    at: bool,
     bt: bool,
     per_step: usize,
 }
@@ -30,7 +33,7 @@ const fn s(
     model: &'static str,
     what: &'static str,
     (m, n, k): (usize, usize, usize),
-    bt: bool,
+    (at, bt): (bool, bool),
     per_step: usize,
 ) -> Shape {
     Shape {
@@ -39,52 +42,142 @@ const fn s(
         m,
         n,
         k,
+        at,
         bt,
         per_step,
     }
 }
 
-/// The shapes of one batch-32 step. Convolutions are grouped to ~1,536 output columns
-/// per product (crates/nn/src/conv2d.rs), so the CNN's conv2 runs 32/7 ≈ 5 products of
-/// 7 samples (1,372 columns) per pass; the counts are products per step.
+const N: (bool, bool) = (false, false);
+const AT: (bool, bool) = (true, false);
+const BT: (bool, bool) = (false, true);
+
+/// The products of one batch-32 step of today's engine (crates/nn): im2col layers take
+/// groups of ~1,536 output columns (conv2d.rs); Winograd layers take, per group of 256
+/// tiles, α² products per pass: forward U·V (F×C·C×T), dW Ȳ·Vᵀ, dX Uᵀ·Ȳ
+/// (winograd/mod.rs), with α² = 64 for F(4×4,5×5) and 36 for F(4×4,3×3).
 const SHAPES: &[Shape] = &[
-    s("peak", "1024³", (1024, 1024, 1024), false, 0),
-    s("cnn", "conv1 forward", (32, 784, 25), false, 32),
-    s("cnn", "conv1 dW", (32, 25, 784), true, 32),
-    s("cnn", "conv2 forward", (64, 1372, 800), false, 5),
-    s("cnn", "conv2 dW", (64, 800, 1372), true, 5),
-    s("cnn", "conv2 dcols", (800, 1372, 64), false, 5),
-    s("cnn", "fc1 forward", (32, 512, 3136), true, 1),
-    s("cnn", "fc1 dW", (512, 3136, 32), false, 1),
-    s("cnn", "fc1 dx", (32, 3136, 512), false, 1),
-    s("cnn", "winograd F(2,5) product", (64, 1568, 32), false, 36),
+    s("peak", "1024³", (1024, 1024, 1024), N, 0),
+    // CNN: conv1 im2col (1 sample = 784 columns a product), conv2 F(4,5): 16 tiles a
+    // sample, 512 a batch = 2 groups, fc1 3136→512.
+    s("cnn", "conv1 forward (im2col)", (32, 784, 25), N, 32),
+    s("cnn", "conv1 dW (im2col)", (32, 25, 784), BT, 32),
+    s("cnn", "conv2 forward (Winograd)", (64, 256, 32), N, 64 * 2),
+    s("cnn", "conv2 dW (Winograd)", (64, 32, 256), BT, 64 * 2),
+    s("cnn", "conv2 dX (Winograd)", (32, 256, 64), AT, 64 * 2),
+    s("cnn", "fc1 forward", (32, 512, 3136), BT, 1),
+    s("cnn", "fc1 dW", (512, 3136, 32), AT, 1),
+    s("cnn", "fc1 dx", (32, 3136, 512), N, 1),
+    // ResNet-20: the stem and the two stride-2 layers by im2col; F(4,3) elsewhere:
+    // stage 1 (6 layers, 64 tiles a sample = 8 groups), stage 2 (5 layers, 16 tiles =
+    // 2 groups), stage 3 (5 layers, 4 tiles = one group of 128).
+    s("resnet20", "stem forward (im2col)", (16, 1024, 27), N, 32),
+    s("resnet20", "stem dW (im2col)", (16, 27, 1024), BT, 32),
     s(
         "resnet20",
-        "stage 1 forward (16 ch, 32²)",
-        (16, 1024, 144),
-        false,
-        32 * 7,
+        "stage 1 forward (Winograd)",
+        (16, 256, 16),
+        N,
+        36 * 8 * 6,
     ),
-    s("resnet20", "stage 1 dW", (16, 144, 1024), true, 32 * 7),
-    s("resnet20", "stage 1 dcols", (144, 1024, 16), false, 32 * 7),
     s(
         "resnet20",
-        "stage 2 forward (32 ch, 16²)",
-        (32, 1536, 288),
-        false,
-        6 * 6,
+        "stage 1 dW (Winograd)",
+        (16, 16, 256),
+        BT,
+        36 * 8 * 6,
     ),
-    s("resnet20", "stage 2 dW", (32, 288, 1536), true, 6 * 6),
-    s("resnet20", "stage 2 dcols", (288, 1536, 32), false, 6 * 6),
     s(
         "resnet20",
-        "stage 3 forward (64 ch, 8²)",
-        (64, 1536, 576),
-        false,
+        "stage 1 dX (Winograd)",
+        (16, 256, 16),
+        AT,
+        36 * 8 * 6,
+    ),
+    s(
+        "resnet20",
+        "stage 2 stride 2 forward (im2col)",
+        (32, 1536, 144),
+        N,
         6,
     ),
-    s("resnet20", "stage 3 dW", (64, 576, 1536), true, 6),
-    s("resnet20", "stage 3 dcols", (576, 1536, 64), false, 6),
+    s(
+        "resnet20",
+        "stage 2 stride 2 dW (im2col)",
+        (32, 144, 1536),
+        BT,
+        6,
+    ),
+    s(
+        "resnet20",
+        "stage 2 stride 2 dcols (im2col)",
+        (144, 1536, 32),
+        AT,
+        6,
+    ),
+    s(
+        "resnet20",
+        "stage 2 forward (Winograd)",
+        (32, 256, 32),
+        N,
+        36 * 2 * 5,
+    ),
+    s(
+        "resnet20",
+        "stage 2 dW (Winograd)",
+        (32, 32, 256),
+        BT,
+        36 * 2 * 5,
+    ),
+    s(
+        "resnet20",
+        "stage 2 dX (Winograd)",
+        (32, 256, 32),
+        AT,
+        36 * 2 * 5,
+    ),
+    s(
+        "resnet20",
+        "stage 3 stride 2 forward (im2col)",
+        (64, 1536, 288),
+        N,
+        2,
+    ),
+    s(
+        "resnet20",
+        "stage 3 stride 2 dW (im2col)",
+        (64, 288, 1536),
+        BT,
+        2,
+    ),
+    s(
+        "resnet20",
+        "stage 3 stride 2 dcols (im2col)",
+        (288, 1536, 64),
+        AT,
+        2,
+    ),
+    s(
+        "resnet20",
+        "stage 3 forward (Winograd)",
+        (64, 128, 64),
+        N,
+        36 * 5,
+    ),
+    s(
+        "resnet20",
+        "stage 3 dW (Winograd)",
+        (64, 64, 128),
+        BT,
+        36 * 5,
+    ),
+    s(
+        "resnet20",
+        "stage 3 dX (Winograd)",
+        (64, 128, 64),
+        AT,
+        36 * 5,
+    ),
 ];
 
 const LIBS: [&str; 3] = ["matrixmultiply", "gemm", "openblas"];
@@ -99,12 +192,18 @@ fn filled(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
     })
 }
 
-/// C = A·B with library `lib`; `b` is k×n (a transposed view when stored n×k).
-fn product(lib: &str, a: &Array2<f32>, b: ndarray::ArrayView2<f32>, c: &mut Array2<f32>) {
+/// C = A·B with library `lib`; `a` is m×k and `b` k×n (transposed views when stored
+/// the other way round).
+fn product(
+    lib: &str,
+    a: ndarray::ArrayView2<f32>,
+    b: ndarray::ArrayView2<f32>,
+    c: &mut Array2<f32>,
+) {
     let (m, k) = a.dim();
     let n = b.dim().1;
     match lib {
-        "matrixmultiply" => general_mat_mul(1.0, a, &b, 0.0, c),
+        "matrixmultiply" => general_mat_mul(1.0, &a, &b, 0.0, c),
         "gemm" => unsafe {
             // gemm's convention: dst := alpha·dst + beta·lhs·rhs; strides in elements.
             let (brs, bcs) = (b.strides()[0], b.strides()[1]);
@@ -117,8 +216,8 @@ fn product(lib: &str, a: &Array2<f32>, b: ndarray::ArrayView2<f32>, c: &mut Arra
                 n as isize,
                 false,
                 a.as_ptr(),
-                1,
-                k as isize,
+                a.strides()[1],
+                a.strides()[0],
                 b.as_ptr(),
                 bcs,
                 brs,
@@ -131,7 +230,12 @@ fn product(lib: &str, a: &Array2<f32>, b: ndarray::ArrayView2<f32>, c: &mut Arra
             )
         },
         "openblas" => unsafe {
-            let trans = b.strides()[0] == 1;
+            let (ta, lda) = if a.strides()[0] == 1 && m > 1 {
+                (CBLAS_TRANSPOSE::CblasTrans, m)
+            } else {
+                (CBLAS_TRANSPOSE::CblasNoTrans, k)
+            };
+            let trans = b.strides()[0] == 1 && k > 1;
             let (tb, ldb) = if trans {
                 (CBLAS_TRANSPOSE::CblasTrans, k)
             } else {
@@ -139,14 +243,14 @@ fn product(lib: &str, a: &Array2<f32>, b: ndarray::ArrayView2<f32>, c: &mut Arra
             };
             cblas_sgemm(
                 CBLAS_LAYOUT::CblasRowMajor,
-                CBLAS_TRANSPOSE::CblasNoTrans,
+                ta,
                 tb,
                 m as i32,
                 n as i32,
                 k as i32,
                 1.0,
                 a.as_ptr(),
-                k as i32,
+                lda as i32,
                 b.as_ptr(),
                 ldb as i32,
                 0.0,
@@ -168,11 +272,16 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("first argument: repeats"))
         .unwrap_or(15);
-    println!("| model | product | m × n × k | matrixmultiply GFLOP/s | gemm GFLOP/s | OpenBLAS GFLOP/s | results agree |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| model | product | m × n × k | per step | matrixmultiply GFLOP/s | gemm GFLOP/s | OpenBLAS GFLOP/s | results agree |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut totals = [[0.0f64; 3]; 2];
     for (i, sh) in SHAPES.iter().enumerate() {
-        let a = filled(sh.m, sh.k, 2 * i as u32 + 1);
+        let a_store = if sh.at {
+            filled(sh.k, sh.m, 2 * i as u32 + 1)
+        } else {
+            filled(sh.m, sh.k, 2 * i as u32 + 1)
+        };
+        let a = if sh.at { a_store.t() } else { a_store.view() };
         let b_store = if sh.bt {
             filled(sh.n, sh.k, 2 * i as u32 + 2)
         } else {
@@ -192,7 +301,7 @@ fn main() {
             for (l, lib) in LIBS.iter().enumerate() {
                 let t = Instant::now();
                 for _ in 0..inner {
-                    product(lib, &a, b, &mut cs[l]);
+                    product(lib, a, b, &mut cs[l]);
                     black_box(&cs[l]);
                 }
                 if r >= 2 {
@@ -225,13 +334,15 @@ fn main() {
             }
         }
         println!(
-            "| {} | {} | {} × {} × {}{} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} × {} × {}{}{} | {} | {:.1} | {:.1} | {:.1} | {} |",
             sh.model,
             sh.what,
             sh.m,
             sh.n,
             sh.k,
+            if sh.at { " (Aᵀ)" } else { "" },
             if sh.bt { " (Bᵀ)" } else { "" },
+            sh.per_step,
             gflops[0],
             gflops[1],
             gflops[2],
