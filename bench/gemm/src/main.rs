@@ -56,6 +56,7 @@ const BT: (bool, bool) = (false, true);
 /// groups of ~1,536 output columns (conv2d.rs); Winograd layers take, per group of 256
 /// tiles, α² products per pass: forward U·V (F×C·C×T), dW Ȳ·Vᵀ, dX Uᵀ·Ȳ
 /// (winograd/mod.rs), with α² = 64 for F(4×4,5×5) and 36 for F(4×4,3×3).
+#[rustfmt::skip]
 const SHAPES: &[Shape] = &[
     s("peak", "1024³", (1024, 1024, 1024), N, 0),
     // CNN: conv1 im2col (1 sample = 784 columns a product), conv2 F(4,5): 16 tiles a
@@ -73,111 +74,21 @@ const SHAPES: &[Shape] = &[
     // 2 groups), stage 3 (5 layers, 4 tiles = one group of 128).
     s("resnet20", "stem forward (im2col)", (16, 1024, 27), N, 32),
     s("resnet20", "stem dW (im2col)", (16, 27, 1024), BT, 32),
-    s(
-        "resnet20",
-        "stage 1 forward (Winograd)",
-        (16, 256, 16),
-        N,
-        36 * 8 * 6,
-    ),
-    s(
-        "resnet20",
-        "stage 1 dW (Winograd)",
-        (16, 16, 256),
-        BT,
-        36 * 8 * 6,
-    ),
-    s(
-        "resnet20",
-        "stage 1 dX (Winograd)",
-        (16, 256, 16),
-        AT,
-        36 * 8 * 6,
-    ),
-    s(
-        "resnet20",
-        "stage 2 stride 2 forward (im2col)",
-        (32, 1536, 144),
-        N,
-        6,
-    ),
-    s(
-        "resnet20",
-        "stage 2 stride 2 dW (im2col)",
-        (32, 144, 1536),
-        BT,
-        6,
-    ),
-    s(
-        "resnet20",
-        "stage 2 stride 2 dcols (im2col)",
-        (144, 1536, 32),
-        AT,
-        6,
-    ),
-    s(
-        "resnet20",
-        "stage 2 forward (Winograd)",
-        (32, 256, 32),
-        N,
-        36 * 2 * 5,
-    ),
-    s(
-        "resnet20",
-        "stage 2 dW (Winograd)",
-        (32, 32, 256),
-        BT,
-        36 * 2 * 5,
-    ),
-    s(
-        "resnet20",
-        "stage 2 dX (Winograd)",
-        (32, 256, 32),
-        AT,
-        36 * 2 * 5,
-    ),
-    s(
-        "resnet20",
-        "stage 3 stride 2 forward (im2col)",
-        (64, 1536, 288),
-        N,
-        2,
-    ),
-    s(
-        "resnet20",
-        "stage 3 stride 2 dW (im2col)",
-        (64, 288, 1536),
-        BT,
-        2,
-    ),
-    s(
-        "resnet20",
-        "stage 3 stride 2 dcols (im2col)",
-        (288, 1536, 64),
-        AT,
-        2,
-    ),
-    s(
-        "resnet20",
-        "stage 3 forward (Winograd)",
-        (64, 128, 64),
-        N,
-        36 * 5,
-    ),
-    s(
-        "resnet20",
-        "stage 3 dW (Winograd)",
-        (64, 64, 128),
-        BT,
-        36 * 5,
-    ),
-    s(
-        "resnet20",
-        "stage 3 dX (Winograd)",
-        (64, 128, 64),
-        AT,
-        36 * 5,
-    ),
+    s("resnet20", "stage 1 forward (Winograd)", (16, 256, 16), N, 36 * 8 * 6),
+    s("resnet20", "stage 1 dW (Winograd)", (16, 16, 256), BT, 36 * 8 * 6),
+    s("resnet20", "stage 1 dX (Winograd)", (16, 256, 16), AT, 36 * 8 * 6),
+    s("resnet20", "stage 2 stride 2 forward (im2col)", (32, 1536, 144), N, 6),
+    s("resnet20", "stage 2 stride 2 dW (im2col)", (32, 144, 1536), BT, 6),
+    s("resnet20", "stage 2 stride 2 dcols (im2col)", (144, 1536, 32), AT, 6),
+    s("resnet20", "stage 2 forward (Winograd)", (32, 256, 32), N, 36 * 2 * 5),
+    s("resnet20", "stage 2 dW (Winograd)", (32, 32, 256), BT, 36 * 2 * 5),
+    s("resnet20", "stage 2 dX (Winograd)", (32, 256, 32), AT, 36 * 2 * 5),
+    s("resnet20", "stage 3 stride 2 forward (im2col)", (64, 1536, 288), N, 2),
+    s("resnet20", "stage 3 stride 2 dW (im2col)", (64, 288, 1536), BT, 2),
+    s("resnet20", "stage 3 stride 2 dcols (im2col)", (288, 1536, 64), AT, 2),
+    s("resnet20", "stage 3 forward (Winograd)", (64, 128, 64), N, 36 * 5),
+    s("resnet20", "stage 3 dW (Winograd)", (64, 64, 128), BT, 36 * 5),
+    s("resnet20", "stage 3 dX (Winograd)", (64, 128, 64), AT, 36 * 5),
 ];
 
 const LIBS: [&str; 3] = ["matrixmultiply", "gemm", "openblas"];
