@@ -40,6 +40,10 @@ pub struct Activations {
     /// pool1 output (N, 32, H/2, W/2), and its gradient.
     p1: Vec<f32>,
     d_p1: Vec<f32>,
+    /// What conv2's training forward keeps for its backward (its Winograd input tiles),
+    /// and the batch it was kept for (`None` after an eval pass, which keeps nothing).
+    kept2: Vec<f32>,
+    kept2_n: Option<usize>,
     /// conv2 output after ReLU (N, 64, H/2, W/2), and its gradient.
     a2: Vec<f32>,
     d_a2: Vec<f32>,
@@ -166,14 +170,15 @@ impl Network for Cnn {
         resize(&mut s.d_h1, HIDDEN);
     }
 
-    /// The same in both modes: the CNN has no batch statistics.
+    /// The same in both modes (the CNN has no batch statistics), but a training pass
+    /// keeps conv2's transformed input for the backward pass.
     // forward and backward have the trait's signatures, alike in every network and in
     // each other; backward walks forward's stages in reverse.
     fn forward(
         &self,
         params: &[f32],
         n: usize,
-        _mode: Mode,
+        mode: Mode,
         scratch: &mut Scratch<Activations>,
         laps: &mut Laps,
     ) -> Result<(), NnError> {
@@ -195,7 +200,18 @@ impl Network for Cnn {
         )?;
         laps.lap("pool1 fwd");
 
-        c2.forward_act(params, n, &s.p1, &mut s.col, &mut s.a2, true)?;
+        if mode == Mode::Train {
+            // Grows once to the largest batch; a warm step allocates nothing.
+            let len = c2.saved_len(n);
+            if s.kept2.len() < len {
+                s.kept2.resize(len, 0.0);
+            }
+            c2.forward_keep(params, n, &s.p1, &mut s.col, &mut s.kept2, &mut s.a2, true)?;
+            s.kept2_n = Some(n);
+        } else {
+            c2.forward_act(params, n, &s.p1, &mut s.col, &mut s.a2, true)?;
+            s.kept2_n = None;
+        }
         laps.lap("conv2+relu fwd");
         let a2 = &s.a2[..n * c2.out_size()];
         maxpool2_forward(
@@ -259,11 +275,13 @@ impl Network for Cnn {
             ArrayView1::from(&s.a2[..n * c2.out_size()]),
         )?;
         laps.lap("pool2+relu bwd");
-        c2.backward(
+        let kept: &[f32] = if s.kept2_n == Some(n) { &s.kept2 } else { &[] };
+        c2.backward_kept(
             params,
             n,
             &s.p1,
             &s.d_a2,
+            kept,
             &mut s.col,
             grads,
             Some(&mut s.d_p1),

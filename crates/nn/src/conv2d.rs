@@ -256,13 +256,49 @@ impl Conv2d {
         output: &mut [f32],
         relu: bool,
     ) -> Result<(), NnError> {
+        self.forward_keep(params, n, input, col, &mut [], output, relu)
+    }
+
+    /// Floats [`Conv2d::forward_keep`] keeps for [`Conv2d::backward_kept`] over `n`
+    /// samples: a Winograd layer's transformed input tiles; 0 for im2col.
+    pub fn saved_len(&self, n: usize) -> usize {
+        match self.algo {
+            ConvAlgo::Im2col => 0,
+            ConvAlgo::Winograd(t) => winograd::saved_len(self, t, n),
+        }
+    }
+
+    /// [`Conv2d::forward_act`] that also keeps in `keep` (at least
+    /// [`Conv2d::saved_len`] floats; empty to keep nothing) what
+    /// [`Conv2d::backward_kept`] can reuse: the weight gradient then skips transforming
+    /// the input again. Costs memory in proportion to the batch; eval passes don't need it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_keep(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        col: &mut [f32],
+        keep: &mut [f32],
+        output: &mut [f32],
+        relu: bool,
+    ) -> Result<(), NnError> {
         self.check_batch("conv2d input", input.len(), self.in_size(), n)?;
         self.check_batch("conv2d output", output.len(), self.out_size(), n)?;
         self.check_batch("conv2d columns", col.len(), self.col_size(), 1)?;
+        if !keep.is_empty() {
+            self.check_batch("conv2d kept tiles", keep.len(), self.saved_len(n), 1)?;
+        }
         let (weight, bias) = self.param_views(params)?;
         if let ConvAlgo::Winograd(t) = self.algo {
             self.check_tile(self.algo)?;
-            return winograd::forward(self, t, params, n, input, col, output, relu);
+            let len = if keep.is_empty() {
+                0
+            } else {
+                self.saved_len(n)
+            };
+            let keep = &mut keep[..len];
+            return winograd::forward(self, t, params, n, input, col, keep, output, relu);
         }
         let (hw, os, f, ckk) = (
             self.out_h() * self.out_w(),
@@ -314,8 +350,29 @@ impl Conv2d {
         grad_output: &[f32],
         col: &mut [f32],
         grads: &mut [f32],
+        grad_input: Option<&mut [f32]>,
+    ) -> Result<(), NnError> {
+        self.backward_kept(params, n, input, grad_output, &[], col, grads, grad_input)
+    }
+
+    /// [`Conv2d::backward`] reusing what [`Conv2d::forward_keep`] kept of the same batch
+    /// (`kept`, or empty for nothing): the caller guarantees it comes from the forward
+    /// pass of this `input` and these `params`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_kept(
+        &self,
+        params: &[f32],
+        n: usize,
+        input: &[f32],
+        grad_output: &[f32],
+        kept: &[f32],
+        col: &mut [f32],
+        grads: &mut [f32],
         mut grad_input: Option<&mut [f32]>,
     ) -> Result<(), NnError> {
+        if !kept.is_empty() {
+            self.check_batch("conv2d kept tiles", kept.len(), self.saved_len(n), 1)?;
+        }
         self.check_batch("conv2d input", input.len(), self.in_size(), n)?;
         self.check_batch(
             "conv2d output gradient",
@@ -334,6 +391,11 @@ impl Conv2d {
         gb.fill(0.0);
         if let ConvAlgo::Winograd(t) = self.algo {
             self.check_tile(self.algo)?;
+            let kept = &kept[..if kept.is_empty() {
+                0
+            } else {
+                self.saved_len(n)
+            }];
             return winograd::backward(
                 self,
                 t,
@@ -341,6 +403,7 @@ impl Conv2d {
                 n,
                 input,
                 grad_output,
+                kept,
                 col,
                 gw,
                 gb,

@@ -94,6 +94,14 @@ pub(crate) fn scratch_len(l: &Conv2d, tile: Tile) -> usize {
     Geo::new(l, tile).parts().iter().sum()
 }
 
+/// Floats a layer can keep between its forward and backward passes over `n` samples: the
+/// transformed input tiles V of every group, so the weight gradient need not transform
+/// the input again.
+pub(crate) fn saved_len(l: &Conv2d, tile: Tile, n: usize) -> usize {
+    let g = Geo::new(l, tile);
+    g.al * g.al * g.c * n * g.tp
+}
+
 /// Splits the scratch into U, Ū, V, M and the work area.
 fn split<'s>(g: &Geo, col: &'s mut [f32]) -> [&'s mut [f32]; 5] {
     let [a, b, c, d, _] = g.parts();
@@ -202,6 +210,8 @@ fn mat_mut<'s>(
 }
 
 /// Forward pass of a stride-1 layer (arguments as [`Conv2d::forward_act`], checked there).
+/// With a `keep` of [`saved_len`] floats, every group's V stays there for [`backward`];
+/// with an empty one, V lives in the scratch one group at a time.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     l: &Conv2d,
@@ -210,6 +220,7 @@ pub(crate) fn forward(
     n: usize,
     input: &[f32],
     col: &mut [f32],
+    keep: &mut [f32],
     output: &mut [f32],
     relu: bool,
 ) -> Result<(), NnError> {
@@ -221,9 +232,14 @@ pub(crate) fn forward(
     for first in (0..n).step_by(g.gmax) {
         let gs = g.gmax.min(n - first);
         let t_all = gs * tp;
-        transform_inputs(&g, input, first, gs, v, work);
+        let vg: &mut [f32] = if keep.is_empty() {
+            &mut *v
+        } else {
+            &mut keep[al * al * g.c * first * tp..][..al * al * g.c * t_all]
+        };
+        transform_inputs(&g, input, first, gs, vg, work);
         for xi in 0..al * al {
-            let (uv, vv) = (mat(u, xi, g.f, g.c)?, mat(v, xi, g.c, t_all)?);
+            let (uv, vv) = (mat(u, xi, g.f, g.c)?, mat(vg, xi, g.c, t_all)?);
             mat_mul(1.0, &uv, &vv, 0.0, &mut mat_mut(mm, xi, g.f, t_all)?);
         }
         let (tiles, tmp) = work.split_at_mut(m * m * g.gmax * tp);
@@ -259,7 +275,7 @@ pub(crate) fn forward(
 }
 
 /// Backward pass (arguments as [`Conv2d::backward`], checked there; the gradient ranges
-/// are zeroed by the caller).
+/// are zeroed by the caller). A non-empty `kept` is the V its [`forward`] kept.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     l: &Conv2d,
@@ -268,6 +284,7 @@ pub(crate) fn backward(
     n: usize,
     input: &[f32],
     grad_output: &[f32],
+    kept: &[f32],
     col: &mut [f32],
     gw: &mut [f32],
     gb: &mut [f32],
@@ -283,7 +300,9 @@ pub(crate) fn backward(
     for first in (0..n).step_by(g.gmax) {
         let gs = g.gmax.min(n - first);
         let t_all = gs * tp;
-        transform_inputs(&g, input, first, gs, v, work);
+        if kept.is_empty() {
+            transform_inputs(&g, input, first, gs, v, work);
+        }
         // Ȳ = A dY Aᵀ per filter and tile, into M's place; the bias gradient on the way.
         let (tiles, tmp) = work.split_at_mut(al * al * g.gmax * tp);
         for fi in 0..g.f {
@@ -316,14 +335,19 @@ pub(crate) fn backward(
             };
             sandwich(&g.mx.a, (al, m), &g.mx.a, (al, m), t_all, src, tmp, dst);
         }
+        let vg: &[f32] = if kept.is_empty() {
+            v
+        } else {
+            &kept[al * al * g.c * first * tp..][..al * al * g.c * t_all]
+        };
         for xi in 0..al * al {
-            let (yb, vv) = (mat(mm, xi, g.f, t_all)?, mat(v, xi, g.c, t_all)?);
+            let (yb, vv) = (mat(mm, xi, g.f, t_all)?, mat(vg, xi, g.c, t_all)?);
             mat_mul(1.0, &yb, &vv.t(), 1.0, &mut mat_mut(ub, xi, g.f, g.c)?);
         }
         let Some(gi) = grad_input.as_deref_mut() else {
             continue;
         };
-        // V is spent: it takes M̄_ξ = U_ξᵀ·Ȳ_ξ, which B·M̄·Bᵀ maps back onto input tiles.
+        // V's scratch is free (spent, or never used): it takes M̄_ξ = U_ξᵀ·Ȳ_ξ, which B·M̄·Bᵀ maps back onto input tiles.
         for xi in 0..al * al {
             let (uv, yb) = (mat(u, xi, g.f, g.c)?, mat(mm, xi, g.f, t_all)?);
             mat_mul(1.0, &uv.t(), &yb, 0.0, &mut mat_mut(v, xi, g.c, t_all)?);

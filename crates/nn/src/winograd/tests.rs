@@ -131,6 +131,69 @@ fn every_pass_matches_direct_convolution() {
 }
 
 #[test]
+fn kept_tiles_give_the_same_bits_as_transforming_again() {
+    // Several groups and a partial one (gmax·tp = 256 tiles; 9 samples of 7×7 tiles).
+    for (tile, k, pad) in [(Tile::F4x3, 3, 1), (Tile::F4x5, 5, 2)] {
+        let l = Conv2d::new(3, 4, k, pad, (26, 26), 0)
+            .and_then(|l| l.with_algo(ConvAlgo::Winograd(tile)))
+            .expect("layer");
+        let n = 9;
+        let mut r = rng(7);
+        let p = random_vec(&mut r, l.end(), -0.5, 0.5);
+        let x = random_vec(&mut r, n * l.in_size(), -1.0, 1.0);
+        let dy = random_vec(&mut r, n * l.out_size(), -1.0, 1.0);
+        let mut col = vec![f32::NAN; l.col_size()];
+        // A kept buffer longer than needed, as after a larger batch.
+        let mut kept = vec![f32::NAN; l.saved_len(n) + 5];
+        let run = |kept: Option<&mut [f32]>, col: &mut [f32]| {
+            let (mut y, mut g, mut gx) = (
+                vec![0f32; n * l.out_size()],
+                vec![0f32; p.len()],
+                vec![0f32; x.len()],
+            );
+            match kept {
+                Some(kept) => {
+                    l.forward_keep(&p, n, &x, col, kept, &mut y, true).unwrap();
+                    l.backward_kept(&p, n, &x, &dy, kept, col, &mut g, Some(&mut gx))
+                        .unwrap();
+                }
+                None => {
+                    l.forward_act(&p, n, &x, col, &mut y, true).unwrap();
+                    l.backward(&p, n, &x, &dy, col, &mut g, Some(&mut gx))
+                        .unwrap();
+                }
+            }
+            (y, g, gx)
+        };
+        let plain = run(None, &mut col);
+        let with_kept = run(Some(&mut kept), &mut col);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&plain.0), bits(&with_kept.0), "{tile:?} y");
+        assert_eq!(bits(&plain.1), bits(&with_kept.1), "{tile:?} grads");
+        assert_eq!(bits(&plain.2), bits(&with_kept.2), "{tile:?} dx");
+        assert!(kept[..l.saved_len(n)].iter().all(|v| v.is_finite()));
+    }
+    // A kept buffer too short for the batch is refused, not read past.
+    let l = Conv2d::new(16, 4, 3, 1, (8, 8), 0)
+        .and_then(|l| l.with_algo(ConvAlgo::Winograd(Tile::F4x3)))
+        .expect("layer");
+    let mut col = vec![0f32; l.col_size()];
+    let (x, mut y) = (vec![0f32; 2 * l.in_size()], vec![0f32; 2 * l.out_size()]);
+    let mut short = vec![0f32; l.saved_len(2) - 1];
+    assert!(l
+        .forward_keep(
+            &vec![0f32; l.end()],
+            2,
+            &x,
+            &mut col,
+            &mut short,
+            &mut y,
+            false
+        )
+        .is_err());
+}
+
+#[test]
 fn a_winograd_tile_must_fit_the_layer() {
     let strided = Conv2d::new_strided(2, 2, 3, 1, 2, (8, 8), 0).expect("layer");
     assert!(strided
