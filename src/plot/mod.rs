@@ -183,8 +183,9 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     if runs.iter().any(|r| r.summary.diag.is_some()) {
         out.extend(both!(dir, "diag_vs_n", SIZE, diag_vs_n(&runs)));
         let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
-        if !outcome_pairs(&summaries).is_empty() {
-            out.extend(both!(dir, "outcome_vs_n", SIZE, outcome_vs_n(&summaries)));
+        let twins = outcome_pairs(&summaries);
+        if !twins.is_empty() {
+            out.extend(both!(dir, "outcome_vs_n", SIZE, outcome_vs_n(&twins)));
         }
     }
     for p in opts.files.iter().take(opts.max_link_maps) {

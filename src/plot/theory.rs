@@ -7,7 +7,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{font, legend, pick, Series};
-use crate::report::{family, group, mean_std, outcome_pairs, RunSummary};
+use std::collections::BTreeMap;
+
+use crate::report::{family, group, mean_std, GroupKey, RunSummary};
 
 /// With `--diag-every` runs: n·mean_error/spread (solid; flat when the error drops put
 /// into the average falls as 1/n) and consensus/spread (dashed) against the number of
@@ -110,10 +112,10 @@ fn ticks(n_max: f64) -> Vec<f64> {
 /// Experiment B: n·Δ against n, where Δ = loss(p) − loss(0) of x̄ against the lossless
 /// twin of the same seed (mean over seeds, bars ± one standard deviation), log n, one
 /// colour per drop model and momentum. Flat when the cost of drops falls as 1/n; the
-/// dashed line is 0, no cost.
+/// dashed line is 0, no cost. `twins` is [`outcome_pairs`] of the runs.
 pub(super) fn outcome_vs_n<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    runs: &[RunSummary],
+    twins: &BTreeMap<GroupKey, Vec<(f64, f64)>>,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -121,11 +123,11 @@ where
     root.fill(&WHITE)?;
     // (family label, n, mean n·Δ, std n·Δ).
     let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
-    for (k, pairs) in outcome_pairs(runs) {
+    for (k, pairs) in twins {
         let n = k.workers as f64;
         let scaled: Vec<f64> = pairs.iter().map(|p| n * p.0).collect();
         let Some(m) = mean_std(&scaled) else { continue };
-        let f = family(&k);
+        let f = family(k);
         let label = format!(
             "{}, {}, momentum {}",
             f.model, f.drop_model_description, f.momentum

@@ -292,12 +292,6 @@ impl Conv2d {
         let (weight, bias) = self.param_views(params)?;
         if let ConvAlgo::Winograd(t) = self.algo {
             self.check_tile(self.algo)?;
-            let len = if keep.is_empty() {
-                0
-            } else {
-                self.saved_len(n)
-            };
-            let keep = &mut keep[..len];
             return winograd::forward(self, t, params, n, input, col, keep, output, relu);
         }
         let (hw, os, f, ckk) = (
@@ -391,11 +385,6 @@ impl Conv2d {
         gb.fill(0.0);
         if let ConvAlgo::Winograd(t) = self.algo {
             self.check_tile(self.algo)?;
-            let kept = &kept[..if kept.is_empty() {
-                0
-            } else {
-                self.saved_len(n)
-            }];
             return winograd::backward(
                 self,
                 t,

@@ -81,6 +81,13 @@ impl Geo {
         planes.max(kernels) + tmp
     }
 
+    /// Where the V of the group of samples `first..first + gs` sits in a kept buffer
+    /// ([`saved_len`]): groups one after the other, each [ξ][c][t].
+    fn kept_group(&self, first: usize, gs: usize) -> std::ops::Range<usize> {
+        let per_sample = self.al * self.al * self.c * self.tp;
+        first * per_sample..(first + gs) * per_sample
+    }
+
     /// (U, Ū, V, M, work) lengths: U and Ū are α²·F·C, V is α²·C·T, M is α²·F·T.
     fn parts(&self) -> [usize; 5] {
         let (a2, t) = (self.al * self.al, self.gmax * self.tp);
@@ -210,7 +217,8 @@ fn mat_mut<'s>(
 }
 
 /// Forward pass of a stride-1 layer (arguments as [`Conv2d::forward_act`], checked there).
-/// With a `keep` of [`saved_len`] floats, every group's V stays there for [`backward`];
+/// With a `keep` of at least [`saved_len`] floats (checked by the caller), every group's
+/// V stays there for [`backward`];
 /// with an empty one, V lives in the scratch one group at a time.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
@@ -235,7 +243,7 @@ pub(crate) fn forward(
         let vg: &mut [f32] = if keep.is_empty() {
             &mut *v
         } else {
-            &mut keep[al * al * g.c * first * tp..][..al * al * g.c * t_all]
+            &mut keep[g.kept_group(first, gs)]
         };
         transform_inputs(&g, input, first, gs, vg, work);
         for xi in 0..al * al {
@@ -338,7 +346,7 @@ pub(crate) fn backward(
         let vg: &[f32] = if kept.is_empty() {
             v
         } else {
-            &kept[al * al * g.c * first * tp..][..al * al * g.c * t_all]
+            &kept[g.kept_group(first, gs)]
         };
         for xi in 0..al * al {
             let (yb, vv) = (mat(mm, xi, g.f, t_all)?, mat(vg, xi, g.c, t_all)?);
