@@ -402,6 +402,18 @@ pub struct TrainFlags {
     /// this size (9000 on networks with jumbo frames).
     #[arg(long, value_name = "BYTES", default_value_t = crate::comm::udp::DEFAULT_MTU)]
     pub udp_mtu: usize,
+    /// With --transport udp: a loss budget for the exchange. Each sender paces each link
+    /// and adapts its rate from its receiver's reports so that the loss the job sees
+    /// stays near T (e.g. 0.05); docs/concepts.md, "The loss budget", gives the rule.
+    /// Losses that do not fall when the rate falls (a bad cable, imposed random loss)
+    /// must be below T [default: no budget: no pacing, no reports].
+    #[arg(long, value_name = "T")]
+    pub loss_target: Option<f64>,
+    /// With --loss-target: the highest rate of one link, in bit/s (10G, 800M, 1e9): the
+    /// rate a link starts at and probes back up to.
+    #[arg(long, value_name = "RATE", value_parser = crate::comm::udp::rate::parse_rate,
+          default_value = "10G")]
+    pub udp_link_rate: u64,
     /// Training algorithm.
     #[arg(long, value_enum, default_value_t = Algorithm::Rps)]
     pub algorithm: Algorithm,

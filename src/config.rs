@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cli::{DetectFlag, DropModelFlag, LrScheduleFlag, TrainFlags, TransportFlag};
+use crate::comm::udp::rate::{Budget, DEFAULT_LINK_RATE};
 use crate::comm::udp::{UdpOptions, DEFAULT_MTU, HEADER_BYTES, MAX_MTU};
 pub use crate::drop::DropSpec;
 use crate::drop::GeParams;
@@ -176,6 +177,10 @@ pub enum ConfigError {
     UdpFlagWithoutUdp(&'static str),
     #[error("--udp-mtu {0} must be from 576 to 9216 bytes")]
     UdpMtu(usize),
+    #[error("--loss-target {0} must be a fraction above 0 and below 0.5 (e.g. 0.05): the loss the job may see")]
+    LossTarget(f64),
+    #[error("--udp-link-rate applies with --loss-target only (without a budget nothing is paced)")]
+    LinkRateWithoutBudget,
     #[error("--packet-bytes {bytes} is too large for --transport udp: at most {max} bytes of model fit in one datagram (raise --udp-mtu if the network has jumbo frames)")]
     UdpPacketBytes { bytes: usize, max: usize },
     #[error("--{0} applies to --lr-schedule step only")]
@@ -345,6 +350,10 @@ fn transport(
         Some("udp-port")
     } else if f.udp_mtu != DEFAULT_MTU {
         Some("udp-mtu")
+    } else if f.loss_target.is_some() {
+        Some("loss-target")
+    } else if f.udp_link_rate != DEFAULT_LINK_RATE {
+        Some("udp-link-rate")
     } else {
         None
     };
@@ -354,10 +363,22 @@ fn transport(
             None => Ok((TransportKind::Mpi, f.packet_bytes)),
         },
         TransportFlag::Udp => {
+            if f.udp_link_rate != DEFAULT_LINK_RATE && f.loss_target.is_none() {
+                return Err(ConfigError::LinkRateWithoutBudget);
+            }
+            let budget = match f.loss_target {
+                None => None,
+                Some(t) if t > 0.0 && t < 0.5 => Some(Budget {
+                    target_ppm: (t * 1e6).round() as u32,
+                    link_rate: f.udp_link_rate,
+                }),
+                Some(t) => return Err(ConfigError::LossTarget(t)),
+            };
             let opts = UdpOptions {
                 subnet: f.udp_subnet,
                 port_base: f.udp_port,
                 mtu: f.udp_mtu,
+                budget,
             };
             if !(576..=MAX_MTU).contains(&opts.mtu) {
                 return Err(ConfigError::UdpMtu(opts.mtu));
@@ -619,6 +640,43 @@ mod tests {
             (
                 &["--udp-mtu", "9000"],
                 ConfigError::UdpFlagWithoutUdp("udp-mtu"),
+            ),
+            (
+                &["--loss-target", "0.05"],
+                ConfigError::UdpFlagWithoutUdp("loss-target"),
+            ),
+            (
+                &[
+                    "--transport",
+                    "udp",
+                    "--detect",
+                    "deadline",
+                    "--loss-target",
+                    "0.7",
+                ],
+                ConfigError::LossTarget(0.7),
+            ),
+            (
+                &[
+                    "--transport",
+                    "udp",
+                    "--detect",
+                    "deadline",
+                    "--loss-target",
+                    "0",
+                ],
+                ConfigError::LossTarget(0.0),
+            ),
+            (
+                &[
+                    "--transport",
+                    "udp",
+                    "--detect",
+                    "deadline",
+                    "--udp-link-rate",
+                    "1G",
+                ],
+                ConfigError::LinkRateWithoutBudget,
             ),
             (
                 &["--checkpoint-every", "3"],

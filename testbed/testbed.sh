@@ -7,6 +7,7 @@
 # testbed.
 #
 #   testbed/testbed.sh up K [--loss P] [--mtu BYTES] [--cc cubic|bbr|reno] [--rto-min MS]
+#                           [--host-gro on|off] [--rate RATE]
 #   testbed/testbed.sh loss P          change the loss rate of a running testbed
 #   testbed/testbed.sh run CMD...      run CMD inside host 0 (e.g. `mpirun ...`)
 #   testbed/testbed.sh mpirun ARGS...  mpirun across every host, one rank per host
@@ -18,9 +19,16 @@
 # (TESTBED_NET, default 10.99.0, changes the first three octets).
 #
 # Loss: an nftables rule on the bridge's forward hook drops each IPv4 packet with
-# probability P, independently, in both directions (ARP is spared). TSO, GSO and GRO
-# are off on every veth, so a drop loses one wire packet, not a 64 KB super-packet.
+# probability P, independently, in both directions (ARP is spared). TSO and GSO
+# (UDP's included) are off on every veth and GRO on every bridge port, so what crosses the bridge (and is
+# dropped) is one wire packet, never a 64 KB super-packet. Each host's own interface
+# coalesces what it receives (GRO, after the bridge), as a real host's NIC does;
+# `--host-gro off` turns that off too.
 # TCP congestion control and minimum RTO are set per route on each host.
+#
+# Rate: `--rate RATE` (tc's units: 20mbit, 1gbit) makes every host's link that fast
+# towards the host: a token bucket (tbf) on each bridge port, with a queue of 100
+# packets, so that n hosts sending to one at once congest its port as on a switch.
 set -euo pipefail
 
 NAME=${TESTBED_NAME:-rpstb}
@@ -65,18 +73,23 @@ set_loss() {
 up() {
     local k=${1:-}; shift || true
     [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le 200 ] || die "up: K must be a number of hosts from 1 to 200, got '${k}'"
-    local loss=0 mtu=1500 cc=cubic rto=""
+    local loss=0 mtu=1500 cc=cubic rto="" gro=on rate=""
     while [ $# -gt 0 ]; do
         case $1 in
             --loss) loss=${2:?--loss needs P}; shift 2 ;;
             --mtu) mtu=${2:?--mtu needs BYTES}; shift 2 ;;
             --cc) cc=${2:?--cc needs a congestion control}; shift 2 ;;
             --rto-min) rto=${2:?--rto-min needs MS}; shift 2 ;;
+            --host-gro) gro=${2:?--host-gro needs on or off}; shift 2 ;;
+            --rate) rate=${2:?--rate needs a rate such as 20mbit}; shift 2 ;;
             *) die "up: unknown option $1" ;;
         esac
     done
     [[ "$mtu" =~ ^[0-9]+$ ]] && [ "$mtu" -ge 576 ] && [ "$mtu" -le 9216 ] || die "--mtu $mtu must be from 576 to 9216"
     [ -z "$rto" ] || [[ "$rto" =~ ^[0-9]+$ ]] || die "--rto-min $rto must be milliseconds"
+    [ "$gro" = on ] || [ "$gro" = off ] || die "--host-gro $gro must be on or off"
+    [ -z "$rate" ] || [[ "$rate" =~ ^[0-9]+(\.[0-9]+)?([kmg]?bit)$ ]] || die "--rate $rate must be a rate such as 20mbit or 1gbit"
+    [ -z "$rate" ] || command -v tc >/dev/null || die "tc not found; run scripts/setup.sh (it installs iproute2)"
     loss_rule "$loss" >/dev/null
     need
     [ ! -e "$STATE" ] || die "testbed $NAME is already up (testbed.sh down first)"
@@ -86,6 +99,10 @@ up() {
     br ip link set lo up
     br ip link add br0 type bridge
     br ip link set br0 mtu "$mtu" up
+    # Bridged packets need no IP-layer netfilter (the loss rule is in the bridge family),
+    # and where br_netfilter is loaded it costs every packet on this software network.
+    br sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+        net.bridge.bridge-nf-call-arptables=0 2>/dev/null || true
     : > "$STATE/hosts"
     for i in $(seq 0 $((k - 1))); do
         local h="$NAME-h$i"
@@ -95,21 +112,29 @@ up() {
         br ip link add "v$i" mtu "$mtu" type veth peer name eth0 netns "$h"
         br ip link set "v$i" master br0 up
         br ethtool -K "v$i" tso off gso off gro off >/dev/null 2>&1 || true
+        br ethtool -K "v$i" tx-udp-segmentation off tx-gso-list off >/dev/null 2>&1 || true
+        if [ -n "$rate" ]; then
+            br tc qdisc replace dev "v$i" root tbf rate "$rate" burst $((2 * mtu)) limit $((100 * mtu)) ||
+                die "cannot limit port v$i to $rate (tc tbf)"
+        fi
         ip netns exec "$h" ip link set lo up
         ip netns exec "$h" ip link set eth0 mtu "$mtu" up
         ip netns exec "$h" ip addr add "$NET.$((i + 1))/24" dev eth0
-        ip netns exec "$h" ethtool -K eth0 tso off gso off gro off >/dev/null 2>&1 || true
+        ip netns exec "$h" ethtool -K eth0 tso off gso off gro "$gro" >/dev/null 2>&1 || true
+        # UDP segmentation offload (rps's UDP transport sends with it) must be done by
+        # the sending host, before the bridge: a veth would pass the 64 KB buffer on.
+        ip netns exec "$h" ethtool -K eth0 tx-udp-segmentation off tx-gso-list off >/dev/null 2>&1 || true
         ip netns exec "$h" ip route replace "$NET.0/24" dev eth0 congctl "$cc" ${rto:+rto_min "${rto}ms"}
     done
     set_loss "$loss"
-    printf '%s\n' "mtu=$mtu" "cc=$cc" "rto_min_ms=${rto:-default}" > "$STATE/config"
+    printf '%s\n' "mtu=$mtu" "cc=$cc" "rto_min_ms=${rto:-default}" "host_gro=$gro" "rate=${rate:-unlimited}" > "$STATE/config"
     # Reachability: host 0 pings every host (loss may eat some; three tries each).
     for i in $(seq 1 $((k - 1))); do
         ip netns exec "$NAME-h0" ping -c 3 -W 1 -i 0.2 -q "$NET.$((i + 1))" >/dev/null ||
             die "host 0 cannot reach host $i"
     done
     trap - EXIT
-    echo "testbed $NAME: $k hosts $NET.1–$NET.$k, loss $loss per packet, MTU $mtu, TCP $cc${rto:+, rto_min ${rto} ms}"
+    echo "testbed $NAME: $k hosts $NET.1–$NET.$k, loss $loss per packet, MTU $mtu, TCP $cc${rto:+, rto_min ${rto} ms}, host GRO $gro${rate:+, ports at $rate}"
 }
 
 down() {

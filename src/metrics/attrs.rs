@@ -147,6 +147,14 @@ fn rates(f: &RunFacts) -> Option<(f64, f64)> {
     }
 }
 
+/// The UDP exchange's loss budget, if any.
+fn budget(f: &RunFacts) -> Option<crate::comm::udp::rate::Budget> {
+    match f.cfg.transport {
+        crate::config::TransportKind::Udp(o) => o.budget,
+        crate::config::TransportKind::Mpi => None,
+    }
+}
+
 fn ge<T: Into<AttrValue>>(
     f: &RunFacts,
     get: impl Fn(&crate::drop::GeParams) -> T,
@@ -224,6 +232,10 @@ attrs! {
         TRACE_RECORDED = "trace_recorded", record, |f| Some(f.cfg.record_trace.into());
         /// `mpi` or `udp`: what carries the exchange.
         TRANSPORT = "transport", fingerprint, |f| Some(f.cfg.transport.name().into());
+        /// `--loss-target`: the loss budget of the UDP exchange (absent: none).
+        LOSS_TARGET = "loss_target", record, |f| budget(f).map(|b| b.target().into());
+        /// `--udp-link-rate` with a loss budget, in bit/s.
+        UDP_LINK_RATE = "udp_link_rate", record, |f| budget(f).map(|b| b.link_rate.into());
         /// `oracle` or `deadline`.
         DETECTION = "detection", fingerprint, |f| Some(f.cfg.detection.name().into());
         /// The receive deadline (0 with oracle detection), in milliseconds.
