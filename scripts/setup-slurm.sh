@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs Debian's Slurm and munge (idempotent) for the single-node Slurm test
-# (tests/slurm.rs, started by scripts/test.sh). Not needed to use rps.
+# Installs Debian's Slurm and munge (idempotent) for the Slurm tests: the single-node
+# cluster (tests/slurm.rs) and the multi-node one on the namespace testbed
+# (tests/slurm_multinode.rs, which also needs scripts/setup.sh's iproute2, nftables,
+# ethtool). scripts/test.sh runs it. Not needed to use rps.
 set -euo pipefail
 missing=()
 for p in slurm-wlm munge; do

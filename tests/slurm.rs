@@ -144,11 +144,13 @@ fn sbatch_scripts_run_stop_and_sweep_under_slurm() {
     assert_eq!(attr_i64(&m, "world_size"), 3);
 
     // The time-limit warning: TERM to the batch script, which forwards it as SIGUSR1;
-    // the ranks checkpoint, close the metrics and exit 75.
+    // the ranks checkpoint, close the metrics and exit 75 (and the job is not requeued:
+    // --no-requeue; tests/slurm_multinode.rs requeues).
     let id = cluster.sbatch(
         dir.path(),
         &[
             "--ntasks=3",
+            "--no-requeue",
             &script("train.sbatch"),
             "--dataset",
             data,
@@ -197,6 +199,7 @@ fn sbatch_scripts_run_stop_and_sweep_under_slurm() {
     let log = std::fs::read_to_string(dir.path().join(format!("rps-{id}.out"))).unwrap();
     assert!(log.contains("asking the ranks to stop"), "{log}");
     assert!(log.contains("stopped by a signal after step"), "{log}");
+    assert!(log.contains("rps: not requeueing job"), "{log}");
 
     // A sweep as a job array: one element per run.
     let job = dir.path().join("tiny.toml");

@@ -88,6 +88,10 @@ pub fn train<T: Transport + ?Sized>(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
     };
+    if t.rank() == 0 && env.hosts.iter().any(|h| *h != env.hosts[0]) {
+        // So that a log which says a node was lost also says which ranks were on it.
+        log::info!("ranks by host: {}", ranks_by_host(&env.hosts));
+    }
     let outputs = match t.rank() {
         0 => outputs::open(cfg, &setup, &env).map(Some),
         _ => Ok(None),
@@ -275,9 +279,52 @@ fn gather_hosts<T: Transport + ?Sized>(t: &T) -> Vec<String> {
     gather_strings(t, &t.processor_name())
 }
 
+/// `h1 0-1, h2 2,4, h3 3`: each host (in order of its first rank) with its ranks, runs
+/// of consecutive ranks written as ranges.
+fn ranks_by_host(hosts: &[String]) -> String {
+    let mut order: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (rank, h) in hosts.iter().enumerate() {
+        match order.iter_mut().find(|(name, _)| name == h) {
+            Some((_, ranks)) => ranks.push(rank),
+            None => order.push((h, vec![rank])),
+        }
+    }
+    let runs = |ranks: &[usize]| {
+        let mut parts: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < ranks.len() {
+            let mut j = i;
+            while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+                j += 1;
+            }
+            parts.push(match j - i {
+                0 => ranks[i].to_string(),
+                _ => format!("{}-{}", ranks[i], ranks[j]),
+            });
+            i = j + 1;
+        }
+        parts.join(",")
+    };
+    order
+        .iter()
+        .map(|(h, ranks)| format!("{h} {}", runs(ranks)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_are_listed_by_host_with_ranges() {
+        let hosts: Vec<String> = ["a", "a", "b", "a", "b", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(ranks_by_host(&hosts), "a 0-1,3, b 2,4, c 5");
+        assert_eq!(ranks_by_host(&hosts[..2]), "a 0-1");
+    }
 
     #[test]
     fn fields_split_at_top_level_only() {

@@ -78,7 +78,7 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
     match s.resume.candidates.first() {
         Some(state) => {
             check_metrics_of_this_run(cfg, &s.fingerprint)?;
-            let resumed: [(&str, AttrValue); 5] = [
+            let resumed: [(&str, AttrValue); 6] = [
                 (attrs::STATUS.name, attrs::RUNNING.into()),
                 (attrs::STEPS.name, s.total_steps.into()),
                 (
@@ -87,6 +87,8 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
                 ),
                 (attrs::RESUMED_AT_STEP.name, state.step.to_string().into()),
                 (attrs::COMMAND_LINE.name, env.command_line.clone().into()),
+                // Where this run is, which after a requeue need not be where it began.
+                (attrs::HOSTS.name, env.hosts.join(",").into()),
             ];
             MetricsWriter::reopen(&cfg.metrics, state.metrics_rows, &resumed)
         }
