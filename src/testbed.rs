@@ -12,8 +12,8 @@ use plotters::prelude::*;
 
 use crate::metrics::attrs;
 use crate::metrics::schema::{
-    COMM_S, COMPUTE_S, PACKETS_DOWN, PACKETS_DROPPED_DOWN, PACKETS_DROPPED_UP, PACKETS_MISSED_DOWN,
-    PACKETS_MISSED_UP, PACKETS_UP, TEST_ACCURACY,
+    COMM_S, COMPUTE_S, HOST_LOSSES, PACKETS_DOWN, PACKETS_DROPPED_DOWN, PACKETS_DROPPED_UP,
+    PACKETS_MISSED_DOWN, PACKETS_MISSED_UP, PACKETS_UP, TEST_ACCURACY,
 };
 use crate::metrics::RunFile;
 use crate::plot::{both, font, legend, pick, register_font};
@@ -34,6 +34,9 @@ pub struct TestbedRun {
     /// Fraction of packets sent that did not arrive in time (datagram transports; the
     /// reliable ones retransmit, so nothing is lost to the model).
     pub packets_lost: Option<f64>,
+    /// Datagrams lost on the hosts rather than the network (`None`: not recorded, or
+    /// not a datagram transport).
+    pub host_losses: Option<u64>,
     pub transport: String,
 }
 
@@ -66,6 +69,11 @@ impl TestbedRun {
             - total(&PACKETS_DROPPED_DOWN)?;
         let missed = total(&PACKETS_MISSED_UP)? + total(&PACKETS_MISSED_DOWN)?;
         let packets_lost = (transport == "udp" && sent > 0).then(|| missed as f64 / sent as f64);
+        let host_losses = if transport == "udp" && f.has(HOST_LOSSES.name) {
+            Some(total(&HOST_LOSSES)?)
+        } else {
+            None
+        };
         let accuracy = match f.attr_f64(attrs::FINAL_TEST_ACCURACY.name)? {
             Some(a) => Some(a),
             None => f.last(&TEST_ACCURACY)?,
@@ -80,6 +88,7 @@ impl TestbedRun {
             step_p99: quantile(&steps, 0.99),
             test_accuracy: accuracy,
             packets_lost,
+            host_losses,
             transport,
         })
     }
@@ -154,7 +163,7 @@ fn percent(p: f64) -> String {
 /// against the same variant without loss.
 pub fn markdown(runs: &[TestbedRun]) -> String {
     let mut s = String::from(
-        "| loss | variant | step mean (ms) | step p50 (ms) | step p99 (ms) | × no loss | test accuracy | packets lost (seen by the job) |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| loss | variant | step mean (ms) | step p50 (ms) | step p99 (ms) | × no loss | test accuracy | packets lost (seen by the job) | host losses |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for loss in losses(runs) {
         for v in variants(runs) {
@@ -168,7 +177,7 @@ pub fn markdown(runs: &[TestbedRun]) -> String {
                     format!("{:.1}", r.step_mean / b.step_mean)
                 });
             s.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
                 percent(loss),
                 v,
                 1e3 * r.step_mean,
@@ -181,6 +190,7 @@ pub fn markdown(runs: &[TestbedRun]) -> String {
                         "{:.2}%",
                         100.0 * l
                     )),
+                r.host_losses.map_or("–".into(), |n| n.to_string()),
             ));
         }
     }

@@ -214,12 +214,13 @@ fn a_loss_budget_holds_incast_near_its_target() {
         metrics
     };
     let blast = run("blast.h5", &[]);
-    let paced = run("paced.h5", &["--loss-target", "0.05", "--udp-link-rate", "20M"]);
+    let paced = run(
+        "paced.h5",
+        &["--loss-target", "0.05", "--udp-link-rate", "20M"],
+    );
     drop(tb);
     let share = |steps: &[(u64, u64)]| {
-        let (sent, missed) = steps
-            .iter()
-            .fold((0, 0), |(s, m), &(a, b)| (s + a, m + b));
+        let (sent, missed) = steps.iter().fold((0, 0), |(s, m), &(a, b)| (s + a, m + b));
         missed as f64 / sent as f64
     };
     let blast_loss = share(&uplink(&blast));

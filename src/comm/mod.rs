@@ -126,6 +126,12 @@ pub trait Transport {
         0
     }
 
+    /// Datagrams lost on this host so far (refused by the local stack, or dropped by the
+    /// kernel for a full receive buffer); 0 for transports that retransmit.
+    fn host_losses(&self) -> u64 {
+        0
+    }
+
     /// Kills the whole job at once (used when one rank fails where the others cannot
     /// learn of it, so nobody hangs waiting for it).
     fn abort(&self, code: i32) -> !;

@@ -119,6 +119,11 @@ impl RunFile {
         ds.read_raw::<f64>().map_err(|e| self.read_err(name, e))
     }
 
+    /// Whether the file has a dataset `name` (older files lack newer columns).
+    pub fn has(&self, name: &str) -> bool {
+        self.file.dataset(name).is_ok()
+    }
+
     /// Sum of a 1-D u64 dataset, 0 when absent.
     ///
     /// # Errors

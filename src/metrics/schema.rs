@@ -84,6 +84,9 @@ step_counters! {
     late: u64,
     /// Messages or datagrams refused as foreign or malformed.
     rejected: u64,
+    /// Datagrams lost on this host, not on the network: refused by the local stack when
+    /// sent, or dropped by the kernel because the socket's receive buffer was full.
+    host_losses: u64,
     /// Seconds in the local step (data, forward, backward, update).
     compute_s: f64,
     /// Seconds in the exchange.
@@ -222,6 +225,8 @@ columns! {
             |r| missing(r.sum.packets_down, r.sum.packets_dropped_down + r.sum.packets_received_down);
         /// Datagrams or messages refused: foreign sender or job, a MAC that does not verify, a replayed datagram, a malformed header, or a header that does not fit what the receiver awaits.
         REJECTED = "comm/rejected", U64, "datagrams", |r| r.sum.rejected as f64;
+        /// Datagrams lost on the hosts, not on the network (--transport udp): refused by the sender's stack, or dropped by the receiver's kernel with its socket's buffer full. Such losses mean the job outran its hosts.
+        HOST_LOSSES = "comm/host_losses", U64, "datagrams", |r| r.sum.host_losses as f64;
         /// Mean over ranks of the time in the local step (data, forward, backward, update).
         COMPUTE_S = "time/compute_s", F64, "s", |r| r.sum.compute_s / r.ranks.max(1) as f64;
         /// Mean over ranks of the time in the exchange.

@@ -77,6 +77,8 @@ pub(super) struct Run<'a, T: Transport + ?Sized> {
     pub stop: &'a AtomicBool,
     /// The transport's count of refused datagrams at the last step.
     pub rejected_seen: u64,
+    /// The transport's count of datagrams lost on this host at the last step.
+    pub host_losses_seen: u64,
     /// Ticks at every step, evaluation and checkpoint, for the stall watchdog.
     pub progress: Progress,
 }
@@ -139,6 +141,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             evaluate_first,
             stop,
             rejected_seen: net.rejected(),
+            host_losses_seen: net.host_losses(),
             progress: Progress::default(),
             setup,
         })
@@ -329,6 +332,9 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
                 let rejected = self.net.rejected();
                 counts.rejected += rejected - self.rejected_seen;
                 self.rejected_seen = rejected;
+                let host = self.net.host_losses();
+                counts.host_losses += host - self.host_losses_seen;
+                self.host_losses_seen = host;
                 if let Some(trace) = &mut self.trace {
                     self.exchange.trace_step(step, trace);
                 }

@@ -660,6 +660,10 @@ impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
         self.rejected.get()
     }
 
+    fn host_losses(&self) -> u64 {
+        self.receive_overflows().unwrap_or(0) + self.send_errors()
+    }
+
     fn datagrams(&self) -> bool {
         true
     }

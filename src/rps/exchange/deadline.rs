@@ -178,6 +178,10 @@ struct PhaseBox<'a> {
     /// A message whose fragments stopped arriving this long ago is settled with what
     /// arrived (the rest was lost on the way).
     idle: Duration,
+    /// Fragments of one message arrive in the order they were sent (datagrams of one
+    /// flow: one sender, one socket, one path), so a message whose last packet has
+    /// arrived is settled at once: whatever is missing before it was lost.
+    ordered: bool,
     /// A pure server's uplink: the deadline runs from the first arrival (this long),
     /// but not past the second instant.
     patience: Option<(Duration, Instant)>,
@@ -206,6 +210,7 @@ impl<'a> PhaseBox<'a> {
             first: None,
             last: vec![None; expect.len()],
             idle: Duration::MAX,
+            ordered: false,
             patience: None,
         }
     }
@@ -310,11 +315,15 @@ impl Mailbox for PhaseBox<'_> {
             .iter()
             .zip(&self.count)
             .zip(&self.last)
-            .all(|((h, &c), last)| {
-                h.as_ref().is_some_and(|(_, sent)| c >= *sent)
-                    || last
-                        .and_then(|t| t.checked_add(self.idle))
-                        .is_some_and(|end| *now.get_or_insert_with(Instant::now) >= end)
+            .zip(&self.got)
+            .all(|(((h, &c), last), got)| {
+                h.as_ref().is_some_and(|(_, sent)| {
+                    // Nothing dropped in software (the last packet was sent) and the last
+                    // packet here: in order, the rest is not coming.
+                    c >= *sent || (self.ordered && *sent == got.len() && got.last() == Some(&true))
+                }) || last
+                    .and_then(|t| t.checked_add(self.idle))
+                    .is_some_and(|end| *now.get_or_insert_with(Instant::now) >= end)
             })
     }
 
@@ -401,6 +410,7 @@ impl Deadline {
         let start = Instant::now();
         if datagrams {
             mailbox.idle = (self.timeout / IDLE_FRACTION).max(Duration::from_millis(1));
+            mailbox.ordered = true;
         }
         if patient {
             mailbox.patience = Some((self.timeout, start + PATIENCE * self.timeout));
@@ -709,5 +719,32 @@ mod datagram_tests {
         assert_eq!(pb.invalid, 1);
         assert_eq!(pb.arrived(), vec![Some(vec![true, false, true])]);
         assert_eq!(buf, [1., 1., 1., 1., 0., 0., 0., 0., 3., 3.]);
+    }
+
+    /// Datagrams of one message arrive in order: once the last packet is in, a message
+    /// all of whose packets were sent is settled at once, not after the idle time. One
+    /// whose sender dropped packets in software cannot be settled that way (its header
+    /// counts what was sent, not which), nor can one whose transport may reorder.
+    #[test]
+    fn an_ordered_message_settles_when_its_last_packet_arrives() {
+        let expect = [(1usize, 0usize, 3usize)];
+        let settles = |ordered: bool, mask: &[bool]| {
+            let mut buf = vec![0f32; 10];
+            let mut stash = Stash::new();
+            let mut pb = PhaseBox::new(phase(2, 1), 4, &expect, vec![&mut buf[..]], &mut stash);
+            pb.ordered = ordered;
+            let mut out = Vec::new();
+            // Packet 0, then packet 2 (the last): packet 1 was lost or never sent.
+            encode_framed(2, Direction::Down, 0, mask, false, &[1.0; 4], &mut out);
+            pb.deliver(1, 0, &out, 0, false);
+            assert!(!pb.complete());
+            encode_framed(2, Direction::Down, 0, mask, false, &[3.0; 2], &mut out);
+            pb.deliver(1, 0, &out, 8, false);
+            pb.complete()
+        };
+        assert!(settles(true, &[true; 3]));
+        assert!(!settles(false, &[true; 3]));
+        // Two of three sent and both here: complete by count anyway.
+        assert!(settles(false, &[true, false, true]));
     }
 }
