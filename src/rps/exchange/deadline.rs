@@ -729,7 +729,7 @@ mod datagram_tests {
     fn an_ordered_message_settles_when_its_last_packet_arrives() {
         let expect = [(1usize, 0usize, 3usize)];
         let settles = |ordered: bool, mask: &[bool]| {
-            let mut buf = vec![0f32; 10];
+            let mut buf = [0f32; 10];
             let mut stash = Stash::new();
             let mut pb = PhaseBox::new(phase(2, 1), 4, &expect, vec![&mut buf[..]], &mut stash);
             pb.ordered = ordered;
