@@ -810,6 +810,117 @@ mod tests {
         }
     }
 
+    /// Two ranks with a loss budget exchange 100 datagrams each way over loopback:
+    /// reports flow back and measure no loss. Then rank 0 sends rank 1 reports no
+    /// receiver could make (more datagrams than rank 1 ever sent; the wrong size): each
+    /// is refused and counted in `rejected`, and the link's rate does not move. Without
+    /// a budget, a report is refused too.
+    #[test]
+    fn reports_measure_the_link_and_bad_ones_are_refused() {
+        let budget = Budget {
+            target_ppm: 50_000,
+            link_rate: 1_000_000_000,
+        };
+        let handles: Vec<_> = LocalTransport::network(2)
+            .into_iter()
+            .map(|local| {
+                std::thread::spawn(move || {
+                    let opts = UdpOptions {
+                        subnet: Some("127.0.0.0/8".parse().unwrap()),
+                        budget: Some(budget),
+                        ..Default::default()
+                    };
+                    let t = UdpTransport::connect(&local, &opts).unwrap();
+                    let (r, peer) = (t.rank(), 1 - t.rank());
+                    let data = vec![r as f32; 300];
+                    let framing = Some(Framing {
+                        prefix: 0,
+                        fragment: 3,
+                        send: &[],
+                    });
+                    let out = [Outgoing {
+                        to: peer,
+                        tag: 1,
+                        data: &data,
+                        framing,
+                    }];
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    t.exchange_until(&out, deadline, &mut Collect(Vec::new(), 100))
+                        .unwrap();
+                    t.quiesce(&mut Collect(Vec::new(), 0));
+                    let measured = t.links.borrow()[peer].intervals;
+                    let rate = t.links.borrow()[peer].rate;
+                    let early = t.rejected();
+                    // Both have drained before the forgeries go out.
+                    t.barrier();
+                    if r == 0 {
+                        let forged = [
+                            Report {
+                                accepted: 5,
+                                highest: 1_000_000,
+                            }
+                            .to_bytes()
+                            .to_vec(),
+                            vec![0u8; 12],
+                        ];
+                        for payload in &forged {
+                            let mut q = t.out.borrow_mut();
+                            let h = t.header(peer, REPORT_TAG, 0);
+                            let len = encode_bytes_into(q.slot(), &t.job, peer, &h, payload);
+                            q.commit(len, t.job.peers[peer]);
+                        }
+                        t.flush();
+                    }
+                    t.quiesce(&mut Collect(Vec::new(), 0));
+                    let after = t.links.borrow()[peer].rate;
+                    (r, measured, rate, after, t.rejected() - early, early)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (r, measured, rate, after, rejected, early) = h.join().unwrap();
+            assert_eq!(early, 0, "rank {r}: rejected before the forgeries");
+            assert_eq!(
+                measured, 1,
+                "rank {r}: one interval of 100 datagrams measured"
+            );
+            // No loss on loopback: probed up, capped at the top.
+            assert_eq!(rate, budget.max_rate(), "rank {r}");
+            assert_eq!(after, rate, "rank {r}");
+            assert_eq!(rejected, if r == 1 { 2 } else { 0 }, "rank {r}");
+        }
+        // Without a budget nobody expects reports.
+        let plain = std::thread::scope(|s| {
+            let hs: Vec<_> = LocalTransport::network(2)
+                .into_iter()
+                .map(|local| {
+                    s.spawn(move || {
+                        let opts = UdpOptions {
+                            subnet: Some("127.0.0.0/8".parse().unwrap()),
+                            ..Default::default()
+                        };
+                        let t = UdpTransport::connect(&local, &opts).unwrap();
+                        if t.rank() == 0 {
+                            let report = Report::default().to_bytes();
+                            let mut q = t.out.borrow_mut();
+                            let h = t.header(1, REPORT_TAG, 0);
+                            let len = encode_bytes_into(q.slot(), &t.job, 1, &h, &report);
+                            q.commit(len, t.job.peers[1]);
+                            drop(q);
+                            t.flush();
+                        }
+                        t.quiesce(&mut Collect(Vec::new(), 0));
+                        t.rejected()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(plain, vec![0, 1]);
+    }
+
     /// Records deliveries; complete after `.1` of them.
     struct Collect(Vec<(usize, i32, usize, Vec<f32>)>, usize);
 
