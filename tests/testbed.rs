@@ -51,23 +51,35 @@ fn can_create_namespaces() -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn udp_across_a_lossy_three_host_testbed() {
+/// Brings a testbed up (`testbed.sh up ARGS`) under a name starting with `prefix`, with
+/// the machine's mpirun lock held; `None` (the test skips, saying why) where network
+/// namespaces cannot be created.
+fn start(prefix: &str, args: &[&str]) -> Option<(Testbed, std::sync::MutexGuard<'static, ()>)> {
     if let Err(why) = can_create_namespaces() {
         eprintln!("skipped: network namespaces cannot be created here ({why})");
-        return;
+        return None;
     }
-    let _machine = lock_mpirun();
-    let name = format!("rpst{}", std::process::id() % 100_000);
-    let tb = Testbed(name.clone());
-    // The ordinary MTU: datagrams leave in segmentation-offload messages and arrive
-    // coalesced, while the bridge still sees (and drops) each wire packet.
-    let up = tb.cmd(&["up", "3", "--loss", "0.05"]);
+    let machine = lock_mpirun();
+    let tb = Testbed(format!("{prefix}{}", std::process::id() % 100_000));
+    let mut up_args = vec!["up"];
+    up_args.extend_from_slice(args);
+    let up = tb.cmd(&up_args);
     assert!(
         up.status.success(),
         "testbed up failed: {}",
         String::from_utf8_lossy(&up.stderr)
     );
+    Some((tb, machine))
+}
+
+#[test]
+fn udp_across_a_lossy_three_host_testbed() {
+    // The ordinary MTU: datagrams leave in segmentation-offload messages and arrive
+    // coalesced, while the bridge still sees (and drops) each wire packet.
+    let Some((tb, _machine)) = start("rpst", &["3", "--loss", "0.05"]) else {
+        return;
+    };
+    let name = tb.0.clone();
     assert!(namespaces().contains(&format!("{name}-h2")));
 
     let dir = out_dir();
@@ -158,19 +170,9 @@ fn uplink(metrics: &Path) -> Vec<(u64, u64)> {
 /// links and the loss the job sees settles near 5 %.
 #[test]
 fn a_loss_budget_holds_incast_near_its_target() {
-    if let Err(why) = can_create_namespaces() {
-        eprintln!("skipped: network namespaces cannot be created here ({why})");
+    let Some((tb, _machine)) = start("rpsb", &["5", "--rate", "20mbit"]) else {
         return;
-    }
-    let _machine = lock_mpirun();
-    let name = format!("rpsb{}", std::process::id() % 100_000);
-    let tb = Testbed(name.clone());
-    let up = tb.cmd(&["up", "5", "--rate", "20mbit"]);
-    assert!(
-        up.status.success(),
-        "testbed up failed: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    };
     let dir = out_dir();
     let data = small_dataset();
     let run = |file: &str, extra: &[&str]| {
