@@ -21,7 +21,8 @@ mkdir -p "$OUT"
 TARGET=${TARGET:-0.05}
 # The step rate of a GPU cluster, not of this 2-core machine (docs/results/netsim.md).
 DEFAULT_ARGS="--step-rate 50 --warmup 0.1 --duration 0.3"
-TRAIN=(target/release/rps train --job jobs/quickstart.toml --force)
+# The quickstart configuration (jobs/quickstart.toml) for a number of steps.
+TRAIN=(target/release/rps train --dataset "$DATA" --servers 1 --batch-size 32 --seed 1 --force)
 set -x
 # The traffic pattern: roles, block sizes (the step rate is --step-rate's).
 mpirun -n 5 "${TRAIN[@]}" --drop-rate 0 --steps 40 --eval-every 0 --metrics "$OUT/train-p0.h5"
