@@ -693,6 +693,7 @@ struct Link
     double rate = 0;                            // R, bit/s (sender)
     uint32_t nextSeq = 1;                       // sender: number of the next datagram
     uint32_t baseAccepted = 0, baseHighest = 0; // sender: the last report used
+    uint32_t streak = 0;                        // sender: quiet intervals in a row
     uint32_t accepted = 0, highest = 0;         // receiver: cumulative; highest 0: none
     bool fresh = false;                         // receiver: datagrams since its last report
     bool used = false;                          // carried learning datagrams
@@ -1450,16 +1451,16 @@ class Sim
         double target = opt.lossTarget;
         double rMax = opt.hostRate;
         double rMin = rMax / 1000;
-        if (loss > target)
-        {
-            link.rate = std::max(rMin, link.rate * std::max(0.5, (1 - loss) / (1 - target)));
+        // f = ((1 - L) / (1 - T))^k, k the quiet intervals (L < T/2) in a row (at most
+        // 8), else 1; f within [1/2, 2], R within [R_min, R_max].
+        link.streak = loss < target / 2 ? link.streak + 1 : 0;
+        double f = std::pow((1 - loss) / (1 - target), double(std::clamp(link.streak, 1u, 8u)));
+        double before = link.rate;
+        link.rate = std::clamp(link.rate * std::clamp(f, 0.5, 2.0), rMin, rMax);
+        if (link.rate < before)
             stats.backoffs++;
-        }
-        else if (loss < target / 2)
-        {
-            link.rate = std::min(rMax, 1.25 * link.rate);
+        else if (link.rate > before)
             stats.probes++;
-        }
         else
             stats.holds++;
     }
