@@ -256,12 +256,18 @@ pub fn markdown(results: &Results) -> String {
         }
         let ms = |v: f64| format!("{v:.1}");
         let pct = |v: f64| format!("{:.2} %", 100.0 * v);
+        // The loss of the measured steps (`learning_loss_rate`: without --warmup, every
+        // step), else from the totals (files written before that column).
         let losses: Vec<f64> = runs
             .iter()
             .filter_map(|r| {
                 let sent = results.get(r, "learning_datagrams_sent", "")?;
                 let got = results.get(r, "learning_datagrams_delivered", "")?;
-                (sent > 0.0).then(|| (sent - got) / sent)
+                (sent > 0.0).then(|| {
+                    results
+                        .get(r, "learning_loss_rate", "")
+                        .unwrap_or((sent - got) / sent)
+                })
             })
             .collect();
         let lost = if losses.is_empty() {
@@ -304,15 +310,18 @@ mod tests {
         lossy,0.3,1,fct_p50_us,>1MB,nan\n\
         lossy,0.3,1,learning_datagrams_sent,,200\n\
         lossy,0.3,1,learning_datagrams_delivered,,190\n\
-        reliable,0.3,1,flows,all,10\n";
+        reliable,0.3,1,flows,all,10\n\
+        lossy,0.6,1,learning_datagrams_sent,,200\n\
+        lossy,0.6,1,learning_datagrams_delivered,,100\n\
+        lossy,0.6,1,learning_loss_rate,,0.25\n";
 
     #[test]
     fn parses_rows_and_finds_values() {
         let rows = parse(Path::new("x.csv"), SAMPLE).unwrap();
-        assert_eq!(rows.len(), 8);
+        assert_eq!(rows.len(), 11);
         let r = Results { rows };
         let runs = r.runs();
-        assert_eq!(runs.len(), 2);
+        assert_eq!(runs.len(), 3);
         assert_eq!(r.get(&runs[0], "fct_p50_us", "<100KB"), Some(150.4));
         assert!(r.get(&runs[0], "fct_p50_us", ">1MB").unwrap().is_nan());
         assert_eq!(r.get(&runs[1], "fct_p50_us", "<100KB"), None);
@@ -322,6 +331,8 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 5.00 % |"), "{md}");
+        // The measured steps' loss where the simulator wrote it (here: after a warm-up).
+        assert!(md.contains("| 25.00 % |"), "{md}");
         assert!(md.contains("| 0.3 | reliable | 1 | — of 10 |"), "{md}");
         // Reliable before lossy.
         assert!(
