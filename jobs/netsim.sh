@@ -48,3 +48,17 @@ SEEDS=1 POLICIES=lossy PARALLEL=${PARALLEL:-2} \
   netsim/run.sh "$OUT/train-p0.h5" "$OUT/results-fixed.csv" ${NETSIM_ARGS:-$DEFAULT_ARGS}
 target/release/rps report "$OUT/results.csv" "$OUT/results-fixed.csv"
 target/release/rps plot "$OUT/results.csv" "$OUT/results-fixed.csv" --output-dir "$OUT/figures"
+# One seed for a whole second of traffic (the budget and the reliable policy), and the
+# trace of that run at load 0.6 replayed for its steps.
+# shellcheck disable=SC2086
+SEEDS=1 POLICIES="lossy-target-$TARGET reliable" PARALLEL=${PARALLEL:-2} TRACE_DIR="$OUT/traces-1s" \
+  netsim/run.sh "$OUT/train-p0.h5" "$OUT/results-1s.csv" --step-rate 50 --warmup 0.1 --duration 1
+target/release/rps report "$OUT/results-1s.csv"
+TRACE="$OUT/traces-1s/lossy-target-$TARGET-0.6-1.h5"
+STEPS=$(h5dump -a steps_completed "$TRACE" | awk '/\(0\)/ { print $2 }')
+P=$(awk -F, -v p="lossy-target-$TARGET" '$1 == p && $2 == 0.6 && $4 == "learning_unusable_rate" { printf "%.4f", $6 }' "$OUT/results-1s.csv")
+SHORT=(--steps "$STEPS" --eval-every 0 --packet-bytes 1396)
+mpirun -n 5 "${TRAIN[@]}" "${SHORT[@]}" --drop-rate 0 --metrics "$OUT/train-1s-p0.h5"
+mpirun -n 5 "${TRAIN[@]}" "${SHORT[@]}" --drop-rate 0 --replay-trace "$TRACE" --metrics "$OUT/train-1s-replay.h5"
+mpirun -n 5 "${TRAIN[@]}" "${SHORT[@]}" --drop-rate "$P" --metrics "$OUT/train-1s-iid.h5"
+target/release/rps report "$OUT/train-1s-p0.h5" "$OUT/train-1s-replay.h5" "$OUT/train-1s-iid.h5"
