@@ -1298,7 +1298,8 @@ class Sim
     }
 
     // Sends block b from src to dst: over TCP, or (lossy) as datagrams paced at the link's
-    // rate, the packets listed in `packets` (all when null).
+    // rate, the packets listed in `packets` (all when null). One datagram at a time, evenly
+    // spaced: within the rule's "at most 1 ms of its rate at once" (docs/concepts.md).
     void Send(uint32_t j, uint32_t src, uint32_t dst, uint8_t dir, uint32_t b,
               const std::vector<uint32_t>* packets)
     {
