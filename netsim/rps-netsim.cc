@@ -23,6 +23,7 @@
 #include <hdf5.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -49,6 +50,15 @@ constexpr uint8_t kLowTos = 0x20;           // DSCP CS1 ("lower effort")
 constexpr uint16_t kTcpPort = 9;            // every host listens here for TCP
 constexpr uint16_t kUdpPort = 10;           // and here for learning datagrams
 constexpr uint32_t kDatagramPayload = 1472; // 1500-byte MTU minus IPv4 and UDP headers
+// What rps's UDP transport puts in those 1,472 bytes (src/comm/udp.rs, src/config.rs
+// udp_packet_bytes): a 52-byte datagram header and a 24-byte message header, then a packet
+// of 1,396 bytes of model, exactly the packets of `rps train --packet-bytes 1396`.
+constexpr uint32_t kDatagramHeaders = 52 + 24;
+constexpr uint32_t kPacketBytes = kDatagramPayload - kDatagramHeaders; // 1396
+// A rate report (docs/concepts.md, "The loss budget"): the datagram header and two u64
+// counters (accepted, highest sequence number).
+constexpr uint32_t kReportPayload = 52 + 16;
+constexpr uint32_t kMinInterval = 16; // datagrams: shorter report intervals are not used
 constexpr uint32_t kTcpSegment = 1448;      // 1500 minus IPv4, TCP and timestamp option
 
 [[noreturn]] void
@@ -82,8 +92,11 @@ struct Options
     double stepRate = 0.0; // 0: measured from the metrics file
     double timeoutFactor = 1.5;
     double udpShare = 1.0;
+    double lossTarget = 0; // 0: no loss budget, fixed pacing by --udp-share
+    std::string traceOut;
     double minRtoMs = 200.0;
     double drain = 5.0; // s of simulated time after the last arrival
+    double warmup = 0;  // s of traffic before the measured --duration
     std::string flowCdf;
     std::string output;
     std::string commandLine;
@@ -100,7 +113,9 @@ Packet-level ns-3 simulation of a leaf-spine datacenter carrying the RPS exchang
                           lossy (paced UDP datagrams, low-priority band, no retransmission)
                           [reliable]
   --load X                web-flow load as a fraction of host link capacity, in [0, 1) [0.3]
-  --duration S            seconds of simulated traffic (arrivals and steps) [0.05]
+  --duration S            seconds of simulated traffic (arrivals and steps) measured [0.05]
+  --warmup S              seconds of the same traffic before those, not measured (lets
+                          the loss budget's rates settle) [0]
   --seed N                seed of flow arrivals, sizes, endpoints and block placement [1]
   --leaves N, --spines N, --hosts-per-leaf N                      topology [4, 2, 4]
   --host-rate R, --fabric-rate R   link rates, e.g. 10Gbps, 400Mbps [10Gbps, 10Gbps]
@@ -113,6 +128,11 @@ Packet-level ns-3 simulation of a leaf-spine datacenter carrying the RPS exchang
   --timeout-factor F      lossy: a receiver waits F times a phase's paced send time
                           (plus 100 us) before treating missing datagrams as lost [1.5]
   --udp-share X           lossy: a sender paces each stream at X * host rate / fan [1]
+  --loss-target T         lossy: pace each link by the loss-budget rule of docs/concepts.md
+                          instead of --udp-share, keeping the loss near T, in (0, 1)
+  --trace-out FILE.h5     lossy, dedicated mode: write job 0's lost and late learning
+                          datagrams as a drop trace for `rps train --replay-trace
+                          FILE.h5 --packet-bytes 1396`
   --min-rto-ms MS         TCP minimum retransmission timeout (and SYN timeout) [200]
   --drain S               simulated seconds allowed after the last arrival [5]
   --flow-cdf FILE         flow-size CDF (bytes, cumulative percent)
@@ -263,6 +283,13 @@ ParseOptions(int argc, char** argv)
             if (o.duration <= 0 || o.duration > 100)
                 Fail("--duration " + v + ": must be in (0, 100] seconds");
         }
+        else if (name == "--warmup")
+        {
+            std::string v = next();
+            o.warmup = ParseNumber(name, v);
+            if (o.warmup < 0 || o.warmup > 100)
+                Fail("--warmup " + v + ": must be in [0, 100] seconds");
+        }
         else if (name == "--seed")
             o.seed = ParseCount(name, next(), 0);
         else if (name == "--leaves")
@@ -301,6 +328,15 @@ ParseOptions(int argc, char** argv)
              : name == "--min-rto-ms"     ? o.minRtoMs
                                           : o.drain) = x;
         }
+        else if (name == "--loss-target")
+        {
+            std::string v = next();
+            o.lossTarget = ParseNumber(name, v);
+            if (o.lossTarget <= 0 || o.lossTarget >= 1)
+                Fail("--loss-target " + v + ": must be in (0, 1)");
+        }
+        else if (name == "--trace-out")
+            o.traceOut = next();
         else if (name == "--flow-cdf")
             o.flowCdf = next();
         else if (name == "--output")
@@ -310,6 +346,11 @@ ParseOptions(int argc, char** argv)
     }
     if (o.metrics.empty())
         Fail("--metrics FILE is required (an rps metrics file, see --help)");
+    if (o.lossTarget > 0 && o.policy != "lossy")
+        Fail("--loss-target applies to --policy lossy only");
+    if (!o.traceOut.empty() && o.policy != "lossy")
+        Fail("--trace-out applies to --policy lossy only (reliable learning traffic loses "
+             "nothing)");
     if (o.lowQueuePackets == 0)
         o.lowQueuePackets = o.queuePackets;
     if (o.flowCdf.empty())
@@ -326,6 +367,8 @@ struct Pattern
     bool colocated = false;
     uint32_t servers = 0; // dedicated mode: ranks 0..servers
     std::vector<uint64_t> blockBytes;
+    uint64_t numParams = 0;
+    int64_t seed = 0;    // the run's --seed (a drop trace replays only under it)
     double stepRate = 0; // measured steps per second
     uint64_t steps = 0;
 };
@@ -339,6 +382,19 @@ ReadAttr(hid_t file, const std::string& path, const char* name)
     double v = 0;
     if (attr < 0 || H5Aread(attr, H5T_NATIVE_DOUBLE, &v) < 0)
         Fail("--metrics " + path + ": attribute " + name + " is not a number");
+    H5Aclose(attr);
+    return v;
+}
+
+int64_t
+ReadIntAttr(hid_t file, const std::string& path, const char* name)
+{
+    if (H5Aexists(file, name) <= 0)
+        Fail("--metrics " + path + ": no attribute " + name + " (not an rps metrics file?)");
+    hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
+    int64_t v = 0;
+    if (attr < 0 || H5Aread(attr, H5T_NATIVE_INT64, &v) < 0)
+        Fail("--metrics " + path + ": attribute " + name + " is not a whole number");
     H5Aclose(attr);
     return v;
 }
@@ -381,6 +437,8 @@ ReadPattern(const std::string& path)
     p.servers = ReadAttr(file, path, "servers");
     auto blocks = static_cast<uint64_t>(ReadAttr(file, path, "blocks"));
     auto params = static_cast<uint64_t>(ReadAttr(file, path, "num_params"));
+    p.numParams = params;
+    p.seed = ReadIntAttr(file, path, "seed");
     if (p.worldSize < 2 || blocks == 0 || params < blocks ||
         (p.colocated ? blocks != p.worldSize : blocks != p.servers || p.servers >= p.worldSize))
         Fail("--metrics " + path + ": inconsistent roles (world_size " +
@@ -481,8 +539,9 @@ ReadFlowCdf(const std::string& path)
 class LearnTag : public Tag
 {
   public:
-    uint32_t job = 0, step = 0, block = 0, src = 0, dst = 0, bytes = 0;
-    uint8_t dir = 0; // 0 uplink, 1 downlink
+    uint32_t job = 0, step = 0, block = 0, src = 0, dst = 0, bytes = 0, packet = 0;
+    uint32_t seq = 0; // per link (src -> dst), from 1
+    uint8_t dir = 0;  // 0 uplink, 1 downlink
 
     static TypeId GetTypeId()
     {
@@ -499,13 +558,14 @@ class LearnTag : public Tag
     // ns-3 keeps at most PacketTagList::TagData::MAX_SIZE (21) bytes per packet tag.
     uint32_t GetSerializedSize() const override
     {
-        return 4 + 5 * 2 + 1;
+        return 2 * 4 + 6 * 2 + 1;
     }
 
     void Serialize(TagBuffer i) const override
     {
         i.WriteU32(step);
-        for (uint32_t v : {job, block, src, dst, bytes})
+        i.WriteU32(seq);
+        for (uint32_t v : {job, block, src, dst, bytes, packet})
             i.WriteU16(v);
         i.WriteU8(dir);
     }
@@ -513,14 +573,64 @@ class LearnTag : public Tag
     void Deserialize(TagBuffer i) override
     {
         step = i.ReadU32();
-        for (uint32_t* v : {&job, &block, &src, &dst, &bytes})
+        seq = i.ReadU32();
+        for (uint32_t* v : {&job, &block, &src, &dst, &bytes, &packet})
             *v = i.ReadU16();
         dir = i.ReadU8();
     }
 
     void Print(std::ostream& os) const override
     {
-        os << "job=" << job << " step=" << step << " block=" << block << " dir=" << int(dir);
+        os << "job=" << job << " step=" << step << " block=" << block << " dir=" << int(dir)
+           << " packet=" << packet << " seq=" << seq;
+    }
+};
+
+// A receiver's rate report on the link src -> dst (docs/concepts.md, "The loss budget"):
+// it travels from dst back to src.
+class ReportTag : public Tag
+{
+  public:
+    uint32_t job = 0, src = 0, dst = 0;
+    uint32_t accepted = 0, highest = 0; // cumulative; highest 0: none yet
+
+    static TypeId GetTypeId()
+    {
+        static TypeId tid =
+            TypeId("RpsReportTag").SetParent<Tag>().AddConstructor<ReportTag>();
+        return tid;
+    }
+
+    TypeId GetInstanceTypeId() const override
+    {
+        return GetTypeId();
+    }
+
+    uint32_t GetSerializedSize() const override
+    {
+        return 3 * 2 + 2 * 4;
+    }
+
+    void Serialize(TagBuffer i) const override
+    {
+        for (uint32_t v : {job, src, dst})
+            i.WriteU16(v);
+        i.WriteU32(accepted);
+        i.WriteU32(highest);
+    }
+
+    void Deserialize(TagBuffer i) override
+    {
+        for (uint32_t* v : {&job, &src, &dst})
+            *v = i.ReadU16();
+        accepted = i.ReadU32();
+        highest = i.ReadU32();
+    }
+
+    void Print(std::ostream& os) const override
+    {
+        os << "report job=" << job << " " << src << "->" << dst << " accepted=" << accepted
+           << " highest=" << highest;
     }
 };
 
@@ -553,6 +663,7 @@ struct TcpStream
     Ptr<Socket> tx;
     bool connected = false;
     bool closeWhenSent = false; // web flows: one message, then close
+    bool webFlow = false;       // the receiver closes too once it has every byte
     uint64_t toSend = 0;
     uint64_t received = 0;
     uint64_t enqueued = 0;
@@ -569,6 +680,23 @@ struct Stats
     uint64_t queueDropsHigh = 0, queueDropsLow = 0;
     uint64_t otherDropsHigh = 0; // device or IP-layer drops of non-learning packets
     uint64_t timeouts = 0;       // (block, receiver) pairs a deadline gave up on
+    // The loss budget (--loss-target).
+    uint64_t reportsSent = 0, reportsDropped = 0, reportsIgnored = 0;
+    uint64_t backoffs = 0, probes = 0, holds = 0;
+    double rateSum = 0; // R of every learning message sent, summed (bit/s)
+    uint64_t messages = 0;
+};
+
+// One directed link of a job (sender rank -> receiver rank) under the lossy policy.
+struct Link
+{
+    double rate = 0;                            // R, bit/s (sender)
+    uint32_t nextSeq = 1;                       // sender: number of the next datagram
+    uint32_t baseAccepted = 0, baseHighest = 0; // sender: the last report used
+    uint32_t streak = 0;                        // sender: quiet intervals in a row
+    uint32_t accepted = 0, highest = 0;         // receiver: cumulative; highest 0: none
+    bool fresh = false;                         // receiver: datagrams since its last report
+    bool used = false;                          // carried learning datagrams
 };
 
 struct WebFlow
@@ -597,11 +725,19 @@ class Sim
     std::vector<WebFlow> flows;
     double t0 = 0.001; // traffic starts after the learning connections are up
     double tEnd = 0;
+    double tMeasure = 0; // flows and steps that start from here on are measured
     double stepPeriod = 0;
 
     struct Job
     {
         uint32_t id;
+        std::vector<Link> links; // [src * worldSize + dst]
+        uint64_t completed = 0;     // measured steps
+        uint32_t firstMeasured = 0; // the first measured step (0: none yet)
+        // Per step (index: step number, from 1): learning datagrams sent, lost in the
+        // network, and late (arrived after their receiver stopped waiting).
+        std::vector<uint64_t> stepSent, stepLost, stepLate;
+        std::vector<double> stepRate; // mean R of the links that send at the step's start
         std::vector<uint32_t> host; // rank -> host
         std::map<std::tuple<uint32_t, uint32_t, uint8_t>, TcpStream*> conn; // reliable
         std::mt19937_64 rng;
@@ -611,6 +747,9 @@ class Sim
         bool active = false;
         std::vector<uint32_t> serverOf;
         std::vector<uint32_t> upExpected, upDone; // per block: messages or datagrams
+        std::vector<std::vector<bool>> upHave;    // lossy: [block][packet] a copy arrived
+        std::vector<uint32_t> downExpected;       // lossy: per block, datagrams the server sent
+        std::vector<uint32_t> rankPending;        // per rank: phases it still receives in
         std::vector<bool> downStarted;
         std::map<std::pair<uint32_t, uint32_t>, uint32_t> downGot; // (block, worker)
         std::map<std::pair<uint32_t, uint32_t>, bool> downClosed;  // (block, worker)
@@ -618,8 +757,11 @@ class Sim
         uint32_t workersDone = 0;
     };
     std::vector<Job> jobs;
-    std::vector<double> stepTimes;
-    uint64_t stepsStarted = 0;
+    std::vector<double> stepTimes; // measured steps
+    uint64_t stepsStarted = 0, stepsCompleted = 0;
+    // --trace-out: job 0's unusable learning datagrams as rps trace rows (step from 0,
+    // direction, src, dst, block, packet).
+    std::vector<std::array<uint32_t, 6>> trace;
 
     explicit Sim(const Options& o, const Pattern& p)
         : opt(o),
@@ -636,9 +778,43 @@ class Sim
         return w;
     }
 
+    // The drop trace of job 0's measured steps, renumbered from 0.
+    std::vector<std::array<uint32_t, 6>> TraceRows() const
+    {
+        std::vector<std::array<uint32_t, 6>> rows;
+        uint32_t first = jobs[0].firstMeasured;
+        if (first == 0)
+            return rows;
+        for (auto r : trace)
+        {
+            // trace rows hold the step from 0: step number - 1.
+            if (r[0] + 1 < first || r[0] + 1 >= first + jobs[0].completed)
+                continue;
+            r[0] -= first - 1;
+            rows.push_back(r);
+        }
+        return rows;
+    }
+
     uint32_t Datagrams(uint64_t bytes) const
     {
-        return (bytes + kDatagramPayload - 1) / kDatagramPayload;
+        return (bytes + kPacketBytes - 1) / kPacketBytes;
+    }
+
+    Link& LinkOf(uint32_t j, uint32_t src, uint32_t dst)
+    {
+        return jobs[j].links[src * pat.worldSize + dst];
+    }
+
+    bool Budget() const
+    {
+        return opt.lossTarget > 0;
+    }
+
+    // Seconds between two full datagrams of a link paced at `rate`.
+    static double Interval(double rate)
+    {
+        return (kDatagramPayload + 28) * 8.0 / rate;
     }
 
     // -- topology --------------------------------------------------------------------
@@ -767,12 +943,27 @@ class Sim
 
     bool CountLearningDrop(Ptr<const Packet> p)
     {
+        ReportTag report;
+        if (p->PeekPacketTag(report))
+        {
+            stats.reportsDropped++;
+            return true;
+        }
         LearnTag tag;
         if (!p->PeekPacketTag(tag))
             return false;
         stats.udpDroppedBytes += tag.bytes;
         stats.udpDroppedDatagrams += 1;
+        jobs[tag.job].stepLost.at(tag.step)++;
+        Unusable(tag);
         return true;
+    }
+
+    // A learning datagram that training cannot use: lost, or too late for its receiver.
+    void Unusable(const LearnTag& tag)
+    {
+        if (tag.job == 0)
+            trace.push_back({tag.step - 1, tag.dir, tag.src, tag.dst, tag.block, tag.packet});
     }
 
     void OnQueueDrop(Ptr<const QueueDiscItem> item)
@@ -822,6 +1013,7 @@ class Sim
         streams.push_back(std::make_unique<TcpStream>());
         TcpStream* s = streams.back().get();
         s->closeWhenSent = closeWhenSent;
+        s->webFlow = closeWhenSent;
         s->tx = Socket::CreateSocket(hosts.Get(src), TcpSocketFactory::GetTypeId());
         s->tx->Bind();
         Address local;
@@ -911,6 +1103,11 @@ class Sim
             auto done = std::move(s->ends.front().second);
             s->ends.pop_front();
             done();
+            // A finished web flow closes both ends, so that its endpoints leave the hosts'
+            // demultiplexers (which ns-3 searches linearly for every packet: thousands of
+            // half-closed flows made a 1 s run several times slower).
+            if (s->webFlow && s->ends.empty())
+                sock->Close();
         }
     }
 
@@ -974,6 +1171,11 @@ class Sim
                 uint32_t g = j * pat.worldSize + r;
                 job.host.push_back((g % opt.leaves) * opt.hostsPerLeaf + g / opt.leaves);
             }
+            // Every link starts at R_max under a loss budget (docs/concepts.md), else at
+            // the fixed --udp-share pace.
+            job.links.assign(pat.worldSize * pat.worldSize, Link{});
+            for (Link& l : job.links)
+                l.rate = opt.lossTarget > 0 ? opt.hostRate : StreamRate();
             jobs.push_back(std::move(job));
         }
     }
@@ -989,12 +1191,6 @@ class Sim
     double StreamRate() const
     {
         return opt.hostRate * opt.udpShare / Fan();
-    }
-
-    double PhaseTimeout(uint64_t bytes) const
-    {
-        double send = Datagrams(bytes) * (kDatagramPayload + 28) * 8.0 / StreamRate();
-        return opt.timeoutFactor * send + 100e-6;
     }
 
     void OpenLearningConnections()
@@ -1035,6 +1231,20 @@ class Sim
         job.step++;
         stepsStarted++;
         job.start = now;
+        job.stepSent.resize(job.step + 1, 0);
+        job.stepLost.resize(job.step + 1, 0);
+        job.stepLate.resize(job.step + 1, 0);
+        {
+            double sum = 0;
+            uint32_t n = 0;
+            for (const Link& l : job.links)
+                if (l.used)
+                    sum += l.rate, ++n;
+            job.stepRate.resize(job.step + 1, 0);
+            job.stepRate[job.step] = n ? sum / n : (Budget() ? opt.hostRate : StreamRate());
+        }
+        if (job.firstMeasured == 0 && now >= tMeasure)
+            job.firstMeasured = job.step;
         uint32_t nb = pat.blockBytes.size();
         job.serverOf.resize(nb);
         for (uint32_t b = 0; b < nb; ++b)
@@ -1044,29 +1254,42 @@ class Sim
         auto workers = Workers();
         job.upExpected.assign(nb, 0);
         job.upDone.assign(nb, 0);
+        job.upHave.assign(nb, {});
+        job.downExpected.assign(nb, 0);
         job.downStarted.assign(nb, false);
         job.downGot.clear();
         job.downClosed.clear();
         job.downPending.assign(pat.worldSize, 0);
+        job.rankPending.assign(pat.worldSize, 0);
         job.workersDone = 0;
         for (uint32_t w : workers)
             for (uint32_t b = 0; b < nb; ++b)
                 if (job.serverOf[b] != w)
                     job.downPending[w]++;
+        for (uint32_t r = 0; r < pat.worldSize; ++r)
+            job.rankPending[r] = job.downPending[r];
+        for (uint32_t b = 0; b < nb; ++b)
+            job.rankPending[job.serverOf[b]]++;
         for (uint32_t b = 0; b < nb; ++b)
         {
             uint32_t srv = job.serverOf[b];
+            uint32_t n = Datagrams(pat.blockBytes[b]);
+            if (lossy)
+                job.upHave[b].assign(n, false);
+            double slowest = 0; // the longest paced send time of an uplink of b
             for (uint32_t w : workers)
             {
                 if (w == srv)
                     continue;
-                job.upExpected[b] += lossy ? Datagrams(pat.blockBytes[b]) : 1;
-                Send(j, w, srv, 0, b);
+                job.upExpected[b] += lossy ? n : 1;
+                if (lossy)
+                    slowest = std::max(slowest, n * Interval(LinkOf(j, w, srv).rate));
+                Send(j, w, srv, 0, b, nullptr);
             }
             if (job.upExpected[b] == 0)
                 StartDownlink(j, b);
             else if (lossy)
-                Simulator::Schedule(Seconds(PhaseTimeout(pat.blockBytes[b])),
+                Simulator::Schedule(Seconds(opt.timeoutFactor * slowest + 100e-6),
                                     &Sim::UplinkDeadline, this, j, job.step, b);
         }
         for (uint32_t w : workers)
@@ -1074,7 +1297,11 @@ class Sim
                 WorkerDone(j);
     }
 
-    void Send(uint32_t j, uint32_t src, uint32_t dst, uint8_t dir, uint32_t b)
+    // Sends block b from src to dst: over TCP, or (lossy) as datagrams paced at the link's
+    // rate, the packets listed in `packets` (all when null). One datagram at a time, evenly
+    // spaced: within the rule's "at most 1 ms of its rate at once" (docs/concepts.md).
+    void Send(uint32_t j, uint32_t src, uint32_t dst, uint8_t dir, uint32_t b,
+              const std::vector<uint32_t>* packets)
     {
         Job& job = jobs[j];
         uint64_t bytes = pat.blockBytes[b];
@@ -1103,22 +1330,34 @@ class Sim
         tag.src = src;
         tag.dst = dst;
         tag.dir = dir;
-        uint32_t n = Datagrams(bytes);
-        double interval = (kDatagramPayload + 28) * 8.0 / StreamRate();
+        double rate = LinkOf(j, src, dst).rate;
+        stats.rateSum += rate;
+        stats.messages++;
+        uint32_t n = packets ? packets->size() : Datagrams(bytes);
         for (uint32_t i = 0; i < n; ++i)
         {
-            tag.bytes = std::min<uint64_t>(kDatagramPayload, bytes - uint64_t(i) * kDatagramPayload);
-            Simulator::Schedule(Seconds(i * interval), &Sim::SendDatagram, this,
+            tag.packet = packets ? (*packets)[i] : i;
+            tag.bytes = std::min<uint64_t>(kPacketBytes, bytes - uint64_t(tag.packet) * kPacketBytes);
+            Simulator::Schedule(Seconds(i * Interval(rate)), &Sim::SendDatagram, this,
                                 job.host[src], job.host[dst], tag);
         }
     }
 
     void SendDatagram(uint32_t srcHost, uint32_t dstHost, LearnTag tag)
     {
-        Ptr<Packet> p = Create<Packet>(tag.bytes);
+        Link& link = LinkOf(tag.job, tag.src, tag.dst);
+        tag.seq = link.nextSeq++;
+        link.used = true;
+        jobs[tag.job].stepSent.at(tag.step)++;
+        Ptr<Packet> p = Create<Packet>(kDatagramHeaders + tag.bytes);
         p->AddPacketTag(tag);
         stats.udpSentBytes += tag.bytes;
         stats.udpSentDatagrams++;
+        SendLow(srcHost, dstHost, p);
+    }
+
+    void SendLow(uint32_t srcHost, uint32_t dstHost, Ptr<Packet> p)
+    {
         // ns-3 3.37's UDP SendTo takes the TOS from the address, not the socket.
         InetSocketAddress to(hostIp[dstHost], kUdpPort);
         to.SetTos(kLowTos);
@@ -1130,39 +1369,101 @@ class Sim
         Address from;
         while (Ptr<Packet> p = sock->RecvFrom(from))
         {
+            ReportTag report;
+            if (p->PeekPacketTag(report))
+            {
+                OnReport(report);
+                continue;
+            }
             LearnTag tag;
             if (!p->PeekPacketTag(tag))
                 Fail("internal: a datagram without its tag");
             stats.udpDeliveredBytes += tag.bytes;
             stats.udpDeliveredDatagrams++;
+            Link& link = LinkOf(tag.job, tag.src, tag.dst);
+            link.accepted++;
+            link.highest = std::max(link.highest, tag.seq);
+            link.fresh = true;
             Job& job = jobs[tag.job];
-            if (tag.step != job.step || !job.active)
+            bool late = tag.step != job.step || !job.active ||
+                        (tag.dir == 0 ? bool(job.downStarted[tag.block])
+                                      : job.downClosed[{tag.block, tag.dst}]);
+            if (late)
             {
                 stats.udpLateDatagrams++;
+                job.stepLate.at(tag.step)++;
+                Unusable(tag);
                 continue;
             }
             if (tag.dir == 0)
             {
-                if (job.downStarted[tag.block])
-                {
-                    stats.udpLateDatagrams++;
-                    continue;
-                }
+                job.upHave[tag.block][tag.packet] = true;
                 if (++job.upDone[tag.block] == job.upExpected[tag.block])
                     StartDownlink(tag.job, tag.block);
             }
-            else
-            {
-                auto key = std::make_pair(tag.block, tag.dst);
-                if (job.downClosed[key])
-                {
-                    stats.udpLateDatagrams++;
-                    continue;
-                }
-                if (++job.downGot[key] == Datagrams(pat.blockBytes[tag.block]))
-                    DownBlockDone(tag.job, tag.block, tag.dst);
-            }
+            else if (++job.downGot[{tag.block, tag.dst}] == job.downExpected[tag.block])
+                DownBlockDone(tag.job, tag.block, tag.dst);
         }
+    }
+
+    // A rank has stopped receiving for this step (every phase it receives in is complete
+    // or past its deadline): under a loss budget it reports to each peer that sent it
+    // datagrams since its last report (docs/concepts.md, "The loss budget").
+    void RankPhaseDone(uint32_t j, uint32_t r)
+    {
+        Job& job = jobs[j];
+        if (--job.rankPending[r] > 0 || !Budget())
+            return;
+        for (uint32_t peer = 0; peer < pat.worldSize; ++peer)
+        {
+            Link& link = LinkOf(j, peer, r);
+            if (peer == r || !link.fresh)
+                continue;
+            link.fresh = false;
+            ReportTag report;
+            report.job = j;
+            report.src = peer;
+            report.dst = r;
+            report.accepted = link.accepted;
+            report.highest = link.highest;
+            Ptr<Packet> p = Create<Packet>(kReportPayload);
+            p->AddPacketTag(report);
+            stats.reportsSent++;
+            SendLow(job.host[r], job.host[peer], p);
+        }
+    }
+
+    // The sender of a link takes a report: the rule of docs/concepts.md, "The loss budget:
+    // rate control of the lossy class", applied once per report.
+    void OnReport(const ReportTag& report)
+    {
+        Link& link = LinkOf(report.job, report.src, report.dst);
+        int64_t sent = int64_t(report.highest) - link.baseHighest;
+        if (sent < kMinInterval)
+        {
+            // Too short an interval to measure: keep the last report as its start.
+            stats.reportsIgnored++;
+            return;
+        }
+        int64_t arrived = int64_t(report.accepted) - link.baseAccepted;
+        double loss = std::clamp(1.0 - double(arrived) / sent, 0.0, 1.0);
+        link.baseAccepted = report.accepted;
+        link.baseHighest = report.highest;
+        double target = opt.lossTarget;
+        double rMax = opt.hostRate;
+        double rMin = rMax / 1000;
+        // f = ((1 - L) / (1 - T))^k, k the quiet intervals (L < T/2) in a row (at most
+        // 8), else 1; f within [1/2, 2], R within [R_min, R_max].
+        link.streak = loss < target / 2 ? link.streak + 1 : 0;
+        double f = std::pow((1 - loss) / (1 - target), double(std::clamp(link.streak, 1u, 8u)));
+        double before = link.rate;
+        link.rate = std::clamp(link.rate * std::clamp(f, 0.5, 2.0), rMin, rMax);
+        if (link.rate < before)
+            stats.backoffs++;
+        else if (link.rate > before)
+            stats.probes++;
+        else
+            stats.holds++;
     }
 
     void UplinkDeadline(uint32_t j, uint32_t step, uint32_t b)
@@ -1174,44 +1475,54 @@ class Sim
         StartDownlink(j, b);
     }
 
-    // The server of b sends the average to every worker (lossy: only if some copy of
-    // some packet arrived; otherwise the workers wait out the deadline).
+    // The server of b sends the average to every worker: over TCP the whole block; lossy,
+    // the packets of which some copy arrived (or all, co-located: it has its own), as rps
+    // does; workers wait out their deadline for the rest.
     void StartDownlink(uint32_t j, uint32_t b)
     {
         Job& job = jobs[j];
         job.downStarted[b] = true;
         uint32_t srv = job.serverOf[b];
-        bool any = !lossy || job.upDone[b] > 0;
+        std::vector<uint32_t> packets;
+        if (lossy)
+            for (uint32_t k = 0; k < job.upHave[b].size(); ++k)
+                if (pat.colocated || job.upHave[b][k])
+                    packets.push_back(k);
+        job.downExpected[b] = packets.size();
         for (uint32_t w : Workers())
         {
             if (w == srv)
                 continue;
-            if (any)
-                Send(j, srv, w, 1, b);
+            if (!lossy)
+            {
+                Send(j, srv, w, 1, b, nullptr);
+                continue;
+            }
+            if (!packets.empty())
+                Send(j, srv, w, 1, b, &packets);
+            // A worker waits for what the server sends (for the whole block when the
+            // server has nothing: it cannot know that).
+            uint32_t n = packets.empty() ? Datagrams(pat.blockBytes[b]) : packets.size();
+            double wait = opt.timeoutFactor * n * Interval(LinkOf(j, srv, w).rate) + 100e-6;
+            Simulator::Schedule(Seconds(wait), &Sim::DownlinkDeadline, this, j, job.step, b, w);
         }
-        if (lossy)
-            Simulator::Schedule(Seconds(PhaseTimeout(pat.blockBytes[b])), &Sim::DownlinkDeadline,
-                                this, j, job.step, b);
+        RankPhaseDone(j, srv);
     }
 
-    void DownlinkDeadline(uint32_t j, uint32_t step, uint32_t b)
+    void DownlinkDeadline(uint32_t j, uint32_t step, uint32_t b, uint32_t w)
     {
         Job& job = jobs[j];
-        if (job.step != step || !job.active)
+        if (job.step != step || !job.active || job.downClosed[{b, w}])
             return;
-        for (uint32_t w : Workers())
-        {
-            if (w == job.serverOf[b] || job.downClosed[{b, w}])
-                continue;
-            stats.timeouts++;
-            DownBlockDone(j, b, w);
-        }
+        stats.timeouts++;
+        DownBlockDone(j, b, w);
     }
 
     void DownBlockDone(uint32_t j, uint32_t b, uint32_t w)
     {
         Job& job = jobs[j];
         job.downClosed[{b, w}] = true;
+        RankPhaseDone(j, w);
         if (--job.downPending[w] == 0)
             WorkerDone(j);
     }
@@ -1222,7 +1533,12 @@ class Sim
         if (++job.workersDone < Workers().size())
             return;
         double now = Simulator::Now().GetSeconds();
-        stepTimes.push_back(now - job.start);
+        stepsCompleted++;
+        if (job.firstMeasured && job.step >= job.firstMeasured)
+        {
+            stepTimes.push_back(now - job.start);
+            job.completed++;
+        }
         job.active = false;
         // Synchronous training: the next step starts one period after this one, or now
         // if the exchange took longer than that.
@@ -1253,9 +1569,73 @@ Quantile(std::vector<double> v, double q)
     return v[i] + (pos - i) * (v[i + 1] - v[i]);
 }
 
+// --trace-out: job 0's unusable datagrams as a drop trace in the layout `rps train
+// --replay-trace` reads (docs/formats.md, "Drop traces"; src/drop/trace.rs): /trace/dropped
+// (u32, N x 6) and the attributes Replay::load checks, those of the training run whose
+// pattern was simulated, with the packet size of the simulated datagrams.
+void
+WriteTrace(const Options& opt, const Pattern& pat, uint64_t steps,
+           std::vector<std::array<uint32_t, 6>> rows)
+{
+    std::sort(rows.begin(), rows.end());
+    std::string tmp = opt.traceOut + ".tmp";
+    hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0)
+        Fail("--trace-out " + opt.traceOut + ": cannot write it");
+    auto intAttr = [&](const char* name, int64_t v) {
+        hid_t space = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(file, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, H5T_NATIVE_INT64, &v);
+        H5Aclose(a);
+        H5Sclose(space);
+    };
+    auto strAttr = [&](const char* name, const std::string& v) {
+        hid_t type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(type, H5T_VARIABLE);
+        H5Tset_cset(type, H5T_CSET_UTF8);
+        hid_t space = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+        const char* c = v.c_str();
+        H5Awrite(a, type, &c);
+        H5Aclose(a);
+        H5Sclose(space);
+        H5Tclose(type);
+    };
+    intAttr("trace_recorded", 1);
+    intAttr("steps_completed", steps);
+    intAttr("world_size", pat.worldSize);
+    intAttr("servers", pat.servers);
+    intAttr("colocated", pat.colocated);
+    intAttr("blocks", pat.blockBytes.size());
+    intAttr("num_params", pat.numParams);
+    intAttr("seed", pat.seed);
+    intAttr("packet_bytes", kPacketBytes);
+    strAttr("status", "completed");
+    strAttr("source", "rps-netsim");
+    strAttr("netsim_command_line", opt.commandLine);
+    hid_t group = H5Gcreate2(file, "trace", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[2] = {rows.size(), 6};
+    hsize_t maxDims[2] = {H5S_UNLIMITED, 6};
+    hsize_t chunk[2] = {4096, 6};
+    hid_t space = H5Screate_simple(2, dims, maxDims);
+    hid_t props = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(props, 2, chunk);
+    hid_t ds = H5Dcreate2(group, "dropped", H5T_STD_U32LE, space, H5P_DEFAULT, props,
+                          H5P_DEFAULT);
+    bool ok = ds >= 0 && (rows.empty() || H5Dwrite(ds, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL,
+                                                   H5P_DEFAULT, rows.data()) >= 0);
+    H5Dclose(ds);
+    H5Pclose(props);
+    H5Sclose(space);
+    H5Gclose(group);
+    if (H5Fclose(file) < 0 || !ok || std::rename(tmp.c_str(), opt.traceOut.c_str()) != 0)
+        Fail("--trace-out " + opt.traceOut + ": cannot write it");
+}
+
 } // namespace
 
 NS_OBJECT_ENSURE_REGISTERED(LearnTag);
+NS_OBJECT_ENSURE_REGISTERED(ReportTag);
 NS_OBJECT_ENSURE_REGISTERED(TosFilter);
 
 int
@@ -1263,6 +1643,9 @@ main(int argc, char** argv)
 {
     Options opt = ParseOptions(argc, argv);
     Pattern pat = ReadPattern(opt.metrics);
+    if (!opt.traceOut.empty() && pat.colocated)
+        Fail("--trace-out: the run in --metrics is co-located, whose block-to-server "
+             "permutation the simulator does not reproduce; use a dedicated-mode run");
     FlowCdf cdf = ReadFlowCdf(opt.flowCdf);
 
     Config::SetDefault("ns3::TcpL4Protocol::SocketType", TypeIdValue(TcpCubic::GetTypeId()));
@@ -1273,12 +1656,16 @@ main(int argc, char** argv)
     // after 200 ms), large flows here stalled after a timeout, recovering one segment per
     // RTO for seconds (SACK on or off).
     Config::SetDefault("ns3::TcpSocket::DelAckCount", UintegerValue(1));
+    // TIME_WAIT for 2 x 1 ms instead of 2 x 120 s: ports are never reused here, and a
+    // closed flow's endpoint would otherwise slow every packet's demultiplexing.
+    Config::SetDefault("ns3::TcpSocketBase::MaxSegLifetime", DoubleValue(0.001));
 
     Sim sim(opt, pat);
     sim.BuildNetwork();
     sim.Listen();
     sim.PlaceJobs();
-    sim.tEnd = sim.t0 + opt.duration;
+    sim.tMeasure = sim.t0 + opt.warmup;
+    sim.tEnd = sim.tMeasure + opt.duration;
     sim.OpenLearningConnections();
     sim.ScheduleLearning();
     sim.ScheduleWebFlows(cdf);
@@ -1302,8 +1689,15 @@ main(int argc, char** argv)
     out << std::setprecision(10);
     out << "# rps-netsim (ns-3 " << "3.37" << "): " << opt.commandLine << "\n";
     out << "policy,load,seed,quantity,class,value\n";
+    std::string policy = opt.policy;
+    if (opt.lossTarget > 0)
+    {
+        std::ostringstream label;
+        label << "lossy-target-" << opt.lossTarget;
+        policy = label.str();
+    }
     auto row = [&](const std::string& q, const std::string& cls, double v) {
-        out << opt.policy << "," << opt.load << "," << opt.seed << "," << q << "," << cls << ","
+        out << policy << "," << opt.load << "," << opt.seed << "," << q << "," << cls << ","
             << v << "\n";
     };
     row("hosts", "", sim.nHosts);
@@ -1314,6 +1708,7 @@ main(int argc, char** argv)
     row("measured_step_rate_hz", "", pat.stepRate);
     row("step_rate_hz", "", 1.0 / sim.stepPeriod);
     row("duration_s", "", opt.duration);
+    row("warmup_s", "", opt.warmup);
     row("simulated_s", "", simEnd);
     row("wall_s", "", wall);
 
@@ -1326,7 +1721,7 @@ main(int argc, char** argv)
         uint64_t count = 0;
         for (const WebFlow& f : sim.flows)
         {
-            if (f.bytes < range.first || f.bytes >= range.second)
+            if (f.bytes < range.first || f.bytes >= range.second || f.start < sim.tMeasure)
                 continue;
             ++count;
             if (f.fct >= 0)
@@ -1342,7 +1737,12 @@ main(int argc, char** argv)
         row("fct_mean_us", name, fct.empty() ? NAN : mean);
     }
     row("learning_steps_started", "", sim.stepsStarted);
-    row("learning_steps_completed", "", sim.stepTimes.size());
+    row("learning_steps_completed", "", sim.stepsCompleted);
+    row("learning_steps_measured", "", sim.stepTimes.size());
+    uint64_t fewest = UINT64_MAX;
+    for (const auto& job : sim.jobs)
+        fewest = std::min(fewest, job.completed);
+    row("learning_steps_per_job_min", "", fewest);
     row("learning_step_p50_ms", "", Quantile(sim.stepTimes, 0.5) * 1e3);
     row("learning_step_p99_ms", "", Quantile(sim.stepTimes, 0.99) * 1e3);
     const Stats& s = sim.stats;
@@ -1355,13 +1755,65 @@ main(int argc, char** argv)
         row("learning_datagrams_delivered", "", s.udpDeliveredDatagrams);
         row("learning_datagrams_dropped", "", s.udpDroppedDatagrams);
         row("learning_datagrams_late", "", s.udpLateDatagrams);
-        row("learning_loss_rate", "",
-            s.udpSentDatagrams ? 1.0 - double(s.udpDeliveredDatagrams) / s.udpSentDatagrams : 0);
-        row("learning_unusable_rate", "",
-            s.udpSentDatagrams
-                ? 1.0 - double(s.udpDeliveredDatagrams - s.udpLateDatagrams) / s.udpSentDatagrams
-                : 0);
+        // Loss over the measured steps (every step without --warmup): lost in the network,
+        // and unusable (lost, or late).
+        uint64_t sent = 0, lost = 0, late = 0;
+        for (const auto& job : sim.jobs)
+            for (size_t k = job.firstMeasured ? job.firstMeasured : job.stepSent.size();
+                 k < job.stepSent.size(); ++k)
+            {
+                sent += job.stepSent[k];
+                lost += job.stepLost[k];
+                late += job.stepLate[k];
+            }
+        row("learning_measured_datagrams_sent", "", sent);
+        row("learning_measured_datagrams_lost", "", lost);
+        row("learning_measured_datagrams_late", "", late);
+        row("learning_loss_rate", "", sent ? double(lost) / sent : NAN);
+        row("learning_unusable_rate", "", sent ? double(lost + late) / sent : NAN);
         row("learning_timeouts", "", s.timeouts);
+        // Spread of the loss over steps: the unusable share of each step's datagrams.
+        std::vector<double> stepLoss;
+        for (const auto& job : sim.jobs)
+            for (size_t k = job.firstMeasured ? job.firstMeasured : job.stepSent.size();
+                 k < job.stepSent.size(); ++k)
+                if (job.stepSent[k] > 0)
+                    stepLoss.push_back(double(job.stepLost[k] + job.stepLate[k]) /
+                                       job.stepSent[k]);
+        row("learning_step_loss_p10", "", Quantile(stepLoss, 0.1));
+        row("learning_step_loss_p50", "", Quantile(stepLoss, 0.5));
+        row("learning_step_loss_p90", "", Quantile(stepLoss, 0.9));
+        // Pacing: R of every message sent, and of every link at the end.
+        std::vector<double> finalRates;
+        for (const auto& job : sim.jobs)
+            for (const Link& l : job.links)
+                if (l.used)
+                    finalRates.push_back(l.rate / 1e9);
+        row("loss_target", "", opt.lossTarget);
+        row("learning_rate_mean_gbps", "", s.messages ? s.rateSum / s.messages / 1e9 : NAN);
+        row("learning_rate_final_p50_gbps", "", Quantile(finalRates, 0.5));
+        row("learning_rate_final_min_gbps", "",
+            finalRates.empty() ? NAN : *std::min_element(finalRates.begin(), finalRates.end()));
+        row("learning_rate_final_max_gbps", "",
+            finalRates.empty() ? NAN : *std::max_element(finalRates.begin(), finalRates.end()));
+        row("rate_reports_sent", "", s.reportsSent);
+        row("rate_reports_dropped", "", s.reportsDropped);
+        row("rate_reports_ignored", "", s.reportsIgnored);
+        row("rate_backoffs", "", s.backoffs);
+        row("rate_probes", "", s.probes);
+        row("rate_holds", "", s.holds);
+        // Job 0, step by step (measured steps, numbered from 0 as in the trace): the
+        // unusable share of its datagrams, and the mean rate of its links at the step's start.
+        const auto& j0 = sim.jobs[0];
+        for (uint64_t k = 0; k < j0.completed; ++k)
+        {
+            size_t i = j0.firstMeasured + k;
+            row("job0_step_loss", "step " + std::to_string(k),
+                j0.stepSent[i] ? double(j0.stepLost[i] + j0.stepLate[i]) / j0.stepSent[i] : NAN);
+            row("job0_step_rate_gbps", "step " + std::to_string(k), j0.stepRate.at(i) / 1e9);
+        }
+        row("trace_steps", "", sim.jobs[0].completed);
+        row("trace_rows", "", sim.TraceRows().size());
     }
     else
     {
@@ -1386,6 +1838,8 @@ main(int argc, char** argv)
     std::cerr << "rps-netsim: " << opt.policy << " load " << opt.load << ": " << done << "/"
               << sim.flows.size() << " web flows completed, " << sim.stepTimes.size()
               << " learning steps, " << wall << " s" << std::endl;
+    if (!opt.traceOut.empty())
+        WriteTrace(opt, pat, sim.jobs[0].completed, sim.TraceRows());
     Simulator::Destroy();
     return 0;
 }

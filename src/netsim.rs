@@ -163,72 +163,135 @@ fn parse(path: &Path, text: &str) -> Result<Vec<Row>, NetsimError> {
     Ok(rows)
 }
 
-fn fmt_us(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() && v >= 10_000.0 => format!("{:.1} ms", v / 1000.0),
-        Some(v) if v.is_finite() => format!("{v:.0} µs"),
-        _ => "—".to_string(),
+/// Mean, smallest and largest of the finite values, if any.
+fn spread(vals: &[f64]) -> Option<(f64, f64, f64)> {
+    let v: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    Some((mean, lo, hi))
+}
+
+/// One value, or the mean over seeds with their range: `150 µs`, `150 µs (140–160)`.
+fn cell(vals: &[f64], f: impl Fn(f64) -> String) -> String {
+    match spread(vals) {
+        None => "—".to_string(),
+        Some((m, lo, hi)) if vals.len() == 1 || lo == hi => f(m),
+        Some((m, lo, hi)) => format!("{} ({}–{})", f(m), f(lo), f(hi)),
     }
 }
 
-/// A Markdown table, one row per run (sorted by load, then policy): web-flow FCT median /
-/// 99th percentile per size class, flows completed, learning step time and loss.
+fn fmt_us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+/// The runs grouped by (load, policy), seeds together; sorted by load, then policy
+/// (reliable first).
+pub fn groups(results: &Results) -> Vec<(f64, String, Vec<RunKey>)> {
+    let mut out: Vec<(f64, String, Vec<RunKey>)> = Vec::new();
+    for r in results.runs() {
+        match out
+            .iter_mut()
+            .find(|(l, p, _)| *l == r.load && *p == r.policy)
+        {
+            Some(g) => g.2.push(r),
+            None => out.push((r.load, r.policy.clone(), vec![r])),
+        }
+    }
+    let rank = |p: &str| (p != "reliable", p.to_string());
+    out.sort_by(|a, b| a.0.total_cmp(&b.0).then(rank(&a.1).cmp(&rank(&b.1))));
+    for g in &mut out {
+        g.2.sort_by_key(|r| r.seed);
+    }
+    out
+}
+
+/// A Markdown table, one row per load and policy: web-flow FCT median / 99th percentile
+/// per size class, learning step time, steps and loss. With several seeds each cell is
+/// the mean over seeds followed by the smallest and largest seed's value.
 pub fn markdown(results: &Results) -> String {
-    let mut runs = results.runs();
-    runs.sort_by(|a, b| {
-        a.load
-            .total_cmp(&b.load)
-            .then(b.policy.cmp(&a.policy))
-            .then(a.seed.cmp(&b.seed))
-    });
-    let mut s = String::from("| load | policy | seed | web flows completed |");
+    let mut s = String::from("| load | policy | seeds | web flows completed |");
     for c in CLASSES {
         s += &format!(" FCT {c} p50 / p99 |");
     }
-    s += " learning step p50 / p99 (ms) | learning datagrams lost |\n|";
-    s += &"---|".repeat(6 + CLASSES.len());
+    s += " learning step p50 / p99 (ms) | steps per job (fewest) | learning datagrams lost | \
+          lost per step p10–p90 | link rate at the end, median (Gbps) |\n|";
+    s += &"---|".repeat(9 + CLASSES.len());
     s += "\n";
-    for r in &runs {
-        let get = |q: &str, c: &str| results.get(r, q, c);
-        let count = |q: &str| match get(q, "all") {
-            Some(v) if v.is_finite() => v.to_string(),
-            _ => "—".to_string(),
+    for (load, policy, runs) in groups(results) {
+        let vals = |q: &str, c: &str| -> Vec<f64> {
+            runs.iter().filter_map(|r| results.get(r, q, c)).collect()
         };
+        let total = |q: &str| -> String {
+            let v = vals(q, "all");
+            if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+                "—".to_string()
+            } else {
+                v.iter().sum::<f64>().to_string()
+            }
+        };
+        let seeds: Vec<String> = runs.iter().map(|r| r.seed.to_string()).collect();
         s += &format!(
-            "| {} | {} | {} | {} of {} |",
-            r.load,
-            r.policy,
-            r.seed,
-            count("flows_completed"),
-            count("flows")
+            "| {load} | {policy} | {} | {} of {} |",
+            seeds.join(", "),
+            total("flows_completed"),
+            total("flows")
         );
         for c in CLASSES {
             s += &format!(
                 " {} / {} |",
-                fmt_us(get("fct_p50_us", c)),
-                fmt_us(get("fct_p99_us", c))
+                cell(&vals("fct_p50_us", c), fmt_us),
+                cell(&vals("fct_p99_us", c), fmt_us)
             );
         }
-        let ms = |q: &str| match get(q, "") {
-            Some(v) if v.is_finite() => format!("{v:.1}"),
+        let ms = |v: f64| format!("{v:.1}");
+        let pct = |v: f64| format!("{:.2} %", 100.0 * v);
+        // The loss of the measured steps (`learning_loss_rate`: without --warmup, every
+        // step), else from the totals (files written before that column).
+        let losses: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| {
+                let sent = results.get(r, "learning_datagrams_sent", "")?;
+                let got = results.get(r, "learning_datagrams_delivered", "")?;
+                (sent > 0.0).then(|| {
+                    results
+                        .get(r, "learning_loss_rate", "")
+                        .unwrap_or((sent - got) / sent)
+                })
+            })
+            .collect();
+        let lost = if losses.is_empty() {
+            "— (TCP)".to_string()
+        } else {
+            cell(&losses, pct)
+        };
+        let per_step = match (
+            spread(&vals("learning_step_loss_p10", "")),
+            spread(&vals("learning_step_loss_p90", "")),
+        ) {
+            (Some(lo), Some(hi)) => format!("{}–{}", pct(lo.0), pct(hi.0)),
             _ => "—".to_string(),
         };
-        let loss = match (
-            get("learning_datagrams_sent", ""),
-            get("learning_datagrams_delivered", ""),
-        ) {
-            (Some(sent), Some(got)) if sent > 0.0 => format!(
-                "{:.2} % ({} of {})",
-                100.0 * (sent - got) / sent,
-                sent - got,
-                sent
-            ),
-            _ => "— (TCP)".to_string(),
-        };
         s += &format!(
-            " {} / {} | {loss} |\n",
-            ms("learning_step_p50_ms"),
-            ms("learning_step_p99_ms")
+            " {} / {} | {} | {lost} | {per_step} | {} |\n",
+            cell(&vals("learning_step_p50_ms", ""), ms),
+            cell(&vals("learning_step_p99_ms", ""), ms),
+            cell(&vals("learning_steps_per_job_min", ""), |v| format!(
+                "{v:.0}"
+            )),
+            cell(&vals("learning_rate_final_p50_gbps", ""), |v| format!(
+                "{v:.2}"
+            )),
         );
     }
     s
@@ -247,15 +310,18 @@ mod tests {
         lossy,0.3,1,fct_p50_us,>1MB,nan\n\
         lossy,0.3,1,learning_datagrams_sent,,200\n\
         lossy,0.3,1,learning_datagrams_delivered,,190\n\
-        reliable,0.3,1,flows,all,10\n";
+        reliable,0.3,1,flows,all,10\n\
+        lossy,0.6,1,learning_datagrams_sent,,200\n\
+        lossy,0.6,1,learning_datagrams_delivered,,100\n\
+        lossy,0.6,1,learning_loss_rate,,0.25\n";
 
     #[test]
     fn parses_rows_and_finds_values() {
         let rows = parse(Path::new("x.csv"), SAMPLE).unwrap();
-        assert_eq!(rows.len(), 8);
+        assert_eq!(rows.len(), 11);
         let r = Results { rows };
         let runs = r.runs();
-        assert_eq!(runs.len(), 2);
+        assert_eq!(runs.len(), 3);
         assert_eq!(r.get(&runs[0], "fct_p50_us", "<100KB"), Some(150.4));
         assert!(r.get(&runs[0], "fct_p50_us", ">1MB").unwrap().is_nan());
         assert_eq!(r.get(&runs[1], "fct_p50_us", "<100KB"), None);
@@ -264,8 +330,39 @@ mod tests {
             md.contains("| 0.3 | lossy | 1 | 10 of 10 | 150 µs / 20.0 ms |"),
             "{md}"
         );
-        assert!(md.contains("5.00 % (10 of 200)"), "{md}");
+        assert!(md.contains("| 5.00 % |"), "{md}");
+        // The measured steps' loss where the simulator wrote it (here: after a warm-up).
+        assert!(md.contains("| 25.00 % |"), "{md}");
         assert!(md.contains("| 0.3 | reliable | 1 | — of 10 |"), "{md}");
+        // Reliable before lossy.
+        assert!(
+            md.find("reliable").unwrap() < md.find("lossy").unwrap(),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn seeds_are_one_row_with_their_spread() {
+        let text = format!(
+            "{HEADER}\n\
+             lossy,0.6,2,fct_p50_us,<100KB,200\n\
+             lossy,0.6,1,fct_p50_us,<100KB,100\n\
+             lossy,0.6,3,fct_p50_us,<100KB,300\n\
+             reliable,0.6,1,fct_p50_us,<100KB,400\n"
+        );
+        let r = Results {
+            rows: parse(Path::new("x.csv"), &text).unwrap(),
+        };
+        let md = markdown(&r);
+        assert!(
+            md.contains("| 0.6 | lossy | 1, 2, 3 | — of — | 200 µs (100 µs–300 µs) / — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 0.6 | reliable | 1 | — of — | 400 µs / — |"),
+            "{md}"
+        );
+        assert_eq!(md.lines().count(), 4, "{md}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The ns-3 datacenter simulation (netsim/): built by its own script, fed by a real
 //! `rps train` run, run for both policies on a tiny fabric; its CSV must balance (every
 //! learning byte sent is delivered or dropped, every web flow completes) and `rps report`
-//! / `rps plot` must read it.
+//! / `rps plot` must read it. The loss budget (`--loss-target`) must move the rate and cut
+//! the loss, and the drop trace it writes must replay under `rps train --replay-trace`.
 
 mod common;
 
@@ -31,6 +32,14 @@ fn build_simulator() -> PathBuf {
 
 /// (policy, quantity, class) -> value.
 fn read_csv(path: &Path) -> HashMap<(String, String, String), f64> {
+    read_csv_seeds(path)
+        .into_iter()
+        .map(|((p, _, q, c), v)| ((p, q, c), v))
+        .collect()
+}
+
+/// (policy, seed, quantity, class) -> value.
+fn read_csv_seeds(path: &Path) -> HashMap<(String, String, String, String), f64> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines().filter(|l| !l.starts_with('#'));
     assert_eq!(lines.next(), Some(rps::netsim::HEADER));
@@ -39,11 +48,79 @@ fn read_csv(path: &Path) -> HashMap<(String, String, String), f64> {
             let f: Vec<&str> = l.split(',').collect();
             assert_eq!(f.len(), 6, "{l}");
             (
-                (f[0].to_string(), f[3].to_string(), f[4].to_string()),
+                (
+                    f[0].to_string(),
+                    f[2].to_string(),
+                    f[3].to_string(),
+                    f[4].to_string(),
+                ),
                 f[5].parse::<f64>().unwrap(),
             )
         })
         .collect()
+}
+
+/// A 5-rank dedicated-mode MLP run (1 server, 4 workers, 50,890 parameters: 146 datagrams
+/// per block), whose small exchange keeps simulations of many steps cheap.
+fn mlp_run(dir: &Path) -> PathBuf {
+    let metrics = dir.join("mlp.h5");
+    mpirun(
+        5,
+        &[
+            "train",
+            "--dataset",
+            small_dataset().to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+            "--model",
+            "mlp",
+            "--servers",
+            "1",
+            "--steps",
+            "4",
+            "--eval-every",
+            "0",
+        ],
+    )
+    .assert_ok();
+    metrics
+}
+
+/// The small fabric at 1 Gbps (few web packets), one job, heavy web load, 100 steps/s.
+const SMALL_BUSY: &[&str] = &[
+    "--leaves",
+    "2",
+    "--spines",
+    "1",
+    "--hosts-per-leaf",
+    "3",
+    "--jobs",
+    "1",
+    "--host-rate",
+    "1Gbps",
+    "--fabric-rate",
+    "1Gbps",
+    "--step-rate",
+    "100",
+    "--min-rto-ms",
+    "10",
+    "--drain",
+    "1",
+];
+
+/// Runs the simulator; its CSV.
+fn simulate(sim: &Path, args: &[&str], csv: &Path) -> HashMap<(String, String, String), f64> {
+    let out = Command::new(sim)
+        .args(args)
+        .args(["--output", csv.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rps-netsim {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_csv(csv)
 }
 
 #[test]
@@ -179,6 +256,22 @@ fn bad_options_name_the_option_in_one_line() {
             vec!["--lod", "0.3"],
             "rps-netsim: unknown option --lod (see --help)",
         ),
+        (
+            vec!["--metrics", "x.h5", "--policy", "lossy", "--loss-target", "1.5"],
+            "rps-netsim: --loss-target 1.5: must be in (0, 1)",
+        ),
+        (
+            vec!["--metrics", "x.h5", "--loss-target", "0.05"],
+            "rps-netsim: --loss-target applies to --policy lossy only",
+        ),
+        (
+            vec!["--metrics", "x.h5", "--trace-out", "t.h5"],
+            "rps-netsim: --trace-out applies to --policy lossy only (reliable learning traffic loses nothing)",
+        ),
+        (
+            vec!["--metrics", "x.h5", "--warmup", "-1"],
+            "rps-netsim: --warmup -1: must be in [0, 100] seconds",
+        ),
     ] {
         let out = Command::new(&sim).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -197,4 +290,193 @@ fn bad_options_name_the_option_in_one_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a readable HDF5 file"));
+}
+
+#[test]
+fn a_loss_budget_moves_the_rate_and_cuts_the_loss() {
+    let sim = build_simulator();
+    let dir = out_dir();
+    let metrics = mlp_run(dir.path());
+    let m = metrics.to_str().unwrap();
+    let common = [
+        &["--metrics", m, "--policy", "lossy", "--load", "0.8"][..],
+        &["--warmup", "0.03", "--duration", "0.1"],
+        SMALL_BUSY,
+    ]
+    .concat();
+    let fixed = simulate(&sim, &common, &dir.path().join("fixed.csv"));
+    let budget = simulate(
+        &sim,
+        &[&common[..], &["--loss-target", "0.05"]].concat(),
+        &dir.path().join("budget.csv"),
+    );
+    let get = |v: &HashMap<(String, String, String), f64>, policy: &str, q: &str| -> f64 {
+        *v.get(&(policy.to_string(), q.to_string(), String::new()))
+            .unwrap_or_else(|| panic!("no {policy} {q}"))
+    };
+    let t = "lossy-target-0.05";
+    // Fixed pacing: host rate / 4 on every link, no reports.
+    assert_eq!(get(&fixed, "lossy", "learning_rate_final_max_gbps"), 0.25);
+    assert_eq!(get(&fixed, "lossy", "rate_reports_sent"), 0.0);
+    // The budget: links start at the host rate (1 Gbps), reports come back, the rate
+    // falls under loss and probes back up in between.
+    assert_eq!(get(&budget, t, "loss_target"), 0.05);
+    assert!(get(&budget, t, "rate_reports_sent") >= 20.0);
+    assert!(get(&budget, t, "rate_backoffs") >= 1.0);
+    assert!(get(&budget, t, "rate_probes") >= 1.0);
+    assert!(get(&budget, t, "learning_rate_final_min_gbps") < 0.5);
+    assert!(get(&budget, t, "learning_steps_measured") >= 3.0);
+    let (lf, lb) = (
+        get(&fixed, "lossy", "learning_loss_rate"),
+        get(&budget, t, "learning_loss_rate"),
+    );
+    assert!(lb < lf, "loss with a budget {lb}, without {lf}");
+    // Every datagram is accounted for, and the low band drops learning datagrams and
+    // reports only.
+    let sent = get(&budget, t, "learning_datagrams_sent");
+    let delivered = get(&budget, t, "learning_datagrams_delivered");
+    let dropped = get(&budget, t, "learning_datagrams_dropped");
+    assert_eq!(delivered + dropped, sent);
+    assert_eq!(
+        get(&budget, t, "queue_drops_low"),
+        dropped + get(&budget, t, "rate_reports_dropped")
+    );
+    assert_eq!(get(&budget, t, "other_drops"), 0.0);
+}
+
+#[test]
+fn the_simulated_trace_replays_in_rps_train() {
+    let sim = build_simulator();
+    let dir = out_dir();
+    let metrics = mlp_run(dir.path());
+    let trace = dir.path().join("sim-trace.h5");
+    let v = simulate(
+        &sim,
+        &[
+            &["--metrics", metrics.to_str().unwrap(), "--policy", "lossy"][..],
+            &[
+                "--load",
+                "0.8",
+                "--loss-target",
+                "0.05",
+                "--duration",
+                "0.05",
+            ],
+            &["--trace-out", trace.to_str().unwrap()],
+            SMALL_BUSY,
+        ]
+        .concat(),
+        &dir.path().join("trace.csv"),
+    );
+    let get = |q: &str| {
+        v[&(
+            "lossy-target-0.05".to_string(),
+            q.to_string(),
+            String::new(),
+        )]
+    };
+    let steps = get("trace_steps");
+    let rows = get("trace_rows");
+    assert!(steps >= 3.0, "{steps} steps");
+    // One job: every lost or late datagram of the run is job 0's, and one row of the trace.
+    assert_eq!(
+        rows,
+        get("learning_datagrams_dropped") + get("learning_datagrams_late")
+    );
+    assert!(rows > 0.0);
+    assert_eq!(attr_i64(&trace, "steps_completed") as f64, steps);
+    assert_eq!(attr_i64(&trace, "packet_bytes"), 1396);
+
+    // rps train drops exactly the simulated datagrams: same ranks, model and seed, packets
+    // of the simulated datagrams' 1,396 bytes.
+    let replay = dir.path().join("replay.h5");
+    let steps_arg = (steps as u64).to_string();
+    mpirun(
+        5,
+        &[
+            "train",
+            "--dataset",
+            small_dataset().to_str().unwrap(),
+            "--metrics",
+            replay.to_str().unwrap(),
+            "--model",
+            "mlp",
+            "--servers",
+            "1",
+            "--steps",
+            &steps_arg,
+            "--eval-every",
+            "0",
+            "--packet-bytes",
+            "1396",
+            "--replay-trace",
+            trace.to_str().unwrap(),
+        ],
+    )
+    .assert_ok();
+    let dropped: u64 = read_u64(&replay, "comm/packets_dropped_up")
+        .iter()
+        .chain(&read_u64(&replay, "comm/packets_dropped_down"))
+        .sum();
+    assert_eq!(dropped as f64, rows);
+    // Per step too: the trace's rows of each step are that step's drops.
+    let file = open(&trace);
+    let t = file
+        .dataset("trace/dropped")
+        .unwrap()
+        .read_2d::<u32>()
+        .unwrap();
+    let up = read_u64(&replay, "comm/packets_dropped_up");
+    let down = read_u64(&replay, "comm/packets_dropped_down");
+    for step in 0..steps as usize {
+        let n = t
+            .rows()
+            .into_iter()
+            .filter(|r| r[0] as usize == step)
+            .count();
+        assert_eq!(up[step] + down[step], n as u64, "step {step}");
+    }
+}
+
+#[test]
+fn seeds_give_different_flows_and_report_as_one_row() {
+    build_simulator();
+    let dir = out_dir();
+    let metrics = mlp_run(dir.path());
+    let csv = dir.path().join("seeds.csv");
+    let out = Command::new(repo().join("netsim/run.sh"))
+        .args([metrics.to_str().unwrap(), csv.to_str().unwrap()])
+        .args(SMALL_BUSY)
+        .args(["--duration", "0.03"])
+        .env("LOADS", "0.5")
+        .env("SEEDS", "1 2 3")
+        .env("POLICIES", "lossy-target-0.05")
+        .env("PARALLEL", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "netsim/run.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = read_csv_seeds(&csv);
+    let fct = |seed: &str| {
+        v[&(
+            "lossy-target-0.05".to_string(),
+            seed.to_string(),
+            "fct_mean_us".to_string(),
+            "all".to_string(),
+        )]
+    };
+    assert!(fct("1") != fct("2") && fct("2") != fct("3") && fct("1") != fct("3"));
+    let report = rps(&["report", csv.to_str().unwrap()]);
+    report.assert_ok();
+    assert!(
+        report
+            .stdout
+            .contains("| 0.5 | lossy-target-0.05 | 1, 2, 3 |"),
+        "{}",
+        report.stdout
+    );
+    assert_eq!(report.stdout.lines().count(), 3, "{}", report.stdout);
 }

@@ -491,7 +491,8 @@ where
 }
 
 /// `rps plot RESULTS.csv...`: `netsim_fct.png` and `.svg`, one panel per flow-size class
-/// with the median and 99th-percentile FCT (means over seeds) of each policy against load.
+/// with the median and 99th-percentile FCT of each policy against load (means over seeds,
+/// bars from the smallest to the largest seed's value).
 fn plot_netsim(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     let results = Results::read(&opts.files)?;
     register_font()?;
@@ -501,27 +502,24 @@ fn plot_netsim(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     Ok(both!(dir, "netsim_fct", (1500, 560), netsim_fct(&results)).to_vec())
 }
 
-/// (policy, percentile quantity, load, mean FCT over seeds in µs), finite values only.
-fn netsim_points(results: &Results, class: &str) -> Vec<(String, &'static str, f64, f64)> {
+/// (policy, percentile quantity, load, (mean, min, max) FCT over seeds in µs), finite
+/// values only.
+type NetsimPoint = (String, &'static str, f64, (f64, f64, f64));
+
+fn netsim_points(results: &Results, class: &str) -> Vec<NetsimPoint> {
     let mut points = Vec::new();
-    let mut keys: Vec<(String, f64)> = Vec::new();
-    for r in results.runs() {
-        if !keys.contains(&(r.policy.clone(), r.load)) {
-            keys.push((r.policy.clone(), r.load));
-        }
-    }
-    for (policy, load) in keys {
+    for (load, policy, runs) in crate::netsim::groups(results) {
         for q in ["fct_p50_us", "fct_p99_us"] {
-            let vals: Vec<f64> = results
-                .runs()
+            let vals: Vec<f64> = runs
                 .iter()
-                .filter(|r| r.policy == policy && r.load == load)
                 .filter_map(|r| results.get(r, q, class))
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .collect();
             if !vals.is_empty() {
                 let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-                points.push((policy.clone(), q, load, mean));
+                let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = vals.iter().copied().fold(0.0, f64::max);
+                points.push((policy.clone(), q, load, (mean, lo, hi)));
             }
         }
     }
@@ -534,13 +532,15 @@ where
 {
     root.fill(&WHITE)?;
     let root = root.titled(
-        "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP)",
+        "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP); bars: range over seeds",
         font(22),
     )?;
-    let mut policies: Vec<String> = results.runs().into_iter().map(|r| r.policy).collect();
-    policies.dedup();
-    policies.sort();
-    policies.dedup();
+    let mut policies: Vec<String> = Vec::new();
+    for (_, p, _) in crate::netsim::groups(results) {
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
     let loads: Vec<f64> = results.runs().iter().map(|r| r.load).collect();
     let (lo, hi) = loads
         .iter()
@@ -552,7 +552,7 @@ where
     for (panel, class) in panels.iter().zip(CLASSES) {
         let points = netsim_points(results, class);
         let (ymin, ymax) = points.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
-            (a.min(p.3), b.max(p.3))
+            (a.min(p.3 .1), b.max(p.3 .2))
         });
         let (ymin, ymax) = if ymin.is_finite() {
             (ymin / 2.0, ymax * 2.0)
@@ -577,12 +577,17 @@ where
         for (i, policy) in policies.iter().enumerate() {
             let c = pick(i);
             for (q, label, width) in [("fct_p50_us", "median", 3), ("fct_p99_us", "99th pct", 1)] {
-                let mut pts: Vec<(f64, f64)> = points
+                let mut ranged: Vec<(f64, (f64, f64, f64))> = points
                     .iter()
                     .filter(|p| &p.0 == policy && p.1 == q)
                     .map(|p| (p.2, p.3))
                     .collect();
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                ranged.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let pts: Vec<(f64, f64)> = ranged.iter().map(|&(x, (m, _, _))| (x, m)).collect();
+                // The seeds' range, where there are several.
+                chart.draw_series(ranged.iter().filter(|(_, (_, lo, hi))| hi > lo).map(
+                    |&(x, (_, lo, hi))| PathElement::new([(x, lo), (x, hi)], c.stroke_width(width)),
+                ))?;
                 chart
                     .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(width)))?
                     .label(format!("{policy}, {label}"))
