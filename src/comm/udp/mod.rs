@@ -156,6 +156,27 @@ struct Planned<'d> {
     mask: &'d [bool],
 }
 
+impl Planned<'_> {
+    /// Fragments of the body.
+    fn fragments(&self) -> usize {
+        self.body.len().div_ceil(self.fragment)
+    }
+
+    /// Whether fragment `k` is sent (the drop model may have dropped it).
+    fn sends(&self, k: usize) -> bool {
+        self.mask.get(k).copied().unwrap_or(true)
+    }
+
+    /// Queues fragment `k` on `t`; returns the datagram's length.
+    fn send<T: Transport + ?Sized>(&self, t: &UdpTransport<'_, T>, k: usize) -> usize {
+        let at = k * self.fragment;
+        let chunk = &self.body[at..(at + self.fragment).min(self.body.len())];
+        t.queue(self.to, self.tag, at, |slot, h| {
+            encode_into(slot, &t.job, self.to, h, self.prefix, chunk)
+        })
+    }
+}
+
 /// The UDP exchange of one rank, over an inner transport for everything reliable.
 pub struct UdpTransport<'a, T: Transport + ?Sized> {
     inner: &'a T,
@@ -282,7 +303,9 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
         heard[rank] = true;
         for _ in 0..HELLO_ROUNDS {
             for r in (0..size).filter(|&r| r != rank) {
-                self.send(r, HELLO_TAG, 0, &[], &[]);
+                self.queue(r, HELLO_TAG, 0, |slot, h| {
+                    encode_into(slot, &self.job, r, h, &[], &[])
+                });
             }
             self.flush();
             let until = Instant::now() + HELLO_ROUND;
@@ -302,12 +325,19 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
         heard
     }
 
-    /// Queues one datagram to rank `to`; the queue goes out in batches. Returns its
-    /// length in bytes.
-    fn send(&self, to: usize, tag: i32, offset: usize, prefix: &[f32], body: &[f32]) -> usize {
+    /// Queues one datagram to rank `to`, written into its slot by `write` under the
+    /// next header of that link; the queue goes out in batches. Returns its length in
+    /// bytes.
+    fn queue(
+        &self,
+        to: usize,
+        tag: i32,
+        offset: usize,
+        write: impl FnOnce(&mut [u8], &Header) -> usize,
+    ) -> usize {
         let mut out = self.out.borrow_mut();
         let header = self.header(to, tag, offset);
-        let len = encode_into(out.slot(), &self.job, to, &header, prefix, body);
+        let len = write(out.slot(), &header);
         out.commit(len, self.job.peers[to]);
         if out.is_full() {
             drop(out);
@@ -427,14 +457,9 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
                 accepted,
                 highest: self.windows.borrow()[peer].newest(),
             };
-            let mut out = self.out.borrow_mut();
-            let header = self.header(peer, REPORT_TAG, 0);
-            let len = encode_bytes_into(out.slot(), &self.job, peer, &header, &report.to_bytes());
-            out.commit(len, self.job.peers[peer]);
-            if out.is_full() {
-                drop(out);
-                self.flush();
-            }
+            self.queue(peer, REPORT_TAG, 0, |slot, h| {
+                encode_bytes_into(slot, &self.job, peer, h, &report.to_bytes())
+            });
         }
         self.flush();
     }
@@ -446,32 +471,22 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
     fn send_paced(&self, sends: &[Planned<'_>], deadline: Instant, mailbox: &mut dyn Mailbox) {
         // The next fragment of each send.
         let mut next = vec![0usize; sends.len()];
-        let chunks = |s: &Planned<'_>| s.body.len().div_ceil(s.fragment);
         loop {
             let now = Instant::now();
             let pick = {
                 let links = self.links.borrow();
                 (0..sends.len())
-                    .filter(|&i| next[i] < chunks(&sends[i]))
+                    .filter(|&i| next[i] < sends[i].fragments())
                     .min_by_key(|&i| links[sends[i].to].next.max(now))
             };
             let Some(i) = pick else { break };
-            let Planned {
-                to,
-                tag,
-                prefix,
-                body,
-                fragment,
-                mask,
-            } = sends[i];
-            let due = self.links.borrow()[to].next;
+            let s = &sends[i];
+            let due = self.links.borrow()[s.to].next;
             if due >= deadline {
                 // Nothing more is due in time on this link.
-                let left = (next[i]..chunks(&sends[i]))
-                    .filter(|&k| mask.get(k).copied().unwrap_or(true))
-                    .count();
+                let left = (next[i]..s.fragments()).filter(|&k| s.sends(k)).count();
                 self.unsent.set(self.unsent.get() + left as u64);
-                next[i] = chunks(&sends[i]);
+                next[i] = s.fragments();
                 continue;
             }
             if due > now + PACE_SLACK {
@@ -479,20 +494,19 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
                 self.receive_until(due, deadline, mailbox);
                 continue;
             }
-            let bytes = HEADER_BYTES + 4 * (prefix.len() + fragment);
-            let per_burst = self.links.borrow()[to].rate * PACE_BURST.as_secs_f64();
+            let bytes = HEADER_BYTES + 4 * (s.prefix.len() + s.fragment);
+            let per_burst = self.links.borrow()[s.to].rate * PACE_BURST.as_secs_f64();
             let burst = GSO_SEGMENTS
                 .min(GSO_BYTES / bytes)
                 .min(per_burst as usize / bytes)
                 .max(1);
             let mut queued = 0;
-            while queued < burst && next[i] < chunks(&sends[i]) {
+            while queued < burst && next[i] < s.fragments() {
                 let k = next[i];
                 next[i] += 1;
-                if mask.get(k).copied().unwrap_or(true) {
-                    let chunk = &body[k * fragment..((k + 1) * fragment).min(body.len())];
-                    let len = self.send(to, tag, k * fragment, prefix, chunk);
-                    self.links.borrow_mut()[to].pace(len, now);
+                if s.sends(k) {
+                    let len = s.send(self, k);
+                    self.links.borrow_mut()[s.to].pace(len, now);
                     queued += 1;
                 }
             }
@@ -628,10 +642,8 @@ impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
             self.send_paced(&plan, deadline, mailbox);
         } else {
             for p in &plan {
-                for (k, chunk) in p.body.chunks(p.fragment).enumerate() {
-                    if p.mask.get(k).copied().unwrap_or(true) {
-                        self.send(p.to, p.tag, k * p.fragment, p.prefix, chunk);
-                    }
+                for k in (0..p.fragments()).filter(|&k| p.sends(k)) {
+                    p.send(self, k);
                 }
             }
         }
@@ -864,10 +876,9 @@ mod tests {
                             vec![0u8; 12],
                         ];
                         for payload in &forged {
-                            let mut q = t.out.borrow_mut();
-                            let h = t.header(peer, REPORT_TAG, 0);
-                            let len = encode_bytes_into(q.slot(), &t.job, peer, &h, payload);
-                            q.commit(len, t.job.peers[peer]);
+                            t.queue(peer, REPORT_TAG, 0, |slot, h| {
+                                encode_bytes_into(slot, &t.job, peer, h, payload)
+                            });
                         }
                         t.flush();
                     }
@@ -902,11 +913,9 @@ mod tests {
                         let t = UdpTransport::connect(&local, &opts).unwrap();
                         if t.rank() == 0 {
                             let report = Report::default().to_bytes();
-                            let mut q = t.out.borrow_mut();
-                            let h = t.header(1, REPORT_TAG, 0);
-                            let len = encode_bytes_into(q.slot(), &t.job, 1, &h, &report);
-                            q.commit(len, t.job.peers[1]);
-                            drop(q);
+                            t.queue(1, REPORT_TAG, 0, |slot, h| {
+                                encode_bytes_into(slot, &t.job, 1, h, &report)
+                            });
                             t.flush();
                         }
                         t.quiesce(&mut Collect(Vec::new(), 0));
