@@ -70,7 +70,7 @@ impl Spread {
         // Nearest-rank quantile; exact median of an even count is the mean of the middle two.
         let q = |f: f64| s[((s.len() - 1) as f64 * f).round() as usize];
         let mid = s.len() / 2;
-        let median = if s.len() % 2 == 0 {
+        let median = if s.len().is_multiple_of(2) {
             (s[mid - 1] + s[mid]) / 2.0
         } else {
             s[mid]

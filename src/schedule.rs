@@ -39,7 +39,7 @@ impl Lr {
             LrSchedule::Cosine => {
                 let span = self.total.saturating_sub(self.warmup).max(1) as f64;
                 let t = (step - self.warmup) as f64 / span;
-                (f64::from(self.base) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+                (f64::from(self.base) * 0.5 * (1.0 + libm::cos(std::f64::consts::PI * t))) as f32
             }
         }
     }

@@ -140,7 +140,7 @@ mod tests {
     fn msg(step: u64, i: usize) -> MessageId {
         MessageId {
             step,
-            direction: if i % 2 == 0 {
+            direction: if i.is_multiple_of(2) {
                 Direction::Up
             } else {
                 Direction::Down

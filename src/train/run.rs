@@ -163,7 +163,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         self.clock = Instant::now();
         let mut last = EvalRecord::default();
         let eval_due = |done: u64| {
-            done == total || (self.cfg.eval_every > 0 && done % self.cfg.eval_every == 0)
+            done == total || (self.cfg.eval_every > 0 && done.is_multiple_of(self.cfg.eval_every))
         };
         if self.evaluate_first && eval_due(self.first_step) {
             // The evaluation the stop skipped: the state is the one it would have seen.

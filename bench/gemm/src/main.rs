@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+use rps_nn::simd::Isa;
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 
@@ -91,7 +91,7 @@ const SHAPES: &[Shape] = &[
     s("resnet20", "stage 3 dX (Winograd)", (64, 128, 64), AT, 36 * 5),
 ];
 
-const LIBS: [&str; 3] = ["matrixmultiply", "gemm", "openblas"];
+const LIBS: [&str; 4] = ["matrixmultiply", "gemm", "rps", "rps-avx2"];
 
 fn filled(rows: usize, cols: usize, seed: u32) -> Array2<f32> {
     let mut x = seed.wrapping_mul(2_654_435_761) | 1;
@@ -140,35 +140,9 @@ fn product(
                 gemm::Parallelism::None,
             )
         },
-        "openblas" => unsafe {
-            let (ta, lda) = if a.strides()[0] == 1 && m > 1 {
-                (CBLAS_TRANSPOSE::CblasTrans, m)
-            } else {
-                (CBLAS_TRANSPOSE::CblasNoTrans, k)
-            };
-            let trans = b.strides()[0] == 1 && k > 1;
-            let (tb, ldb) = if trans {
-                (CBLAS_TRANSPOSE::CblasTrans, k)
-            } else {
-                (CBLAS_TRANSPOSE::CblasNoTrans, n)
-            };
-            cblas_sgemm(
-                CBLAS_LAYOUT::CblasRowMajor,
-                ta,
-                tb,
-                m as i32,
-                n as i32,
-                k as i32,
-                1.0,
-                a.as_ptr(),
-                lda as i32,
-                b.as_ptr(),
-                ldb as i32,
-                0.0,
-                c.as_mut_ptr(),
-                n as i32,
-            )
-        },
+        "rps" => rps_nn::matmul::mat_mul(1.0, &a, &b, 0.0, c),
+        "rps-avx2" => rps_nn::matmul::mat_mul_on(Isa::Avx2, 1.0, &a, &b, 0.0, c),
+        "rps-portable" => rps_nn::matmul::mat_mul_on(Isa::Portable, 1.0, &a, &b, 0.0, c),
         _ => unreachable!(),
     }
 }
@@ -183,9 +157,12 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("first argument: repeats"))
         .unwrap_or(15);
-    println!("| model | product | m × n × k | per step | matrixmultiply GFLOP/s | gemm GFLOP/s | OpenBLAS GFLOP/s | results agree |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut totals = [[0.0f64; 3]; 2];
+    println!(
+        "| model | product | m × n × k | per step | {} | results agree |",
+        LIBS.map(|l| format!("{l} GFLOP/s")).join(" | ")
+    );
+    println!("|---|---|---|---|{}---|", "---|".repeat(LIBS.len()));
+    let mut totals = [[0.0f64; LIBS.len()]; 2];
     for (i, sh) in SHAPES.iter().enumerate() {
         let a_store = if sh.at {
             filled(sh.k, sh.m, 2 * i as u32 + 1)
@@ -203,10 +180,10 @@ fn main() {
         // Enough products per timing to last ~2 ms, so the clock's resolution is moot.
         let inner = ((2e-3 * 50e9 / flops).ceil() as usize).max(1);
         let mut results = Vec::new();
-        let mut gflops = [0.0f64; 3];
-        let mut medians = [0.0f64; 3];
-        let mut samples: [Vec<f64>; 3] = Default::default();
-        let mut cs: Vec<Array2<f32>> = (0..3).map(|_| Array2::zeros((sh.m, sh.n))).collect();
+        let mut gflops = [0.0f64; LIBS.len()];
+        let mut medians = [0.0f64; LIBS.len()];
+        let mut samples: [Vec<f64>; LIBS.len()] = Default::default();
+        let mut cs: Vec<Array2<f32>> = (0..LIBS.len()).map(|_| Array2::zeros((sh.m, sh.n))).collect();
         // Interleaved, so a busy moment hits every library alike.
         for r in 0..repeats + 2 {
             for (l, lib) in LIBS.iter().enumerate() {
@@ -220,7 +197,7 @@ fn main() {
                 }
             }
         }
-        for l in 0..3 {
+        for l in 0..LIBS.len() {
             medians[l] = median(samples[l].clone());
             gflops[l] = flops / medians[l] / 1e9;
             results.push(&cs[l]);
@@ -240,12 +217,12 @@ fn main() {
             _ => None,
         };
         if let Some(mi) = model {
-            for l in 0..3 {
+            for l in 0..LIBS.len() {
                 totals[mi][l] += medians[l] * sh.per_step as f64 * 1e3;
             }
         }
         println!(
-            "| {} | {} | {} × {} × {}{}{} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} × {} × {}{}{} | {} | {} | {} |",
             sh.model,
             sh.what,
             sh.m,
@@ -254,9 +231,7 @@ fn main() {
             if sh.at { " (Aᵀ)" } else { "" },
             if sh.bt { " (Bᵀ)" } else { "" },
             sh.per_step,
-            gflops[0],
-            gflops[1],
-            gflops[2],
+            gflops.map(|g| format!("{g:.1}")).join(" | "),
             if agree { "yes" } else { "NO" }
         );
     }

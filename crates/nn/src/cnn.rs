@@ -82,7 +82,7 @@ impl Cnn {
         if in_channels == 0 {
             return Err(NnError::Config("in_channels must be at least 1".into()));
         }
-        if height == 0 || width == 0 || height % 4 != 0 || width % 4 != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(4) || !width.is_multiple_of(4) {
             return Err(NnError::Config(format!(
                 "image size {height}x{width} must be positive and divisible by 4"
             )));

@@ -23,6 +23,7 @@ pub mod pool;
 pub mod profile;
 pub mod relu;
 pub mod resnet;
+pub mod simd;
 pub mod winograd;
 
 #[cfg(test)]

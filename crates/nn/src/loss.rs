@@ -57,12 +57,14 @@ pub fn softmax_cross_entropy(
         }
         sums.correct += usize::from(arg == label);
         let max = max as f64;
-        let denom: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let log_denom = denom.ln();
+        // libm rather than std: the system's exp and log differ between C libraries and
+        // architectures in the last bit, and so would every loss and gradient.
+        let denom: f64 = row.iter().map(|&v| libm::exp(v as f64 - max)).sum();
+        let log_denom = libm::log(denom);
         sums.loss_sum += log_denom - (row[label] as f64 - max);
         if let Some(g) = grad.as_mut() {
             for (j, (gj, &v)) in g.row_mut(i).iter_mut().zip(row.iter()).enumerate() {
-                let p = (v as f64 - max - log_denom).exp();
+                let p = libm::exp(v as f64 - max - log_denom);
                 let target = if j == label { 1.0 } else { 0.0 };
                 *gj = ((p - target) * inv_n) as f32;
             }

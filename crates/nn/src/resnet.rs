@@ -7,9 +7,8 @@
 use std::ops::Range;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
-use ndarray_rand::rand_distr::StandardNormal;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 use crate::block::{Block, ConvBn};
 use crate::linear::Linear;
@@ -72,7 +71,7 @@ impl ResNet20 {
                 "ResNet-20 needs at least 1 channel and 2 classes, got {in_channels} and {num_classes}"
             )));
         }
-        if height < 4 || width < 4 || height % 4 != 0 || width % 4 != 0 {
+        if height < 4 || width < 4 || !height.is_multiple_of(4) || !width.is_multiple_of(4) {
             return Err(NnError::Config(format!(
                 "image size {height}x{width} must be positive and divisible by 4 (two stride-2 stages)"
             )));
@@ -183,7 +182,7 @@ impl Network for ResNet20 {
         let mut normal = |r: Range<usize>, fan_in: usize, p: &mut [f32]| {
             let std = (2.0 / fan_in as f32).sqrt();
             for v in &mut p[r] {
-                *v = std * rng.sample::<f32, _>(StandardNormal);
+                *v = std * standard_normal(&mut rng);
             }
         };
         for l in self.layers() {
@@ -385,9 +384,34 @@ impl Network for ResNet20 {
     }
 }
 
+/// One draw from N(0, 1) by the Box–Muller transform, in f64 with libm's log, sqrt and
+/// cos: the same bits on every platform (rand_distr's sampler calls the system's libm).
+fn standard_normal(rng: &mut impl RngCore) -> f32 {
+    // Uniforms in (0, 1] and [0, 1) from 53 random bits each.
+    let unit = |x: u64| (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    let u1 = 1.0 - unit(rng.next_u64());
+    let u2 = unit(rng.next_u64());
+    (libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(std::f64::consts::TAU * u2)) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_normal_sampler_has_mean_0_and_variance_1() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let n = 200_000;
+        let x: Vec<f64> = (0..n)
+            .map(|_| f64::from(standard_normal(&mut rng)))
+            .collect();
+        let mean = x.iter().sum::<f64>() / n as f64;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let tail = x.iter().filter(|v| v.abs() > 1.96).count() as f64 / n as f64;
+        assert!(mean.abs() < 0.01, "{mean}");
+        assert!((var - 1.0).abs() < 0.01, "{var}");
+        assert!((tail - 0.05).abs() < 0.003, "{tail}");
+    }
     use crate::gradcheck::{quadrant_batch, random_images, rng};
     use crate::optim::Sgd;
     use crate::{Classifier, Model};

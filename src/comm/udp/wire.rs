@@ -112,7 +112,7 @@ pub fn parse<'a>(
     job: &Job,
     me: usize,
 ) -> Result<Datagram<'a>, Reject> {
-    if bytes.len() < HEADER_BYTES || (bytes.len() - HEADER_BYTES) % 4 != 0 {
+    if bytes.len() < HEADER_BYTES || !(bytes.len() - HEADER_BYTES).is_multiple_of(4) {
         return Err(Reject::Malformed);
     }
     let u32_at =

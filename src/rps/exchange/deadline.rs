@@ -248,8 +248,8 @@ impl<'a> PhaseBox<'a> {
         };
         if m.payload.is_empty()
             || end > len
-            || offset % pe != 0
-            || (end != len && m.payload.len() % pe != 0)
+            || !offset.is_multiple_of(pe)
+            || (end != len && !m.payload.len().is_multiple_of(pe))
         {
             return false;
         }

@@ -184,9 +184,9 @@ pub(crate) const CHUNK: usize = 128;
 /// are skipped.
 ///
 /// On x86-64 CPUs with AVX2 and FMA the same code is compiled a second time for 8-wide
-/// vectors and picked at run time. Both versions round the same fused multiply-adds in the
-/// same order, so they give bit-identical results (on a CPU without FMA the portable one
-/// is slow, not different).
+/// vectors and picked at run time ([`crate::simd::isa`]). Both versions round the same
+/// fused multiply-adds in the same order, so they give bit-identical results (on a CPU
+/// without FMA the portable one is slow, not different).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sandwich(
     l: &[f32],
@@ -199,8 +199,8 @@ pub(crate) fn sandwich(
     out: Planar<&mut [f32]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+    if crate::simd::isa() >= crate::simd::Isa::Avx2 {
+        // SAFETY: the CPU supports AVX2 and FMA (`isa` never exceeds what it detected).
         unsafe { sandwich_avx2(l, lp, r, rq, nt, x, tmp, out) };
         return;
     }
