@@ -80,6 +80,25 @@ pub enum Command {
     /// completion times per size class for both policies against load. Given `rps
     /// bench-exchange --csv` files, draws exchange_cost: time against buffer size per mode.
     Plot(PlotFlags),
+    /// Print SHA-256 digests of what runs computed: every dataset of a metrics file
+    /// except the timings, and the parameters of a model saved by --save-model (no MPI
+    /// needed).
+    ///
+    /// Example: rps digest runs/a.h5 runs/b.h5
+    ///
+    /// Two runs of the same job give the same digests on any machine and any transport;
+    /// the last line of each file, `all`, digests the others.
+    Digest(DigestFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct DigestFlags {
+    /// Metrics files written by `rps train --metrics`, or models written by --save-model.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print only the `all` line of each file.
+    #[arg(long)]
+    pub short: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::cli::{
-    BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, PlotFlags, ReportFlags,
-    SweepFlags, TrainFlags,
+    BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, DigestFlags, PlotFlags,
+    ReportFlags, SweepFlags, TrainFlags,
 };
 use crate::comm::mpi::MpiTransport;
 use crate::comm::udp::UdpTransport;
@@ -416,4 +416,20 @@ fn testbed_index(files: &[PathBuf]) -> Result<&Path> {
             files.len()
         ),
     }
+}
+
+/// `rps digest`: per file, one line per dataset (`HEX  NAME  N values`) and an `all` line.
+pub fn digest(flags: DigestFlags) -> Result<ExitCode> {
+    use crate::metrics::digest;
+    for path in &flags.files {
+        let all = digest::of_file(path)?;
+        println!("{}", path.display());
+        if !flags.short {
+            for d in &all {
+                println!("  {}  {}  {} values", d.hex, d.name, d.values);
+            }
+        }
+        println!("  {}  all", digest::combined(&all));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -156,8 +156,12 @@ fn blocks_of(mode: Mode, size: usize) -> usize {
 pub enum Op {
     /// One RPS exchange (`Exchange::step`).
     Rps,
-    /// All-reduce (sum, f32) of the whole buffer on every rank.
+    /// All-reduce (sum, f32) of the whole buffer on every rank: MPI_Allreduce itself, the
+    /// reference (it adds in an order of the library's choosing).
     Allreduce,
+    /// The same sum in rps's fixed rank order (what the all-reduce baseline of
+    /// `rps train` runs): a reduce-scatter and an all-gather of point-to-point messages.
+    AllreduceFixed,
     /// Ranks 0 and 1 swap the buffer (each sends and receives it at once).
     Pair,
     /// Rank 0 copies the buffer in memory.
@@ -169,6 +173,7 @@ impl Op {
         match self {
             Op::Rps => "rps",
             Op::Allreduce => "allreduce",
+            Op::AllreduceFixed => "allreduce-fixed",
             Op::Pair => "pair",
             Op::Memcpy => "memcpy",
         }
@@ -381,11 +386,17 @@ fn one_mode<T: Transport + ?Sized>(
         exchanges.push(Exchange::new(layout.clone(), built.model, None));
     }
     let mut allreduce = Vec::with_capacity(total);
+    let mut fixed = Vec::with_capacity(total);
     let mut rps = vec![Vec::with_capacity(total); exchanges.len()];
     let mut counts = vec![StepCounters::default(); exchanges.len()];
     for i in 0..total {
         allreduce.push(timed(t, || {
-            t.allreduce_sum_f32_into(params, sum);
+            t.allreduce_sum_f32_native(params, sum);
+            Ok(())
+        })?);
+        fixed.push(timed(t, || {
+            sum.copy_from_slice(params);
+            t.allreduce_sum_f32(sum);
             Ok(())
         })?);
         for (k, ex) in exchanges.iter_mut().enumerate() {
@@ -402,14 +413,24 @@ fn one_mode<T: Transport + ?Sized>(
         }
     }
     let name = mode.name();
-    let mut rows = vec![Row {
-        mode: name,
-        ..plain_row(
-            Op::Allreduce,
-            4 * elems as u64,
-            spread_of(t, &allreduce[plan.warmup..])?,
-        )
-    }];
+    let mut rows = vec![
+        Row {
+            mode: name,
+            ..plain_row(
+                Op::Allreduce,
+                4 * elems as u64,
+                spread_of(t, &allreduce[plan.warmup..])?,
+            )
+        },
+        Row {
+            mode: name,
+            ..plain_row(
+                Op::AllreduceFixed,
+                4 * elems as u64,
+                spread_of(t, &fixed[plan.warmup..])?,
+            )
+        },
+    ];
     for (k, &p) in plan.drop_rates.iter().enumerate() {
         let c = &counts[k];
         let mut traffic = [
@@ -501,8 +522,8 @@ mod tests {
             .collect();
         let all: Vec<Vec<Row>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let rows = &all[0];
-        // Per size: pair, memcpy, then per mode an all-reduce and two RPS rows.
-        assert_eq!(rows.len(), 2 * (2 + 2 * 3));
+        // Per size: pair, memcpy, then per mode two all-reduces and two RPS rows.
+        assert_eq!(rows.len(), 2 * (2 + 2 * 4));
         let find = |mode: &str, bytes: u64, p: f64| {
             rows.iter()
                 .find(|r| r.op == Op::Rps && r.mode == mode && r.bytes == bytes && r.p == Some(p))

@@ -70,6 +70,23 @@ pub(super) fn report(rows: &[Row], n: usize) {
             r.time.min / a.time.min
         );
     }
+    println!(
+        "\nthe fixed-order all-reduce (rps's, used by --algorithm allreduce) over MPI_Allreduce:"
+    );
+    for f in rows.iter().filter(|r| r.op == Op::AllreduceFixed) {
+        let native = rows
+            .iter()
+            .find(|a| a.op == Op::Allreduce && a.mode == f.mode && a.bytes == f.bytes);
+        if let Some(a) = native {
+            println!(
+                "  {:<10} {:>11} bytes: {:.3} (medians), {:.3} (minima)",
+                f.mode,
+                f.bytes,
+                f.time.median / a.time.median,
+                f.time.min / a.time.min
+            );
+        }
+    }
     println!();
     for r in rows {
         println!(

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use super::reduce::{sum_in_rank_order, Summand};
 use super::{CommError, Incoming, Mailbox, Outgoing, Transport};
 
 #[derive(Default)]
@@ -17,10 +18,27 @@ struct State {
     /// (from, to, tag) → queued payloads.
     mail: HashMap<(usize, usize, i32), VecDeque<Vec<f32>>>,
     /// Contributions to the collective in progress, indexed by rank.
-    contributions: Vec<Option<Vec<f64>>>,
+    contributions: Vec<Option<Data>>,
     /// Result of the last completed collective, and how many ranks still have to read it.
-    result: Option<(Arc<Vec<f64>>, usize)>,
+    result: Option<(Arc<Data>, usize)>,
     generation: u64,
+}
+
+/// One rank's contribution to a collective, or its result, in its own type.
+#[derive(Debug, Clone)]
+enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bytes(Vec<u8>),
+}
+
+/// The element-wise sum of every rank's vector, in rank order ([`sum_in_rank_order`]);
+/// `get` picks the vector of the expected type out of a contribution.
+fn sum_all<T: Summand>(all: &[Data], get: impl Fn(&Data) -> Option<&[T]>) -> Vec<T> {
+    let parts: Vec<&[T]> = all.iter().filter_map(get).collect();
+    let mut out = vec![T::default(); parts.first().map_or(0, |p| p.len())];
+    sum_in_rank_order(parts.into_iter(), &mut out);
+    out
 }
 
 struct Shared {
@@ -115,7 +133,7 @@ impl LocalTransport {
     /// order) once, and every rank receives the one result. The building block of all
     /// collectives here: with 64 ranks, combining once instead of on every rank is what
     /// keeps an all-reduce of the model cheap.
-    fn collective(&self, mine: Vec<f64>, combine: fn(&[Vec<f64>]) -> Vec<f64>) -> Arc<Vec<f64>> {
+    fn collective(&self, mine: Data, combine: fn(&[Data]) -> Data) -> Arc<Data> {
         let sh = &self.shared;
         let mut st = sh.lock();
         // Wait until the previous collective's result has been read by everyone.
@@ -124,18 +142,28 @@ impl LocalTransport {
         }
         st.contributions[self.rank] = Some(mine);
         let generation = st.generation;
-        super::watch::set(self.rank, super::watch::Waiting::Collective("a collective"));
         if st.contributions.iter().all(Option::is_some) {
-            let all: Vec<Vec<f64>> = st
+            let all: Vec<Data> = st
                 .contributions
                 .iter_mut()
-                .map(|c| c.take().unwrap_or_default())
+                .filter_map(Option::take)
                 .collect();
             st.result = Some((Arc::new(combine(&all)), sh.size));
             st.generation += 1;
             sh.wake.notify_all();
         }
         while st.generation == generation {
+            // For the stall watchdog: the ranks that have not arrived yet.
+            let missing = (0..sh.size)
+                .filter(|&r| st.contributions[r].is_none())
+                .collect();
+            super::watch::set(
+                self.rank,
+                super::watch::Waiting {
+                    what: "a collective",
+                    peers: missing,
+                },
+            );
             st = sh.wait(st, None);
         }
         super::watch::clear(self.rank);
@@ -188,7 +216,13 @@ impl Transport for LocalTransport {
         let mut st = self.post(sends)?;
         for r in recvs.iter_mut() {
             let key = (r.from, self.rank, r.tag);
-            super::watch::set(self.rank, super::watch::Waiting::Peers(vec![r.from]));
+            super::watch::set(
+                self.rank,
+                super::watch::Waiting {
+                    what: "the exchange",
+                    peers: vec![r.from],
+                },
+            );
             let msg = loop {
                 if let Some(m) = st.mail.get_mut(&key).and_then(VecDeque::pop_front) {
                     break m;
@@ -241,37 +275,49 @@ impl Transport for LocalTransport {
     }
 
     fn allreduce_sum_f32(&self, buf: &mut [f32]) {
-        // Sum in f32, in rank order, as a reduction on f32 data would.
-        let sum = self.collective(buf.iter().map(|&x| x as f64).collect(), |all| {
-            let mut acc = vec![0f32; all.first().map_or(0, Vec::len)];
-            for c in all {
-                acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x as f32);
-            }
-            acc.into_iter().map(f64::from).collect()
+        let sum = self.collective(Data::F32(buf.to_vec()), |all| {
+            Data::F32(sum_all(all, |d| match d {
+                Data::F32(v) => Some(&v[..]),
+                _ => None,
+            }))
         });
-        buf.iter_mut()
-            .zip(sum.iter())
-            .for_each(|(x, &s)| *x = s as f32);
+        if let Data::F32(sum) = &*sum {
+            buf.copy_from_slice(sum);
+        }
     }
 
     fn allreduce_sum_f64(&self, buf: &mut [f64]) {
-        let sum = self.collective(buf.to_vec(), |all| {
-            let mut acc = vec![0f64; all.first().map_or(0, Vec::len)];
-            for c in all {
-                acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x);
-            }
-            acc
+        let sum = self.collective(Data::F64(buf.to_vec()), |all| {
+            Data::F64(sum_all(all, |d| match d {
+                Data::F64(v) => Some(&v[..]),
+                _ => None,
+            }))
         });
-        buf.copy_from_slice(&sum);
+        if let Data::F64(sum) = &*sum {
+            buf.copy_from_slice(sum);
+        }
     }
 
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
-        let all = self.collective(send.iter().map(|&b| b as f64).collect(), |all| all.concat());
-        all.iter().map(|&b| b as u8).collect()
+        let all = self.collective(Data::Bytes(send.to_vec()), |all| {
+            Data::Bytes(
+                all.iter()
+                    .flat_map(|d| match d {
+                        Data::Bytes(b) => &b[..],
+                        _ => &[],
+                    })
+                    .copied()
+                    .collect(),
+            )
+        });
+        match &*all {
+            Data::Bytes(b) => b.clone(),
+            _ => Vec::new(),
+        }
     }
 
     fn barrier(&self) {
-        self.collective(Vec::new(), |_| Vec::new());
+        self.collective(Data::Bytes(Vec::new()), |_| Data::Bytes(Vec::new()));
     }
 
     fn abort(&self, code: i32) -> ! {

@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod mpi;
+pub mod reduce;
 pub mod udp;
 pub mod watch;
 
@@ -79,17 +80,18 @@ pub trait Transport {
     fn exchange(&self, sends: &[Outgoing<'_>], recvs: &mut [Incoming<'_>])
         -> Result<(), CommError>;
 
-    /// Reliable element-wise sum over all ranks, result on every rank.
+    /// Reliable element-wise sum over all ranks, result on every rank, added in rank
+    /// order ([`reduce`]): the same bits on every transport and MPI library.
     fn allreduce_sum_f32(&self, buf: &mut [f32]);
-    /// Reliable element-wise sum over all ranks of `send` into `recv` (the same length),
-    /// result on every rank, `send` left alone. The default copies `send` into `recv` and
-    /// reduces in place; MPI reduces straight from one buffer into the other.
-    fn allreduce_sum_f32_into(&self, send: &[f32], recv: &mut [f32]) {
+    /// Reliable element-wise sum over all ranks, result on every rank, in rank order.
+    fn allreduce_sum_f64(&self, buf: &mut [f64]);
+    /// The sum of `send` over all ranks into `recv` by the transport's native all-reduce,
+    /// in whatever order it adds (MPI_Allreduce on MPI): only for `rps bench-exchange`,
+    /// which times it beside the fixed-order one. The default is the fixed-order sum.
+    fn allreduce_sum_f32_native(&self, send: &[f32], recv: &mut [f32]) {
         recv.copy_from_slice(send);
         self.allreduce_sum_f32(recv);
     }
-    /// Reliable element-wise sum over all ranks, result on every rank.
-    fn allreduce_sum_f64(&self, buf: &mut [f64]);
     /// Gathers `send` (the same length on every rank) from all ranks, in rank order.
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8>;
     fn barrier(&self);

@@ -1,40 +1,246 @@
 //! [`Transport`] over MPI (rsmpi): the only module of rps that talks to `mpi`.
 //!
-//! Every exchange posts its nonblocking sends and receives inside one
-//! `mpi::request::scope` and completes them there, so no request outlives the step that
-//! made it.
+//! Every exchange posts its nonblocking sends and receives inside one request scope and
+//! completes them there, so no request outlives the step that made it. The reliable
+//! collectives (reductions, gathers, barriers) are built here from point-to-point
+//! messages on a duplicate of the world communicator, never from MPI's own collectives:
+//! so their summation order is rps's ([`super::reduce`]), the same as the in-process
+//! transport's whatever MPI library runs them, and a rank blocked in one knows which
+//! peers it still waits for (the stall watchdog names them).
 
 use std::cell::RefCell;
 
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
+use mpi::request::multiple_scope;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
+use super::reduce::{chunk, chunks_mut, sum_in_rank_order, Summand, GATHER_WHOLE_BYTES};
 use super::{watch, CommError, Incoming, Mailbox, Outgoing, Transport, POLL_SLEEP};
+
+/// Tags of the collectives' messages (on their own communicator, so they never meet the
+/// exchange's).
+const TAG_GATHER: i32 = 1;
+const TAG_SCATTER: i32 = 2;
+const TAG_BARRIER: i32 = 3;
 
 /// The MPI environment of this process. Dropping it finalises MPI.
 pub struct MpiTransport {
-    // Field order matters: the communicator must be dropped before the universe.
+    // Field order matters: the communicators must be dropped before the universe.
+    /// The exchange's messages (and what deadline drains receive).
     world: SimpleCommunicator,
-    /// Copy of an in-place reduction's input (MPI forbids aliasing send and receive
-    /// buffers); kept between calls to avoid re-allocating the model size every step.
-    scratch: RefCell<Vec<f32>>,
+    /// The collectives' messages: a duplicate of `world`.
+    coll: SimpleCommunicator,
+    /// Receive buffers of the reductions, kept between calls (a model-sized reduction
+    /// runs every step of the all-reduce baseline).
+    scratch_f32: RefCell<Vec<f32>>,
+    scratch_f64: RefCell<Vec<f64>>,
     /// Receive buffer of the polling paths (sized by each probed message).
     inbound: RefCell<Vec<f32>>,
     _universe: mpi::environment::Universe,
 }
+
+/// One message of [`MpiTransport::complete`]: peer, tag, data.
+type Send<'a, T> = (usize, i32, &'a [T]);
+type Recv<'a, T> = (usize, i32, &'a mut [T]);
 
 impl MpiTransport {
     /// Initialises MPI. Returns `None` if MPI was already initialised.
     pub fn init() -> Option<Self> {
         let universe = mpi::initialize()?;
         let world = universe.world();
+        let coll = world.duplicate();
         Some(MpiTransport {
             world,
-            scratch: RefCell::new(Vec::new()),
+            coll,
+            scratch_f32: RefCell::new(Vec::new()),
+            scratch_f64: RefCell::new(Vec::new()),
             inbound: RefCell::new(Vec::new()),
             _universe: universe,
         })
+    }
+
+    /// Posts `recvs` then `sends` on `comm` and completes all of them, keeping the stall
+    /// watchdog told which peers are still missing (`what` names the operation). With
+    /// `poll`, tests with short sleeps and calls it in between (it returns whether it
+    /// made progress); else blocks in MPI_Waitany.
+    ///
+    /// # Errors
+    /// A received message whose length differs from its buffer (after all requests are
+    /// complete, as MPI requires).
+    fn complete<T: Equivalence>(
+        &self,
+        comm: &SimpleCommunicator,
+        what: &'static str,
+        sends: &[Send<'_, T>],
+        recvs: &mut [Recv<'_, T>],
+        mut poll: Option<&mut dyn FnMut() -> bool>,
+    ) -> Result<(), CommError> {
+        let size = self.size();
+        if let Some(bad) = sends
+            .iter()
+            .map(|s| s.0)
+            .chain(recvs.iter().map(|r| r.0))
+            .find(|&r| r >= size)
+        {
+            return Err(CommError::Rank(bad, size));
+        }
+        let me = self.rank();
+        // Per request, in posting order: the peer and, for receives, (tag, length).
+        let mut peers: Vec<(usize, Option<(i32, usize)>)> = recvs
+            .iter()
+            .map(|r| (r.0, Some((r.1, r.2.len()))))
+            .chain(sends.iter().map(|s| (s.0, None)))
+            .collect();
+        let mut error = None;
+        multiple_scope(peers.len(), |scope, requests| {
+            for (from, tag, buf) in recvs.iter_mut() {
+                let p = comm.process_at_rank(*from as i32);
+                requests.add(p.immediate_receive_into_with_tag(scope, &mut buf[..], *tag));
+            }
+            for &(to, tag, data) in sends {
+                let p = comm.process_at_rank(to as i32);
+                requests.add(p.immediate_send_with_tag(scope, data, tag));
+            }
+            let mut done = vec![false; peers.len()];
+            let mut finished = Vec::new();
+            while requests.incomplete() > 0 {
+                let mut missing: Vec<usize> = (0..peers.len())
+                    .filter(|&i| !done[i])
+                    .map(|i| peers[i].0)
+                    .collect();
+                missing.sort_unstable();
+                missing.dedup();
+                watch::set(
+                    me,
+                    watch::Waiting {
+                        what,
+                        peers: missing,
+                    },
+                );
+                finished.clear();
+                match poll.as_mut() {
+                    None => finished.extend(requests.wait_any()),
+                    Some(poll) => {
+                        requests.test_some(&mut finished);
+                        if finished.is_empty() && !poll() {
+                            std::thread::sleep(POLL_SLEEP);
+                        }
+                    }
+                }
+                for &(i, status, _) in &finished {
+                    done[i] = true;
+                    if let Some((tag, expected)) = peers[i].1.take() {
+                        let found = status.count(T::equivalent_datatype()).max(0) as usize;
+                        if found != expected && error.is_none() {
+                            error = Some(CommError::Length {
+                                from: peers[i].0,
+                                tag,
+                                expected,
+                                found,
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        watch::clear(me);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Every rank's `send` (the same length everywhere) into `recv`, in rank order.
+    fn allgather<T: Equivalence + Copy>(&self, what: &'static str, send: &[T], recv: &mut [T]) {
+        let (n, me) = (self.size(), self.rank());
+        let mut parts = chunks_mut(recv, n);
+        parts[me].copy_from_slice(send);
+        let sends: Vec<Send<'_, T>> = (0..n)
+            .filter(|&r| r != me)
+            .map(|r| (r, TAG_GATHER, send))
+            .collect();
+        let mut recvs: Vec<Recv<'_, T>> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|&(r, _)| r != me)
+            .map(|(r, p)| (r, TAG_GATHER, p))
+            .collect();
+        self.complete(&self.coll, what, &sends, &mut recvs, None)
+            .expect("a gather's messages have the length every rank gave");
+    }
+
+    /// The sum over ranks of `buf`, in rank order ([`super::reduce`]), on every rank:
+    /// small buffers gathered whole, large ones reduce-scattered then gathered.
+    fn allreduce<T: Summand + Equivalence>(&self, buf: &mut [T], scratch: &mut Vec<T>) {
+        const WHAT: &str = "a reduction";
+        let (n, me, len) = (self.size(), self.rank(), buf.len());
+        if n == 1 || len == 0 {
+            return;
+        }
+        if len * std::mem::size_of::<T>() <= GATHER_WHOLE_BYTES {
+            scratch.resize(n * len, T::default());
+            self.allgather(WHAT, buf, scratch);
+            sum_in_rank_order(scratch.chunks_exact(len), buf);
+            return;
+        }
+        // Phase 1: every rank's piece of this rank's chunk, added in rank order.
+        let mine = chunk(len, n, me);
+        let ml = mine.len();
+        scratch.resize(n * ml, T::default());
+        {
+            let mut pieces = chunks_mut(&mut scratch[..], n);
+            pieces[me].copy_from_slice(&buf[mine.clone()]);
+            let sends: Vec<Send<'_, T>> = (0..n)
+                .filter(|&r| r != me)
+                .map(|r| (r, TAG_SCATTER, &buf[chunk(len, n, r)]))
+                .collect();
+            let mut recvs: Vec<Recv<'_, T>> = pieces
+                .into_iter()
+                .enumerate()
+                .filter(|&(r, _)| r != me)
+                .map(|(r, p)| (r, TAG_SCATTER, p))
+                .collect();
+            self.complete(&self.coll, WHAT, &sends, &mut recvs, None)
+                .expect("a reduction's pieces have the length every rank computes");
+        }
+        sum_in_rank_order(
+            (0..n).map(|r| &scratch[r * ml..(r + 1) * ml]),
+            &mut buf[mine],
+        );
+        // Phase 2: every reduced chunk to every rank.
+        let mut parts = chunks_mut(buf, n);
+        let own: &[T] = std::mem::take(&mut parts[me]) as &[T];
+        let sends: Vec<Send<'_, T>> = (0..n)
+            .filter(|&r| r != me)
+            .map(|r| (r, TAG_GATHER, own))
+            .collect();
+        let mut recvs: Vec<Recv<'_, T>> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|&(r, _)| r != me)
+            .map(|(r, p)| (r, TAG_GATHER, p))
+            .collect();
+        self.complete(&self.coll, WHAT, &sends, &mut recvs, None)
+            .expect("a reduction's chunks have the length every rank computes");
+    }
+
+    /// Every rank meets every other: an empty message to and from each peer. With
+    /// `poll`, polls (see [`Self::complete`]).
+    fn meet(&self, poll: Option<&mut dyn FnMut() -> bool>) {
+        let (n, me) = (self.size(), self.rank());
+        let none: [u8; 0] = [];
+        let mut bufs: Vec<[u8; 0]> = vec![[]; n];
+        let sends: Vec<Send<'_, u8>> = (0..n)
+            .filter(|&r| r != me)
+            .map(|r| (r, TAG_BARRIER, &none[..]))
+            .collect();
+        let mut recvs: Vec<Recv<'_, u8>> = bufs
+            .iter_mut()
+            .enumerate()
+            .filter(|&(r, _)| r != me)
+            .map(|(r, b)| (r, TAG_BARRIER, &mut b[..]))
+            .collect();
+        self.complete(&self.coll, "a barrier", &sends, &mut recvs, poll)
+            .expect("a barrier's messages are empty");
     }
 }
 
@@ -77,63 +283,12 @@ impl Transport for MpiTransport {
         sends: &[Outgoing<'_>],
         recvs: &mut [Incoming<'_>],
     ) -> Result<(), CommError> {
-        let size = self.size();
-        if let Some(bad) = sends
-            .iter()
-            .map(|s| s.to)
-            .chain(recvs.iter().map(|r| r.from))
-            .find(|&r| r >= size)
-        {
-            return Err(CommError::Rank(bad, size));
-        }
-        let expected: Vec<(usize, i32, usize)> =
-            recvs.iter().map(|r| (r.from, r.tag, r.buf.len())).collect();
-        let statuses = mpi::request::scope(|scope| {
-            let mut requests = Vec::with_capacity(sends.len() + recvs.len());
-            for r in recvs.iter_mut() {
-                requests.push(
-                    self.world
-                        .process_at_rank(r.from as i32)
-                        .immediate_receive_into_with_tag(scope, &mut r.buf[..], r.tag),
-                );
-            }
-            let receives = requests.len();
-            for s in sends {
-                requests.push(
-                    self.world
-                        .process_at_rank(s.to as i32)
-                        .immediate_send_with_tag(scope, s.data, s.tag),
-                );
-            }
-            let mut statuses = Vec::with_capacity(receives);
-            let me = self.rank();
-            for (i, req) in requests.into_iter().enumerate() {
-                // For the stall watchdog: the peers this rank still waits on.
-                let peers = match i < receives {
-                    true => expected[i..].iter().map(|e| e.0).collect(),
-                    false => sends[i - receives..].iter().map(|s| s.to).collect(),
-                };
-                watch::set(me, watch::Waiting::Peers(peers));
-                let status = req.wait();
-                if i < receives {
-                    statuses.push(status);
-                }
-            }
-            watch::clear(me);
-            statuses
-        });
-        for (status, (from, tag, len)) in statuses.iter().zip(expected) {
-            let found = status.count(f32::equivalent_datatype()) as usize;
-            if found != len {
-                return Err(CommError::Length {
-                    from,
-                    tag,
-                    expected: len,
-                    found,
-                });
-            }
-        }
-        Ok(())
+        let sends: Vec<Send<'_, f32>> = sends.iter().map(|s| (s.to, s.tag, s.data)).collect();
+        let mut recvs: Vec<Recv<'_, f32>> = recvs
+            .iter_mut()
+            .map(|r| (r.from, r.tag, &mut r.buf[..]))
+            .collect();
+        self.complete(&self.world, "the exchange", &sends, &mut recvs, None)
     }
 
     // The signature repeats the trait's (and local.rs's): the body is what differs.
@@ -176,59 +331,34 @@ impl Transport for MpiTransport {
     }
 
     fn quiesce(&self, mailbox: &mut dyn Mailbox) {
-        let mut barrier = Some(self.world.immediate_barrier());
         let now = std::time::Instant::now();
-        while let Some(b) = barrier.take() {
-            let progressed = self.drain(mailbox, Some(true), now);
-            match b.test() {
-                Ok(_) => {}
-                Err(b) => {
-                    barrier = Some(b);
-                    if !progressed {
-                        std::thread::sleep(POLL_SLEEP);
-                    }
-                }
-            }
-        }
+        self.meet(Some(&mut || self.drain(mailbox, Some(true), now)));
         // Eager messages sent just before the barrier may still be landing.
         self.drain(mailbox, Some(true), now);
     }
 
     fn allreduce_sum_f32(&self, buf: &mut [f32]) {
-        let mut scratch = self.scratch.borrow_mut();
-        scratch.clear();
-        scratch.extend_from_slice(buf);
-        watch::in_collective(self.rank(), "a reduction", || {
-            self.world
-                .all_reduce_into(&scratch[..], buf, SystemOperation::sum())
-        });
-    }
-
-    fn allreduce_sum_f32_into(&self, send: &[f32], recv: &mut [f32]) {
-        watch::in_collective(self.rank(), "a reduction", || {
-            self.world
-                .all_reduce_into(send, recv, SystemOperation::sum())
-        });
+        self.allreduce(buf, &mut self.scratch_f32.borrow_mut());
     }
 
     fn allreduce_sum_f64(&self, buf: &mut [f64]) {
-        let send = buf.to_vec();
-        watch::in_collective(self.rank(), "a reduction", || {
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum())
-        });
+        self.allreduce(buf, &mut self.scratch_f64.borrow_mut());
+    }
+
+    /// MPI_Allreduce itself, in the library's order: for `rps bench-exchange` only.
+    fn allreduce_sum_f32_native(&self, send: &[f32], recv: &mut [f32]) {
+        self.world
+            .all_reduce_into(send, recv, SystemOperation::sum());
     }
 
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
         let mut recv = vec![0u8; send.len() * self.size()];
-        watch::in_collective(self.rank(), "a gather", || {
-            self.world.all_gather_into(send, &mut recv[..])
-        });
+        self.allgather("a gather", send, &mut recv);
         recv
     }
 
     fn barrier(&self) {
-        watch::in_collective(self.rank(), "a barrier", || self.world.barrier());
+        self.meet(None);
     }
 
     fn abort(&self, code: i32) -> ! {

@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// What a rank blocks on: a point-to-point exchange with some peers, or a collective.
+/// What a rank blocks on: messages from (or sends completing to) some peers, in the
+/// exchange or in a collective (every collective is built from point-to-point messages,
+/// so a rank always knows whom it still waits for).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Waiting {
-    /// Messages from (or a send completing to) these ranks.
-    Peers(Vec<usize>),
-    /// A collective every rank must enter.
-    Collective(&'static str),
+pub struct Waiting {
+    /// The operation, in words: "the exchange", "a reduction", "a barrier", …
+    pub what: &'static str,
+    /// The peers whose messages (or whose receipt of ours) are still missing.
+    pub peers: Vec<usize>,
 }
 
 static WAITING: Mutex<BTreeMap<usize, Waiting>> = Mutex::new(BTreeMap::new());
@@ -34,21 +36,10 @@ pub fn clear(rank: usize) {
 
 /// What rank `rank` waits for now, in words (`None` when it is not blocked).
 pub fn describe(rank: usize) -> Option<String> {
-    map().get(&rank).map(|w| match w {
-        Waiting::Peers(peers) => {
-            let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-            format!("waiting for rank(s) {} in the exchange", list.join(", "))
-        }
-        Waiting::Collective(what) => format!("waiting in {what} (a collective of all ranks)"),
+    map().get(&rank).map(|w| {
+        let list: Vec<String> = w.peers.iter().map(|p| p.to_string()).collect();
+        format!("waiting for rank(s) {} in {}", list.join(", "), w.what)
     })
-}
-
-/// Runs `f` with rank `rank` marked as waiting in the collective `what`.
-pub fn in_collective<R>(rank: usize, what: &'static str, f: impl FnOnce() -> R) -> R {
-    set(rank, Waiting::Collective(what));
-    let r = f();
-    clear(rank);
-    r
 }
 
 #[cfg(test)]
@@ -57,14 +48,18 @@ mod tests {
 
     #[test]
     fn records_and_clears() {
-        set(1001, Waiting::Peers(vec![3, 4]));
+        set(
+            1001,
+            Waiting {
+                what: "a reduction",
+                peers: vec![3, 4],
+            },
+        );
         assert_eq!(
             describe(1001).as_deref(),
-            Some("waiting for rank(s) 3, 4 in the exchange")
+            Some("waiting for rank(s) 3, 4 in a reduction")
         );
-        in_collective(1001, "a reduction", || {
-            assert!(describe(1001).unwrap().contains("a reduction"));
-        });
+        clear(1001);
         assert_eq!(describe(1001), None);
     }
 }

@@ -1,8 +1,10 @@
 //! The HDF5 run log: what it records ([`schema`] for datasets, [`attrs`] for root
 //! attributes, each declared once), how rank 0 writes it ([`writer`]) and the one way to
-//! read it back ([`read`]). The reference in docs/metrics.md is generated from here.
+//! read it back ([`read`]), and digests of its contents for bit-for-bit comparisons
+//! ([`digest`]). The reference in docs/metrics.md is generated from here.
 
 pub mod attrs;
+pub mod digest;
 pub mod read;
 pub mod schema;
 pub mod writer;
