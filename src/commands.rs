@@ -21,7 +21,7 @@ use crate::cli::{
 };
 use crate::comm::mpi::MpiTransport;
 use crate::comm::udp::UdpTransport;
-use crate::comm::{agree, Transport};
+use crate::comm::{agree, handshake, Intent, Refusal, Transport};
 use crate::config::{TrainConfig, TransportKind};
 use crate::train::{threads::train_threads, train as train_on, Failure, Summary};
 
@@ -41,15 +41,51 @@ pub fn print_error(rank: Option<usize>, e: &dyn std::fmt::Display) {
 
 /// Prints a message that stops a job launched by mpirun: one rank speaks, every rank
 /// then meets the others before exiting, so the message is out before mpirun reacts to
-/// a non-zero exit status by killing the job. Outside mpirun, just prints it.
-pub fn stop_together_if_launched(speak: impl FnOnce()) {
+/// a non-zero exit status by killing the job. Outside mpirun, just prints it. `failed`:
+/// this rank's command line is invalid (else it only prints help or a version). Under
+/// mpirun the ranks first hold the [`handshake`] that every MPI command starts with, so
+/// ranks that run a command learn of the failure instead of waiting for this one.
+pub fn stop_together_if_launched(failed: bool, speak: impl FnOnce()) {
     if launcher_rank().is_some() {
         if let Some(t) = MpiTransport::init() {
-            stop_together(&t, t.rank() == 0, speak);
+            let intent = match failed {
+                true => Intent::Failed,
+                false => Intent::Run {
+                    command: "help",
+                    args: None,
+                },
+            };
+            match handshake(&t, intent) {
+                Ok(()) => stop_together(&t, t.rank() == 0, speak),
+                // This rank's own message explains it, if this rank is the one to speak.
+                Err(Refusal {
+                    speaker,
+                    message: None,
+                }) => stop_together(&t, speaker == t.rank(), speak),
+                Err(r) => refuse(&t, &r),
+            }
             return;
         }
     }
     speak();
+}
+
+/// The [`handshake`] every MPI command starts with; on refusal one rank says why and
+/// every rank returns the usage exit status.
+fn launch<T: Transport + ?Sized>(t: &T, command: &str, args: Option<&str>) -> Result<(), ExitCode> {
+    handshake(t, Intent::Run { command, args }).map_err(|r| {
+        refuse(t, &r);
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Stops a refused launch together: the speaker prints the refusal's message.
+fn refuse<T: Transport + ?Sized>(t: &T, r: &Refusal) {
+    stop_together(t, r.speaker == t.rank(), || {
+        if let Some(m) = &r.message {
+            print_error(None, m);
+        }
+    });
 }
 
 fn stop_together<T: Transport + ?Sized>(t: &T, speaker: bool, speak: impl FnOnce()) {
@@ -175,6 +211,10 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     if let Err(e) = stop_on_signals(&stop) {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
+    // The flags are compared below, field by field, with a clearer message.
+    if let Err(code) = launch(&mpi, "train", None) {
+        return code;
+    }
     // Every rank validates its flags; all learn whether any failed (ranks may have been
     // started with different flags), and the lowest failing rank says why.
     let built = TrainConfig::build(&flags, mpi.size(), command_line).map_err(anyhow::Error::from);
@@ -233,7 +273,7 @@ fn train_local(
         .unwrap_or(1);
     if launched > 1 {
         let why = format!("--local-ranks runs every rank in this one process, but the launcher started {launched}: start it once, without mpirun -n or srun -n");
-        stop_together_if_launched(|| print_error(None, &why));
+        stop_together_if_launched(true, || print_error(None, &why));
         return ExitCode::from(EXIT_USAGE);
     }
     if let Err(e) = stop_on_signals(stop) {
@@ -338,6 +378,12 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
     };
     let rank = mpi.rank();
     init_logger(Some(rank));
+    // Every rank's flags must be alike: ranks timing different sizes or counts of
+    // repeats would meet in mismatched messages.
+    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    if let Err(code) = launch(&mpi, "bench-exchange", Some(&args)) {
+        return code;
+    }
     let opts = crate::bench_exchange::Options::from(flags);
     let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank)) {
         Ok(plan) => plan,

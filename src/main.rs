@@ -38,7 +38,7 @@ fn logged(run: impl FnOnce() -> anyhow::Result<ExitCode>) -> anyhow::Result<Exit
 /// parses the same arguments: one rank speaks and all exit together.
 fn parse() -> Result<Cli, ExitCode> {
     let args = rps::cli::expand_job_file(std::env::args_os().collect()).map_err(|e| {
-        stop_together_if_launched(|| print_error(None, &e));
+        stop_together_if_launched(true, || print_error(None, &e));
         ExitCode::from(EXIT_USAGE)
     })?;
     Cli::try_parse_from(args).map_err(|e| {
@@ -46,7 +46,7 @@ fn parse() -> Result<Cli, ExitCode> {
             true => (true, ExitCode::from(EXIT_USAGE)),
             false => (false, ExitCode::SUCCESS),
         };
-        stop_together_if_launched(|| {
+        stop_together_if_launched(stderr, || {
             // clap's text already says `error:`; help and version go to stdout.
             if stderr {
                 eprint!("{e}");

@@ -478,6 +478,44 @@ fn ranks_must_run_the_same_job() {
     check(&run, "the ranks run different jobs: build is");
 }
 
+/// Ranks started with different subcommands, or `rps bench-exchange` with different
+/// flags, or one rank with an invalid command line, stop together at once with one
+/// message (they used to hang, or corrupt the heap in mismatched messages).
+#[test]
+fn ranks_must_run_the_same_command() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let train = train_args(data, metrics.to_str().unwrap());
+    let bench = |extra: &[&'static str]| {
+        let mut a = vec!["bench-exchange", "--sizes", "1e5", "--repeats", "2"];
+        a.extend(extra);
+        a
+    };
+    let different = "the ranks of this launch run different commands: `rps train` on rank(s) 0, `rps bench-exchange` on rank(s) 1";
+    check_failed(&mpmd(&[(RPS, train.clone()), (RPS, bench(&[]))]), different);
+    check_failed(
+        &mpmd(&[(RPS, bench(&[])), (RPS, train.clone())]),
+        "`rps bench-exchange` on rank(s) 0, `rps train` on rank(s) 1",
+    );
+    check_failed(
+        &mpmd(&[(RPS, bench(&[])), (RPS, bench(&["--sizes", "4e5"]))]),
+        "run `rps bench-exchange` with different flags: `bench-exchange --sizes 1e5 --repeats 2` on rank(s) 0, `bench-exchange --sizes 1e5 --repeats 2 --sizes 4e5` on rank(s) 1",
+    );
+    check_failed(
+        &mpmd(&[(RPS, bench(&["--repeats", "3"])), (RPS, bench(&[]))]),
+        "with different flags",
+    );
+    let mut bad = train.clone();
+    bad.push("--bogus");
+    check_failed(
+        &mpmd(&[(RPS, bench(&[])), (RPS, bad)]),
+        "unexpected argument '--bogus'",
+    );
+    assert!(!metrics.exists());
+}
+
 /// Statistics that would poison training are refused up front, and a run that diverges
 /// anyway stops at once with a distinct status and a non-zero exit, its rows flushed.
 #[test]

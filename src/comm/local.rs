@@ -224,7 +224,7 @@ impl Transport for LocalTransport {
                 },
             );
             let msg = loop {
-                if let Some(m) = st.mail.get_mut(&key).and_then(VecDeque::pop_front) {
+                if let Some(m) = pop(&mut st.mail, key) {
                     break m;
                 }
                 st = sh.wait(st, None);
@@ -299,20 +299,19 @@ impl Transport for LocalTransport {
     }
 
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
-        let all = self.collective(Data::Bytes(send.to_vec()), |all| {
-            Data::Bytes(
-                all.iter()
-                    .flat_map(|d| match d {
-                        Data::Bytes(b) => &b[..],
-                        _ => &[],
-                    })
-                    .copied()
-                    .collect(),
-            )
-        });
+        let all = self.collective(Data::Bytes(send.to_vec()), concat_bytes);
         match &*all {
             Data::Bytes(b) => b.clone(),
             _ => Vec::new(),
+        }
+    }
+
+    fn gather_bytes(&self, send: &[u8]) -> Option<Vec<u8>> {
+        // The concatenation is built once and shared; only rank 0 copies it out.
+        let all = self.collective(Data::Bytes(send.to_vec()), concat_bytes);
+        match (&*all, self.rank) {
+            (Data::Bytes(b), 0) => Some(b.clone()),
+            _ => None,
         }
     }
 
@@ -340,6 +339,34 @@ impl Transport for LocalTransport {
     }
 }
 
+/// The oldest message queued under `key`; an emptied queue is removed, since tags
+/// carry the step and a map that kept every (sender, receiver, tag) ever used would
+/// grow by ranks² entries a step.
+fn pop(
+    mail: &mut HashMap<(usize, usize, i32), VecDeque<Vec<f32>>>,
+    key: (usize, usize, i32),
+) -> Option<Vec<f32>> {
+    let queue = mail.get_mut(&key)?;
+    let m = queue.pop_front();
+    if queue.is_empty() {
+        mail.remove(&key);
+    }
+    m
+}
+
+/// Every rank's bytes, in rank order.
+fn concat_bytes(all: &[Data]) -> Data {
+    Data::Bytes(
+        all.iter()
+            .flat_map(|d| match d {
+                Data::Bytes(b) => &b[..],
+                _ => &[],
+            })
+            .copied()
+            .collect(),
+    )
+}
+
 /// Removes and returns every message addressed to `rank`, oldest first per sender.
 fn take_mine(st: &mut State, rank: usize) -> Vec<(usize, i32, Vec<f32>)> {
     let mut keys: Vec<_> = st.mail.keys().filter(|k| k.1 == rank).copied().collect();
@@ -356,6 +383,40 @@ fn take_mine(st: &mut State, rank: usize) -> Vec<(usize, i32, Vec<f32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Received messages leave nothing behind: tags carry the step, so a map that kept
+    /// every (sender, receiver, tag) grew by ranks² entries a step (1,024 in-process ranks
+    /// ran out of memory).
+    #[test]
+    fn received_messages_leave_no_trace() {
+        let net = LocalTransport::network(2);
+        let shared = Arc::clone(&net[0].shared);
+        std::thread::scope(|s| {
+            for t in &net {
+                s.spawn(move || {
+                    let peer = 1 - t.rank();
+                    for tag in 0..100 {
+                        let data = [tag as f32];
+                        let mut buf = [0f32];
+                        let sends = [Outgoing {
+                            to: peer,
+                            tag,
+                            data: &data,
+                            framing: None,
+                        }];
+                        let mut recvs = [Incoming {
+                            from: peer,
+                            tag,
+                            buf: &mut buf,
+                        }];
+                        t.exchange(&sends, &mut recvs).unwrap();
+                        assert_eq!(buf[0], tag as f32);
+                    }
+                });
+            }
+        });
+        assert!(shared.lock().mail.is_empty());
+    }
 
     #[test]
     fn exchange_and_collectives() {

@@ -94,6 +94,10 @@ pub trait Transport {
     }
     /// Gathers `send` (the same length on every rank) from all ranks, in rank order.
     fn allgather_bytes(&self, send: &[u8]) -> Vec<u8>;
+    /// Gathers `send` (the same length on every rank) on rank 0 only, in rank order
+    /// (`None` on the other ranks): for what only rank 0 writes, so that no rank holds
+    /// every rank's data when it does not need it.
+    fn gather_bytes(&self, send: &[u8]) -> Option<Vec<u8>>;
     fn barrier(&self);
     /// Deadline exchange: posts `sends`, then hands every message that arrives (from any
     /// rank, with any tag) to `mailbox`, until all sends have completed and either the
@@ -171,9 +175,6 @@ pub trait Mailbox {
 /// of milliseconds, long enough to leave the core to a rank sharing it.
 pub const POLL_SLEEP: std::time::Duration = std::time::Duration::from_micros(200);
 
-/// Length of each rank's slot in [`agree`]'s message exchange.
-const MESSAGE_SLOT: usize = 1024;
-
 /// Failure learned through [`agree`]: which rank failed first and why.
 #[derive(Debug, Error)]
 #[error("rank {rank} failed: {message}")]
@@ -186,9 +187,13 @@ pub struct Disagreement {
     pub own: Option<anyhow::Error>,
 }
 
+/// Longest error message [`agree`] passes on, in bytes.
+const MESSAGE_BYTES: usize = 1024;
+
 /// Collective error agreement: every rank passes its local outcome and every rank learns
 /// whether any rank failed, so a bad input stops all ranks together instead of leaving
-/// the healthy ones waiting in the next collective.
+/// the healthy ones waiting in the next collective. One byte per rank when all is well
+/// (a thousand in-process ranks agree often); the messages travel only after a failure.
 ///
 /// # Errors
 /// If any rank failed: the lowest failing rank and its message, plus this rank's own
@@ -197,33 +202,174 @@ pub fn agree<T, X>(t: &T, local: anyhow::Result<X>) -> Result<X, Disagreement>
 where
     T: Transport + ?Sized,
 {
-    let mut slot = vec![0u8; MESSAGE_SLOT];
-    if let Err(e) = &local {
-        // Byte 0 flags failure; the rest carries the message, cut on a char boundary.
-        slot[0] = 1;
-        let text = format!("{e:#}");
-        let mut end = text.len().min(MESSAGE_SLOT - 1);
-        while !text.is_char_boundary(end) {
-            end -= 1;
+    let flags = t.allgather_bytes(&[u8::from(local.is_err())]);
+    let Some(rank) = flags.iter().position(|&f| f == 1) else {
+        return Ok(local.unwrap_or_else(|e| unreachable!("own failure not gathered: {e:#}")));
+    };
+    let text = match &local {
+        Err(e) => {
+            let text = format!("{e:#}");
+            let mut end = text.len().min(MESSAGE_BYTES);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_string()
         }
-        slot[1..1 + end].copy_from_slice(&text.as_bytes()[..end]);
+        Ok(_) => String::new(),
+    };
+    let messages = gather_strings(t, &text);
+    Err(Disagreement {
+        rank,
+        message: messages.into_iter().nth(rank).unwrap_or_default(),
+        own: local.err(),
+    })
+}
+
+/// Every rank's `s`, in rank order. Collective.
+pub fn gather_strings<T: Transport + ?Sized>(t: &T, s: &str) -> Vec<String> {
+    let lens = t.allgather_bytes(&(s.len() as u64).to_le_bytes());
+    let max = lens
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut mine = s.as_bytes().to_vec();
+    mine.resize(max, 0);
+    t.allgather_bytes(&mine)
+        .chunks(max)
+        .map(|c| {
+            String::from_utf8_lossy(c)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect()
+}
+
+/// What a rank of a launch is about to do, as it tells the others in [`handshake`].
+#[derive(Debug, Clone, Copy)]
+pub enum Intent<'a> {
+    /// Run `command` (`train`, `bench-exchange`, `help`, …) with `args`, which every rank
+    /// must have alike where `args` is `Some` (`None`: the command checks its own flags).
+    Run {
+        command: &'a str,
+        args: Option<&'a str>,
+    },
+    /// Nothing: its command line is invalid (it prints why itself).
+    Failed,
+}
+
+/// Why a launch was refused in [`handshake`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The rank that explains: the lowest failed rank (which prints its own error), or
+    /// rank 0, with `message`.
+    pub speaker: usize,
+    pub message: Option<String>,
+}
+
+/// Bytes of each rank's record in [`handshake`]: state, command, hash of the arguments,
+/// hash of the build.
+const HANDSHAKE_SLOT: usize = 64;
+
+/// The first collective of every MPI launch of rps: each rank says what it is about to
+/// run, so ranks started with different subcommands or flags (`mpirun … : …`), or from
+/// different builds, stop together with one message instead of meeting in mismatched
+/// collectives, which hang or corrupt memory.
+///
+/// # Errors
+/// A rank failed to parse its command line, or the ranks disagree.
+pub fn handshake<T: Transport + ?Sized>(t: &T, intent: Intent<'_>) -> Result<(), Refusal> {
+    let mut slot = [0u8; HANDSHAKE_SLOT];
+    match intent {
+        Intent::Failed => slot[0] = 1,
+        Intent::Run { command, args } => {
+            slot[0] = 2;
+            let name = command.as_bytes();
+            let n = name.len().min(39);
+            slot[1..1 + n].copy_from_slice(&name[..n]);
+            // Commands that compare their own flags (and build) say more precisely
+            // what differs; the others are compared here, arguments and build.
+            if let Some(a) = args {
+                slot[40..48].copy_from_slice(&crate::hash::hash_bytes(a.as_bytes()).to_le_bytes());
+                let build = crate::hash::hash_bytes(crate::build::identity().as_bytes());
+                slot[48..56].copy_from_slice(&build.to_le_bytes());
+            }
+        }
     }
     let all = t.allgather_bytes(&slot);
-    let first = all
-        .chunks(MESSAGE_SLOT)
-        .enumerate()
-        .find(|(_, s)| s[0] == 1);
-    match (first, local) {
-        (None, Ok(x)) => Ok(x),
-        (None, Err(e)) => unreachable!("own failure not seen in the gathered flags: {e:#}"),
-        (Some((rank, s)), local) => {
-            let body = &s[1..];
-            let len = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-            Err(Disagreement {
-                rank,
-                message: String::from_utf8_lossy(&body[..len]).into_owned(),
-                own: local.err(),
-            })
-        }
+    let slots: Vec<&[u8]> = all.chunks(HANDSHAKE_SLOT).collect();
+    if let Some(speaker) = slots.iter().position(|s| s[0] == 1) {
+        return Err(Refusal {
+            speaker,
+            message: None,
+        });
     }
+    if slots.iter().all(|s| *s == slots[0]) {
+        return Ok(());
+    }
+    let command = |s: &[u8]| {
+        String::from_utf8_lossy(&s[1..40])
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let groups = |key: &dyn Fn(&[u8]) -> String| {
+        let mut g: Vec<(String, Vec<usize>)> = Vec::new();
+        for (rank, s) in slots.iter().enumerate() {
+            let k = key(s);
+            match g.iter_mut().find(|x| x.0 == k) {
+                Some(x) => x.1.push(rank),
+                None => g.push((k, vec![rank])),
+            }
+        }
+        g.iter()
+            .map(|(k, ranks)| format!("{k} on rank(s) {}", list(ranks)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let message = if slots.iter().any(|s| s[1..40] != slots[0][1..40]) {
+        format!(
+            "the ranks of this launch run different commands: {}; every rank of an MPI job must run the same rps command with the same flags",
+            groups(&|s| format!("`rps {}`", command(s)))
+        )
+    } else if slots.iter().any(|s| s[48..56] != slots[0][48..56]) {
+        "the ranks of this launch run different builds of rps: start every rank from the same binary".to_string()
+    } else {
+        // Only the arguments differ: say how (every rank takes part in this gather, since
+        // every rank saw the same slots).
+        let text = match intent {
+            Intent::Run { args: Some(a), .. } => a,
+            _ => "",
+        };
+        let all = gather_strings(t, text);
+        let mut g: Vec<(String, Vec<usize>)> = Vec::new();
+        for (rank, a) in all.into_iter().enumerate() {
+            match g.iter_mut().find(|x| x.0 == a) {
+                Some(x) => x.1.push(rank),
+                None => g.push((a, vec![rank])),
+            }
+        }
+        let sides: Vec<String> = g
+            .iter()
+            .map(|(a, ranks)| format!("`{a}` on rank(s) {}", list(ranks)))
+            .collect();
+        format!(
+            "the ranks of this launch run `rps {}` with different flags: {}; give every rank the same flags",
+            command(slots[0]),
+            sides.join(", ")
+        )
+    };
+    Err(Refusal {
+        speaker: 0,
+        message: Some(message),
+    })
+}
+
+/// `0, 1, 3`.
+pub fn list(ranks: &[usize]) -> String {
+    ranks
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

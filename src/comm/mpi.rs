@@ -357,6 +357,33 @@ impl Transport for MpiTransport {
         recv
     }
 
+    fn gather_bytes(&self, send: &[u8]) -> Option<Vec<u8>> {
+        let (n, me) = (self.size(), self.rank());
+        if me != 0 {
+            self.complete::<u8>(
+                &self.coll,
+                "a gather",
+                &[(0, TAG_GATHER, send)],
+                &mut [],
+                None,
+            )
+            .expect("a send has no length to check");
+            return None;
+        }
+        let mut recv = vec![0u8; send.len() * n];
+        let mut parts = chunks_mut(&mut recv, n);
+        parts[0].copy_from_slice(send);
+        let mut recvs: Vec<Recv<'_, u8>> = parts
+            .into_iter()
+            .enumerate()
+            .skip(1)
+            .map(|(r, p)| (r, TAG_GATHER, p))
+            .collect();
+        self.complete(&self.coll, "a gather", &[], &mut recvs, None)
+            .expect("a gather's messages have the length every rank gave");
+        Some(recv)
+    }
+
     fn barrier(&self) {
         self.meet(None);
     }

@@ -23,11 +23,13 @@ pub use deadline::Deadline;
 /// Bytes of the message header in every datagram of a datagram transport.
 pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);
 
-/// Messages per directed link, accumulated over the run: `[src * size + dst]`.
-/// `sent` and `dropped` are counted by the sender, `received` (in time) by the receiver.
+/// This rank's messages on its links in one direction, accumulated over the run,
+/// indexed by the peer's rank: `sent[dst]` and `dropped[dst]` as the sender,
+/// `received[src]` (in time) as the receiver. O(ranks) per rank, so that a thousand
+/// in-process ranks do not hold a billion counters; the driver gathers them into the
+/// servers × workers matrices at the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkCounts {
-    pub size: usize,
     pub sent: Vec<u64>,
     pub dropped: Vec<u64>,
     pub received: Vec<u64>,
@@ -36,10 +38,9 @@ pub struct LinkCounts {
 impl LinkCounts {
     fn new(size: usize) -> Self {
         LinkCounts {
-            size,
-            sent: vec![0; size * size],
-            dropped: vec![0; size * size],
-            received: vec![0; size * size],
+            sent: vec![0; size],
+            dropped: vec![0; size],
+            received: vec![0; size],
         }
     }
 }
@@ -119,7 +120,7 @@ impl Exchange {
         self.drop.as_ref()
     }
 
-    /// Per-link message counts of this rank as sender, uplink and downlink.
+    /// Per-link message counts of this rank (as sender and receiver), uplink and downlink.
     pub fn link_counts(&self) -> (&LinkCounts, &LinkCounts) {
         (&self.up_links, &self.down_links)
     }
@@ -136,9 +137,10 @@ impl Exchange {
     /// Restores counters saved by [`Exchange::link_state`].
     ///
     /// # Errors
-    /// A state of another world size.
+    /// A state of another world size (or of a version of rps that kept every link's
+    /// counters on every rank).
     pub fn set_link_state(&mut self, state: &[u64]) -> Result<(), CommError> {
-        let n = self.layout.size() * self.layout.size();
+        let n = self.layout.size();
         if state.len() != 6 * n {
             return Err(CommError::Length {
                 from: 0,
@@ -337,7 +339,7 @@ impl Exchange {
                 .collect();
             t.exchange(&sends, &mut recvs)?;
             for &w in &senders {
-                self.up_links.received[w * self.layout.size() + me] += 1;
+                self.up_links.received[w] += 1;
             }
             counts.received_up += received as u64;
             counts.packets_received_up += self.inbox_masks[..received]
@@ -421,9 +423,8 @@ impl Exchange {
             }
             t.exchange(&sends, &mut recvs)?;
         }
-        let size = self.layout.size();
         for (b, m) in &expected {
-            self.down_links.received[self.owners[*b] * size + me] += 1;
+            self.down_links.received[self.owners[*b]] += 1;
             counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
             if !m.iter().all(|&x| x) {
                 self.merge_staged(params, *b, m);
@@ -449,7 +450,6 @@ impl Exchange {
         if !self.layout.is_worker(me) {
             return out;
         }
-        let size = self.layout.size();
         let mut mask = Vec::new();
         for (b, &server) in self.owners.iter().enumerate() {
             if server == me {
@@ -465,10 +465,10 @@ impl Exchange {
             counts.packets_dropped_up += (mask.len() - delivered) as u64;
             if delivered == 0 {
                 counts.dropped_up += 1;
-                self.up_links.dropped[me * size + server] += 1;
+                self.up_links.dropped[server] += 1;
             } else {
                 counts.sent_up += 1;
-                self.up_links.sent[me * size + server] += 1;
+                self.up_links.sent[server] += 1;
                 counts.bytes_sent +=
                     4 * self.delivered_elems(&mask, self.layout.block(b).len()) as u64;
                 out.push((server, b, mask.clone()));
@@ -535,7 +535,6 @@ impl Exchange {
         let Some(b) = served else {
             return out;
         };
-        let size = self.layout.size();
         let attempted = self.available.iter().filter(|&&a| a).count();
         if attempted == 0 {
             return out;
@@ -552,10 +551,10 @@ impl Exchange {
             counts.packets_dropped_down += (attempted - delivered) as u64;
             if delivered == 0 {
                 counts.dropped_down += 1;
-                self.down_links.dropped[me * size + w] += 1;
+                self.down_links.dropped[w] += 1;
             } else {
                 counts.sent_down += 1;
-                self.down_links.sent[me * size + w] += 1;
+                self.down_links.sent[w] += 1;
                 counts.bytes_sent +=
                     4 * self.delivered_elems(&mask, self.layout.block(b).len()) as u64;
                 out.push((w, mask.clone()));
@@ -710,6 +709,16 @@ mod tests {
         (0..D)
             .map(|i| ranks.clone().map(|r| initial(r)[i]).sum::<f32>() / n)
             .collect()
+    }
+
+    /// A rank keeps counters for its own links only: O(ranks), not O(ranks²) (a
+    /// thousand in-process ranks held 48 MB of counters each).
+    #[test]
+    fn link_counters_grow_with_the_ranks_not_their_square() {
+        let n = 1000;
+        let layout = Layout::new(n, Mode::Colocated, 4 * n, 5).unwrap();
+        let ex = Exchange::new(layout, Box::new(Bernoulli::new(1, 0.1)), None);
+        assert_eq!(ex.link_state().len(), 6 * n);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 
 use thiserror::Error;
 
-use crate::comm::{agree, Disagreement, Transport};
+use crate::comm::{agree, gather_strings, Disagreement, Transport};
 use crate::config::TrainConfig;
 use crate::metrics::RunEnv;
 
@@ -187,41 +187,12 @@ fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyhow::Result<(
     }
     let sides: Vec<String> = groups
         .iter()
-        .map(|(v, ranks)| format!("{v} on rank(s) {}", list(ranks)))
+        .map(|(v, ranks)| format!("{v} on rank(s) {}", crate::comm::list(ranks)))
         .collect();
     anyhow::bail!(
         "the ranks run different jobs: {name} is {} (start every rank with the same flags and the same rps binary)",
         sides.join(", but ")
     )
-}
-
-fn list(ranks: &[usize]) -> String {
-    ranks
-        .iter()
-        .map(|r| r.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Every rank's `s`, in rank order. Collective.
-fn gather_strings<T: Transport + ?Sized>(t: &T, s: &str) -> Vec<String> {
-    let lens = t.allgather_bytes(&(s.len() as u64).to_le_bytes());
-    let max = lens
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as usize)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let mut mine = s.as_bytes().to_vec();
-    mine.resize(max, 0);
-    t.allgather_bytes(&mine)
-        .chunks(max)
-        .map(|c| {
-            String::from_utf8_lossy(c)
-                .trim_end_matches('\0')
-                .to_string()
-        })
-        .collect()
 }
 
 /// With --resume: the newest checkpoint step every rank can use (a rank whose newest

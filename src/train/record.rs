@@ -129,44 +129,42 @@ impl<T: Transport + ?Sized> Run<'_, T> {
         Ok(())
     }
 
-    /// Sums every rank's per-link counters into servers × workers matrices (row: server
-    /// index, column: worker index), in the order of [`LINK_MATRICES`]. Collective.
-    fn link_matrices(&self) -> [Array2<u64>; 6] {
+    /// Every rank's per-link counters, gathered on rank 0 into servers × workers
+    /// matrices (row: server index, column: worker index), in the order of
+    /// [`LINK_MATRICES`]; `None` on the other ranks. Collective.
+    fn link_matrices(&self) -> Option<[Array2<u64>; 6]> {
         let layout = &self.setup.layout;
         let (size, servers, workers) = (layout.size(), layout.num_servers(), layout.workers());
         let (up, down) = self.exchange.link_counts();
-        let sent_received = |counts: &[u64], upward| {
-            let mut m = Array2::<f64>::zeros((servers, workers.len()));
-            for ((s, w), v) in m.indexed_iter_mut() {
-                let w = workers.start + w;
-                *v = counts[if upward { w * size + s } else { s * size + w }] as f64;
-            }
-            m
+        let mine: Vec<u8> = [&up.sent, &up.dropped, &up.received]
+            .into_iter()
+            .chain([&down.sent, &down.dropped, &down.received])
+            .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
+            .collect();
+        let all = self.net.gather_bytes(&mine)?;
+        // Rank r's counter k (0..6) for peer p.
+        let at = |r: usize, k: usize, p: usize| {
+            let i = 8 * ((r * 6 + k) * size + p);
+            u64::from_le_bytes(all[i..i + 8].try_into().unwrap_or_default())
         };
-        let mut parts = [
-            sent_received(&up.sent, true),
-            sent_received(&up.dropped, true),
-            sent_received(&up.received, true),
-            sent_received(&down.sent, false),
-            sent_received(&down.dropped, false),
-            sent_received(&down.received, false),
-        ];
-        for m in &mut parts {
-            if let Some(flat) = m.as_slice_mut() {
-                self.net.allreduce_sum_f64(flat);
-            }
-        }
-        let [sent_up, dropped_up, received_up, sent_down, dropped_down, received_down] =
-            parts.map(|m| m.mapv(|v| v as u64));
-        let (missed_up, missed_down) = (&sent_up - &received_up, &sent_down - &received_down);
-        [
+        // Uplink: worker w sends to server s, s receives; downlink the other way.
+        let matrix = |f: &dyn Fn(usize, usize) -> u64| {
+            Array2::from_shape_fn((servers, workers.len()), |(s, w)| f(s, workers.start + w))
+        };
+        let sent_up = matrix(&|s, w| at(w, 0, s));
+        let dropped_up = matrix(&|s, w| at(w, 1, s));
+        let missed_up = &sent_up - &matrix(&|s, w| at(s, 2, w));
+        let sent_down = matrix(&|s, w| at(s, 3, w));
+        let dropped_down = matrix(&|s, w| at(s, 4, w));
+        let missed_down = &sent_down - &matrix(&|s, w| at(w, 5, s));
+        Some([
             sent_up,
             dropped_up,
             missed_up,
             sent_down,
             dropped_down,
             missed_down,
-        ]
+        ])
     }
 
     /// The end of a run: per-link totals, peak memory, the saved model and the results
@@ -180,7 +178,7 @@ impl<T: Transport + ?Sized> Run<'_, T> {
             let workers = self.setup.layout.workers();
             let cols = format!("worker ranks {}..{}", workers.start, workers.end);
             let rows = format!("server ranks 0..{}", self.setup.layout.num_servers());
-            for (m, matrix) in LINK_MATRICES.iter().zip(&links) {
+            for (m, matrix) in LINK_MATRICES.iter().zip(links.iter().flatten()) {
                 w.write_matrix(m.name, matrix, &rows, &cols)?;
             }
             if let Some(p) = &self.cfg.save_model {

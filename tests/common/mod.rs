@@ -63,15 +63,51 @@ pub fn mpirun(n: usize, args: &[&str]) -> Run {
 /// Runs `rps train --local-ranks n ARGS` (`args` starts with `train`): `n` ranks as
 /// threads of one process, no mpirun, killed after 60 s (exit 124) if it hangs.
 pub fn local_ranks(n: usize, args: &[&str]) -> Run {
+    local_ranks_env(n, args, &[])
+}
+
+/// [`local_ranks`] with extra environment variables.
+pub fn local_ranks_env(n: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
     assert_eq!(args.first(), Some(&"train"), "local_ranks runs rps train");
     let _guard = lock_mpirun();
     let out = Command::new("timeout")
         .args(["60", RPS, "train", "--local-ranks", &n.to_string()])
         .args(&args[1..])
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .output()
         .expect("cannot run rps under timeout");
     finish(out)
+}
+
+/// Digests of a run's metrics file (every non-timing dataset) and of its saved model.
+pub fn run_digests(metrics: &Path, model: &Path) -> Vec<rps::metrics::digest::Digest> {
+    let mut d = rps::metrics::digest::of_metrics(metrics)
+        .unwrap_or_else(|e| panic!("digest of {}: {e:#}", metrics.display()));
+    d.push(
+        rps::metrics::digest::of_model(model)
+            .unwrap_or_else(|e| panic!("digest of {}: {e:#}", model.display())),
+    );
+    d
+}
+
+/// The names of the datasets whose digests differ between two runs (empty: identical).
+pub fn differing(
+    a: &[rps::metrics::digest::Digest],
+    b: &[rps::metrics::digest::Digest],
+) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> =
+        a.iter().chain(b).map(|d| d.name.as_str()).collect();
+    names
+        .into_iter()
+        .filter(|n| {
+            let find = |v: &[rps::metrics::digest::Digest]| {
+                v.iter().find(|d| d.name == *n).map(|d| d.hex.clone())
+            };
+            find(a) != find(b)
+        })
+        .map(String::from)
+        .collect()
 }
 
 /// Runs `rps <args>` without mpirun.

@@ -692,6 +692,10 @@ impl<T: Transport + ?Sized> Transport for UdpTransport<'_, T> {
         self.inner.allgather_bytes(send)
     }
 
+    fn gather_bytes(&self, send: &[u8]) -> Option<Vec<u8>> {
+        self.inner.gather_bytes(send)
+    }
+
     fn barrier(&self) {
         self.inner.barrier();
     }

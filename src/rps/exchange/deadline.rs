@@ -446,7 +446,6 @@ impl Exchange {
         d: &mut Deadline,
     ) -> Result<(), CommError> {
         let me = t.rank();
-        let size = self.layout.size();
         let layout = self.layout.clone();
 
         // ---- Uplink: post what the model keeps; the server waits for every worker. ----
@@ -497,7 +496,7 @@ impl Exchange {
                 }
                 counts.packets_received_up += m.iter().filter(|&&x| x).count() as u64;
                 self.inbox_masks.push(m);
-                self.up_links.received[expect[i].0 * size + me] += 1;
+                self.up_links.received[expect[i].0] += 1;
                 received += 1;
             }
         }
@@ -553,7 +552,7 @@ impl Exchange {
         for (i, m) in arrived.iter().enumerate() {
             if let Some(m) = m {
                 let (server, b, _) = expect[i];
-                self.down_links.received[server * size + me] += 1;
+                self.down_links.received[server] += 1;
                 counts.received_down += 1;
                 counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
                 self.merge_staged(params, b, m);
