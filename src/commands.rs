@@ -177,7 +177,9 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     }
     // Every rank validates its flags; all learn whether any failed (ranks may have been
     // started with different flags), and the lowest failing rank says why.
-    let built = TrainConfig::build(&flags, mpi.size(), command_line).map_err(anyhow::Error::from);
+    let built = TrainConfig::build(&flags, mpi.size(), command_line)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| crate::train::check_outputs(&cfg, rank == 0).map(|()| cfg));
     let cfg = match agree(&mpi, built) {
         Ok(cfg) => cfg,
         Err(d) => {
@@ -253,6 +255,10 @@ fn train_local(
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = crate::train::check_outputs(&cfg, true) {
+        print_error(None, &e);
+        return ExitCode::from(EXIT_USAGE);
+    }
     conclude(&cfg, train_threads(n, &cfg, stop))
 }
 

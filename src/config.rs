@@ -82,6 +82,8 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
+    /// The job file the flags came from (`--job`), an input no output may replace.
+    pub job: Option<PathBuf>,
     /// The network every worker trains.
     pub model: ModelKind,
     /// Random crop (padding 4) and horizontal flip of training batches.
@@ -300,6 +302,7 @@ impl TrainConfig {
             checkpoint_dir,
             resume: f.resume.clone(),
             command_line,
+            job: f.job.clone(),
             model: f.model.into(),
             augment: f.augment,
             lr_schedule: lr_schedule(f)?,

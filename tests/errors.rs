@@ -412,6 +412,94 @@ fn output_problems() {
     assert_eq!(attr_str(&existing, "status"), "completed");
 }
 
+/// The job file is an input like the dataset: no output may replace it, whether the
+/// output is named on the command line or inside the job file itself (with `force`).
+#[test]
+fn the_job_file_is_never_an_output() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let job = dir.path().join("job.toml");
+    let j = job.to_str().unwrap();
+    let body = |metrics: &str| {
+        format!(
+            "[train]\ndataset = \"{}\"\n{metrics}force = true\ncolocated = true\nsteps = 2\nbatch_size = 4\n",
+            data.display()
+        )
+    };
+    let other = dir.path().join("m.h5");
+    let o = other.to_str().unwrap();
+    let spelled = format!("{}/./job.toml", dir.path().display());
+    let cases: Vec<(String, Vec<&str>, String)> = vec![
+        // `metrics = "job.toml"` inside the job file.
+        (
+            body(&format!("metrics = \"{j}\"\n")),
+            vec![],
+            format!("--metrics {j} is also --job"),
+        ),
+        (
+            body(""),
+            vec!["--metrics", &spelled],
+            format!("--metrics {spelled} is also --job"),
+        ),
+        (
+            body(""),
+            vec!["--metrics", o, "--save-model", j],
+            format!("--save-model {j} is also --job"),
+        ),
+    ];
+    for (i, (text, extra, needle)) in cases.into_iter().enumerate() {
+        std::fs::write(&job, &text).unwrap();
+        let mut args = vec!["train", "--job", j];
+        args.extend(extra);
+        let run = expect_failure(launch(i), 2, &args, &needle);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert_eq!(
+            std::fs::read_to_string(&job).unwrap(),
+            text,
+            "{needle}: the job file was replaced"
+        );
+        assert!(!other.exists(), "{needle}: a metrics file was left behind");
+    }
+}
+
+/// An unusable --save-model is refused before the first step (it used to be found only
+/// after training, losing the model and leaving the metrics file `running`).
+#[test]
+fn save_model_is_checked_before_training() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let f = folder.to_str().unwrap();
+    // /proc refuses new files, even to root.
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--save-model", "/proc/rps-model.h5"],
+            "--save-model /proc/rps-model.h5: cannot create a file in /proc".into(),
+        ),
+        (
+            vec!["--save-model", f, "--force"],
+            format!("--save-model {f} is a directory"),
+        ),
+        (
+            vec!["--save-model", "/proc/rps-dir/model.h5"],
+            "--save-model /proc/rps-dir/model.h5: cannot create directory /proc/rps-dir".into(),
+        ),
+    ];
+    for (i, (extra, needle)) in cases.into_iter().enumerate() {
+        let mut args = train_args(data, m);
+        args.extend(["--colocated", "--steps", "3"]);
+        args.extend(extra);
+        let run = expect_failure(launch(i), 2, &args, &needle);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(!metrics.exists(), "{needle}: the run started");
+    }
+    assert!(folder.is_dir());
+}
+
 /// Runs an MPMD job: one `mpirun` with a `:`-separated program per rank group.
 fn mpmd(groups: &[(&str, Vec<&str>)]) -> Run {
     let _guard = lock_mpirun();

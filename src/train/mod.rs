@@ -100,6 +100,21 @@ pub fn train<T: Transport + ?Sized>(
     run::Run::new(t, cfg, setup, exchange, outputs, stop)?.steps()
 }
 
+/// The output paths of a run, checked before any rank starts: no output is also an
+/// input (the dataset, the job file, ...) or another output, and on the rank that writes
+/// them (`writer`: rank 0) --save-model can be created. Call it on every rank and let
+/// them agree, so that all stop with one message (exit status 2, as for a bad flag).
+///
+/// # Errors
+/// The first bad path, named by its flag.
+pub fn check_outputs(cfg: &TrainConfig, writer: bool) -> anyhow::Result<()> {
+    outputs::check_paths(cfg)?;
+    if writer {
+        outputs::check_save_model(cfg)?;
+    }
+    Ok(())
+}
+
 /// What every rank of a job must share: the whole configuration (but the command line,
 /// which may differ in form) and the build of rps, as `(field, value)` pairs taken from
 /// the configuration's `Debug` form, so a new field is covered without being listed.
