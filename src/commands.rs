@@ -305,13 +305,20 @@ fn conclude(cfg: &TrainConfig, result: Result<Summary, Failure>) -> ExitCode {
     }
 }
 
-/// `rps convert`: one process, no MPI.
+/// `rps convert`: one process, no MPI. An --output that is an input is a usage error.
 pub fn convert(flags: ConvertFlags) -> Result<ExitCode> {
     let format = flags.format;
     let opts = flags.into();
-    let summary = match format {
-        DatasetFormat::FashionMnist => crate::data::convert::fashion_mnist(&opts)?,
-        DatasetFormat::Cifar10 => crate::data::cifar::cifar10(&opts)?,
+    let converted = match format {
+        DatasetFormat::FashionMnist => crate::data::convert::fashion_mnist(&opts),
+        DatasetFormat::Cifar10 => crate::data::cifar::cifar10(&opts),
+    };
+    let summary = match converted {
+        Err(e) if e.is::<crate::data::convert::OutputIsInput>() => {
+            print_error(None, &e);
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        other => other?,
     };
     println!(
         "wrote {} ({} training and {} test samples)",
