@@ -108,6 +108,22 @@ fn split_of<L: hdf5::H5Type>(file: &hdf5::File, name: &str, images: Array4<u8>, 
         .unwrap();
 }
 
+/// A split whose images (`n` of `c`×`h`×`w`) and labels are declared but never written:
+/// HDF5 reads the fill value, 0, and the file stays a few kilobytes.
+fn declared(file: &hdf5::File, name: &str, n: usize, [c, h, w]: [usize; 3]) {
+    let g = file.create_group(name).unwrap();
+    g.new_dataset::<u8>()
+        .chunk((1, c, h.min(256), w.min(256)))
+        .shape((n, c, h, w))
+        .create("images")
+        .unwrap();
+    g.new_dataset::<u8>()
+        .chunk(n.min(4096))
+        .shape(n)
+        .create("labels")
+        .unwrap();
+}
+
 /// Writes an HDF5 file whose content `build` decides.
 fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> String {
     let f = hdf5::File::create(path).unwrap();
@@ -233,6 +249,24 @@ fn dataset_problems() {
                 split_of(f, "test", blank(1), Array1::<u8>::zeros(1));
             }),
             "each rank needs about",
+        ),
+        // Shapes declared far beyond memory (chunked datasets never written: the files
+        // are tiny) are refused before anything that size is read.
+        (
+            h5(&dir.path().join("wide.h5"), |f| {
+                classes(f, 10);
+                declared(f, "train", 64, [1, 65536, 65536]);
+                declared(f, "test", 1, [1, 65536, 65536]);
+            }),
+            "wide.h5: train/images",
+        ),
+        (
+            h5(&dir.path().join("many.h5"), |f| {
+                classes(f, 10);
+                declared(f, "train", 1 << 40, [1, 4, 4]);
+                declared(f, "test", 4, [1, 4, 4]);
+            }),
+            "many.h5: train/",
         ),
         (
             h5(&dir.path().join("geometry.h5"), |f| {
