@@ -352,7 +352,7 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
     let rank = mpi.rank();
     init_logger(Some(rank));
     let opts = crate::bench_exchange::Options::from(flags);
-    let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank)) {
+    let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank, mpi.ranks_on_host())) {
         Ok(plan) => plan,
         Err(d) => {
             stop_together(&mpi, d.rank == rank, || print_error(None, &d.message));
