@@ -438,8 +438,8 @@ pub struct TrainFlags {
     /// --lr-milestones) or `cosine` (to 0 at the last step), after --warmup-steps.
     #[arg(long, value_enum, default_value_t = LrScheduleFlag::Constant)]
     pub lr_schedule: LrScheduleFlag,
-    /// With --lr-schedule step: where the rate drops, as fractions of the run (0.5,0.75)
-    /// or step numbers (2000,3000).
+    /// With --lr-schedule step: where the rate drops, as fractions of the run below 1
+    /// (0.5,0.75) or whole step numbers (2000,3000).
     #[arg(long, value_name = "M,M,...", value_delimiter = ',')]
     pub lr_milestones: Vec<f64>,
     /// With --lr-schedule step: the factor at each milestone.

@@ -422,6 +422,17 @@ fn lr_schedule(f: &TrainFlags) -> Result<crate::schedule::LrSchedule, ConfigErro
             "{m} is not a fraction in (0, 1) or a step number"
         )));
     }
+    // Below 1 a milestone is a fraction of the run, from 1 on a step number: 1.5 would
+    // silently become step 1 (resolve_milestones truncates).
+    if let Some(m) = f
+        .lr_milestones
+        .iter()
+        .find(|m| **m >= 1.0 && m.fract() != 0.0)
+    {
+        return Err(ConfigError::LrMilestones(format!(
+            "{m} is neither a fraction of the run (below 1) nor a whole step number"
+        )));
+    }
     if !(f.lr_gamma.is_finite() && f.lr_gamma > 0.0) {
         return Err(ConfigError::LrMilestones(format!(
             "--lr-gamma {} must be > 0",
@@ -692,6 +703,12 @@ mod tests {
             (
                 &["--lr-schedule", "step"],
                 ConfigError::LrMilestones("give at least one".into()),
+            ),
+            (
+                &["--lr-schedule", "step", "--lr-milestones", "0.5,1.5"],
+                ConfigError::LrMilestones(
+                    "1.5 is neither a fraction of the run (below 1) nor a whole step number".into(),
+                ),
             ),
             (
                 &["--diag-every", "5", "--detect", "deadline"],

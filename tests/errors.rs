@@ -393,6 +393,10 @@ fn flag_problems() {
             "--recv-timeout-ms 100000000 must be from 1 to 60000",
         ),
         (
+            with(&["--lr-schedule", "step", "--lr-milestones", "0.5,1.5"]),
+            "--lr-milestones: 1.5 is neither a fraction of the run (below 1) nor a whole step number",
+        ),
+        (
             with(&["--no-such-flag"]),
             "unexpected argument '--no-such-flag'",
         ),
