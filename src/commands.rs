@@ -187,6 +187,9 @@ pub fn train(flags: TrainFlags) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if rank == 0 {
+        warn_ignored(&flags);
+    }
     let result = match cfg.transport {
         TransportKind::Mpi => train_on(&mpi, &cfg, &stop),
         TransportKind::Udp(opts) => match UdpTransport::connect(&mpi, &opts) {
@@ -259,7 +262,15 @@ fn train_local(
         print_error(None, &e);
         return ExitCode::from(EXIT_USAGE);
     }
+    warn_ignored(flags);
     conclude(&cfg, train_threads(n, &cfg, stop))
+}
+
+/// Rank 0 names the flags this run will not use (their mode is off).
+fn warn_ignored(flags: &TrainFlags) {
+    for w in crate::config::ignored_flags(flags) {
+        log::warn!("{w}");
+    }
 }
 
 /// Says how a run ended (the speaking rank only) and gives its exit status.

@@ -396,6 +396,11 @@ fn flag_problems() {
             with(&["--lr-schedule", "step", "--lr-milestones", "0.5,1.5"]),
             "--lr-milestones: 1.5 is neither a fraction of the run (below 1) nor a whole step number",
         ),
+        // Given explicitly, even at its default value, a UDP flag needs UDP.
+        (
+            with(&["--udp-link-rate", "10G"]),
+            "--udp-link-rate applies to --transport udp only",
+        ),
         (
             with(&["--no-such-flag"]),
             "unexpected argument '--no-such-flag'",
@@ -658,4 +663,43 @@ fn local_ranks_under_mpirun_is_refused() {
     args.extend(["--local-ranks", "2"]);
     expect_failure(Launch::Mpirun, 2, &args, "but the launcher started 2");
     assert!(!metrics.exists());
+}
+
+/// Flags that only matter in a mode that is off are not silently dropped: rank 0 warns,
+/// naming the flag and what it needs, and the run goes on.
+#[test]
+fn flags_of_a_mode_that_is_off_are_named() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let mut args = train_args(data.to_str().unwrap(), metrics.to_str().unwrap());
+    args.extend([
+        "--colocated",
+        "--lr-gamma",
+        "0.5",
+        "--ge-p",
+        "0.2",
+        "--recv-timeout-ms",
+        "100",
+        "--force",
+    ]);
+    for run in [mpirun(2, &args), local_ranks(2, &args)] {
+        run.assert_ok();
+        for needle in [
+            "--lr-gamma is ignored: it applies to --lr-schedule step only",
+            "--ge-p is ignored: it applies to --drop-model gilbert-elliott only",
+            "--recv-timeout-ms is ignored: it applies to --detect deadline only",
+        ] {
+            assert_eq!(
+                run.stderr
+                    .lines()
+                    .filter(|l| l.contains("WARN") && l.contains(needle))
+                    .count(),
+                1,
+                "{needle}:\n{}",
+                run.stderr
+            );
+        }
+        assert!(!run.stderr.contains("--colocated is ignored"));
+    }
 }
