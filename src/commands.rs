@@ -380,16 +380,23 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
     }
 }
 
-/// `rps sweep`: a launcher, no MPI in this process.
+/// `rps sweep`: a launcher, no MPI in this process. A job file that `rps train` would
+/// refuse is a usage error, found before any run starts.
 pub fn sweep(flags: SweepFlags) -> Result<ExitCode> {
-    crate::sweep::run(&crate::sweep::SweepOptions {
+    let done = crate::sweep::run(&crate::sweep::SweepOptions {
         job: flags.job,
         list: flags.list,
         index: flags.index,
         rerun: flags.rerun,
         mpirun: flags.mpirun,
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    match done {
+        Err(e) if e.is::<crate::sweep::BadJob>() => {
+            print_error(None, &e);
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        other => other.map(|()| ExitCode::SUCCESS),
+    }
 }
 
 /// `rps report`: the Markdown table on stdout.

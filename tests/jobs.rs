@@ -190,6 +190,46 @@ fn bad_job_values_name_the_file_and_key() {
         !dir.path().join("s0.h5").exists(),
         "run 0 ran before run 1 was refused"
     );
+    // A value that parses but that `rps train` refuses (it used to be found only when
+    // its run started, naming neither the file nor the key), and a combination that
+    // does not fit its run's ranks.
+    for (name, key, sweep, needle) in [
+        (
+            "lr.toml",
+            "lr",
+            "lr = [0.1, -5.0]",
+            "lr = -5.0 (run 1 of 2: lr=-5): --lr -5 must be a finite number > 0",
+        ),
+        (
+            "servers.toml",
+            "servers",
+            "servers = [1, 2]",
+            "servers = 2 (run 1 of 2: servers=2): --servers 2 leaves no worker in a job of 2 rank(s)",
+        ),
+    ] {
+        let job = write_job(
+            dir.path(),
+            name,
+            &format!("ranks = 2\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/run-{{name}}-{{{key}}}.h5\"\nlr = 0.2\nservers = 1\nsteps = 2\n[sweep]\n{sweep}\n"),
+        );
+        for extra in [&["--list"][..], &[]] {
+            let mut args = vec!["sweep", job.as_str()];
+            args.extend(extra);
+            let run = rps(&args);
+            assert_eq!(run.code, Some(2), "{}", run.stderr);
+            assert!(
+                run.stderr.contains(&format!("job file {job}: {needle}")),
+                "{}",
+                run.stderr
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+            .collect();
+        assert!(left.is_empty(), "a run started: {left:?}");
+    }
 }
 
 /// Sweep keys can advance together (`together = { .. }`), and a sweep of in-process
