@@ -395,7 +395,11 @@ pub fn sweep(flags: SweepFlags) -> Result<ExitCode> {
             print_error(None, &e);
             Ok(ExitCode::from(EXIT_USAGE))
         }
-        other => other.map(|()| ExitCode::SUCCESS),
+        Ok(crate::sweep::Ended::Stopped(why)) => {
+            eprintln!("{why}");
+            Ok(ExitCode::from(EXIT_STOPPED))
+        }
+        other => other.map(|_| ExitCode::SUCCESS),
     }
 }
 
