@@ -147,6 +147,10 @@ fn thread_rank() -> Option<usize> {
 /// SIGTERM (Slurm's warning before the time limit, `scancel`), SIGINT (Ctrl-C) and
 /// SIGUSR1 (which `mpirun` forwards to every rank) raise `stop`; training then stops
 /// cleanly at the next step boundary. A second SIGTERM or SIGINT kills at once.
+///
+/// The signals are also unblocked: the mask is inherited through exec, and a launcher
+/// that started rps with them blocked would make a stop wait forever (one that arrived
+/// before is then delivered at once, and stops the run at its first step).
 fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     use signal_hook::flag;
@@ -156,15 +160,30 @@ fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
         flag::register(sig, Arc::clone(stop))?;
     }
     flag::register(SIGUSR1, Arc::clone(stop))?;
-    Ok(())
+    // SAFETY: plain calls on a signal set owned by this frame; the handlers are in place.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [SIGTERM, SIGINT, SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
 }
 
 /// `rps train`: under mpirun (every rank runs this), or on `--local-ranks N` threads.
 pub fn train(flags: TrainFlags) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
+    // First of all: MPI takes a quarter of a second to start, and a stop signal (mpirun
+    // forwards SIGUSR1 at once) must find the handlers in place, not kill the rank.
+    let handlers = stop_on_signals(&stop);
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(n) = flags.local_ranks {
-        return train_local(&flags, n as usize, command_line, &stop);
+        return train_local(&flags, n as usize, command_line, &stop, handlers);
     }
     let Some(mpi) = MpiTransport::init() else {
         print_error(None, &"MPI was already initialised");
@@ -172,7 +191,7 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     };
     let rank = mpi.rank();
     init_logger(Some(rank));
-    if let Err(e) = stop_on_signals(&stop) {
+    if let Err(e) = handlers {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
     // Every rank validates its flags; all learn whether any failed (ranks may have been
@@ -227,6 +246,7 @@ fn train_local(
     n: usize,
     command_line: String,
     stop: &Arc<AtomicBool>,
+    handlers: std::io::Result<()>,
 ) -> ExitCode {
     init_logger(None);
     // Several processes of one launch would be several jobs on the same files (a batch
@@ -241,7 +261,7 @@ fn train_local(
         stop_together_if_launched(|| print_error(None, &why));
         return ExitCode::from(EXIT_USAGE);
     }
-    if let Err(e) = stop_on_signals(stop) {
+    if let Err(e) = handlers {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
     let cfg = match TrainConfig::build(flags, n, command_line) {
