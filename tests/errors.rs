@@ -642,14 +642,26 @@ fn divergence_is_an_error_not_a_result() {
         assert!(!metrics.exists());
     }
     let data = small_dataset();
-    let mut args = train_args(data.to_str().unwrap(), m);
-    args.extend(["--colocated", "--lr", "1e30", "--steps", "20"]);
-    let run = expect_failure(Launch::Mpirun, 2, &args, "training diverged at step");
-    assert_eq!(run.code, Some(1));
-    assert_eq!(attr_str(&metrics, "status"), "diverged");
-    let steps = read_u64(&metrics, "train/step");
-    assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
-    assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
+    // A non-finite loss (the CNN at --lr 1e30), and a finite loss of about 1e11 and
+    // growing (the MLP at --lr 1e6, which used to end `completed` at a loss of 1e31).
+    for (i, (model, lr, needle)) in [
+        ("cnn", "1e30", "not finite (NaN or infinite)"),
+        ("mlp", "1e6", "the training loss exceeds"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut args = train_args(data.to_str().unwrap(), m);
+        args.extend(["--colocated", "--lr", lr, "--model", model, "--steps", "20"]);
+        args.extend(["--batch-size", "8", "--force"]);
+        let run = expect_failure(launch(i), 2, &args, "training diverged at step");
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+        assert_eq!(run.code, Some(1));
+        assert_eq!(attr_str(&metrics, "status"), "diverged");
+        let steps = read_u64(&metrics, "train/step");
+        assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
+        assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
+    }
 }
 
 /// `--local-ranks` started by a launcher of several processes would be several jobs on
