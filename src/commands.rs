@@ -423,9 +423,27 @@ pub fn sweep(flags: SweepFlags) -> Result<ExitCode> {
     }
 }
 
+/// A file named twice (however spelled) would count twice: as two seeds of its
+/// configuration in a report, two curves in a figure. A usage error.
+fn refuse_repeats(files: &[PathBuf]) -> Option<ExitCode> {
+    let (i, j) = crate::files::first_repeat(files)?;
+    print_error(
+        None,
+        &format!(
+            "{} is {} again: each file counts once (give it once)",
+            files[j].display(),
+            files[i].display()
+        ),
+    );
+    Some(ExitCode::from(EXIT_USAGE))
+}
+
 /// `rps report`: the Markdown table on stdout.
 pub fn report(flags: ReportFlags) -> Result<ExitCode> {
     let files = &flags.files;
+    if let Some(code) = refuse_repeats(files) {
+        return Ok(code);
+    }
     if flags.testbed {
         print!(
             "{}",
@@ -450,6 +468,9 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
 
 /// `rps plot`: figures into --output-dir, their paths on stdout.
 pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
+    if let Some(code) = refuse_repeats(&flags.files) {
+        return Ok(code);
+    }
     let paths = if flags.testbed {
         let runs = crate::testbed::read_index(testbed_index(&flags.files)?)?;
         crate::testbed::plot(&runs, &flags.output_dir)?
