@@ -115,12 +115,14 @@ pub fn check_outputs(cfg: &TrainConfig, writer: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What every rank of a job must share: the whole configuration (but the command line,
-/// which may differ in form) and the build of rps, as `(field, value)` pairs taken from
-/// the configuration's `Debug` form, so a new field is covered without being listed.
+/// What every rank of a job must share: the whole configuration (but the command line
+/// and the job file's path, which may differ in form while giving the same flags) and the
+/// build of rps, as `(field, value)` pairs taken from the configuration's `Debug` form,
+/// so a new field is covered without being listed.
 fn job_identity(cfg: &TrainConfig) -> Vec<(String, String)> {
     let mut c = cfg.clone();
     c.command_line.clear();
+    c.job = None;
     let text = format!("{c:?}");
     let body = text
         .split_once(" { ")
@@ -387,6 +389,7 @@ mod tests {
         let cfg = flags(&["--steps", "5"]);
         let mut other = cfg.clone();
         other.command_line = "rps train --steps 5 --colocated ...".into();
+        other.job = Some("node-2/job.toml".into());
         assert_eq!(job_identity(&cfg), job_identity(&other));
     }
 }
