@@ -457,8 +457,8 @@ pub struct TrainFlags {
     /// --lr-milestones) or `cosine` (to 0 at the last step), after --warmup-steps.
     #[arg(long, value_enum, default_value_t = LrScheduleFlag::Constant)]
     pub lr_schedule: LrScheduleFlag,
-    /// With --lr-schedule step: where the rate drops, as fractions of the run (0.5,0.75)
-    /// or step numbers (2000,3000).
+    /// With --lr-schedule step: where the rate drops, as fractions of the run below 1
+    /// (0.5,0.75) or whole step numbers (2000,3000).
     #[arg(long, value_name = "M,M,...", value_delimiter = ',')]
     pub lr_milestones: Vec<f64>,
     /// With --lr-schedule step: the factor at each milestone.
@@ -539,6 +539,11 @@ pub struct TrainFlags {
     /// included in the exchanged state).
     #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
     pub model: ModelFlag,
+    /// The ids of the flags given on the command line or in the job file (not left at
+    /// their defaults), filled by [`parse`]: a flag given for a mode that is off is
+    /// reported even when its value is the default.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -771,6 +776,37 @@ impl From<ConvertFlags> for ConvertOptions {
     }
 }
 
+/// Parses a whole command line (`args[0]` is the program); `rps train` also records
+/// which of its flags were given ([`TrainFlags::given`]).
+///
+/// # Errors
+/// clap's error for an unknown flag or a value that does not parse (help and version
+/// are errors too, as with [`Parser::try_parse_from`]).
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let mut matches = Cli::command().try_get_matches_from(args)?;
+    let given: Vec<String> = match matches.subcommand() {
+        Some(("train", sub)) => sub
+            .ids()
+            .filter(|id| {
+                sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|id| id.as_str().to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut cli =
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let Command::Train(flags) = &mut cli.command {
+        flags.given = given;
+    }
+    Ok(cli)
+}
+
 /// Parses the flags of `rps train` alone (no job file), as `rps train ARGS...` would.
 ///
 /// # Errors
@@ -783,7 +819,7 @@ where
     let argv = ["rps".into(), "train".into()]
         .into_iter()
         .chain(args.into_iter().map(Into::into));
-    match Cli::try_parse_from(argv)?.command {
+    match parse(argv)?.command {
         Command::Train(flags) => Ok(*flags),
         _ => unreachable!("parsed as train"),
     }

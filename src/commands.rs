@@ -183,6 +183,10 @@ fn thread_rank() -> Option<usize> {
 /// SIGTERM (Slurm's warning before the time limit, `scancel`), SIGINT (Ctrl-C) and
 /// SIGUSR1 (which `mpirun` forwards to every rank) raise `stop`; training then stops
 /// cleanly at the next step boundary. A second SIGTERM or SIGINT kills at once.
+///
+/// The signals are also unblocked: the mask is inherited through exec, and a launcher
+/// that started rps with them blocked would make a stop wait forever (one that arrived
+/// before is then delivered at once, and stops the run at its first step).
 fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     use signal_hook::flag;
@@ -192,15 +196,30 @@ fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
         flag::register(sig, Arc::clone(stop))?;
     }
     flag::register(SIGUSR1, Arc::clone(stop))?;
-    Ok(())
+    // SAFETY: plain calls on a signal set owned by this frame; the handlers are in place.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [SIGTERM, SIGINT, SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
 }
 
 /// `rps train`: under mpirun (every rank runs this), or on `--local-ranks N` threads.
 pub fn train(flags: TrainFlags) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
+    // First of all: MPI takes a quarter of a second to start, and a stop signal (mpirun
+    // forwards SIGUSR1 at once) must find the handlers in place, not kill the rank.
+    let handlers = stop_on_signals(&stop);
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(n) = flags.local_ranks {
-        return train_local(&flags, n as usize, command_line, &stop);
+        return train_local(&flags, n as usize, command_line, &stop, handlers);
     }
     let Some(mpi) = MpiTransport::init() else {
         print_error(None, &"MPI was already initialised");
@@ -208,7 +227,7 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     };
     let rank = mpi.rank();
     init_logger(Some(rank));
-    if let Err(e) = stop_on_signals(&stop) {
+    if let Err(e) = handlers {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
     // The flags are compared below, field by field, with a clearer message.
@@ -217,7 +236,9 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     }
     // Every rank validates its flags; all learn whether any failed (ranks may have been
     // started with different flags), and the lowest failing rank says why.
-    let built = TrainConfig::build(&flags, mpi.size(), command_line).map_err(anyhow::Error::from);
+    let built = TrainConfig::build(&flags, mpi.size(), command_line)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| crate::train::check_outputs(&cfg, rank == 0).map(|()| cfg));
     let cfg = match agree(&mpi, built) {
         Ok(cfg) => cfg,
         Err(d) => {
@@ -225,6 +246,9 @@ pub fn train(flags: TrainFlags) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if rank == 0 {
+        warn_ignored(&flags);
+    }
     let result = match cfg.transport {
         TransportKind::Mpi => train_on(&mpi, &cfg, &stop),
         TransportKind::Udp(opts) => match UdpTransport::connect(&mpi, &opts) {
@@ -262,6 +286,7 @@ fn train_local(
     n: usize,
     command_line: String,
     stop: &Arc<AtomicBool>,
+    handlers: std::io::Result<()>,
 ) -> ExitCode {
     init_logger(None);
     // Several processes of one launch would be several jobs on the same files (a batch
@@ -276,7 +301,7 @@ fn train_local(
         stop_together_if_launched(true, || print_error(None, &why));
         return ExitCode::from(EXIT_USAGE);
     }
-    if let Err(e) = stop_on_signals(stop) {
+    if let Err(e) = handlers {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
     let cfg = match TrainConfig::build(flags, n, command_line) {
@@ -293,7 +318,19 @@ fn train_local(
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = crate::train::check_outputs(&cfg, true) {
+        print_error(None, &e);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    warn_ignored(flags);
     conclude(&cfg, train_threads(n, &cfg, stop))
+}
+
+/// Rank 0 names the flags this run will not use (their mode is off).
+fn warn_ignored(flags: &TrainFlags) {
+    for w in crate::config::ignored_flags(flags) {
+        log::warn!("{w}");
+    }
 }
 
 /// Says how a run ended (the speaking rank only) and gives its exit status.
@@ -339,13 +376,20 @@ fn conclude(cfg: &TrainConfig, result: Result<Summary, Failure>) -> ExitCode {
     }
 }
 
-/// `rps convert`: one process, no MPI.
+/// `rps convert`: one process, no MPI. An --output that is an input is a usage error.
 pub fn convert(flags: ConvertFlags) -> Result<ExitCode> {
     let format = flags.format;
     let opts = flags.into();
-    let summary = match format {
-        DatasetFormat::FashionMnist => crate::data::convert::fashion_mnist(&opts)?,
-        DatasetFormat::Cifar10 => crate::data::cifar::cifar10(&opts)?,
+    let converted = match format {
+        DatasetFormat::FashionMnist => crate::data::convert::fashion_mnist(&opts),
+        DatasetFormat::Cifar10 => crate::data::cifar::cifar10(&opts),
+    };
+    let summary = match converted {
+        Err(e) if e.is::<crate::data::convert::OutputIsInput>() => {
+            print_error(None, &e);
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        other => other?,
     };
     println!(
         "wrote {} ({} training and {} test samples)",
@@ -385,7 +429,7 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
         return code;
     }
     let opts = crate::bench_exchange::Options::from(flags);
-    let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank)) {
+    let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank, mpi.ranks_on_host())) {
         Ok(plan) => plan,
         Err(d) => {
             stop_together(&mpi, d.rank == rank, || print_error(None, &d.message));
@@ -402,21 +446,50 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
     }
 }
 
-/// `rps sweep`: a launcher, no MPI in this process.
+/// `rps sweep`: a launcher, no MPI in this process. A job file that `rps train` would
+/// refuse is a usage error, found before any run starts.
 pub fn sweep(flags: SweepFlags) -> Result<ExitCode> {
-    crate::sweep::run(&crate::sweep::SweepOptions {
+    let done = crate::sweep::run(&crate::sweep::SweepOptions {
         job: flags.job,
         list: flags.list,
         index: flags.index,
         rerun: flags.rerun,
         mpirun: flags.mpirun,
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    match done {
+        Err(e) if e.is::<crate::sweep::BadJob>() => {
+            print_error(None, &e);
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        Ok(crate::sweep::Ended::Stopped(why)) => {
+            eprintln!("{why}");
+            Ok(ExitCode::from(EXIT_STOPPED))
+        }
+        other => other.map(|_| ExitCode::SUCCESS),
+    }
+}
+
+/// A file named twice (however spelled) would count twice: as two seeds of its
+/// configuration in a report, two curves in a figure. A usage error.
+fn refuse_repeats(files: &[PathBuf]) -> Option<ExitCode> {
+    let (i, j) = crate::files::first_repeat(files)?;
+    print_error(
+        None,
+        &format!(
+            "{} is {} again: each file counts once (give it once)",
+            files[j].display(),
+            files[i].display()
+        ),
+    );
+    Some(ExitCode::from(EXIT_USAGE))
 }
 
 /// `rps report`: the Markdown table on stdout.
 pub fn report(flags: ReportFlags) -> Result<ExitCode> {
     let files = &flags.files;
+    if let Some(code) = refuse_repeats(files) {
+        return Ok(code);
+    }
     if flags.testbed {
         print!(
             "{}",
@@ -441,6 +514,9 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
 
 /// `rps plot`: figures into --output-dir, their paths on stdout.
 pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
+    if let Some(code) = refuse_repeats(&flags.files) {
+        return Ok(code);
+    }
     let paths = if flags.testbed {
         let runs = crate::testbed::read_index(testbed_index(&flags.files)?)?;
         crate::testbed::plot(&runs, &flags.output_dir)?

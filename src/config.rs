@@ -82,6 +82,8 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// The command line, recorded in the metrics file.
     pub command_line: String,
+    /// The job file the flags came from (`--job`), an input no output may replace.
+    pub job: Option<PathBuf>,
     /// The network every worker trains.
     pub model: ModelKind,
     /// Random crop (padding 4) and horizontal flip of training batches.
@@ -300,6 +302,7 @@ impl TrainConfig {
             checkpoint_dir,
             resume: f.resume.clone(),
             command_line,
+            job: f.job.clone(),
             model: f.model.into(),
             augment: f.augment,
             lr_schedule: lr_schedule(f)?,
@@ -344,15 +347,17 @@ fn transport(
     f: &TrainFlags,
     detection: Detection,
 ) -> Result<(TransportKind, Option<usize>), ConfigError> {
+    // Given explicitly, a flag counts even at its default value.
+    let link_rate = f.udp_link_rate != DEFAULT_LINK_RATE || given(f, "udp_link_rate");
     let udp_flag = if f.udp_subnet.is_some() {
         Some("udp-subnet")
     } else if f.udp_port.is_some() {
         Some("udp-port")
-    } else if f.udp_mtu != DEFAULT_MTU {
+    } else if f.udp_mtu != DEFAULT_MTU || given(f, "udp_mtu") {
         Some("udp-mtu")
     } else if f.loss_target.is_some() {
         Some("loss-target")
-    } else if f.udp_link_rate != DEFAULT_LINK_RATE {
+    } else if link_rate {
         Some("udp-link-rate")
     } else {
         None
@@ -363,7 +368,7 @@ fn transport(
             None => Ok((TransportKind::Mpi, f.packet_bytes)),
         },
         TransportFlag::Udp => {
-            if f.udp_link_rate != DEFAULT_LINK_RATE && f.loss_target.is_none() {
+            if link_rate && f.loss_target.is_none() {
                 return Err(ConfigError::LinkRateWithoutBudget);
             }
             let budget = match f.loss_target {
@@ -399,6 +404,45 @@ fn transport(
     }
 }
 
+/// Whether the flag with clap id `id` was given (see [`TrainFlags::given`]).
+fn given(f: &TrainFlags, id: &str) -> bool {
+    f.given.iter().any(|g| g == id)
+}
+
+/// Flags that were given but that this run does not use, because the mode they belong to
+/// is off, each as `--flag is ignored: it applies to MODE only`. They are warnings, not
+/// errors: a job file may set them for the runs of a sweep that turn the mode on. (Flags
+/// whose misuse the configuration refuses, such as the UDP ones, are not listed.)
+pub fn ignored_flags(f: &TrainFlags) -> Vec<String> {
+    let ge = f.drop_model == DropModelFlag::GilbertElliott;
+    let rules = [
+        (
+            "lr_gamma",
+            f.lr_schedule == LrScheduleFlag::Step,
+            "--lr-schedule step",
+        ),
+        ("ge_p", ge, "--drop-model gilbert-elliott"),
+        ("ge_r", ge, "--drop-model gilbert-elliott"),
+        ("ge_bad_loss", ge, "--drop-model gilbert-elliott"),
+        ("ge_good_loss", ge, "--drop-model gilbert-elliott"),
+        (
+            "recv_timeout_ms",
+            f.detect == DetectFlag::Deadline,
+            "--detect deadline",
+        ),
+    ];
+    rules
+        .iter()
+        .filter(|(id, on, _)| !on && given(f, id))
+        .map(|(id, _, needs)| {
+            format!(
+                "{} is ignored: it applies to {needs} only",
+                crate::job::flag_name(id)
+            )
+        })
+        .collect()
+}
+
 /// The schedule `--lr-schedule` names, its flags checked (milestones resolve to steps
 /// once the run's length is known).
 fn lr_schedule(f: &TrainFlags) -> Result<crate::schedule::LrSchedule, ConfigError> {
@@ -417,6 +461,17 @@ fn lr_schedule(f: &TrainFlags) -> Result<crate::schedule::LrSchedule, ConfigErro
     {
         return Err(ConfigError::LrMilestones(format!(
             "{m} is not a fraction in (0, 1) or a step number"
+        )));
+    }
+    // Below 1 a milestone is a fraction of the run, from 1 on a step number: 1.5 would
+    // silently become step 1 (resolve_milestones truncates).
+    if let Some(m) = f
+        .lr_milestones
+        .iter()
+        .find(|m| **m >= 1.0 && m.fract() != 0.0)
+    {
+        return Err(ConfigError::LrMilestones(format!(
+            "{m} is neither a fraction of the run (below 1) nor a whole step number"
         )));
     }
     if !(f.lr_gamma.is_finite() && f.lr_gamma > 0.0) {
@@ -691,6 +746,12 @@ mod tests {
                 ConfigError::LrMilestones("give at least one".into()),
             ),
             (
+                &["--lr-schedule", "step", "--lr-milestones", "0.5,1.5"],
+                ConfigError::LrMilestones(
+                    "1.5 is neither a fraction of the run (below 1) nor a whole step number".into(),
+                ),
+            ),
+            (
                 &["--diag-every", "5", "--detect", "deadline"],
                 ConfigError::DiagWithDeadline,
             ),
@@ -728,6 +789,43 @@ mod tests {
             "--colocated"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn flags_of_a_mode_that_is_off_are_listed() {
+        let f = flags(&[
+            "--lr-gamma",
+            "0.1",
+            "--ge-r",
+            "0.5",
+            "--recv-timeout-ms",
+            "9",
+        ]);
+        assert_eq!(
+            ignored_flags(&f),
+            [
+                "--lr-gamma is ignored: it applies to --lr-schedule step only",
+                "--ge-r is ignored: it applies to --drop-model gilbert-elliott only",
+                "--recv-timeout-ms is ignored: it applies to --detect deadline only",
+            ]
+        );
+        let on = flags(&[
+            "--lr-gamma=0.1",
+            "--lr-schedule=step",
+            "--lr-milestones=0.5",
+            "--detect=deadline",
+            "--recv-timeout-ms=9",
+        ]);
+        assert!(ignored_flags(&on).is_empty());
+        assert!(
+            ignored_flags(&flags(&[])).is_empty(),
+            "defaults are not given"
+        );
+        // A UDP flag given at its default value is refused like any other value.
+        assert_eq!(
+            check(&["--udp-mtu", "1500"], 5).unwrap_err(),
+            ConfigError::UdpFlagWithoutUdp("udp-mtu")
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! holder ([`Lock`]), and atomic publication of a finished file ([`publish_copy`],
 //! [`publish_rename`]): written beside its final name, synced, then renamed over it, so a
 //! reader (or a crash) only ever sees the old complete file or the new complete one.
+//! Also one notion of "the same file" ([`same_file_key`]) for every command that must
+//! not write over its inputs or count a file twice.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -105,6 +107,30 @@ pub fn publish_rename(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("cannot publish {} as {}", from.display(), to.display()))
 }
 
+/// A path as the file system resolves it (symbolic links and `..` in existing parents
+/// followed), so two spellings of one file compare equal; a path that does not exist yet
+/// is resolved through its parent directory.
+pub fn same_file_key(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (
+        abs.parent().and_then(|d| d.canonicalize().ok()),
+        abs.file_name(),
+    ) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => abs,
+    }
+}
+
+/// The first path of `paths` that names the same file as an earlier one: `(earlier,
+/// later)` indices.
+pub fn first_repeat(paths: &[PathBuf]) -> Option<(usize, usize)> {
+    let keys: Vec<PathBuf> = paths.iter().map(|p| same_file_key(p)).collect();
+    (1..keys.len()).find_map(|j| keys[..j].iter().position(|k| *k == keys[j]).map(|i| (i, j)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +152,20 @@ mod tests {
         drop(held);
         assert!(!path.exists());
         Lock::acquire(&path, "--metrics x").unwrap();
+    }
+
+    #[test]
+    fn two_spellings_of_one_file_are_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.h5");
+        std::fs::write(&a, "x").unwrap();
+        let name = dir.path().file_name().unwrap();
+        let other = dir.path().join("..").join(name).join("./a.h5");
+        let absent = dir.path().join("..").join(name).join("b.h5");
+        let paths = vec![absent.clone(), a.clone(), dir.path().join("b.h5"), other];
+        assert_eq!(first_repeat(&paths), Some((0, 2)));
+        assert_eq!(first_repeat(&paths[1..]), Some((0, 2)));
+        assert_eq!(first_repeat(&paths[..2]), None);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct JobRun {
     pub label: String,
     /// The `--metrics` path of this run, if the job names one.
     pub metrics: Option<PathBuf>,
+    /// This run's sweep values, key and value as the file gives them.
+    pub values: Vec<(String, Value)>,
 }
 
 fn invalid(path: &Path, why: impl Into<String>) -> JobError {
@@ -242,6 +244,7 @@ impl JobFile {
                 args,
                 label,
                 metrics,
+                values: combo,
             });
         }
         let mut seen = std::collections::HashSet::new();

@@ -23,6 +23,7 @@ pub mod drop;
 pub mod files;
 pub mod hash;
 pub mod job;
+pub mod memory;
 pub mod metrics;
 pub mod netsim;
 pub mod plot;

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rps::cli::{Cli, Command};
 use rps::commands::{self, print_error, stop_together_if_launched, EXIT_USAGE};
 
@@ -41,7 +40,7 @@ fn parse() -> Result<Cli, ExitCode> {
         stop_together_if_launched(true, || print_error(None, &e));
         ExitCode::from(EXIT_USAGE)
     })?;
-    Cli::try_parse_from(args).map_err(|e| {
+    rps::cli::parse(args).map_err(|e| {
         let (stderr, code) = match e.use_stderr() {
             true => (true, ExitCode::from(EXIT_USAGE)),
             false => (false, ExitCode::SUCCESS),

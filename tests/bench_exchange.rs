@@ -111,6 +111,12 @@ fn bad_options_stop_every_rank_naming_the_flag() {
             vec!["--sizes", "400"],
             "--modes dedicated needs at least 2 ranks",
         ),
+        // More than any machine's memory: refused up front, not an allocation abort.
+        (
+            2,
+            vec!["--sizes", "4e5,1e12"],
+            "--sizes: buffers of 1000000000000 bytes need about",
+        ),
         (
             2,
             vec!["--sizes", "1e5x"],

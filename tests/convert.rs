@@ -324,3 +324,45 @@ fn cifar10_malformed_inputs_fail_clearly_and_leave_no_output() {
         assert!(leftovers.is_empty(), "{what}: temporary file left behind");
     }
 }
+
+/// An --output that is one of the converter's own input files is refused, even with
+/// --force, and the input is left as it was (it used to be replaced by the HDF5 file).
+#[test]
+fn an_output_that_is_an_input_is_refused() {
+    let fm = out_dir();
+    fake(fm.path(), 12, 5, true);
+    let cifar = out_dir();
+    write_cifar(cifar.path(), 2);
+    for (format, dir, victim) in [
+        ("fashion-mnist", fm.path(), "train-images-idx3-ubyte.gz"),
+        ("fashion-mnist", fm.path(), "t10k-labels-idx1-ubyte.gz"),
+        ("cifar10", cifar.path(), "test_batch.bin"),
+        ("cifar10", cifar.path(), "data_batch_3.bin"),
+    ] {
+        let input = dir.to_str().unwrap();
+        let target = dir.join(victim);
+        let before = std::fs::read(&target).unwrap();
+        // Spelled another way than the input directory joins it.
+        let output = format!(
+            "{input}/../{}/{victim}",
+            dir.file_name().unwrap().to_str().unwrap()
+        );
+        let run = rps(&[
+            "convert", format, "--input", input, "--output", &output, "--force",
+        ]);
+        assert_eq!(run.code, Some(2), "{victim}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "--output {output} is the input file {}",
+                target.display()
+            )),
+            "{victim}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            before,
+            "{victim} was touched"
+        );
+    }
+}

@@ -108,6 +108,22 @@ fn split_of<L: hdf5::H5Type>(file: &hdf5::File, name: &str, images: Array4<u8>, 
         .unwrap();
 }
 
+/// A split whose images (`n` of `c`×`h`×`w`) and labels are declared but never written:
+/// HDF5 reads the fill value, 0, and the file stays a few kilobytes.
+fn declared(file: &hdf5::File, name: &str, n: usize, [c, h, w]: [usize; 3]) {
+    let g = file.create_group(name).unwrap();
+    g.new_dataset::<u8>()
+        .chunk((1, c, h.min(256), w.min(256)))
+        .shape((n, c, h, w))
+        .create("images")
+        .unwrap();
+    g.new_dataset::<u8>()
+        .chunk(n.min(4096))
+        .shape(n)
+        .create("labels")
+        .unwrap();
+}
+
 /// Writes an HDF5 file whose content `build` decides.
 fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> String {
     let f = hdf5::File::create(path).unwrap();
@@ -234,6 +250,24 @@ fn dataset_problems() {
             }),
             "each rank needs about",
         ),
+        // Shapes declared far beyond memory (chunked datasets never written: the files
+        // are tiny) are refused before anything that size is read.
+        (
+            h5(&dir.path().join("wide.h5"), |f| {
+                classes(f, 10);
+                declared(f, "train", 64, [1, 65536, 65536]);
+                declared(f, "test", 1, [1, 65536, 65536]);
+            }),
+            "wide.h5: train/images",
+        ),
+        (
+            h5(&dir.path().join("many.h5"), |f| {
+                classes(f, 10);
+                declared(f, "train", 1 << 40, [1, 4, 4]);
+                declared(f, "test", 4, [1, 4, 4]);
+            }),
+            "many.h5: train/",
+        ),
         (
             h5(&dir.path().join("geometry.h5"), |f| {
                 classes(f, 10);
@@ -359,6 +393,15 @@ fn flag_problems() {
             "--recv-timeout-ms 100000000 must be from 1 to 60000",
         ),
         (
+            with(&["--lr-schedule", "step", "--lr-milestones", "0.5,1.5"]),
+            "--lr-milestones: 1.5 is neither a fraction of the run (below 1) nor a whole step number",
+        ),
+        // Given explicitly, even at its default value, a UDP flag needs UDP.
+        (
+            with(&["--udp-link-rate", "10G"]),
+            "--udp-link-rate applies to --transport udp only",
+        ),
+        (
             with(&["--no-such-flag"]),
             "unexpected argument '--no-such-flag'",
         ),
@@ -410,6 +453,94 @@ fn output_problems() {
     forced.push("--force");
     local_ranks(3, &forced).assert_ok();
     assert_eq!(attr_str(&existing, "status"), "completed");
+}
+
+/// The job file is an input like the dataset: no output may replace it, whether the
+/// output is named on the command line or inside the job file itself (with `force`).
+#[test]
+fn the_job_file_is_never_an_output() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let job = dir.path().join("job.toml");
+    let j = job.to_str().unwrap();
+    let body = |metrics: &str| {
+        format!(
+            "[train]\ndataset = \"{}\"\n{metrics}force = true\ncolocated = true\nsteps = 2\nbatch_size = 4\n",
+            data.display()
+        )
+    };
+    let other = dir.path().join("m.h5");
+    let o = other.to_str().unwrap();
+    let spelled = format!("{}/./job.toml", dir.path().display());
+    let cases: Vec<(String, Vec<&str>, String)> = vec![
+        // `metrics = "job.toml"` inside the job file.
+        (
+            body(&format!("metrics = \"{j}\"\n")),
+            vec![],
+            format!("--metrics {j} is also --job"),
+        ),
+        (
+            body(""),
+            vec!["--metrics", &spelled],
+            format!("--metrics {spelled} is also --job"),
+        ),
+        (
+            body(""),
+            vec!["--metrics", o, "--save-model", j],
+            format!("--save-model {j} is also --job"),
+        ),
+    ];
+    for (i, (text, extra, needle)) in cases.into_iter().enumerate() {
+        std::fs::write(&job, &text).unwrap();
+        let mut args = vec!["train", "--job", j];
+        args.extend(extra);
+        let run = expect_failure(launch(i), 2, &args, &needle);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert_eq!(
+            std::fs::read_to_string(&job).unwrap(),
+            text,
+            "{needle}: the job file was replaced"
+        );
+        assert!(!other.exists(), "{needle}: a metrics file was left behind");
+    }
+}
+
+/// An unusable --save-model is refused before the first step (it used to be found only
+/// after training, losing the model and leaving the metrics file `running`).
+#[test]
+fn save_model_is_checked_before_training() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let m = metrics.to_str().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let f = folder.to_str().unwrap();
+    // /proc refuses new files, even to root.
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--save-model", "/proc/rps-model.h5"],
+            "--save-model /proc/rps-model.h5: cannot create a file in /proc".into(),
+        ),
+        (
+            vec!["--save-model", f, "--force"],
+            format!("--save-model {f} is a directory"),
+        ),
+        (
+            vec!["--save-model", "/proc/rps-dir/model.h5"],
+            "--save-model /proc/rps-dir/model.h5: cannot create directory /proc/rps-dir".into(),
+        ),
+    ];
+    for (i, (extra, needle)) in cases.into_iter().enumerate() {
+        let mut args = train_args(data, m);
+        args.extend(["--colocated", "--steps", "3"]);
+        args.extend(extra);
+        let run = expect_failure(launch(i), 2, &args, &needle);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(!metrics.exists(), "{needle}: the run started");
+    }
+    assert!(folder.is_dir());
 }
 
 /// Runs an MPMD job: one `mpirun` with a `:`-separated program per rank group.
@@ -549,14 +680,26 @@ fn divergence_is_an_error_not_a_result() {
         assert!(!metrics.exists());
     }
     let data = small_dataset();
-    let mut args = train_args(data.to_str().unwrap(), m);
-    args.extend(["--colocated", "--lr", "1e30", "--steps", "20"]);
-    let run = expect_failure(Launch::Mpirun, 2, &args, "training diverged at step");
-    assert_eq!(run.code, Some(1));
-    assert_eq!(attr_str(&metrics, "status"), "diverged");
-    let steps = read_u64(&metrics, "train/step");
-    assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
-    assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
+    // A non-finite loss (the CNN at --lr 1e30), and a finite loss of about 1e11 and
+    // growing (the MLP at --lr 1e6, which used to end `completed` at a loss of 1e31).
+    for (i, (model, lr, needle)) in [
+        ("cnn", "1e30", "not finite (NaN or infinite)"),
+        ("mlp", "1e6", "the training loss exceeds"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut args = train_args(data.to_str().unwrap(), m);
+        args.extend(["--colocated", "--lr", lr, "--model", model, "--steps", "20"]);
+        args.extend(["--batch-size", "8", "--force"]);
+        let run = expect_failure(launch(i), 2, &args, "training diverged at step");
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+        assert_eq!(run.code, Some(1));
+        assert_eq!(attr_str(&metrics, "status"), "diverged");
+        let steps = read_u64(&metrics, "train/step");
+        assert!(!steps.is_empty() && steps.len() < 20, "{steps:?}");
+        assert_eq!(attr_i64(&metrics, "steps_completed"), steps.len() as i64);
+    }
 }
 
 /// `--local-ranks` started by a launcher of several processes would be several jobs on
@@ -570,4 +713,43 @@ fn local_ranks_under_mpirun_is_refused() {
     args.extend(["--local-ranks", "2"]);
     expect_failure(Launch::Mpirun, 2, &args, "but the launcher started 2");
     assert!(!metrics.exists());
+}
+
+/// Flags that only matter in a mode that is off are not silently dropped: rank 0 warns,
+/// naming the flag and what it needs, and the run goes on.
+#[test]
+fn flags_of_a_mode_that_is_off_are_named() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let metrics = dir.path().join("m.h5");
+    let mut args = train_args(data.to_str().unwrap(), metrics.to_str().unwrap());
+    args.extend([
+        "--colocated",
+        "--lr-gamma",
+        "0.5",
+        "--ge-p",
+        "0.2",
+        "--recv-timeout-ms",
+        "100",
+        "--force",
+    ]);
+    for run in [mpirun(2, &args), local_ranks(2, &args)] {
+        run.assert_ok();
+        for needle in [
+            "--lr-gamma is ignored: it applies to --lr-schedule step only",
+            "--ge-p is ignored: it applies to --drop-model gilbert-elliott only",
+            "--recv-timeout-ms is ignored: it applies to --detect deadline only",
+        ] {
+            assert_eq!(
+                run.stderr
+                    .lines()
+                    .filter(|l| l.contains("WARN") && l.contains(needle))
+                    .count(),
+                1,
+                "{needle}:\n{}",
+                run.stderr
+            );
+        }
+        assert!(!run.stderr.contains("--colocated is ignored"));
+    }
 }

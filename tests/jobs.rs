@@ -190,6 +190,140 @@ fn bad_job_values_name_the_file_and_key() {
         !dir.path().join("s0.h5").exists(),
         "run 0 ran before run 1 was refused"
     );
+    // A value that parses but that `rps train` refuses (it used to be found only when
+    // its run started, naming neither the file nor the key), and a combination that
+    // does not fit its run's ranks.
+    for (name, key, sweep, needle) in [
+        (
+            "lr.toml",
+            "lr",
+            "lr = [0.1, -5.0]",
+            "lr = -5.0 (run 1 of 2: lr=-5): --lr -5 must be a finite number > 0",
+        ),
+        (
+            "servers.toml",
+            "servers",
+            "servers = [1, 2]",
+            "servers = 2 (run 1 of 2: servers=2): --servers 2 leaves no worker in a job of 2 rank(s)",
+        ),
+    ] {
+        let job = write_job(
+            dir.path(),
+            name,
+            &format!("ranks = 2\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/run-{{name}}-{{{key}}}.h5\"\nlr = 0.2\nservers = 1\nsteps = 2\n[sweep]\n{sweep}\n"),
+        );
+        for extra in [&["--list"][..], &[]] {
+            let mut args = vec!["sweep", job.as_str()];
+            args.extend(extra);
+            let run = rps(&args);
+            assert_eq!(run.code, Some(2), "{}", run.stderr);
+            assert!(
+                run.stderr.contains(&format!("job file {job}: {needle}")),
+                "{}",
+                run.stderr
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+            .collect();
+        assert!(left.is_empty(), "a run started: {left:?}");
+    }
+}
+
+/// SIGTERM to `rps sweep` reaches the mpirun of the running run (which used to be
+/// orphaned and train on): the run stops cleanly, the sweep says which run it stopped and
+/// exits 75, nothing of the job is left running, and completed runs stay completed.
+#[test]
+fn a_stopped_sweep_stops_its_run_and_says_which() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = out_dir();
+    let job = write_job(
+        dir.path(),
+        "stop.toml",
+        "ranks = 2\n[train]\ndataset = \"DATA\"\nmetrics = \"OUT/stop-{steps}.h5\"\ncolocated = true\nmodel = \"mlp\"\nbatch_size = 4\neval_every = 0\n[sweep]\nsteps = [2, 1000000]\n",
+    );
+    let out = dir.path().to_str().unwrap().to_string();
+    // Every process of this test's job: its command lines name the output directory.
+    let processes = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                (pid != std::process::id() as i32 && String::from_utf8_lossy(&cmd).contains(&out))
+                    .then_some(pid)
+            })
+            .collect()
+    };
+    let log = dir.path().join("sweep.log");
+    let _guard = lock_mpirun();
+    let mut sweep = Command::new(RPS)
+        .args(["sweep", &job])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let long = dir.path().join("stop-1000000.h5");
+    let start = Instant::now();
+    while !long.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(long.exists(), "run 1 never started");
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = sweep.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = sweep.try_wait().unwrap() {
+            break Some(s);
+        }
+        if sent.elapsed() > Duration::from_secs(30) {
+            let _ = sweep.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever the outcome, leave no process of this test behind.
+    let mut orphans = processes();
+    let settle = Instant::now();
+    while !orphans.is_empty() && settle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        orphans = processes();
+    }
+    for p in &orphans {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the sweep ignored SIGTERM:\n{stderr}"));
+    assert!(orphans.is_empty(), "left running: {orphans:?}\n{stderr}");
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGTERM during run 1/2 (steps=1000000)"),
+        "{stderr}"
+    );
+    assert_eq!(attr_str(&long, "status"), "interrupted");
+    assert_eq!(
+        attr_str(&dir.path().join("stop-2.h5"), "status"),
+        "completed"
+    );
+    let list = rps(&["sweep", &job, "--list"]);
+    list.assert_ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(lines[0].contains("(completed)"), "{}", list.stdout);
+    assert!(!lines[1].contains("(completed)"), "{}", list.stdout);
 }
 
 /// Sweep keys can advance together (`together = { .. }`), and a sweep of in-process

@@ -282,3 +282,34 @@ fn bad_inputs_are_named_and_exit_1() {
     let run = rps(&["report"]);
     assert_eq!(run.code, Some(2), "clap requires a file: {}", run.stderr);
 }
+
+/// One file named twice (here by two spellings) would count as two seeds of its
+/// configuration (two curves in a figure): refused, naming both spellings.
+#[test]
+fn a_file_given_twice_is_refused() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let files = runs(dir.path());
+    let first = files[0].to_str().unwrap();
+    let again = format!(
+        "{}/../{}/a-s1.h5",
+        dir.path().display(),
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    let out = dir.path().join("figs");
+    for cmd in ["report", "plot"] {
+        let mut args = vec![cmd, first, files[1].to_str().unwrap(), &again];
+        if cmd == "plot" {
+            args.extend(["--output-dir", out.to_str().unwrap()]);
+        }
+        let run = rps(&args);
+        assert_eq!(run.code, Some(2), "{cmd}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("{again} is {first} again: each file counts once")),
+            "{cmd}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{cmd}: {}", run.stdout);
+    }
+}

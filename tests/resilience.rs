@@ -765,3 +765,59 @@ fn a_frozen_rank_is_named_and_the_job_ends() {
     );
     drop(open(&m)); // still a readable file
 }
+
+/// A stop signal that arrives while a rank is still starting (it used to kill the rank:
+/// SIGUSR1's default action, exit 138) stops the run cleanly at its first step. The
+/// rank is started with SIGUSR1 blocked and the signal is sent at once, so it is
+/// pending from the first instruction and is delivered as soon as rps takes it.
+#[test]
+fn a_signal_during_start_up_stops_cleanly() {
+    use std::os::unix::process::CommandExt;
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("m.h5");
+    let _guard = lock_mpirun();
+    let mut cmd = Command::new(RPS);
+    cmd.args([
+        "train",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--metrics",
+        m.to_str().unwrap(),
+        "--colocated",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1000",
+        "--eval-every",
+        "0",
+    ])
+    // One rank without mpirun (a singleton): the signal goes to the rank itself.
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, sigprocmask) between
+    // fork and exec; the mask is inherited by the program that exec starts.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    signal(&[child.id() as i32], "USR1");
+    let run = finish(child);
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("stopped by a signal after step 1;"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(attr_str(&m, "status"), "interrupted");
+}

@@ -62,12 +62,13 @@ pub struct Plan {
 }
 
 impl Options {
-    /// Checks the options against a job of `size` ranks; `rank` 0 also creates the CSV
-    /// file, so an unwritable path fails before anything is measured.
+    /// Checks the options against a job of `size` ranks, `ranks_here` of them on this
+    /// host; `rank` 0 also creates the CSV file, so an unwritable path fails before
+    /// anything is measured.
     ///
     /// # Errors
     /// The first invalid option, named by its flag.
-    pub fn plan(&self, size: usize, rank: usize) -> Result<Plan> {
+    pub fn plan(&self, size: usize, rank: usize, ranks_here: usize) -> Result<Plan> {
         ensure!(!self.sizes.is_empty(), "--sizes is empty");
         ensure!(!self.drop_rates.is_empty(), "--drop-rates is empty");
         ensure!(!self.modes.is_empty(), "--modes is empty");
@@ -114,6 +115,9 @@ impl Options {
                 b / 4
             );
         }
+        if let Some(&largest) = self.sizes.iter().max() {
+            check_memory(largest, &modes, self.drop_rates.len(), size, ranks_here)?;
+        }
         let csv = match (&self.csv, rank) {
             (Some(path), 0) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -142,6 +146,42 @@ impl Options {
             csv,
         })
     }
+}
+
+/// Refuses buffers that this host cannot hold before any is allocated (a buffer of
+/// 1e12 bytes used to abort every rank). A rank holds the buffer, the all-reduce's
+/// result, and for each drop rate an exchange that keeps what it receives (a server of
+/// dedicated mode takes one block from each of its workers: workers/servers buffers'
+/// worth; every other role about one buffer). Blocks it averages are smaller and left
+/// out: this is a floor, so nothing that fits is refused.
+fn check_memory(
+    bytes: u64,
+    modes: &[Mode],
+    rates: usize,
+    size: usize,
+    ranks_here: usize,
+) -> Result<()> {
+    let Some(available) = crate::memory::available() else {
+        return Ok(());
+    };
+    let received = modes
+        .iter()
+        .map(|&m| match m {
+            Mode::Dedicated { servers } => (size - servers).div_ceil(servers).max(1),
+            Mode::Colocated => 1,
+        })
+        .max()
+        .unwrap_or(1);
+    let copies = 2 + (rates * received) as u128;
+    let per_rank = copies * u128::from(bytes);
+    let gib = crate::memory::gib;
+    ensure!(
+        per_rank * ranks_here.max(1) as u128 <= u128::from(available),
+        "--sizes: buffers of {bytes} bytes need about {:.1} GiB per rank ({copies} buffers: the data, the all-reduce's result, what the exchange of each drop rate receives), and {ranks_here} rank(s) share this host's {:.1} GiB of available memory; use smaller --sizes",
+        gib(per_rank),
+        gib(available.into())
+    );
+    Ok(())
 }
 
 fn blocks_of(mode: Mode, size: usize) -> usize {
@@ -477,7 +517,7 @@ mod tests {
 
     #[test]
     fn bad_options_name_their_flag() {
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
             (|o| o.sizes = vec![0], 4, "--sizes: a buffer of 0 bytes"),
             (|o| o.sizes = vec![10], 4, "--sizes: 10 bytes"),
             (
@@ -492,14 +532,19 @@ mod tests {
             ),
             (|_| {}, 1, "--modes dedicated needs at least 2 ranks"),
             (|o| o.servers = Some(4), 4, "--servers 4"),
+            (
+                |o| o.sizes = vec![4000, 1 << 50],
+                4,
+                "--sizes: buffers of 1125899906842624 bytes need about",
+            ),
         ];
         for (change, size, message) in cases {
             let mut o = options();
             change(&mut o);
-            let e = format!("{:#}", o.plan(size, 1).unwrap_err());
+            let e = format!("{:#}", o.plan(size, 1, 1).unwrap_err());
             assert!(e.contains(message), "{e:?} lacks {message:?}");
         }
-        let plan = options().plan(4, 1).unwrap();
+        let plan = options().plan(4, 1, 1).unwrap();
         assert_eq!(plan.sizes, [400, 4000]);
         assert_eq!(plan.drop_rates, [0.0, 0.1]);
         assert_eq!(
@@ -515,7 +560,7 @@ mod tests {
             .into_iter()
             .map(|t| {
                 std::thread::spawn(move || {
-                    let mut plan = options().plan(n, 1).unwrap();
+                    let mut plan = options().plan(n, 1, 1).unwrap();
                     run(&t, &mut plan).unwrap()
                 })
             })

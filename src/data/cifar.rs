@@ -99,6 +99,12 @@ pub fn cifar10(opts: &ConvertOptions) -> Result<ConvertSummary> {
         "--input {}: not a directory (expected cifar-10-batches-bin/ from cifar-10-binary.tar.gz)",
         opts.input.display()
     );
+    let inputs: Vec<_> = TRAIN_FILES
+        .iter()
+        .chain([&TEST_FILE])
+        .map(|name| opts.input.join(name))
+        .collect();
+    super::convert::check_output(&opts.output, &inputs)?;
     for name in TRAIN_FILES.iter().chain([&TEST_FILE]) {
         let p = opts.input.join(name);
         ensure!(

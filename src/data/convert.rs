@@ -31,6 +31,44 @@ pub struct ConvertOptions {
     pub force: bool,
 }
 
+/// An --output that names one of the conversion's own input files: writing it would
+/// destroy the input (with --force), so it is refused before anything is read.
+#[derive(Debug, thiserror::Error)]
+#[error("--output {} is the input file {}: choose another path for --output", .output.display(), .input.display())]
+pub struct OutputIsInput {
+    pub output: PathBuf,
+    pub input: PathBuf,
+}
+
+/// Refuses an `output` that is one of `inputs` (however either is spelled).
+///
+/// # Errors
+/// [`OutputIsInput`], naming both.
+pub fn check_output(output: &Path, inputs: &[PathBuf]) -> Result<(), OutputIsInput> {
+    let key = crate::files::same_file_key(output);
+    match inputs
+        .iter()
+        .find(|i| crate::files::same_file_key(i) == key)
+    {
+        Some(input) => Err(OutputIsInput {
+            output: output.to_path_buf(),
+            input: input.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Fashion-MNIST's splits and the prefix of their IDX files.
+const IDX_SPLITS: [(&str, &str); 2] = [("train", "train"), ("test", "t10k")];
+
+/// The IDX file of `prefix` holding `what` (`images` or `labels`), without `.gz`.
+fn idx_stem(prefix: &str, what: &str) -> String {
+    match what {
+        "images" => format!("{prefix}-images-idx3-ubyte"),
+        _ => format!("{prefix}-labels-idx1-ubyte"),
+    }
+}
+
 /// Finds `stem` or `stem.gz` in `dir`.
 fn find_idx(dir: &Path, stem: &str) -> Result<PathBuf> {
     for name in [format!("{stem}.gz"), stem.to_string()] {
@@ -56,19 +94,21 @@ pub fn fashion_mnist(opts: &ConvertOptions) -> Result<ConvertSummary> {
         "--input {}: not a directory",
         opts.input.display()
     );
+    // Both spellings of every file: whichever the conversion would read.
+    let inputs: Vec<PathBuf> = IDX_SPLITS
+        .iter()
+        .flat_map(|(_, prefix)| [idx_stem(prefix, "images"), idx_stem(prefix, "labels")])
+        .flat_map(|stem| [format!("{stem}.gz"), stem])
+        .map(|name| opts.input.join(name))
+        .collect();
+    check_output(&opts.output, &inputs)?;
     let mut splits = Vec::new();
-    for (name, prefix, limit) in [
-        ("train", "train", opts.limit_train),
-        ("test", "t10k", opts.limit_test),
-    ] {
-        let images = read_idx(&find_idx(
-            &opts.input,
-            &format!("{prefix}-images-idx3-ubyte"),
-        )?)?;
-        let labels = read_idx(&find_idx(
-            &opts.input,
-            &format!("{prefix}-labels-idx1-ubyte"),
-        )?)?;
+    for ((name, prefix), limit) in IDX_SPLITS
+        .into_iter()
+        .zip([opts.limit_train, opts.limit_test])
+    {
+        let images = read_idx(&find_idx(&opts.input, &idx_stem(prefix, "images"))?)?;
+        let labels = read_idx(&find_idx(&opts.input, &idx_stem(prefix, "labels"))?)?;
         ensure!(
             images.dims.len() == 3 && labels.dims.len() == 1 && images.dims[0] == labels.dims[0],
             "{name}: images {:?} and labels {:?} do not describe the same N samples",

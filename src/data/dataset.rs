@@ -38,6 +38,17 @@ pub enum DatasetError {
         expected: String,
         found: Vec<usize>,
     },
+    #[error("dataset {path}: {split}/images and {split}/labels declare {count} samples of {channels}×{height}×{width}: checking them reads {need:.1} GiB (every label and the first {DIGEST_IMAGES} images), more than the {available:.1} GiB of available memory; is the shape right?")]
+    TooLarge {
+        path: PathBuf,
+        split: String,
+        count: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        need: f64,
+        available: f64,
+    },
     #[error("dataset {path}: split {split} is empty")]
     Empty { path: PathBuf, split: String },
     #[error("dataset {path}: {split}/labels[{index}] = {label} is outside the {classes} classes [0, {classes})")]
@@ -317,6 +328,7 @@ fn check_split(
             split: split.into(),
         });
     }
+    check_declared_size(path, split, &shape)?;
     // Unsigned labels are read as such: u64::MAX must not turn into i64::MAX or -1.
     let values: Vec<i128> = match ldtype {
         TypeDescriptor::Unsigned(_) => labels
@@ -360,6 +372,45 @@ fn check_split(
         width: shape[3],
         digest: hash_words(&words),
     })
+}
+
+/// A split's shape is only what the file declares (a few kilobytes of HDF5 can declare
+/// 2^40 samples, or images of 65536×65536 pixels): before reading anything, the split
+/// must be addressable, and what validation reads (every label as 8 bytes, the first
+/// [`DIGEST_IMAGES`] images) must fit the available memory, else the rank would abort on
+/// a failed allocation instead of naming the file.
+fn check_declared_size(path: &Path, split: &str, shape: &[usize]) -> Result<(), DatasetError> {
+    let [count, channels, height, width] = shape[..] else {
+        return Ok(()); // the caller checked that images are 4-D
+    };
+    let sample = channels
+        .checked_mul(height)
+        .and_then(|x| x.checked_mul(width));
+    let addressable = sample
+        .and_then(|s| s.checked_mul(count))
+        .is_some_and(|b| b <= isize::MAX as usize);
+    let Some(sample) = sample.filter(|_| addressable) else {
+        return Err(DatasetError::Shape {
+            path: path.to_path_buf(),
+            name: format!("{split}/images"),
+            expected: format!("N×C×H×W of at most {} bytes in all", isize::MAX),
+            found: shape.to_vec(),
+        });
+    };
+    let need = 8 * count as u128 + count.min(DIGEST_IMAGES) as u128 * sample as u128;
+    match crate::memory::available() {
+        Some(available) if need > u128::from(available) => Err(DatasetError::TooLarge {
+            path: path.to_path_buf(),
+            split: split.into(),
+            count,
+            channels,
+            height,
+            width,
+            need: crate::memory::gib(need),
+            available: crate::memory::gib(available.into()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The contiguous range of samples of `part` when `count` samples are cut into `parts`
@@ -603,6 +654,20 @@ mod tests {
             flips += flip as usize;
         }
         assert!(flips < n, "not every sample should be flipped");
+    }
+
+    #[test]
+    fn declared_sizes_beyond_memory_are_refused_before_reading() {
+        let p = Path::new("d.h5");
+        let e = check_declared_size(p, "train", &[1 << 40, 1, 4, 4]).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("dataset d.h5: train/images and train/labels declare 1099511627776 samples of 1×4×4"),
+            "{e}"
+        );
+        let e = check_declared_size(p, "test", &[2, usize::MAX / 2, 4, 1]).unwrap_err();
+        assert!(e.to_string().contains("N×C×H×W of at most"), "{e}");
+        check_declared_size(p, "train", &[60_000, 1, 28, 28]).unwrap();
     }
 
     #[test]

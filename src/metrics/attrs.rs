@@ -323,7 +323,7 @@ macro_rules! result_attrs {
 
 result_attrs! {
     RESULT_ATTRS {
-        /// `running`, then `completed`, `interrupted` (stopped by a signal; resumable), `diverged` (a non-finite loss or parameter stopped it) or, if the job died, still `running`.
+        /// `running`, then `completed`, `interrupted` (stopped by a signal; resumable), `diverged` (a non-finite loss or parameter, or a loss a million times that of a uniform guess, stopped it) or, if the job died, still `running`.
         STATUS = "status";
         /// Steps whose rows are in the file.
         STEPS_COMPLETED = "steps_completed";

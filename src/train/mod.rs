@@ -100,12 +100,29 @@ pub fn train<T: Transport + ?Sized>(
     run::Run::new(t, cfg, setup, exchange, outputs, stop)?.steps()
 }
 
-/// What every rank of a job must share: the whole configuration (but the command line,
-/// which may differ in form) and the build of rps, as `(field, value)` pairs taken from
-/// the configuration's `Debug` form, so a new field is covered without being listed.
+/// The output paths of a run, checked before any rank starts: no output is also an
+/// input (the dataset, the job file, ...) or another output, and on the rank that writes
+/// them (`writer`: rank 0) --save-model can be created. Call it on every rank and let
+/// them agree, so that all stop with one message (exit status 2, as for a bad flag).
+///
+/// # Errors
+/// The first bad path, named by its flag.
+pub fn check_outputs(cfg: &TrainConfig, writer: bool) -> anyhow::Result<()> {
+    outputs::check_paths(cfg)?;
+    if writer {
+        outputs::check_save_model(cfg)?;
+    }
+    Ok(())
+}
+
+/// What every rank of a job must share: the whole configuration (but the command line
+/// and the job file's path, which may differ in form while giving the same flags) and the
+/// build of rps, as `(field, value)` pairs taken from the configuration's `Debug` form,
+/// so a new field is covered without being listed.
 fn job_identity(cfg: &TrainConfig) -> Vec<(String, String)> {
     let mut c = cfg.clone();
     c.command_line.clear();
+    c.job = None;
     let text = format!("{c:?}");
     let body = text
         .split_once(" { ")
@@ -343,6 +360,7 @@ mod tests {
         let cfg = flags(&["--steps", "5"]);
         let mut other = cfg.clone();
         other.command_line = "rps train --steps 5 --colocated ...".into();
+        other.job = Some("node-2/job.toml".into());
         assert_eq!(job_identity(&cfg), job_identity(&other));
     }
 }

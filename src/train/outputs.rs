@@ -2,9 +2,7 @@
 //! reopening on --resume) with the run's attributes, checkpoints, the interrupted status,
 //! and the saved model. Output paths are checked before the first step, never after.
 
-use std::path::Path;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use log::info;
@@ -15,7 +13,7 @@ use super::Failure;
 use crate::checkpoint::{self, RankState};
 use crate::comm::{agree, Transport};
 use crate::config::{DropSpec, TrainConfig};
-use crate::files::Lock;
+use crate::files::{self, Lock};
 use crate::metrics::attrs::{self, AttrValue};
 use crate::metrics::{MetricsWriter, RunEnv, RunFile};
 use crate::nn::Model;
@@ -67,13 +65,8 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
             checkpoint::remove_all(dir, &old)?;
         }
     }
-    if let Some(p) = &cfg.save_model {
-        ensure!(
-            cfg.force || !p.exists(),
-            "--save-model {} already exists (use --force to overwrite it)",
-            p.display()
-        );
-    }
+    // Repeated here for callers of `train` that skipped `check_outputs`.
+    check_save_model(cfg)?;
     let facts = s.facts(cfg, Some(env));
     match s.resume.candidates.first() {
         Some(state) => {
@@ -119,14 +112,25 @@ fn check_metrics_of_this_run(cfg: &TrainConfig, fingerprint: &str) -> Result<()>
 }
 
 /// Refuses an output that is also an input, or two outputs that are one file, before
-/// anything is written (`--metrics` equal to `--dataset` with `--force` would destroy it).
+/// anything is written (`--metrics` equal to `--dataset` or to the `--job` file, with
+/// `--force`, would destroy it). The checkpoint directory counts as an output: rps
+/// writes into it.
 ///
 /// # Errors
 /// The two flags that name the same file.
 pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
     let mut outputs = vec![("--metrics", cfg.metrics.clone())];
     outputs.extend(cfg.save_model.clone().map(|p| ("--save-model", p)));
+    if let Some(dir) = &cfg.checkpoint_dir {
+        // Without --checkpoint-dir, checkpoints go to the --resume directory.
+        let flag = match cfg.resume.as_ref() == Some(dir) {
+            true => "--resume",
+            false => "--checkpoint-dir",
+        };
+        outputs.push((flag, dir.clone()));
+    }
     let mut inputs = vec![("--dataset", cfg.dataset.clone())];
+    inputs.extend(cfg.job.clone().map(|p| ("--job", p)));
     match &cfg.drop {
         DropSpec::Replay { file } => inputs.push(("--replay-trace", file.clone())),
         DropSpec::PerLink { file, .. } => inputs.push(("--link-rates", file.clone())),
@@ -135,7 +139,7 @@ pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
     let all: Vec<_> = outputs
         .iter()
         .chain(&inputs)
-        .map(|(f, p)| (*f, same_file_key(p)))
+        .map(|(f, p)| (*f, files::same_file_key(p)))
         .collect();
     for (i, (out, key)) in all.iter().enumerate().take(outputs.len()) {
         if let Some((other, _)) = all
@@ -153,20 +157,35 @@ pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// A path as the file system resolves it (symbolic links and `..` in existing parents
-/// followed), so two spellings of one file compare equal.
-fn same_file_key(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    match (
-        abs.parent().and_then(|d| d.canonicalize().ok()),
-        abs.file_name(),
-    ) {
-        (Some(dir), Some(name)) => dir.join(name),
-        _ => abs,
-    }
+/// Rank 0, before the first step: --save-model names a file that can be created where
+/// it points (its directory is created as for --metrics), so a model is never lost to a
+/// bad path after training.
+///
+/// # Errors
+/// The path is a directory, exists without --force, or no file can be created there.
+pub(super) fn check_save_model(cfg: &TrainConfig) -> Result<()> {
+    let Some(path) = &cfg.save_model else {
+        return Ok(());
+    };
+    let what = format!("--save-model {}", path.display());
+    ensure!(!path.is_dir(), "{what} is a directory: name a file");
+    ensure!(
+        cfg.force || !path.exists(),
+        "{what} already exists (use --force to overwrite it)"
+    );
+    ensure!(path.file_name().is_some(), "{what} names no file");
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("{what}: cannot create directory {}", dir.display()))?;
+    // A file beside it, not the file itself: a failed run must not leave an empty model.
+    let probe = files::sibling(path, &format!("probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("{what}: cannot create a file in {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 impl<T: Transport + ?Sized> Run<'_, T> {

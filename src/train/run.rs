@@ -26,11 +26,30 @@ use crate::rps::{Exchange, Mode};
 /// With deadline detection, the most steps between two checks for a stop or divergence.
 const CHECK_EVERY: u64 = 10;
 
+/// A training loss (the mean over a worker's batch) above this many times ln(classes)
+/// ends the run as diverged, as a non-finite one does. ln(classes) is the loss of a
+/// uniform guess, near which every run starts; a million times that means logits about
+/// a million apart, where the softmax is saturated (its gradient no longer grows with
+/// the error) and SGD does not come back: the MLP at --lr 100 peaks at 1.6e8 and then
+/// sits at chance accuracy, and at --lr 1e6 ran on to a loss of 1e31 and ended
+/// `completed`. Runs that recover stay within tens. A fixed bound, not one relative to
+/// the first losses, so that a resumed run decides exactly as the uninterrupted one.
+pub(super) const DIVERGED_LOSS_FACTOR: f64 = 1e6;
+
+/// Whether a batch's mean loss `loss_sum / count` counts as diverged with `classes`
+/// classes: non-finite, or above [`DIVERGED_LOSS_FACTOR`] · ln(classes).
+fn loss_diverged(loss_sum: f64, count: u64, classes: usize) -> bool {
+    if !loss_sum.is_finite() {
+        return true;
+    }
+    count > 0 && loss_sum / count as f64 > DIVERGED_LOSS_FACTOR * (classes as f64).ln()
+}
+
 /// What ranks agreed on at a check point.
 #[derive(Debug, Default)]
 struct Check {
     stop: bool,
-    diverged: Option<&'static str>,
+    diverged: Option<String>,
 }
 
 /// This rank's model: its replica, gradient and optimizer, and the average of all
@@ -200,12 +219,12 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             }
             counts.to_flat(&mut self.pending);
             let check = match sync_point || check_point {
-                true => self.check(counts.loss_sum),
+                true => self.check(&counts),
                 false => Check::default(),
             };
             if let Some(what) = check.diverged {
                 self.flush_steps(done)?;
-                return Err(self.diverged(done, what)?);
+                return Err(self.diverged(done, &what)?);
             }
             if check.stop && done < total {
                 // mpirun kills the ranks about a second after forwarding the signal: the
@@ -254,20 +273,33 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     }
 
     /// Whether any rank was told to stop, and whether any rank's training diverged: a
-    /// non-finite loss in this step or a non-finite parameter (a scan costs well under a
-    /// millisecond against a step of tens). Collective.
-    fn check(&self, loss_sum: f64) -> Check {
+    /// non-finite or huge loss in this step (see [`DIVERGED_LOSS_FACTOR`]) or a
+    /// non-finite parameter (a scan costs well under a millisecond against a step of
+    /// tens). Collective.
+    fn check(&self, counts: &StepCounters) -> Check {
         let bad_params = self.replica.params.iter().any(|x| !x.is_finite());
+        let classes = self.setup.info.classes.len();
         let mut flags = [
             f64::from(u8::from(self.stop.load(Ordering::Relaxed))),
-            f64::from(u8::from(!loss_sum.is_finite())),
+            f64::from(u8::from(!counts.loss_sum.is_finite())),
             f64::from(u8::from(bad_params)),
+            f64::from(u8::from(loss_diverged(
+                counts.loss_sum,
+                counts.count,
+                classes,
+            ))),
         ];
         self.net.allreduce_sum_f64(&mut flags);
+        let ln = (classes as f64).ln();
         let diverged = if flags[1] > 0.0 {
-            Some("the training loss is not finite (NaN or infinite)")
+            Some("the training loss is not finite (NaN or infinite)".to_string())
         } else if flags[2] > 0.0 {
-            Some("a parameter is not finite (NaN or infinite)")
+            Some("a parameter is not finite (NaN or infinite)".to_string())
+        } else if flags[3] > 0.0 {
+            Some(format!(
+                "the training loss exceeds {DIVERGED_LOSS_FACTOR:e} × ln({classes}) = {:.3e}, a million times that of a uniform guess",
+                DIVERGED_LOSS_FACTOR * ln
+            ))
         } else {
             None
         };
@@ -362,5 +394,25 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
         self.net.allreduce_sum_f32(&mut r.average);
         let scale = 1.0 / self.setup.layout.num_workers() as f32;
         r.average.iter_mut().for_each(|x| *x *= scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_finite_loss_is_divergence() {
+        let bound = DIVERGED_LOSS_FACTOR * 10f64.ln();
+        // Per sample: 32 samples at 2.3 each (a fresh run) is fine; a mean just above
+        // the bound, infinity or NaN is not.
+        assert!(!loss_diverged(32.0 * 2.3, 32, 10));
+        assert!(!loss_diverged(32.0 * bound * 0.999, 32, 10));
+        assert!(loss_diverged(32.0 * bound * 1.001, 32, 10));
+        assert!(loss_diverged(3e31, 8, 10));
+        assert!(loss_diverged(f64::INFINITY, 8, 10));
+        assert!(loss_diverged(f64::NAN, 8, 10));
+        // A pure server trains nothing.
+        assert!(!loss_diverged(0.0, 0, 10));
     }
 }

@@ -185,7 +185,7 @@ fn check_memory(
     model: &dyn Model,
     ranks_here: usize,
 ) -> Result<()> {
-    let Some(available) = available_memory() else {
+    let Some(available) = crate::memory::available() else {
         return Ok(());
     };
     let workers = layout.num_workers() as u128;
@@ -194,7 +194,7 @@ fn check_memory(
     let batches = 2 * (cfg.batch_size.max(super::record::EVAL_BATCH)) as u128 * sample * 4;
     let per_rank = shard * sample + batches + 5 * 4 * model.num_params() as u128;
     let need = per_rank * ranks_here.max(1) as u128;
-    let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
+    let gib = crate::memory::gib;
     ensure!(
         need <= available as u128,
         "dataset {} with the {}: each rank needs about {:.1} GiB ({} samples of {}×{}×{} in its shards, {} parameters), and {ranks_here} rank(s) share this host's {:.1} GiB of available memory; use smaller images, fewer ranks per host or more workers",
@@ -209,14 +209,6 @@ fn check_memory(
         gib(available as u128)
     );
     Ok(())
-}
-
-/// `MemAvailable` of /proc/meminfo, in bytes (`None` where it cannot be read).
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Worker `w`'s shards: its part of the training set, and a balanced part of the test set.
