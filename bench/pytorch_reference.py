@@ -44,10 +44,10 @@ def ensure_venv(venv):
     if not os.path.exists(python):
         print(f"creating virtual environment {venv}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    probe = subprocess.run([python, "-c", "import torch, numpy"], capture_output=True)
     if probe.returncode != 0:
         print(f"installing torch from PyPI into {venv} (once; large download)", file=sys.stderr)
-        pip = subprocess.run([python, "-m", "pip", "install", "--disable-pip-version-check", "torch"])
+        pip = subprocess.run([python, "-m", "pip", "install", "--disable-pip-version-check", "torch", "numpy"])
         if pip.returncode != 0:
             sys.exit(f"error: pip could not install torch into {venv} (is PyPI reachable?)")
     os.execv(python, [python] + sys.argv)
@@ -126,7 +126,7 @@ def main():
     torch.set_num_threads(1)
     c, h, w = (int(v) for v in args.image.split(","))
     k = args.classes
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}", file=sys.stderr)
+    print(f"pytorch version={torch.__version__} threads={torch.get_num_threads()}", flush=True)
     for batch in sorted({int(b) for b in args.batch_sizes.split(",")}):
         reset_peak_rss()
         torch.manual_seed(1)

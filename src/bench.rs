@@ -1,8 +1,11 @@
 //! `rps bench`: times the training step (forward, backward, SGD update) of a model (the
-//! reference CNN or ResNet-20) on one thread, per batch size and per stage, against a measured single-core
-//! matrix-product peak, and optionally runs the identical PyTorch model in the same
-//! invocation (`bench/pytorch_reference.py`) so the rps/PyTorch ratio is side by side.
-//! No MPI: the benchmark is one process, one thread, like one rank of a training job.
+//! reference CNN or ResNet-20) on one thread, per batch size and per stage, against a
+//! measured single-core matrix-product peak, and optionally the identical PyTorch model
+//! (`bench/pytorch_reference.py`). rps and PyTorch alternate over several rounds in one
+//! invocation and the ratio is the median of the rounds' ratios with its range, printed
+//! beside the machine's fingerprint: one run on a shared machine is not a result (the
+//! same binary has measured 0.72 and 1.23 of PyTorch on different days). No MPI: the
+//! benchmark is one process, one thread, like one rank of a training job.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -37,8 +40,10 @@ pub struct BenchOptions {
     pub batch_sizes: Vec<usize>,
     /// Untimed steps before measuring.
     pub warmup: usize,
-    /// Timed steps (and profiled steps for the per-stage table).
+    /// Timed steps per round (and profiled steps for the per-stage table).
     pub repeats: usize,
+    /// Rounds of rps then PyTorch.
+    pub rounds: usize,
     /// Also run the PyTorch reference script and print the ratio lines.
     pub pytorch: bool,
     /// Python interpreter that starts the reference script (it creates its own venv).
@@ -114,7 +119,7 @@ fn time_ms(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> 
     Ok(out)
 }
 
-/// Single-thread GFLOP/s of ndarray's f32 matrix product on 1024² matrices (median).
+/// Single-thread GFLOP/s of the engine's f32 matrix product on 1024² matrices (median).
 pub fn matmul_peak_gflops(repeats: usize) -> f64 {
     let a = Array2::from_shape_fn((PEAK_N, PEAK_N), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
     let b = a.t().to_owned();
@@ -143,8 +148,8 @@ pub struct BatchResult {
     pub peak_rss: Option<u64>,
 }
 
-/// Benchmarks the CNN at one batch size.
-fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResult> {
+/// Benchmarks the model at one batch size; the per-stage profile only when `profile`.
+fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64, profile: bool) -> Result<BatchResult> {
     let rss_reset = reset_peak_rss();
     let [c, h, w] = opts.image;
     let mut model = opts.model.build(c, h, w, opts.classes)?;
@@ -168,7 +173,7 @@ fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResu
     // Profiled steps, separately, so the clock reads do not touch the headline figure.
     model.set_profiling(true);
     let mut per_stage: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    for _ in 0..opts.repeats {
+    for _ in 0..if profile { opts.repeats } else { 0 } {
         model.train_batch(&mut params, &mut grads, x.view(), &y)?;
         let t = Instant::now();
         sgd.step(&mut params, &grads);
@@ -203,6 +208,15 @@ fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64) -> Result<BatchResu
         stages,
         peak_rss: if rss_reset { peak_rss_bytes() } else { None },
     })
+}
+
+/// The reference's `pytorch version=V threads=T` line, as `torch V, T thread(s)`.
+fn reference_version(stdout: &str) -> Option<String> {
+    let rest = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pytorch version="))?;
+    let (version, threads) = rest.split_once(" threads=").unwrap_or((rest, "?"));
+    Some(format!("torch {version}, {threads} thread(s)"))
 }
 
 /// One line of the PyTorch reference's output.
@@ -243,7 +257,8 @@ pub fn parse_reference(stdout: &str) -> Vec<ReferenceResult> {
 }
 
 /// Runs the PyTorch reference script; its stderr (venv setup, pip) goes to ours.
-fn run_reference(opts: &BenchOptions) -> Result<Vec<ReferenceResult>> {
+/// Returns its results and its version line.
+fn run_reference(opts: &BenchOptions) -> Result<(Vec<ReferenceResult>, String)> {
     let sizes: Vec<String> = opts.batch_sizes.iter().map(|b| b.to_string()).collect();
     let [c, h, w] = opts.image;
     let out = Command::new(&opts.python)
@@ -277,7 +292,9 @@ fn run_reference(opts: &BenchOptions) -> Result<Vec<ReferenceResult>> {
             opts.script.display()
         );
     }
-    Ok(results)
+    let version =
+        reference_version(&stdout).unwrap_or_else(|| "torch (version not printed)".into());
+    Ok((results, version))
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -291,12 +308,32 @@ fn spread_text(s: &Spread) -> String {
     )
 }
 
+/// Per batch size, the median of each round.
+#[derive(Debug, Default)]
+struct Rounds {
+    rps: Vec<Vec<f64>>,
+    pytorch: Vec<Vec<ReferenceResult>>,
+    peaks: Vec<f64>,
+}
+
+/// `median M (range A–B)` of per-round values.
+fn over_rounds(v: &[f64], digits: usize) -> String {
+    match Spread::of(v) {
+        Some(s) => format!(
+            "{:.digits$} (range {:.digits$}–{:.digits$})",
+            s.median, s.min, s.max
+        ),
+        None => "n/a".into(),
+    }
+}
+
 /// Runs the benchmark and prints its report on stdout; the last lines are
-/// `ratio rps/pytorch batch=B: R` when the reference ran.
+/// `ratio rps/pytorch batch=B: R (median of N rounds, range A–B)` when the reference ran.
 ///
 /// # Errors
 /// Invalid options, a model that does not fit the image size, or — only when
-/// `opts.pytorch` is set — a reference run that failed (after the rps figures are printed).
+/// `opts.pytorch` is set — a reference run that failed (after the rps figures measured
+/// so far are printed).
 pub fn run(opts: &BenchOptions) -> Result<()> {
     ensure!(!opts.batch_sizes.is_empty(), "--batch-sizes is empty");
     ensure!(
@@ -304,7 +341,9 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         "--batch-sizes must all be at least 1"
     );
     ensure!(opts.repeats > 0, "--repeats must be at least 1");
+    ensure!(opts.rounds > 0, "--rounds must be at least 1");
     crate::nn::conv_algo::check_env()?;
+    crate::nn::simd::check_env().map_err(anyhow::Error::msg)?;
     let [c, h, w] = opts.image;
     let name = opts.model.name();
     let probe = opts
@@ -312,29 +351,126 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         .build(c, h, w, opts.classes)
         .with_context(|| format!("image {c}×{h}×{w} does not fit the {}", opts.model.title()))?;
     println!(
-        "rps bench: model {name} ({c}×{h}×{w}, {} classes, {} parameters), one thread, SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, warmup {}, repeats {}",
+        "rps bench: model {name} ({c}×{h}×{w}, {} classes, {} parameters), one thread, SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, warmup {}, repeats {}, rounds {}",
         opts.classes,
         probe.num_params(),
         opts.warmup,
-        opts.repeats
+        opts.repeats,
+        opts.rounds
     );
     drop(probe);
+    let machine = crate::machine::Fingerprint::read();
+    println!("machine: {}", machine.line());
+    println!("build: rps {}, measured {}", machine.build, machine.date);
     let mut batches = opts.batch_sizes.clone();
     batches.sort_unstable();
     batches.dedup();
-    let mut results = Vec::new();
-    for &b in &batches {
-        results.push(bench_batch(opts, b, 1)?);
+    let mut rounds = Rounds {
+        rps: vec![Vec::new(); batches.len()],
+        ..Rounds::default()
+    };
+    let mut profiled = Vec::new();
+    for round in 0..opts.rounds {
+        rounds.peaks.push(matmul_peak_gflops(3));
+        let mut line = format!(
+            "round {}/{}: peak {:.1} GFLOP/s; rps",
+            round + 1,
+            opts.rounds,
+            rounds.peaks[round]
+        );
+        for (i, &b) in batches.iter().enumerate() {
+            let r = bench_batch(opts, b, 1, round == 0)?;
+            rounds.rps[i].push(r.step.median);
+            line.push_str(&format!(" {b}: {:.1} ms", r.step.median));
+            if round == 0 {
+                profiled.push(r);
+            }
+        }
+        if opts.pytorch {
+            match run_reference(opts) {
+                Ok((r, version)) => {
+                    if round == 0 {
+                        println!("reference: {version}");
+                    }
+                    line.push_str("; pytorch");
+                    for p in &r {
+                        line.push_str(&format!(" {}: {:.1} ms", p.batch, p.step.median));
+                    }
+                    rounds.pytorch.push(r);
+                }
+                Err(e) => {
+                    report(&profiled, &rounds);
+                    println!("PyTorch reference unavailable: {e:#}; no ratio measured");
+                    bail!("the PyTorch reference did not run: {e:#}");
+                }
+            }
+        }
+        println!("{line}");
     }
-    let peak = matmul_peak_gflops(7);
+    report(&profiled, &rounds);
     println!(
-        "matrix-product peak (ndarray f32 {PEAK_N}×{PEAK_N}×{PEAK_N}, one thread, median of 7): {peak:.1} GFLOP/s"
+        "load average at the end: {}",
+        crate::machine::Fingerprint::read().load
     );
-    for r in &results {
-        let gf = r.flops / r.step.median / 1e6;
+    if !opts.pytorch {
+        return Ok(());
+    }
+    for (i, r) in profiled.iter().enumerate() {
+        let theirs: Vec<f64> = rounds
+            .pytorch
+            .iter()
+            .filter_map(|round| round.iter().find(|p| p.batch == r.batch))
+            .map(|p| p.step.median)
+            .collect();
+        let rss = rounds.pytorch[0]
+            .iter()
+            .find(|p| p.batch == r.batch)
+            .and_then(|p| p.peak_rss);
         println!(
-            "rps batch={}: {}, {:.1} MFLOP/sample, {gf:.1} GFLOP/s = {:.2} of peak, peak RSS {}",
+            "pytorch batch={}: median {} ms over {} rounds, peak RSS {}",
             r.batch,
+            over_rounds(&theirs, 1),
+            theirs.len(),
+            mib(rss)
+        );
+        let ratios: Vec<f64> = rounds.rps[i]
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| a / b)
+            .collect();
+        rounds.rps[i] = ratios;
+    }
+    for (i, r) in profiled.iter().enumerate() {
+        let s = Spread::of(&rounds.rps[i]).context("no rounds")?;
+        println!(
+            "ratio rps/pytorch batch={}: {:.3} (median of {} rounds, range {:.3}–{:.3})",
+            r.batch,
+            s.median,
+            rounds.rps[i].len(),
+            s.min,
+            s.max
+        );
+    }
+    Ok(())
+}
+
+/// The rps figures: per batch size the median over rounds of each round's median step,
+/// the first round's per-stage profile, and the peak over rounds.
+fn report(profiled: &[BatchResult], rounds: &Rounds) {
+    println!(
+        "matrix-product peak (rps f32 {PEAK_N}×{PEAK_N}×{PEAK_N}, one thread, median of 3 per round): {} GFLOP/s over {} rounds",
+        over_rounds(&rounds.peaks, 1),
+        rounds.peaks.len()
+    );
+    let peak = Spread::of(&rounds.peaks).map_or(f64::NAN, |s| s.median);
+    for (i, r) in profiled.iter().enumerate() {
+        let step = Spread::of(&rounds.rps[i]).map_or(f64::NAN, |s| s.median);
+        let gf = r.flops / step / 1e6;
+        println!(
+            "rps batch={}: median {} ms over {} rounds (first round: {}), {:.1} MFLOP/sample, {gf:.1} GFLOP/s = {:.2} of peak, peak RSS {}",
+            r.batch,
+            over_rounds(&rounds.rps[i], 1),
+            rounds.rps[i].len(),
             spread_text(&r.step),
             r.flops / r.batch as f64 / 1e6,
             gf / peak,
@@ -357,36 +493,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 100.0 * ms / total
             );
         }
-        println!("  {:<16} {total:>8.2} (profiled step)", "sum");
+        println!("  {:<16} {total:>8.2} (profiled step, first round)", "sum");
     }
-    if !opts.pytorch {
-        return Ok(());
-    }
-    let reference = match run_reference(opts) {
-        Ok(r) => r,
-        Err(e) => {
-            println!("PyTorch reference unavailable: {e:#}; no ratio measured");
-            bail!("the PyTorch reference did not run: {e:#}");
-        }
-    };
-    for r in &reference {
-        println!(
-            "pytorch batch={}: {}, peak RSS {}",
-            r.batch,
-            spread_text(&r.step),
-            mib(r.peak_rss)
-        );
-    }
-    for r in &results {
-        if let Some(p) = reference.iter().find(|p| p.batch == r.batch) {
-            println!(
-                "ratio rps/pytorch batch={}: {:.3}",
-                r.batch,
-                r.step.median / p.step.median
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -89,6 +89,25 @@ pub enum Command {
     /// Two runs of the same job give the same digests on any machine and any transport;
     /// the last line of each file, `all`, digests the others.
     Digest(DigestFlags),
+    /// Print the provenance block of a results page (Markdown): date, commit, build, CPU
+    /// and the flags that choose kernels, the one-core matrix-product peak measured now,
+    /// load average, OS, MPI and HDF5 versions, and the command and cost given (no MPI
+    /// needed).
+    ///
+    /// Example: rps provenance --command "jobs/drop-models.sh" --cost "12 min"
+    ///
+    /// scripts/results.sh writes it at the top of every page it regenerates.
+    Provenance(ProvenanceFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct ProvenanceFlags {
+    /// The command that produced the page's numbers.
+    #[arg(long, value_name = "TEXT")]
+    pub command: Option<String>,
+    /// What the command cost (wall time, runs).
+    #[arg(long, value_name = "TEXT")]
+    pub cost: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -626,12 +645,18 @@ pub struct BenchFlags {
     /// Untimed steps before measuring.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub warmup: usize,
-    /// Timed steps per batch size (the per-stage table uses as many again).
+    /// Timed steps per batch size and round (the per-stage table, measured in the first
+    /// round, uses as many again).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub repeats: usize,
+    /// Rounds: each times rps at every batch size, then (with --pytorch) PyTorch, so a
+    /// slow moment of the machine falls on both; figures are medians over the rounds,
+    /// with their range.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rounds: usize,
     /// Also run bench/pytorch_reference.py (PyTorch from PyPI in its own virtual
-    /// environment, one thread) and print `ratio rps/pytorch batch=B: R` lines; fails if
-    /// the reference cannot run.
+    /// environment, one thread) once per round, and print `ratio rps/pytorch batch=B: R
+    /// (median of N rounds, range A–B)` lines; fails if the reference cannot run.
     #[arg(long)]
     pub pytorch: bool,
     /// Python interpreter that starts the reference script.
@@ -756,6 +781,7 @@ impl TryFrom<BenchFlags> for BenchOptions {
             batch_sizes: f.batch_sizes,
             warmup: f.warmup,
             repeats: f.repeats,
+            rounds: f.rounds,
             pytorch: f.pytorch,
             python: f.python,
             script: f.pytorch_script,

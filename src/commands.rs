@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 
 use crate::cli::{
     BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, DigestFlags, PlotFlags,
-    ReportFlags, SweepFlags, TrainFlags,
+    ProvenanceFlags, ReportFlags, SweepFlags, TrainFlags,
 };
 use crate::comm::mpi::MpiTransport;
 use crate::comm::udp::UdpTransport;
@@ -552,6 +552,41 @@ pub fn digest(flags: DigestFlags) -> Result<ExitCode> {
             }
         }
         println!("  {}  all", digest::combined(&all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rps provenance`: the provenance block of a results page, as a Markdown table.
+pub fn provenance(flags: ProvenanceFlags) -> Result<ExitCode> {
+    use crate::machine::{self, Fingerprint};
+    let peak = crate::bench::matmul_peak_gflops(5);
+    let f = Fingerprint::read();
+    let rows = [
+        ("date", f.date.clone()),
+        (
+            "commit",
+            machine::commit().unwrap_or_else(|| "not a git checkout".into()),
+        ),
+        ("build", format!("rps {}", f.build)),
+        ("machine", f.line()),
+        (
+            "one-core peak",
+            format!(
+                "{peak:.1} GFLOP/s (rps f32 1024³ product, median of 5, measured with the page)"
+            ),
+        ),
+        ("MPI", machine::mpi_version()),
+        ("HDF5", f.hdf5.clone()),
+    ];
+    println!("| | |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+    if let Some(c) = &flags.command {
+        println!("| command | `{c}` |");
+    }
+    if let Some(c) = &flags.cost {
+        println!("| cost | {c} |");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ pub mod drop;
 pub mod files;
 pub mod hash;
 pub mod job;
+pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod netsim;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Report(flags) => commands::report(flags),
         Command::Plot(flags) => logged(|| commands::plot(flags)),
         Command::Digest(flags) => commands::digest(flags),
+        Command::Provenance(flags) => commands::provenance(flags),
     };
     result.unwrap_or_else(|e| {
         print_error(None, &e);

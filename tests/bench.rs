@@ -15,8 +15,12 @@ fn reports_every_batch_and_stage_without_mpi() {
     for line in [
         "rps bench: model cnn (1×28×28, 10 classes, 1663370 parameters)",
         "matrix-product peak",
+        "machine: ",
+        "kernels ",
+        "round 5/5: peak",
         "rps batch=2: median",
         "rps batch=3: median",
+        "over 5 rounds",
         "conv2+relu fwd",
         "conv2 bwd",
         "sgd update",
