@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# Which matrix product should rps's engine use? Times matrixmultiply (today's, through
-# ndarray), the gemm crate and OpenBLAS on the models' shapes, on one thread.
+# The engine's matrix product against the libraries it could use: times matrixmultiply
+# (ndarray's), the gemm crate (the engine's product until issue 22), and rps's own
+# fixed-order product (the instruction set the CPU has, and AVX2), one thread, on the
+# shapes one batch-32 step of the models produces.
 #   bench/gemm.sh [REPEATS]      (default 15)
-# Installs libopenblas-dev if missing (apt, as root or through sudo); builds bench/gemm,
-# a crate outside the rps workspace, so rps itself never links OpenBLAS.
+# bench/gemm is a crate outside the rps workspace, so rps itself never links gemm.
 set -euo pipefail
 cd "$(dirname "$0")/gemm"
-if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get install -y --no-install-recommends libopenblas-dev
-fi
 cargo build --release --quiet
-# One thread each: OpenBLAS would otherwise start one per core.
-OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 exec target/release/gemm-choice "$@"
+exec target/release/gemm-choice "$@"
