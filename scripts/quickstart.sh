@@ -13,4 +13,4 @@ RUN=runs/quickstart-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RUN"
 mpirun -n 5 target/release/rps train --dataset "$DATA" --metrics "$RUN/metrics.h5" \
   --servers 1 --drop-rate 0.1 --epochs 1 "$@"
-echo "metrics file: $RUN/metrics.h5 (layout in README.md, e.g. h5dump -H $RUN/metrics.h5)"
+echo "metrics file: $RUN/metrics.h5 (its layout: docs/formats.md and docs/metrics.md; e.g. h5dump -H $RUN/metrics.h5)"

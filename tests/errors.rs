@@ -609,6 +609,20 @@ fn ranks_must_run_the_same_job() {
     check(&run, "the ranks run different jobs: build is");
 }
 
+/// A typo in RPS_KERNELS is an error naming it, not silently the default kernels.
+#[test]
+fn an_unknown_instruction_set_is_refused() {
+    let data = small_dataset();
+    let dir = out_dir();
+    let m = dir.path().join("m.h5");
+    let args = train_args(data.to_str().unwrap(), m.to_str().unwrap());
+    let run = local_ranks_env(2, &args, &[("RPS_KERNELS", "sse9")]);
+    check_failed(
+        &run,
+        "RPS_KERNELS=sse9: unknown instruction set (expected auto, portable, avx2 or avx512)",
+    );
+}
+
 /// Ranks started with different subcommands, or `rps bench-exchange` with different
 /// flags, or one rank with an invalid command line, stop together at once with one
 /// message (they used to hang, or corrupt the heap in mismatched messages).

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=runs/pages/interrupt-resume
 jobs/interrupt-resume.sh "$OUT" >&2
-full=$(target/release/rps digest --short "$OUT/full.h5" "$OUT/full-model.h5" | awk '/ all$/ {print $1}' | tr '\n' ' ')
-part=$(target/release/rps digest --short "$OUT/part.h5" "$OUT/part-model.h5" | awk '/ all$/ {print $1}' | tr '\n' ' ')
+full=$(target/release/rps digest --short "$OUT/full.h5" "$OUT/full-model.h5" | awk '/ all$/ {print $1}' | paste -sd' ')
+part=$(target/release/rps digest --short "$OUT/part.h5" "$OUT/part-model.h5" | awk '/ all$/ {print $1}' | paste -sd' ')
 stopped=$(h5dump -a /resumed_at_step "$OUT/part.h5" 2>/dev/null | awk -F'"' '/\(0\)/ {print $2}')
 echo "1 server + 4 workers, p = 0.1, 300 steps, checkpoints every 50; SIGUSR1 to mpirun after 15 s, then \`--resume\`."
 echo

@@ -278,6 +278,8 @@ attrs! {
         TEST_SAMPLES = "test_samples", fingerprint, |f| Some(f.dataset.test.count.into());
         /// The MPI library (or `in-process`).
         MPI_LIBRARY_VERSION = "mpi_library_version", record, |f| env(f, |e| e.mpi_library_version.clone());
+        /// The instruction set of rank 0's kernels (`avx512`, `avx2` or `portable`; `RPS_KERNELS` caps it): a matter of speed only, every one gives the same results.
+        KERNELS = "kernels", record, |_| Some(crate::nn::simd::isa().name().into());
         /// Host of every rank, in rank order, comma-separated; a resumed run (a requeued Slurm job may land on other nodes) replaces it with its own.
         HOSTS = "hosts", record, |f| env(f, |e| e.hosts.join(","));
         /// The checkpoint fingerprint (`name=value;...` of the attributes marked fingerprint): `--resume` refuses a metrics file of another run.

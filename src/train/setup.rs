@@ -137,6 +137,7 @@ pub(super) fn prepare(
 /// The model `cfg` names, built for the dataset's images and classes.
 fn build_model(cfg: &TrainConfig, info: &DatasetInfo) -> Result<Box<dyn Model>> {
     crate::nn::conv_algo::check_env()?;
+    crate::nn::simd::check_env().map_err(anyhow::Error::msg)?;
     let t = info.train;
     cfg.model
         .build(t.channels, t.height, t.width, info.classes.len())
