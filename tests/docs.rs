@@ -25,3 +25,65 @@ fn cli_reference_is_current() {
 fn metrics_reference_is_current() {
     check("docs/metrics.md", rps::metrics::markdown());
 }
+
+/// The numbers of a text, as written (`3,740` and `3740` are one number): maximal runs of
+/// digits, dots and commas that start and end with a digit, commas removed.
+fn numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() || (!cur.is_empty() && (c == '.' || c == ',')) {
+            cur.push(c);
+            continue;
+        }
+        let n = cur.trim_end_matches(['.', ',']).replace(',', "");
+        if !n.is_empty() {
+            out.push(n);
+        }
+        cur.clear();
+    }
+    out
+}
+
+/// Every number the README's Results section quotes stands in a results page that its
+/// bullet links to: the README repeats measurements, it never makes them.
+#[test]
+fn readme_numbers_stand_in_the_pages_they_link() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let results = readme
+        .split("\n## Results")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Results section");
+    let bullets: Vec<&str> = results.split("\n- ").skip(1).collect();
+    assert!(bullets.len() >= 5, "{results}");
+    for bullet in bullets {
+        // The pages the bullet links, and its text without the link targets.
+        let mut pages = String::new();
+        let mut text = String::new();
+        let mut rest = bullet;
+        while let Some(open) = rest.find("](") {
+            text.push_str(&rest[..open]);
+            let close = rest[open..].find(')').map_or(rest.len(), |c| open + c);
+            let target = &rest[open + 2..close];
+            if let Some(page) = target.strip_prefix("docs/results/") {
+                let page = page.split('#').next().unwrap_or(page);
+                let path = root.join("docs/results").join(page);
+                pages.push_str(&std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                    panic!("README links {target}, which does not exist")
+                }));
+            }
+            rest = &rest[close.min(rest.len())..];
+        }
+        text.push_str(rest);
+        assert!(!pages.is_empty(), "a Results bullet links no results page:\n{bullet}");
+        let known: std::collections::HashSet<String> = numbers(&pages).into_iter().collect();
+        for n in numbers(&text) {
+            assert!(
+                known.contains(&n),
+                "README quotes {n}, which no page it links holds:\n{bullet}"
+            );
+        }
+    }
+}
