@@ -112,8 +112,9 @@ pub fn utc_now() -> String {
     )
 }
 
-/// The commit of the working tree in `dir` (`git describe`-like: short hash, with
-/// `-dirty` when files differ from it), or `None` outside a git checkout.
+/// The commit of the working tree (short hash, with `-dirty` when a tracked file other
+/// than documentation differs from it: results pages being rewritten are not a change of
+/// what produced them), or `None` outside a git checkout.
 pub fn commit() -> Option<String> {
     let run = |args: &[&str]| {
         Command::new("git")
@@ -124,8 +125,16 @@ pub fn commit() -> Option<String> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let hash = run(&["rev-parse", "--short", "HEAD"])?;
-    let dirty =
-        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty = run(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!docs",
+        ":!*.md",
+    ])
+    .is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{hash}-dirty") } else { hash })
 }
 

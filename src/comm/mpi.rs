@@ -149,23 +149,37 @@ impl MpiTransport {
         error.map_or(Ok(()), Err)
     }
 
-    /// Every rank's `send` (the same length everywhere) into `recv`, in rank order.
-    fn allgather<T: Equivalence + Copy>(&self, what: &'static str, send: &[T], recv: &mut [T]) {
-        let (n, me) = (self.size(), self.rank());
-        let mut parts = chunks_mut(recv, n);
-        parts[me].copy_from_slice(send);
-        let sends: Vec<Send<'_, T>> = (0..n)
+    /// Every rank sends `send(r)` to each other rank r and receives rank r's message
+    /// into `recv[r]` (`recv[self]` is left alone), on the collectives' communicator:
+    /// the one message pattern of every collective here.
+    fn swap<'a, T: Equivalence + 'a>(
+        &self,
+        what: &'static str,
+        tag: i32,
+        send: impl Fn(usize) -> &'a [T],
+        recv: Vec<&'a mut [T]>,
+        poll: Option<&mut dyn FnMut() -> bool>,
+    ) {
+        let me = self.rank();
+        let sends: Vec<Send<'_, T>> = (0..self.size())
             .filter(|&r| r != me)
-            .map(|r| (r, TAG_GATHER, send))
+            .map(|r| (r, tag, send(r)))
             .collect();
-        let mut recvs: Vec<Recv<'_, T>> = parts
+        let mut recvs: Vec<Recv<'_, T>> = recv
             .into_iter()
             .enumerate()
             .filter(|&(r, _)| r != me)
-            .map(|(r, p)| (r, TAG_GATHER, p))
+            .map(|(r, p)| (r, tag, p))
             .collect();
-        self.complete(&self.coll, what, &sends, &mut recvs, None)
-            .expect("a gather's messages have the length every rank gave");
+        self.complete(&self.coll, what, &sends, &mut recvs, poll)
+            .expect("a collective's messages have the lengths every rank computes");
+    }
+
+    /// Every rank's `send` (the same length everywhere) into `recv`, in rank order.
+    fn allgather<T: Equivalence + Copy>(&self, what: &'static str, send: &[T], recv: &mut [T]) {
+        let mut parts = chunks_mut(recv, self.size());
+        parts[self.rank()].copy_from_slice(send);
+        self.swap(what, TAG_GATHER, |_| send, parts, None);
     }
 
     /// The sum over ranks of `buf`, in rank order ([`super::reduce`]), on every rank:
@@ -186,22 +200,16 @@ impl MpiTransport {
         let mine = chunk(len, n, me);
         let ml = mine.len();
         scratch.resize(n * ml, T::default());
-        {
-            let mut pieces = chunks_mut(&mut scratch[..], n);
-            pieces[me].copy_from_slice(&buf[mine.clone()]);
-            let sends: Vec<Send<'_, T>> = (0..n)
-                .filter(|&r| r != me)
-                .map(|r| (r, TAG_SCATTER, &buf[chunk(len, n, r)]))
-                .collect();
-            let mut recvs: Vec<Recv<'_, T>> = pieces
-                .into_iter()
-                .enumerate()
-                .filter(|&(r, _)| r != me)
-                .map(|(r, p)| (r, TAG_SCATTER, p))
-                .collect();
-            self.complete(&self.coll, WHAT, &sends, &mut recvs, None)
-                .expect("a reduction's pieces have the length every rank computes");
-        }
+        let mut pieces = chunks_mut(&mut scratch[..], n);
+        pieces[me].copy_from_slice(&buf[mine.clone()]);
+        let whole: &[T] = buf;
+        self.swap(
+            WHAT,
+            TAG_SCATTER,
+            |r| &whole[chunk(len, n, r)],
+            pieces,
+            None,
+        );
         sum_in_rank_order(
             (0..n).map(|r| &scratch[r * ml..(r + 1) * ml]),
             &mut buf[mine],
@@ -209,38 +217,15 @@ impl MpiTransport {
         // Phase 2: every reduced chunk to every rank.
         let mut parts = chunks_mut(buf, n);
         let own: &[T] = std::mem::take(&mut parts[me]) as &[T];
-        let sends: Vec<Send<'_, T>> = (0..n)
-            .filter(|&r| r != me)
-            .map(|r| (r, TAG_GATHER, own))
-            .collect();
-        let mut recvs: Vec<Recv<'_, T>> = parts
-            .into_iter()
-            .enumerate()
-            .filter(|&(r, _)| r != me)
-            .map(|(r, p)| (r, TAG_GATHER, p))
-            .collect();
-        self.complete(&self.coll, WHAT, &sends, &mut recvs, None)
-            .expect("a reduction's chunks have the length every rank computes");
+        self.swap(WHAT, TAG_GATHER, |_| own, parts, None);
     }
 
     /// Every rank meets every other: an empty message to and from each peer. With
     /// `poll`, polls (see [`Self::complete`]).
     fn meet(&self, poll: Option<&mut dyn FnMut() -> bool>) {
-        let (n, me) = (self.size(), self.rank());
-        let none: [u8; 0] = [];
-        let mut bufs: Vec<[u8; 0]> = vec![[]; n];
-        let sends: Vec<Send<'_, u8>> = (0..n)
-            .filter(|&r| r != me)
-            .map(|r| (r, TAG_BARRIER, &none[..]))
-            .collect();
-        let mut recvs: Vec<Recv<'_, u8>> = bufs
-            .iter_mut()
-            .enumerate()
-            .filter(|&(r, _)| r != me)
-            .map(|(r, b)| (r, TAG_BARRIER, &mut b[..]))
-            .collect();
-        self.complete(&self.coll, "a barrier", &sends, &mut recvs, poll)
-            .expect("a barrier's messages are empty");
+        let mut bufs: Vec<[u8; 0]> = vec![[]; self.size()];
+        let recv = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        self.swap("a barrier", TAG_BARRIER, |_| &[], recv, poll);
     }
 }
 

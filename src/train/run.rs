@@ -134,7 +134,7 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
             sgd.velocity_mut().copy_from_slice(&state.velocity);
             exchange
                 .set_link_state(&state.links)
-                .context("--resume: the checkpoint's link counters")?;
+                .context("--resume: the checkpoint's link counters do not fit this run (a checkpoint of another number of ranks, or one written before rps kept only each rank's own links)")?;
             first_step = state.step;
             totals = state.totals;
             evaluate_first = !state.evaluated;
