@@ -70,14 +70,18 @@ fn readme_numbers_stand_in_the_pages_they_link() {
             if let Some(page) = target.strip_prefix("docs/results/") {
                 let page = page.split('#').next().unwrap_or(page);
                 let path = root.join("docs/results").join(page);
-                pages.push_str(&std::fs::read_to_string(&path).unwrap_or_else(|_| {
-                    panic!("README links {target}, which does not exist")
-                }));
+                pages.push_str(
+                    &std::fs::read_to_string(&path)
+                        .unwrap_or_else(|_| panic!("README links {target}, which does not exist")),
+                );
             }
             rest = &rest[close.min(rest.len())..];
         }
         text.push_str(rest);
-        assert!(!pages.is_empty(), "a Results bullet links no results page:\n{bullet}");
+        assert!(
+            !pages.is_empty(),
+            "a Results bullet links no results page:\n{bullet}"
+        );
         let known: std::collections::HashSet<String> = numbers(&pages).into_iter().collect();
         for n in numbers(&text) {
             assert!(
