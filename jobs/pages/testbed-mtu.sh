@@ -16,6 +16,12 @@ echo "### The loss budget under a 4-into-1 incast (\`jobs/testbed-budget.sh\`)"
 echo
 target/release/rps report --testbed "$OUT-budget/index.csv"
 echo
+# jobs/steady-loss.py reads the per-step columns with h5py, from its own environment.
+VENV=target/py-venv
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" >&2
+"$VENV/bin/python" -c "import h5py" 2>/dev/null || "$VENV/bin/python" -m pip install -q h5py >&2
+echo "The uplink loss, in all and once the budget has converged (\`jobs/steady-loss.py\`):"
+echo
 echo '```'
-python3 jobs/steady-loss.py "$OUT-budget"/*.h5
+"$VENV/bin/python" jobs/steady-loss.py "$OUT-budget"/*.h5
 echo '```'
