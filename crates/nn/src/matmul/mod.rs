@@ -7,12 +7,12 @@
 //! ```
 //!
 //! one fused multiply-add per term, in ascending k, whatever the shapes, strides, cache
-//! sizes or instruction set. The blocking below (k-blocks of [`KC`], row blocks of
-//! [`MC`], column blocks of [`NC`]) only decides what sits in cache: a k-block's sums
+//! sizes or instruction set. The blocking below (k-blocks of `KC`, row blocks of
+//! `MC`, column blocks of `NC`) only decides what sits in cache: a k-block's sums
 //! are carried into the next exactly, so no constant here changes a bit of the result.
 //! Kernels for AVX-512, AVX2 + FMA and portable Rust compute the same chains
 //! ([`crate::simd`]), so a product is bit-identical on every CPU, and equal to the
-//! scalar reference [`reference`] (tested).
+//! scalar reference [`reference()`] (tested).
 //!
 //! Why not a library: `gemm` (the engine's product until issue 22) sizes its blocks, and
 //! so its summation order, from the cache sizes it detects at run time, and
