@@ -64,7 +64,7 @@ block = begin + "\n" + open(block_file).read().rstrip("\n") + "\n" + end + "\n"
 text = open(page).read()
 if begin in text and end in text:
     head, rest = text.split(begin, 1)
-    text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    text = head + block + "\n" + rest.split(end, 1)[1].lstrip("\n")
 else:
     lines = text.splitlines(keepends=True)
     title = next(i for i, l in enumerate(lines) if l.startswith("# "))
