@@ -29,7 +29,7 @@ PAGES=(
   "exchange-cost.md|jobs/pages/exchange-cost.sh|10 min|yes"
   "testbed.md|jobs/pages/testbed.sh|25 min (root, network namespaces)|yes"
   "testbed-mtu.md|jobs/pages/testbed-mtu.sh|8 min (root, network namespaces)|yes"
-  "winograd.md|-|-|a comparison of algorithms per layer, run by hand with the commands on the page"
+  "winograd.md|jobs/pages/winograd.sh|8 min|yes"
   "udp-mac.md|-|-|a comparison of two builds (with and without the MAC), not of one commit"
   "theory-mechanism.md|-|-|about 2 h of sweeps; issue 23 redesigns these experiments"
   "theory-outcome.md|-|-|about 2.5 h of sweeps; issue 23 redesigns these experiments"
