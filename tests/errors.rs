@@ -505,10 +505,11 @@ fn the_job_file_is_never_an_output() {
     }
 }
 
-/// An unusable --save-model is refused before the first step (it used to be found only
-/// after training, losing the model and leaving the metrics file `running`).
+/// An unusable --metrics or --save-model is refused before the first step, with exit
+/// status 2 like any bad flag (a bad --save-model used to be found only after training,
+/// losing the model and leaving the metrics file `running`; a bad --metrics exited 1).
 #[test]
-fn save_model_is_checked_before_training() {
+fn unusable_outputs_are_refused_before_training() {
     let data = small_dataset();
     let data = data.to_str().unwrap();
     let dir = out_dir();
@@ -518,22 +519,31 @@ fn save_model_is_checked_before_training() {
     std::fs::create_dir(&folder).unwrap();
     let f = folder.to_str().unwrap();
     // /proc refuses new files, even to root.
-    let cases: Vec<(Vec<&str>, String)> = vec![
+    let cases: Vec<(&str, Vec<&str>, String)> = vec![
         (
+            m,
             vec!["--save-model", "/proc/rps-model.h5"],
             "--save-model /proc/rps-model.h5: cannot create a file in /proc".into(),
         ),
         (
+            m,
             vec!["--save-model", f, "--force"],
             format!("--save-model {f} is a directory"),
         ),
         (
+            m,
             vec!["--save-model", "/proc/rps-dir/model.h5"],
             "--save-model /proc/rps-dir/model.h5: cannot create directory /proc/rps-dir".into(),
         ),
+        (
+            "/proc/rps-metrics.h5",
+            vec![],
+            "--metrics /proc/rps-metrics.h5: cannot create a file in /proc".into(),
+        ),
+        (f, vec!["--force"], format!("--metrics {f} is a directory")),
     ];
-    for (i, (extra, needle)) in cases.into_iter().enumerate() {
-        let mut args = train_args(data, m);
+    for (i, (metrics_flag, extra, needle)) in cases.into_iter().enumerate() {
+        let mut args = train_args(data, metrics_flag);
         args.extend(["--colocated", "--steps", "3"]);
         args.extend(extra);
         let run = expect_failure(launch(i), 2, &args, &needle);
@@ -541,6 +551,7 @@ fn save_model_is_checked_before_training() {
         assert!(!metrics.exists(), "{needle}: the run started");
     }
     assert!(folder.is_dir());
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
 }
 
 /// Runs an MPMD job: one `mpirun` with a `:`-separated program per rank group.

@@ -102,15 +102,16 @@ pub fn train<T: Transport + ?Sized>(
 
 /// The output paths of a run, checked before any rank starts: no output is also an
 /// input (the dataset, the job file, ...) or another output, and on the rank that writes
-/// them (`writer`: rank 0) --save-model can be created. Call it on every rank and let
-/// them agree, so that all stop with one message (exit status 2, as for a bad flag).
+/// them (`writer`: rank 0) --metrics and --save-model can be created. Call it on every
+/// rank and let them agree, so that all stop with one message (exit status 2, as for a
+/// bad flag).
 ///
 /// # Errors
 /// The first bad path, named by its flag.
 pub fn check_outputs(cfg: &TrainConfig, writer: bool) -> anyhow::Result<()> {
     outputs::check_paths(cfg)?;
     if writer {
-        outputs::check_save_model(cfg)?;
+        outputs::check_writable(cfg)?;
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ fn open_metrics(cfg: &TrainConfig, s: &Setup, env: &RunEnv) -> Result<MetricsWri
         }
     }
     // Repeated here for callers of `train` that skipped `check_outputs`.
-    check_save_model(cfg)?;
+    check_writable(cfg)?;
     let facts = s.facts(cfg, Some(env));
     match s.resume.candidates.first() {
         Some(state) => {
@@ -157,13 +157,19 @@ pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Rank 0, before the first step: --save-model names a file that can be created where
-/// it points (its directory is created as for --metrics), so a model is never lost to a
-/// bad path after training.
+/// Rank 0, before the first step: --metrics and --save-model name files that can be
+/// created where they point (their directories are created), so a bad path stops the job
+/// at once with exit status 2, and a model is never lost to one after training. Whether
+/// the metrics file may be replaced (--force, --resume) is decided when it is opened.
 ///
 /// # Errors
-/// The path is a directory, exists without --force, or no file can be created there.
-pub(super) fn check_save_model(cfg: &TrainConfig) -> Result<()> {
+/// A path is a directory, names no file, or no file can be created there; --save-model
+/// exists without --force.
+pub(super) fn check_writable(cfg: &TrainConfig) -> Result<()> {
+    creatable(
+        &format!("--metrics {}", cfg.metrics.display()),
+        &cfg.metrics,
+    )?;
     let Some(path) = &cfg.save_model else {
         return Ok(());
     };
@@ -173,6 +179,13 @@ pub(super) fn check_save_model(cfg: &TrainConfig) -> Result<()> {
         cfg.force || !path.exists(),
         "{what} already exists (use --force to overwrite it)"
     );
+    creatable(&what, path)
+}
+
+/// `path` is not a directory, names a file, and a file can be created beside it (its
+/// directory is created if missing).
+fn creatable(what: &str, path: &Path) -> Result<()> {
+    ensure!(!path.is_dir(), "{what} is a directory: name a file");
     ensure!(path.file_name().is_some(), "{what} names no file");
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -180,7 +193,7 @@ pub(super) fn check_save_model(cfg: &TrainConfig) -> Result<()> {
     };
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{what}: cannot create directory {}", dir.display()))?;
-    // A file beside it, not the file itself: a failed run must not leave an empty model.
+    // A file beside it, not the file itself: a failed run must leave nothing behind.
     let probe = files::sibling(path, &format!("probe-{}", std::process::id()));
     std::fs::File::create(&probe)
         .with_context(|| format!("{what}: cannot create a file in {}", dir.display()))?;
