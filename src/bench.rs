@@ -173,7 +173,8 @@ fn bench_batch(opts: &BenchOptions, batch: usize, seed: u64, profile: bool) -> R
     // Profiled steps, separately, so the clock reads do not touch the headline figure.
     model.set_profiling(true);
     let mut per_stage: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    for _ in 0..if profile { opts.repeats } else { 0 } {
+    let profiled_steps = if profile { opts.repeats } else { 0 };
+    for _ in 0..profiled_steps {
         model.train_batch(&mut params, &mut grads, x.view(), &y)?;
         let t = Instant::now();
         sgd.step(&mut params, &grads);
@@ -415,6 +416,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if !opts.pytorch {
         return Ok(());
     }
+    // Per batch size, rps/PyTorch of each round; printed last, after the PyTorch lines.
+    let mut ratios = Vec::new();
     for (i, r) in profiled.iter().enumerate() {
         let theirs: Vec<f64> = rounds
             .pytorch
@@ -433,20 +436,19 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             theirs.len(),
             mib(rss)
         );
-        let ratios: Vec<f64> = rounds.rps[i]
+        let per_round: Vec<f64> = rounds.rps[i]
             .iter()
             .zip(&theirs)
             .map(|(a, b)| a / b)
             .collect();
-        rounds.rps[i] = ratios;
+        ratios.push((r.batch, per_round));
     }
-    for (i, r) in profiled.iter().enumerate() {
-        let s = Spread::of(&rounds.rps[i]).context("no rounds")?;
+    for (batch, per_round) in ratios {
+        let s = Spread::of(&per_round).context("no rounds")?;
         println!(
-            "ratio rps/pytorch batch={}: {:.3} (median of {} rounds, range {:.3}–{:.3})",
-            r.batch,
+            "ratio rps/pytorch batch={batch}: {:.3} (median of {} rounds, range {:.3}–{:.3})",
             s.median,
-            rounds.rps[i].len(),
+            per_round.len(),
             s.min,
             s.max
         );
