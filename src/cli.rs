@@ -240,6 +240,16 @@ pub struct ReportFlags {
     /// jobs/testbed.sh): print step time and accuracy per variant and loss rate.
     #[arg(long)]
     pub testbed: bool,
+    /// Test the paper's claim on paired runs: each run with drops against its lossless
+    /// twin (same configuration and seed, p = 0; runs of one arm share a directory):
+    /// Δ ± standard error per cell, and Δ = a + b/n fitted by weighted least squares over
+    /// every pair (docs/operations.md, "Testing the claim").
+    #[arg(long, conflicts_with = "testbed")]
+    pub claim: bool,
+    /// With --claim: also the first evaluated step at which each run's test accuracy
+    /// reached A.
+    #[arg(long, value_name = "A", requires = "claim")]
+    pub target_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +262,10 @@ pub struct PlotFlags {
     /// accuracy against the loss rate (testbed_step_time, testbed_accuracy).
     #[arg(long)]
     pub testbed: bool,
+    /// Draw the paired differences of `rps report --claim` against n, ± standard error,
+    /// with the fitted a + b/n (claim_loss, claim_accuracy).
+    #[arg(long, conflicts_with = "testbed")]
+    pub claim: bool,
     /// Directory for the figures (created if needed; existing figures are replaced).
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,
@@ -502,6 +516,13 @@ pub struct TrainFlags {
         allow_negative_numbers = true
     )]
     pub weight_decay: f32,
+    /// Deal the training set so that each worker's mix of classes is its own draw from a
+    /// symmetric Dirichlet distribution of concentration ALPHA (the balanced split of
+    /// Acar et al. 2021: equal shard sizes, reproducible from --seed): 0.1 gives each
+    /// worker one or two dominant classes, 100 nearly i.i.d. shards [default: contiguous
+    /// equal shards of the file's (shuffled) order]
+    #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
+    pub label_skew: Option<f64>,
     /// Seed of model initialisation, data order, block assignment and drops.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

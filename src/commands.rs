@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::cli::{
     BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, DigestFlags, PlotFlags,
@@ -495,6 +495,18 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
             "{}",
             crate::testbed::markdown(&crate::testbed::read_index(testbed_index(files)?)?)
         );
+    } else if flags.claim {
+        let target = flags.target_accuracy;
+        if let Some(t) = target {
+            ensure!(
+                (0.0..=1.0).contains(&t),
+                "--target-accuracy {t} must be a fraction in [0, 1]"
+            );
+        }
+        print!(
+            "{}",
+            crate::report::claim::markdown(&claim_runs(files, target)?, target)
+        );
     } else if files.iter().any(|p| crate::netsim::is_results_file(p)) {
         if !files.iter().all(|p| crate::netsim::is_results_file(p)) {
             bail!("give either metrics files (.h5) or netsim results (.csv), not both");
@@ -520,6 +532,8 @@ pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
     let paths = if flags.testbed {
         let runs = crate::testbed::read_index(testbed_index(&flags.files)?)?;
         crate::testbed::plot(&runs, &flags.output_dir)?
+    } else if flags.claim {
+        crate::plot::claim::plot(&claim_runs(&flags.files, None)?, &flags.output_dir)?
     } else {
         crate::plot::plot(&flags.into())?
     };
@@ -527,6 +541,20 @@ pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
         println!("wrote {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics files of `--claim`, each read with its arm (directory).
+fn claim_runs(
+    files: &[PathBuf],
+    target: Option<f64>,
+) -> Result<Vec<crate::report::claim::ClaimRun>> {
+    if files.is_empty() {
+        return Err(crate::report::ReportError::NoFiles.into());
+    }
+    files
+        .iter()
+        .map(|p| Ok(crate::report::claim::ClaimRun::read(p, target)?))
+        .collect()
 }
 
 /// The one index file that --testbed takes.

@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub lr: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// `--label-skew`: the Dirichlet concentration of the workers' label mixes (`None`:
+    /// contiguous shards).
+    pub label_skew: Option<f64>,
     pub seed: u64,
     /// Evaluate every this many steps (0: only at the end).
     pub eval_every: u64,
@@ -209,6 +212,8 @@ pub enum ConfigError {
     Momentum(f32),
     #[error("--weight-decay {0} must be a finite number ≥ 0")]
     WeightDecay(f32),
+    #[error("--label-skew {0} must be a finite number > 0 (the Dirichlet concentration)")]
+    LabelSkew(f64),
     #[error("--servers and --colocated are mutually exclusive")]
     ServersAndColocated,
     #[error("--servers must be at least 1 (or use --colocated)")]
@@ -295,6 +300,7 @@ impl TrainConfig {
             lr: f.lr,
             momentum: f.momentum,
             weight_decay: f.weight_decay,
+            label_skew: f.label_skew,
             seed: f.seed,
             eval_every: f.eval_every,
             force: f.force,
@@ -521,6 +527,11 @@ fn check_optimizer(f: &TrainFlags) -> Result<(), ConfigError> {
     if !(f.weight_decay.is_finite() && f.weight_decay >= 0.0) {
         return Err(ConfigError::WeightDecay(f.weight_decay));
     }
+    if let Some(a) = f.label_skew {
+        if !(a.is_finite() && a > 0.0) {
+            return Err(ConfigError::LabelSkew(a));
+        }
+    }
     Ok(())
 }
 
@@ -670,6 +681,11 @@ mod tests {
             (&["--lr", "0"], ConfigError::LearningRate(0.0)),
             (&["--momentum", "1"], ConfigError::Momentum(1.0)),
             (&["--weight-decay", "-1"], ConfigError::WeightDecay(-1.0)),
+            (&["--label-skew", "0"], ConfigError::LabelSkew(0.0)),
+            (
+                &["--label-skew", "inf"],
+                ConfigError::LabelSkew(f64::INFINITY),
+            ),
             (&["--servers", "0"], ConfigError::NoServers),
             (
                 &["--servers", "5"],

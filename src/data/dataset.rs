@@ -421,6 +421,26 @@ pub fn shard_range(count: usize, parts: usize, part: usize) -> Range<usize> {
     part * each..(part + 1) * each
 }
 
+/// Rows of images read at once by [`Shard::read_rows`].
+pub const SCAN_ROWS: usize = 4096;
+
+/// Every label of `split` (one small read; validated by [`DatasetInfo::open`]).
+///
+/// # Errors
+/// I/O or HDF5 failures.
+pub fn read_labels(info: &DatasetInfo, split: &str) -> Result<Vec<usize>, DatasetError> {
+    let p = || info.path.clone();
+    let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
+        path: p(),
+        why: e.to_string(),
+    })?;
+    let labels = file
+        .dataset(&format!("{split}/labels"))
+        .and_then(|d| d.read_1d::<i64>())
+        .map_err(read_error(&p(), split, "labels"))?;
+    Ok(labels.iter().map(|&l| l as usize).collect())
+}
+
 /// One worker's rows of a split, held in memory as bytes.
 #[derive(Debug, Clone)]
 pub struct Shard {
@@ -450,7 +470,6 @@ impl Shard {
             path: p(),
             why: e.to_string(),
         })?;
-        let split_info = info.split(split);
         let (lo, hi) = (range.start, range.end);
         let images = file
             .dataset(&format!("{split}/images"))
@@ -461,6 +480,69 @@ impl Shard {
             .and_then(|d| d.read_slice::<i64, _, Ix1>(s![lo..hi]))
             .map_err(read_err("labels"))?;
         let (images, _) = images.into_raw_vec_and_offset();
+        // Range validated by DatasetInfo::open.
+        let labels = labels.iter().map(|&l| l as usize).collect();
+        Ok(Self::assemble(info, split, lo, images, labels))
+    }
+
+    /// Reads the samples `rows` (sorted global indices) of `split`, scanning the images
+    /// in blocks of [`SCAN_ROWS`] rows so that memory stays near the shard's own size (for
+    /// shards that are not one range: `--label-skew`).
+    ///
+    /// # Errors
+    /// I/O or HDF5 failures (for example a truncated file).
+    pub fn read_rows(
+        info: &DatasetInfo,
+        split: &str,
+        rows: &[usize],
+    ) -> Result<Self, DatasetError> {
+        let p = || info.path.clone();
+        let read_err = |name: &str| read_error(&p(), split, name);
+        let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
+            path: p(),
+            why: e.to_string(),
+        })?;
+        let all_labels = read_labels(info, split)?;
+        let len = info.split(split).sample_len();
+        let dataset = file
+            .dataset(&format!("{split}/images"))
+            .map_err(read_err("images"))?;
+        let mut images = Vec::with_capacity(rows.len() * len);
+        let mut next = 0;
+        while next < rows.len() {
+            let lo = rows[next];
+            let hi = (lo + SCAN_ROWS).min(all_labels.len());
+            let block = dataset
+                .read_slice::<u8, _, Ix4>(s![lo..hi, .., .., ..])
+                .map_err(read_err("images"))?;
+            let block = block
+                .as_slice()
+                .expect("a freshly read block is contiguous");
+            while next < rows.len() && rows[next] < hi {
+                let r = rows[next] - lo;
+                images.extend_from_slice(&block[r * len..(r + 1) * len]);
+                next += 1;
+            }
+        }
+        let labels = rows.iter().map(|&r| all_labels[r]).collect();
+        Ok(Self::assemble(
+            info,
+            split,
+            rows.first().copied().unwrap_or(0),
+            images,
+            labels,
+        ))
+    }
+
+    /// A shard from its raw images and labels, with the dataset's normalisation.
+    fn assemble(
+        info: &DatasetInfo,
+        split: &str,
+        offset: usize,
+        images: Vec<u8>,
+        labels: Vec<usize>,
+    ) -> Self {
+        let split_info = info.split(split);
         let channels = split_info.channels;
         let (scale, shift) = match &info.normalization {
             Some((mean, std)) => (
@@ -469,18 +551,17 @@ impl Shard {
             ),
             None => (vec![1.0 / 255.0; channels], vec![0.0; channels]),
         };
-        Ok(Shard {
+        Shard {
             scale,
             shift,
             info: SplitInfo {
-                count: hi - lo,
+                count: labels.len(),
                 ..split_info
             },
-            offset: lo,
+            offset,
             images,
-            // Range validated by DatasetInfo::open.
-            labels: labels.iter().map(|&l| l as usize).collect(),
-        })
+            labels,
+        }
     }
 
     pub fn len(&self) -> usize {

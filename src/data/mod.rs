@@ -9,6 +9,7 @@ pub mod cifar;
 pub mod convert;
 pub mod dataset;
 pub mod idx;
+pub mod skew;
 
 pub use dataset::{DatasetError, DatasetInfo, Shard, SplitInfo};
 

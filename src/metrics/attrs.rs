@@ -264,6 +264,8 @@ attrs! {
         MODEL = "model", fingerprint, |f| Some(f.cfg.model.name().into());
         /// 1 when training batches are augmented.
         AUGMENT = "augment", fingerprint, |f| Some(f.cfg.augment.into());
+        /// With `--label-skew`: the Dirichlet concentration α of the workers' label mixes (absent: contiguous shards).
+        LABEL_SKEW = "label_skew", fingerprint, |f| f.cfg.label_skew.map(Into::into);
         /// Length of the flat parameter (and state) vector.
         NUM_PARAMS = "num_params", fingerprint, |f| Some(f.num_params.into());
         /// The dataset file as given.

@@ -20,6 +20,7 @@ use crate::metrics::RunFile;
 use crate::netsim::{is_results_file, Results, CLASSES};
 use crate::report::{group, mean_std, outcome_pairs, RunSummary};
 
+pub mod claim;
 mod theory;
 use theory::{diag_vs_n, outcome_vs_n};
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::metrics::attrs::{self, Attr};
+pub mod claim;
 mod diag;
 
 pub(crate) use diag::{family, outcome_pairs};
@@ -36,6 +37,8 @@ pub struct GroupKey {
     pub batch_size: i64,
     pub lr: String,
     pub momentum: String,
+    /// `--label-skew` α as written, empty for contiguous shards.
+    pub label_skew: String,
 }
 
 /// What `rps report` needs from one metrics file.
@@ -94,6 +97,9 @@ impl RunSummary {
             momentum: f
                 .attr_f64(attrs::MOMENTUM.name)?
                 .map_or("?".into(), |v| v.to_string()),
+            label_skew: f
+                .attr_f64(attrs::LABEL_SKEW.name)?
+                .map_or(String::new(), |v| v.to_string()),
         };
         let test_accuracy = match f.attr_f64(attrs::FINAL_TEST_ACCURACY.name)? {
             Some(v) => Some(v),
@@ -294,7 +300,7 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             .collect::<Vec<_>>()
             .join(",");
         out += &format!(
-            "| {} | {} | {} / {} / {} | {} | {} | {} | {}, {}, {}, {}, {} | {} ({}) | {} | {} | {} / {} {}{} | {} | {} |\n",
+            "| {} | {} | {} / {} / {} | {} | {} | {} | {}, {}, {}, {}, {}{} | {} ({}) | {} | {} | {} / {} {}{} | {} | {} |\n",
             k.algorithm,
             k.mode,
             k.world_size,
@@ -308,6 +314,11 @@ pub fn markdown(runs: &[RunSummary]) -> String {
             k.batch_size,
             k.lr,
             k.momentum,
+            if k.label_skew.is_empty() {
+                String::new()
+            } else {
+                format!(", label skew α={}", k.label_skew)
+            },
             g.runs.len(),
             seeds,
             fmt_stat(g.test_accuracy(), fixed4),
@@ -347,6 +358,7 @@ pub(super) mod tests {
                 batch_size: 32,
                 lr: "0.05".into(),
                 momentum: "0.9".into(),
+                label_skew: String::new(),
             },
             seed,
             drop_rate: 0.1,

@@ -8,7 +8,8 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::checkpoint::{self, RankState};
 use crate::comm::udp;
 use crate::config::{Detection, Duration, TrainConfig, TransportKind};
-use crate::data::dataset::shard_range;
+use crate::data::dataset::{read_labels, shard_range};
+use crate::data::skew::{dirichlet_shards, dominant_share};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::{self, RunShape};
 use crate::metrics::{attrs, RunEnv, RunFacts};
@@ -107,7 +108,7 @@ pub(super) fn prepare(
         },
     )?;
     let worker = match layout.worker_index(rank) {
-        Some(w) => Some(read_shards(&info, layout.num_workers(), w)?),
+        Some(w) => Some(read_shards(&info, layout.num_workers(), w, cfg)?),
         None => None,
     };
     let exchange = Exchange::new(layout.clone(), drop.model, packet_elems);
@@ -212,11 +213,32 @@ fn check_memory(
     Ok(())
 }
 
-/// Worker `w`'s shards: its part of the training set, and a balanced part of the test set.
-fn read_shards(info: &DatasetInfo, workers: usize, w: usize) -> Result<WorkerData> {
+/// Worker `w`'s shards: its part of the training set (contiguous, or dealt by
+/// `--label-skew`), and a balanced part of the test set.
+fn read_shards(
+    info: &DatasetInfo,
+    workers: usize,
+    w: usize,
+    cfg: &TrainConfig,
+) -> Result<WorkerData> {
+    let train = match cfg.label_skew {
+        None => Shard::read(info, "train", shard_range(info.train.count, workers, w))?,
+        Some(alpha) => {
+            let labels = read_labels(info, "train")?;
+            let shards = dirichlet_shards(&labels, info.classes.len(), workers, alpha, cfg.seed);
+            if w == 0 {
+                log::info!(
+                    "--label-skew {alpha}: {} samples per worker; on average {:.0} % of a worker's samples are of its most frequent class",
+                    shards[0].len(),
+                    100.0 * dominant_share(&labels, info.classes.len(), &shards)
+                );
+            }
+            Shard::read_rows(info, "train", &shards[w])?
+        }
+    };
     Ok(WorkerData {
         index: w,
-        train: Shard::read(info, "train", shard_range(info.train.count, workers, w))?,
+        train,
         test: Shard::read(info, "test", balanced_range(info.test.count, workers, w))?,
     })
 }
