@@ -30,9 +30,12 @@ PAGES=(
   "testbed.md|jobs/pages/testbed.sh|25 min (root, network namespaces)|yes"
   "testbed-mtu.md|jobs/pages/testbed-mtu.sh|8 min (root, network namespaces)|yes"
   "winograd.md|jobs/pages/winograd.sh|8 min|yes"
+  "claim-batch.md|jobs/pages/claim-batch.sh|about 1 h of sweeps (skipped when done)|yes"
+  "claim-servers.md|jobs/pages/claim-servers.sh|about 25 min of sweeps (skipped when done)|yes"
+  "claim-recipe.md|jobs/pages/claim-recipe.sh|about 2 h 40 min of sweeps (skipped when done)|yes"
   "udp-mac.md|-|-|a comparison of two builds (with and without the MAC), not of one commit"
-  "theory-mechanism.md|-|-|about 2 h of sweeps; issue 23 redesigns these experiments"
-  "theory-outcome.md|-|-|about 2.5 h of sweeps; issue 23 redesigns these experiments"
+  "theory-mechanism.md|-|-|superseded by claim-*.md (issue 23); kept as history"
+  "theory-outcome.md|-|-|superseded by claim-*.md (issue 23); kept as history"
   "netsim.md|-|-|hours of ns-3 simulation per seed; issue 25 reruns it"
 )
 

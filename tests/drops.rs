@@ -375,3 +375,82 @@ fn a_trace_naming_missing_ranks_is_refused() {
         run.stderr
     );
 }
+
+/// E‖x̄ − v̄‖² = c(n, p)·spread/n, where c follows from the averaging rule alone (for any
+/// replicas, in expectation over the drops and the block assignment). This is a check of
+/// the implementation, not evidence about learning: c(n, p) is computed here by simulating
+/// the rule of DESIGN.md on random values, and the mean of n·mean_error/spread over the
+/// diagnosed steps of real co-located runs must agree with it within 4 standard errors.
+#[test]
+fn the_error_in_the_average_is_the_identity_of_the_averaging_rule() {
+    use rand::{Rng, SeedableRng};
+    // One exchange of one coordinate: server s keeps its own value and receives each
+    // other worker's with probability 1 − p; each other worker receives the average with
+    // probability 1 − p, otherwise keeps its own. Returns the mean of n·error/spread.
+    let simulate = |n: usize, p: f64, draws: usize| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut total = 0.0;
+        for _ in 0..draws {
+            let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+            let mean = v.iter().sum::<f64>() / n as f64;
+            let spread = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let s = rng.random_range(0..n);
+            let arrived: Vec<usize> = (0..n)
+                .filter(|&i| i == s || rng.random::<f64>() >= p)
+                .collect();
+            let avg = arrived.iter().map(|&i| v[i]).sum::<f64>() / arrived.len() as f64;
+            let err: f64 = (0..n)
+                .filter(|&i| i == s || rng.random::<f64>() >= p)
+                .map(|i| avg - v[i])
+                .sum::<f64>()
+                / n as f64;
+            total += n as f64 * err * err / spread;
+        }
+        total / draws as f64
+    };
+    let data = small_dataset();
+    let dir = out_dir();
+    for n in [2usize, 8] {
+        let c = simulate(n, 0.3, 200_000);
+        let m = dir.path().join(format!("n{n}.h5"));
+        let args = [
+            "train",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--metrics",
+            m.to_str().unwrap(),
+            "--model",
+            "mlp",
+            "--colocated",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0",
+            "--steps",
+            "300",
+            "--eval-every",
+            "0",
+            "--diag-every",
+            "1",
+            "--drop-rate",
+            "0.3",
+        ];
+        local_ranks(n, &args).assert_ok();
+        let (err, spread) = (read_f64(&m, "diag/mean_error"), read_f64(&m, "diag/spread"));
+        let r: Vec<f64> = err
+            .iter()
+            .zip(&spread)
+            .filter(|(_, &s)| s > 0.0)
+            .map(|(e, s)| n as f64 * e / s)
+            .collect();
+        let k = r.len() as f64;
+        let mean = r.iter().sum::<f64>() / k;
+        let se = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0) / k).sqrt();
+        assert!(
+            (mean - c).abs() < 4.0 * se + 0.01,
+            "n = {n}, p = 0.3: measured n·error/spread {mean:.4} ± {se:.4} (SE over {k} steps), the averaging rule gives {c:.4}"
+        );
+    }
+}

@@ -373,3 +373,32 @@ fn sweeps_tie_keys_together_and_run_in_process() {
         run.stderr
     );
 }
+
+/// Every sweep job file the project ships (jobs/ and its folders) still lists its runs:
+/// a flag renamed or a value made invalid shows here, not hours into a sweep.
+#[test]
+fn shipped_sweep_job_files_list_their_runs() {
+    fn toml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                toml_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    toml_files(&root.join("jobs"), &mut files);
+    let sweeps: Vec<_> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains("[sweep]"))
+        .collect();
+    assert!(sweeps.len() >= 10, "{sweeps:?}");
+    for f in sweeps {
+        let run = rps(&["sweep", f.to_str().unwrap(), "--list"]);
+        assert!(run.ok(), "{}: {}", f.display(), run.stderr);
+        assert!(!run.stdout.is_empty(), "{}", f.display());
+    }
+}

@@ -110,7 +110,7 @@ fn ticks(n_max: f64) -> Vec<f64> {
 }
 
 /// Experiment B: n·Δ against n, where Δ = loss(p) − loss(0) of x̄ against the lossless
-/// twin of the same seed (mean over seeds, bars ± one standard deviation), log n, one
+/// twin of the same seed (mean over seeds, bars ± one standard error), log n, one
 /// colour per drop model and momentum. Flat when the cost of drops falls as 1/n; the
 /// dashed line is 0, no cost. `twins` is [`outcome_pairs`] of the runs.
 pub(super) fn outcome_vs_n<DB: DrawingBackend>(
@@ -132,7 +132,8 @@ where
             "{}, {}, momentum {}",
             f.model, f.drop_model_description, f.momentum
         );
-        points.push((label, n, m.mean, m.std.unwrap_or(0.0)));
+        // Bars: the standard error of the mean over seeds.
+        points.push((label, n, m.mean, m.std.unwrap_or(0.0) / (m.n as f64).sqrt()));
     }
     points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let lo = points.iter().map(|p| p.2 - p.3).fold(0.0, f64::min);
@@ -154,7 +155,7 @@ where
     chart
         .configure_mesh()
         .x_desc("workers n (co-located: also servers)")
-        .y_desc("n·Δ (mean over seeds, bars ± 1 sd; flat: Δ ∝ 1/n)")
+        .y_desc("n·Δ (mean over seeds, bars ± 1 SE; flat: Δ ∝ 1/n)")
         .x_label_formatter(&|x| format!("{x:.0}"))
         // A tick a rounding error below 0 would read "-0.000".
         .y_label_formatter(&|y| format!("{:.3}", if y.abs() < 5e-4 { 0.0 } else { *y }))

@@ -303,6 +303,12 @@ fn describe(k: &GroupKey) -> String {
 pub fn markdown(runs: &[ClaimRun], target: Option<f64>) -> String {
     let (cells, unpaired) = pair(runs);
     let mut out = String::new();
+    let wall: f64 = runs.iter().filter_map(|r| r.run.wall_time_s).sum();
+    out += &format!(
+        "{} runs, {:.1} h of run time in all (the sum of their `wall_time_s`).\n\n",
+        runs.len(),
+        wall / 3600.0
+    );
     out += "Per cell: mean ± standard error over the paired seeds of Δ = outcome(p) − outcome(0), each run with drops against its lossless twin (same arm, configuration and seed).\n\n";
     out += "| arm | run | drop model | servers / workers | global batch | lr | steps | samples seen | pairs | loss(0) of x̄ | Δ loss of x̄ | Δ loss / loss(0) | accuracy(0) | Δ accuracy | n·error/spread | consensus/spread |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for ((arm, k), cell) in &cells {

@@ -103,15 +103,16 @@ pub(crate) fn outcome_pairs(runs: &[RunSummary]) -> BTreeMap<GroupKey, Vec<(f64,
     rows
 }
 
-/// The outcome table: per configuration, Δ, n·Δ and Δ/loss(0) over the seeds, and the
-/// slope of log Δ on log n.
+/// The outcome table: per configuration, Δ, n·Δ and Δ/loss(0) over the seeds (mean ±
+/// standard error), and per family the weighted fit Δ = a + b/n over every pair (Δ ≤ 0
+/// included; see [`super::claim`], which also separates arms).
 fn outcome(runs: &[RunSummary], out: &mut String) {
     let rows = outcome_pairs(runs);
     if rows.is_empty() {
         return;
     }
-    *out += &format!("\n| mode | model | workers | drop model | momentum | seeds | Δ = loss(p) − loss(0) of x̄ (last {TAIL} measurements) | n·Δ | Δ / loss(0) |\n|---|---|---|---|---|---|---|---|---|\n");
-    let mut families: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
+    *out += &format!("\n| mode | model | workers | drop model | momentum | seeds | Δ = loss(p) − loss(0) of x̄ (last {TAIL} measurements), ± SE | n·Δ ± SE | Δ / loss(0) ± SE |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut families: BTreeMap<GroupKey, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for (k, pairs) in &rows {
         let n = k.workers as f64;
         let deltas: Vec<f64> = pairs.iter().map(|p| p.0).collect();
@@ -125,18 +126,49 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
             k.drop_model_description.replace('|', "\\|"),
             k.momentum,
             pairs.len(),
-            fmt_stat(mean_std(&deltas), sci),
-            fmt_stat(mean_std(&scaled), sci),
-            fmt_stat(mean_std(&rel), sci),
+            fmt_stat(standard_error(&deltas), sci),
+            fmt_stat(standard_error(&scaled), sci),
+            fmt_stat(standard_error(&rel), sci),
         );
-        let points = deltas
-            .iter()
-            .filter(|d| **d > 0.0)
-            .map(|d| (n.ln(), d.ln()));
-        families.entry(family(k)).or_default().extend(points);
+        // Weight 1/variance of the cell (none without a spread: left out of the fit).
+        if let Some(var) = mean_std(&deltas).and_then(|m| m.std).map(|s| s * s) {
+            if var > 0.0 {
+                let points = deltas.iter().map(|&d| (n, d, 1.0 / var));
+                families.entry(family(k)).or_default().extend(points);
+            }
+        }
     }
-    let header = "\n| mode | model | drop model | momentum | runs with Δ > 0 | slope of log Δ on log(n), ± 2 SE |\n|---|---|---|---|---|---|\n";
-    fit_table(&families, header, true, out);
+    let rows: Vec<String> = families
+        .iter()
+        .filter_map(|(k, points)| {
+            let f = super::claim::fit_inverse(points)?;
+            Some(format!(
+                "| {} | {} | {} | {} | {} | {} | {} ± {} | {} ± {} |\n",
+                k.mode,
+                k.model,
+                k.drop_model_description.replace('|', "\\|"),
+                k.momentum,
+                f.points,
+                points.iter().filter(|p| p.1 <= 0.0).count(),
+                sci(f.a),
+                sci(2.0 * f.se_a),
+                sci(f.b),
+                sci(2.0 * f.se_b),
+            ))
+        })
+        .collect();
+    if !rows.is_empty() {
+        *out += "\n| mode | model | drop model | momentum | pairs | pairs with Δ ≤ 0 | a of Δ = a + b/n, ± 2 SE | b, ± 2 SE |\n|---|---|---|---|---|---|---|---|\n";
+        out.extend(rows);
+    }
+}
+
+/// Mean ± standard error (sd / √n) in the shape of [`MeanStd`].
+fn standard_error(values: &[f64]) -> Option<super::MeanStd> {
+    mean_std(values).map(|m| super::MeanStd {
+        std: m.std.map(|s| s / (m.n as f64).sqrt()),
+        ..m
+    })
 }
 
 /// For each set of groups that differ only in the number of workers: the least-squares
@@ -162,29 +194,21 @@ fn slopes(groups: &[Group], out: &mut String) {
             }
         }
     }
-    let header = "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE |\n|---|---|---|---|---|\n";
-    fit_table(&families, header, false, out);
+    // A check of the implementation, not evidence about learning: for any replicas the
+    // averaging step alone gives E‖x̄ − v̄‖² = c(n, p)·spread/n (docs/results/claim.md).
+    let header = "\n| mode | model | drop model | momentum | slope of log(mean_error/spread) on log(n), ± 2 SE (an identity of the averaging step: a check of the implementation) |\n|---|---|---|---|---|\n";
+    fit_table(&families, header, out);
 }
 
-/// The fitted slope (± 2 SE) of every family with enough points, under `header`; with
-/// `count`, the number of points too. Nothing when no family can be fitted.
-fn fit_table(
-    families: &BTreeMap<GroupKey, Vec<(f64, f64)>>,
-    header: &str,
-    count: bool,
-    out: &mut String,
-) {
+/// The fitted slope (± 2 SE) of every family with enough points, under `header`. Nothing
+/// when no family can be fitted.
+fn fit_table(families: &BTreeMap<GroupKey, Vec<(f64, f64)>>, header: &str, out: &mut String) {
     let rows: Vec<String> = families
         .iter()
         .filter_map(|(k, points)| {
             let (slope, se) = fit(points)?;
-            let n = if count {
-                format!(" {} |", points.len())
-            } else {
-                String::new()
-            };
             Some(format!(
-                "| {} | {} | {} | {} |{n} {slope:.3} ± {:.3} |\n",
+                "| {} | {} | {} | {} | {slope:.3} ± {:.3} |\n",
                 k.mode,
                 k.model,
                 k.drop_model_description.replace('|', "\\|"),
@@ -254,7 +278,7 @@ mod tests {
         lossy.diag = diag(0.6);
         let mut out = String::new();
         outcome(&[lossless, lossy], &mut out);
-        // Δ = 0.1, n·Δ = 0.4 (4 workers), Δ/loss(0) = 0.2.
+        // Δ = 0.1, n·Δ = 0.4 (4 workers), Δ/loss(0) = 0.2 (one seed: no standard error).
         assert!(out.contains("| 1 | 1.00e-1 | 4.00e-1 | 2.00e-1 |"), "{out}");
     }
 }
