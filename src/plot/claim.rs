@@ -93,8 +93,15 @@ where
     let all = || curves.iter().flat_map(|c| c.points.iter());
     let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
     let x_max = all().map(|p| p.0).fold(1.0, f64::max);
-    let lo = all().map(|p| p.1 - p.2).fold(0.0, f64::min);
-    let hi = all().map(|p| p.1 + p.2).fold(0.0, f64::max);
+    // The fitted curves at the ends of the range count too.
+    let fitted = || {
+        curves
+            .iter()
+            .filter_map(|c| c.fit)
+            .flat_map(|(a, b)| [a + b / x_min, a + b / x_max])
+    };
+    let lo = all().map(|p| p.1 - p.2).chain(fitted()).fold(0.0, f64::min);
+    let hi = all().map(|p| p.1 + p.2).chain(fitted()).fold(0.0, f64::max);
     let pad = ((hi - lo) * 0.1).max(1e-6);
     let (x0, x1) = (x_min / 1.3, x_max * 1.3);
     let ticks: Vec<f64> = {
@@ -154,6 +161,11 @@ where
             chart.draw_series(DashedLineSeries::new(line, 6, 4, colour.stroke_width(2)))?;
         }
     }
-    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    // Costs rise as loss and fall as accuracy: the legend goes where small n's bars are not.
+    let corner = match o {
+        Outcome::Loss => SeriesLabelPosition::UpperRight,
+        Outcome::Accuracy => SeriesLabelPosition::LowerRight,
+    };
+    legend(&mut chart, corner)?;
     Ok(())
 }

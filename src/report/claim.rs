@@ -82,7 +82,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn title(self) -> &'static str {
         match self {
-            Outcome::Loss => "Δ training loss of x̄",
+            Outcome::Loss => "Δ training loss of the averaged model",
             Outcome::Accuracy => "Δ test accuracy",
         }
     }
