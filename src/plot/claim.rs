@@ -22,17 +22,21 @@ struct Curve {
     fit: Option<(f64, f64)>,
 }
 
-fn curves(cells: &BTreeMap<CellKey, Cell>, o: Outcome) -> (Vec<Curve>, &'static str) {
+/// The curves of outcome `o`, and the name of their x (the names joined with " / " when
+/// families vary different counts).
+fn curves(cells: &BTreeMap<CellKey, Cell>, o: Outcome) -> (Vec<Curve>, String) {
     let fits = fit_points(cells, o);
     let mut by_family: BTreeMap<_, Vec<&CellKey>> = BTreeMap::new();
     for k in cells.keys() {
         by_family.entry(family(k)).or_default().push(k);
     }
-    let mut x_name = "n";
+    let mut names: Vec<&str> = Vec::new();
     let mut out = Vec::new();
     for (fam, keys) in by_family {
         let (name, x_of) = abscissa(&keys);
-        x_name = name;
+        if !names.contains(&name) {
+            names.push(name);
+        }
         let points: Vec<(f64, f64, f64)> = keys
             .iter()
             .filter_map(|k| {
@@ -54,7 +58,7 @@ fn curves(cells: &BTreeMap<CellKey, Cell>, o: Outcome) -> (Vec<Curve>, &'static 
             fit,
         });
     }
-    (out, x_name)
+    (out, names.join(" / "))
 }
 
 /// Writes claim_loss and claim_accuracy (PNG and SVG) into `dir` for the outcomes the
@@ -75,9 +79,18 @@ pub fn plot(runs: &[ClaimRun], dir: &Path) -> Result<Vec<PathBuf>> {
         if curves.is_empty() {
             continue;
         }
-        paths.extend(both!(dir, o.file_stem(), SIZE, draw(&curves, o, x_name)));
+        paths.extend(both!(dir, o.file_stem(), SIZE, draw(&curves, o, &x_name)));
     }
     Ok(paths)
+}
+
+/// The smallest and largest x of a curve's points.
+fn span(c: &Curve) -> (f64, f64) {
+    let xs = c.points.iter().map(|p| p.0);
+    (
+        xs.clone().fold(f64::INFINITY, f64::min),
+        xs.fold(f64::NEG_INFINITY, f64::max),
+    )
 }
 
 fn draw<DB: DrawingBackend>(
@@ -95,10 +108,12 @@ where
     let x_max = all().map(|p| p.0).fold(1.0, f64::max);
     // The fitted curves at the ends of the range count too.
     let fitted = || {
-        curves
-            .iter()
-            .filter_map(|c| c.fit)
-            .flat_map(|(a, b)| [a + b / x_min, a + b / x_max])
+        curves.iter().flat_map(|c| {
+            let (lo, hi) = span(c);
+            c.fit
+                .into_iter()
+                .flat_map(move |(a, b)| [a + b / lo, a + b / hi])
+        })
     };
     let lo = all().map(|p| p.1 - p.2).chain(fitted()).fold(0.0, f64::min);
     let hi = all().map(|p| p.1 + p.2).chain(fitted()).fold(0.0, f64::max);
@@ -152,9 +167,11 @@ where
             PathElement::new([(p.0, p.1 - p.2), (p.0, p.1 + p.2)], colour.stroke_width(2))
         }))?;
         if let Some((a, b)) = c.fit {
+            // Over the family's own counts only.
+            let (lo, hi) = span(c);
             let line: Vec<(f64, f64)> = (0..=60)
                 .map(|j| {
-                    let x = x_min * (x_max / x_min).powf(f64::from(j) / 60.0);
+                    let x = lo * (hi / lo).powf(f64::from(j) / 60.0);
                     (x, a + b / x)
                 })
                 .collect();
