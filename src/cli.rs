@@ -248,7 +248,7 @@ pub struct ReportFlags {
     pub claim: bool,
     /// With --claim: also the first evaluated step at which each run's test accuracy
     /// reached A.
-    #[arg(long, value_name = "A", requires = "claim")]
+    #[arg(long, value_name = "A", requires = "claim", value_parser = parse_fraction)]
     pub target_accuracy: Option<f64>,
 }
 
@@ -748,6 +748,14 @@ pub struct BenchExchangeFlags {
 }
 
 /// A byte count written as an integer (`1000000`) or in 1e6 style.
+/// A fraction in [0, 1] (an accuracy).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s} is not a fraction in [0, 1]")),
+    }
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     if let Ok(b) = s.parse::<u64>() {
         return Ok(b);

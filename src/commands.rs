@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 
 use crate::cli::{
     BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, DigestFlags, PlotFlags,
@@ -497,12 +497,6 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
         );
     } else if flags.claim {
         let target = flags.target_accuracy;
-        if let Some(t) = target {
-            ensure!(
-                (0.0..=1.0).contains(&t),
-                "--target-accuracy {t} must be a fraction in [0, 1]"
-            );
-        }
         print!(
             "{}",
             crate::report::claim::markdown(&claim_runs(files, target)?, target)

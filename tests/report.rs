@@ -313,3 +313,109 @@ fn a_file_given_twice_is_refused() {
         assert!(run.stdout.is_empty(), "{cmd}: {}", run.stdout);
     }
 }
+
+/// A co-located run of `n` ranks for `rps report --claim`: one step, evaluations at steps
+/// 10 and 20 (the second at `acc`), and a diagnostic training loss of the average `loss`.
+fn write_claim_run(path: &Path, n: i64, rate: f64, seed: i64, acc: f64, loss: f64) {
+    let attrs: Vec<(&str, AttrValue)> = vec![
+        ("rps_version", "0.1.0".into()),
+        ("algorithm", "rps".into()),
+        ("mode", "colocated".into()),
+        ("world_size", n.into()),
+        ("servers", n.into()),
+        ("workers", n.into()),
+        ("drop_model", "bernoulli".into()),
+        (
+            "drop_model_description",
+            format!("bernoulli(p={rate})").into(),
+        ),
+        ("drop_rate", rate.into()),
+        ("model", "mlp".into()),
+        ("steps", 20i64.into()),
+        ("batch_size", (64 / n).into()),
+        ("seed", seed.into()),
+        ("status", "completed".into()),
+        ("final_test_accuracy", acc.into()),
+        ("wall_time_s", 1.0.into()),
+    ];
+    let w = MetricsWriter::create(path, true, &attrs).unwrap();
+    w.append_steps(&[StepRow {
+        step: 1,
+        ranks: n as usize,
+        sum: StepCounters::default(),
+    }])
+    .unwrap();
+    for (step, a) in [(10, acc - 0.1), (20, acc)] {
+        w.append_eval(&EvalRecord {
+            step,
+            test_accuracy: a,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    w.append_diag(&DiagRecord {
+        step: 20,
+        spread: 1.0,
+        mean_error: rate / n as f64,
+        consensus: rate,
+        avg_train_loss: loss,
+    })
+    .unwrap();
+    w.close().unwrap();
+}
+
+/// `rps report --claim` pairs each lossy run with the twin of its directory and seed, and
+/// fits Δ = a + b/n; `rps plot --claim` draws it; a target outside [0, 1] is a usage error.
+#[test]
+fn the_claim_report_pairs_twins_and_fits_over_n() {
+    let _machine = common::lock_mpirun();
+    let dir = common::out_dir();
+    let arm = dir.path().join("arm");
+    std::fs::create_dir(&arm).unwrap();
+    let mut files = Vec::new();
+    // Δ loss = 0.08/n exactly (a = 0, b = 0.08), ± 0.001 between the two seeds.
+    for n in [2i64, 4, 8] {
+        for seed in [1i64, 2] {
+            let noise = if seed == 1 { 0.001 } else { -0.001 };
+            for (rate, loss, acc) in [(0.0, 0.5, 0.85), (0.2, 0.5 + 0.08 / n as f64 + noise, 0.84)]
+            {
+                let f = arm.join(format!("n{n}-p{rate}-s{seed}.h5"));
+                write_claim_run(&f, n, rate, seed, acc, loss);
+                files.push(f.to_str().unwrap().to_string());
+            }
+        }
+    }
+    let mut args = vec!["report", "--claim", "--target-accuracy", "0.8"];
+    args.extend(files.iter().map(String::as_str));
+    let run = rps(&args);
+    run.assert_ok();
+    let out = &run.stdout;
+    assert!(out.contains("12 runs"), "{out}");
+    // n = 2: Δ = 0.04 ± 0.001 (SE of ± 0.001 over two seeds), accuracy −0.01.
+    assert!(
+        out.contains("| 2 | 0.5000 ± 0 | 0.0400 ± 1.00e-3 |"),
+        "{out}"
+    );
+    // The fit finds a = 0, b = 0.08 (± 2 SE), all 6 pairs above 0.
+    assert!(
+        out.contains("| arm | mlp colocated | bernoulli(p=0.2) | n | 6 | 0 | "),
+        "{out}"
+    );
+    assert!(out.contains("0.0800 ± "), "{out}");
+    // Steps to 0.8: 20 for every run (the first evaluation, at 0.75 or 0.74, is below).
+    assert!(out.contains("20.0000 ± 0 (2 of 2)"), "{out}");
+    let figs = dir.path().join("figs");
+    let mut plot = vec!["plot", "--claim", "--output-dir", figs.to_str().unwrap()];
+    plot.extend(files.iter().map(String::as_str));
+    rps(&plot).assert_ok();
+    for f in ["claim_loss.png", "claim_loss.svg", "claim_accuracy.svg"] {
+        assert!(figs.join(f).is_file(), "{f}");
+    }
+    let bad = rps(&["report", "--claim", "--target-accuracy", "80", &files[0]]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("80 is not a fraction in [0, 1]"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -293,7 +293,7 @@ fn describe(k: &GroupKey) -> String {
     if !k.label_skew.is_empty() {
         s += &format!(", label skew α={}", k.label_skew);
     }
-    if k.momentum != "0" {
+    if k.momentum != "0" && k.momentum != "?" {
         s += &format!(", momentum {}", k.momentum);
     }
     s
