@@ -421,6 +421,14 @@ pub fn shard_range(count: usize, parts: usize, part: usize) -> Range<usize> {
     part * each..(part + 1) * each
 }
 
+/// The dataset file, opened for reading.
+fn open_file(info: &DatasetInfo) -> Result<hdf5::File, DatasetError> {
+    hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
+        path: info.path.clone(),
+        why: e.to_string(),
+    })
+}
+
 /// Rows of images read at once by [`Shard::read_rows`].
 pub const SCAN_ROWS: usize = 4096;
 
@@ -430,10 +438,7 @@ pub const SCAN_ROWS: usize = 4096;
 /// I/O or HDF5 failures.
 pub fn read_labels(info: &DatasetInfo, split: &str) -> Result<Vec<usize>, DatasetError> {
     let p = || info.path.clone();
-    let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
-        path: p(),
-        why: e.to_string(),
-    })?;
+    let file = open_file(info)?;
     let labels = file
         .dataset(&format!("{split}/labels"))
         .and_then(|d| d.read_1d::<i64>())
@@ -466,10 +471,7 @@ impl Shard {
     ) -> Result<Self, DatasetError> {
         let p = || info.path.clone();
         let read_err = |name: &str| read_error(&p(), split, name);
-        let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
-            path: p(),
-            why: e.to_string(),
-        })?;
+        let file = open_file(info)?;
         let (lo, hi) = (range.start, range.end);
         let images = file
             .dataset(&format!("{split}/images"))
@@ -498,10 +500,7 @@ impl Shard {
     ) -> Result<Self, DatasetError> {
         let p = || info.path.clone();
         let read_err = |name: &str| read_error(&p(), split, name);
-        let file = hdf5::File::open(&info.path).map_err(|e| DatasetError::NotHdf5 {
-            path: p(),
-            why: e.to_string(),
-        })?;
+        let file = open_file(info)?;
         let all_labels = read_labels(info, split)?;
         let len = info.split(split).sample_len();
         let dataset = file
