@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{mean_std, GroupKey, ReportError, RunSummary};
+use crate::metrics::attrs::COMPLETED;
 use crate::metrics::schema::{EVAL_STEP, TEST_ACCURACY};
 use crate::metrics::RunFile;
 
@@ -119,9 +120,12 @@ pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
     Some((m.mean, m.std.map(|s| s / (m.n as f64).sqrt())))
 }
 
-/// The runs with drops, each with its lossless twin, by cell; runs without a twin are
-/// counted in the second value.
+/// The completed runs with drops, each with its lossless twin (also completed), by cell;
+/// runs without a twin are counted in the second value. A run that did not complete (a
+/// sweep still running, a stopped job) has no final outcome and is left out: see
+/// [`unfinished`].
 pub fn pair(runs: &[ClaimRun]) -> (BTreeMap<CellKey, Cell>, usize) {
+    let runs: Vec<&ClaimRun> = runs.iter().filter(|r| r.run.status == COMPLETED).collect();
     let twin_key = |r: &ClaimRun| {
         let mut k = r.run.key.clone();
         k.drop_model_description.clear();
@@ -130,7 +134,7 @@ pub fn pair(runs: &[ClaimRun]) -> (BTreeMap<CellKey, Cell>, usize) {
     let twins: BTreeMap<_, &ClaimRun> = runs
         .iter()
         .filter(|r| r.run.drop_rate == 0.0)
-        .map(|r| (twin_key(r), r))
+        .map(|r| (twin_key(r), *r))
         .collect();
     let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
     let mut unpaired = 0;
@@ -140,11 +144,16 @@ pub fn pair(runs: &[ClaimRun]) -> (BTreeMap<CellKey, Cell>, usize) {
                 .entry((r.arm.clone(), r.run.key.clone()))
                 .or_default()
                 .pairs
-                .push((r.clone(), (*t).clone())),
+                .push(((*r).clone(), (*t).clone())),
             None => unpaired += 1,
         }
     }
     (cells, unpaired)
+}
+
+/// How many of `runs` did not complete (left out of every table).
+pub fn unfinished(runs: &[ClaimRun]) -> usize {
+    runs.iter().filter(|r| r.run.status != COMPLETED).count()
 }
 
 /// A family: an arm and configuration across the number of ranks (sizes, batch, rate and
@@ -410,6 +419,10 @@ pub fn markdown(runs: &[ClaimRun], target: Option<f64>) -> String {
         out += &format!("\nFit of {} = a + b/x over every pair (weighted least squares, weights 1/variance of the cell; ± 2 SE). a is the cost of drops that does not fall with x, b the part that falls as 1/x; the claim predicts a ≈ 0 and b of the sign of a cost ({}).\n\n| arm | run | drop model | x | pairs | pairs with {worse} | a ± 2 SE | b ± 2 SE | reduced χ² |\n|---|---|---|---|---|---|---|---|---|\n", o.title(), if unit == "loss" { "b > 0" } else { "b < 0" });
         out.extend(rows);
     }
+    let unfinished = unfinished(runs);
+    if unfinished > 0 {
+        out += &format!("\n{unfinished} run(s) did not complete (status other than `completed`) and are not in these tables.\n");
+    }
     if unpaired > 0 {
         out += &format!(
             "\n{unpaired} run(s) with drops have no lossless twin and are not in these tables.\n"
@@ -475,6 +488,14 @@ mod tests {
             run("a", "bernoulli(p=0.1)", 0.1, 2, 0.80),
             // Another arm's twin is not this arm's: unpaired.
             run("b", "bernoulli(p=0.1)", 0.1, 1, 0.5),
+            // Still running: no final outcome, left out.
+            ClaimRun {
+                run: RunSummary {
+                    status: "running".into(),
+                    ..run("a", "bernoulli(p=0.1)", 0.1, 3, 0.1).run
+                },
+                ..run("a", "bernoulli(p=0.1)", 0.1, 3, 0.1)
+            },
         ];
         let (cells, unpaired) = pair(&runs);
         assert_eq!((cells.len(), unpaired), (1, 1));
@@ -495,6 +516,7 @@ mod tests {
             md.contains("1 run(s) with drops have no lossless twin"),
             "{md}"
         );
+        assert!(md.contains("1 run(s) did not complete"), "{md}");
     }
 
     #[test]
