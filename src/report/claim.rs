@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{mean_std, GroupKey, ReportError, RunSummary};
+use super::{mean_std, standard_error, GroupKey, ReportError, RunSummary};
 use crate::metrics::attrs::COMPLETED;
 use crate::metrics::schema::{EVAL_STEP, TEST_ACCURACY};
 use crate::metrics::RunFile;
@@ -116,8 +116,7 @@ impl Cell {
 
 /// Mean and standard error (sample sd / √n; `None` for fewer than two values).
 pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
-    let m = mean_std(values)?;
-    Some((m.mean, m.std.map(|s| s / (m.n as f64).sqrt())))
+    standard_error(values).map(|m| (m.mean, m.std))
 }
 
 /// The completed runs with drops, each with its lossless twin (also completed), by cell;

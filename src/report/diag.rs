@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{fixed4, fmt_stat, group, mean_std, sci, Group, GroupKey, ReportError, RunSummary};
+use super::{
+    fixed4, fmt_stat, group, mean_std, sci, standard_error, Group, GroupKey, ReportError,
+    RunSummary,
+};
 use crate::metrics::schema::{DIAG_AVG_TRAIN_LOSS, DIAG_CONSENSUS, DIAG_MEAN_ERROR, DIAG_SPREAD};
 use crate::metrics::RunFile;
 
@@ -161,14 +164,6 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
         *out += "\n| mode | model | drop model | momentum | pairs | pairs with Δ ≤ 0 | a of Δ = a + b/n, ± 2 SE | b, ± 2 SE |\n|---|---|---|---|---|---|---|---|\n";
         out.extend(rows);
     }
-}
-
-/// Mean ± standard error (sd / √n) in the shape of [`MeanStd`].
-fn standard_error(values: &[f64]) -> Option<super::MeanStd> {
-    mean_std(values).map(|m| super::MeanStd {
-        std: m.std.map(|s| s / (m.n as f64).sqrt()),
-        ..m
-    })
 }
 
 /// For each set of groups that differ only in the number of workers: the least-squares

@@ -191,6 +191,15 @@ pub fn mean_std(values: &[f64]) -> Option<MeanStd> {
     Some(MeanStd { mean, std, n })
 }
 
+/// Mean and standard error of the mean (sample sd / √n) of `values`, in the shape of
+/// [`MeanStd`] (`std` holds the standard error), `None` when empty.
+pub fn standard_error(values: &[f64]) -> Option<MeanStd> {
+    mean_std(values).map(|m| MeanStd {
+        std: m.std.map(|s| s / (m.n as f64).sqrt()),
+        ..m
+    })
+}
+
 /// Runs sharing a configuration (they differ only by seed).
 #[derive(Debug, Clone)]
 pub struct Group {
