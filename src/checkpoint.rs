@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use hdf5::types::VarLenUnicode;
 
+use crate::counters::StepCounters;
 use crate::hash::hash_words;
-use crate::metrics::StepCounters;
 
 /// Marker file of a complete checkpoint.
 pub const COMPLETE: &str = "COMPLETE";

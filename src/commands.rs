@@ -8,12 +8,12 @@
 //! written if `--checkpoint-dir` was given), 1 for any other failure.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::cli::{
     BenchExchangeFlags, BenchFlags, ConvertFlags, DatasetFormat, DigestFlags, PlotFlags,
@@ -236,7 +236,7 @@ pub fn train(flags: TrainFlags) -> ExitCode {
     }
     // Every rank validates its flags; all learn whether any failed (ranks may have been
     // started with different flags), and the lowest failing rank says why.
-    let built = TrainConfig::build(&flags, mpi.size(), command_line)
+    let built = crate::cli::validate::train_config(&flags, mpi.size(), command_line)
         .map_err(anyhow::Error::from)
         .and_then(|cfg| crate::train::check_outputs(&cfg, rank == 0).map(|()| cfg));
     let cfg = match agree(&mpi, built) {
@@ -304,7 +304,7 @@ fn train_local(
     if let Err(e) = handlers {
         log::warn!("cannot install signal handlers, SIGTERM will kill the job at once: {e}");
     }
-    let cfg = match TrainConfig::build(flags, n, command_line) {
+    let cfg = match crate::cli::validate::train_config(flags, n, command_line) {
         Ok(cfg) if matches!(cfg.transport, TransportKind::Udp(_)) => {
             print_error(
                 None,
@@ -328,7 +328,7 @@ fn train_local(
 
 /// Rank 0 names the flags this run will not use (their mode is off).
 fn warn_ignored(flags: &TrainFlags) {
-    for w in crate::config::ignored_flags(flags) {
+    for w in crate::cli::validate::ignored_flags(flags) {
         log::warn!("{w}");
     }
 }
@@ -486,50 +486,47 @@ fn refuse_repeats(files: &[PathBuf]) -> Option<ExitCode> {
 
 /// `rps report`: the Markdown table on stdout.
 pub fn report(flags: ReportFlags) -> Result<ExitCode> {
+    use crate::results::Kind;
     let files = &flags.files;
     if let Some(code) = refuse_repeats(files) {
         return Ok(code);
     }
-    if flags.testbed {
-        print!(
-            "{}",
-            crate::testbed::markdown(&crate::testbed::read_index(testbed_index(files)?)?)
-        );
-    } else if flags.claim {
-        let target = flags.target_accuracy;
-        print!(
-            "{}",
-            crate::report::claim::markdown(&claim_runs(files, target)?, target)
-        );
-    } else if files.iter().any(|p| crate::netsim::is_results_file(p)) {
-        if !files.iter().all(|p| crate::netsim::is_results_file(p)) {
-            bail!("give either metrics files (.h5) or netsim results (.csv), not both");
+    let text = match crate::results::kind(files, flags.testbed)? {
+        Kind::TestbedIndex => crate::testbed::markdown(&crate::testbed::read_index(
+            crate::results::testbed_index(files)?,
+        )?),
+        Kind::Netsim => crate::netsim::markdown(&crate::netsim::Results::read(files)?),
+        Kind::BenchExchange => {
+            crate::bench_exchange::csv::markdown(&crate::bench_exchange::csv::read(files)?)
         }
-        print!(
-            "{}",
-            crate::netsim::markdown(&crate::netsim::Results::read(files)?)
-        );
-    } else {
-        print!(
-            "{}",
-            crate::report::markdown(&crate::report::summarize(files)?)
-        );
-    }
+        Kind::Metrics if flags.claim => {
+            let target = flags.target_accuracy;
+            crate::report::claim::markdown(&claim_runs(files, target)?, target)
+        }
+        Kind::Metrics => crate::report::markdown(&crate::report::summarize(files)?),
+    };
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `rps plot`: figures into --output-dir, their paths on stdout.
 pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
+    use crate::results::Kind;
     if let Some(code) = refuse_repeats(&flags.files) {
         return Ok(code);
     }
-    let paths = if flags.testbed {
-        let runs = crate::testbed::read_index(testbed_index(&flags.files)?)?;
-        crate::testbed::plot(&runs, &flags.output_dir)?
-    } else if flags.claim {
-        crate::plot::claim::plot(&claim_runs(&flags.files, None)?, &flags.output_dir)?
-    } else {
-        crate::plot::plot(&flags.into())?
+    let dir = &flags.output_dir;
+    let paths = match crate::results::kind(&flags.files, flags.testbed)? {
+        Kind::TestbedIndex => {
+            let index = crate::results::testbed_index(&flags.files)?;
+            crate::testbed::plot(&crate::testbed::read_index(index)?, dir)?
+        }
+        Kind::Netsim => crate::plot::netsim::plot(&flags.files, dir)?,
+        Kind::BenchExchange => crate::bench_exchange::plot::plot(&flags.files, dir)?,
+        Kind::Metrics if flags.claim => {
+            crate::plot::claim::plot(&claim_runs(&flags.files, None)?, dir)?
+        }
+        Kind::Metrics => crate::plot::plot(&flags.into())?,
     };
     for p in paths {
         println!("wrote {}", p.display());
@@ -549,17 +546,6 @@ fn claim_runs(
         .iter()
         .map(|p| Ok(crate::report::claim::ClaimRun::read(p, target)?))
         .collect()
-}
-
-/// The one index file that --testbed takes.
-fn testbed_index(files: &[PathBuf]) -> Result<&Path> {
-    match files {
-        [one] => Ok(one),
-        _ => bail!(
-            "--testbed takes one index file (jobs/testbed.sh writes OUTDIR/index.csv), got {}",
-            files.len()
-        ),
-    }
 }
 
 /// `rps digest`: per file, one line per dataset (`HEX  NAME  N values`) and an `all` line.

@@ -14,7 +14,6 @@ use log::info;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::config::TrainConfig;
 use crate::job::{JobFile, JobRun};
 
 /// What `rps sweep` was asked to do.
@@ -269,7 +268,7 @@ pub fn check_runs(job: &JobFile, runs: &[JobRun]) -> Result<(), String> {
             continue;
         };
         let why = match crate::cli::parse_train(&r.args) {
-            Ok(flags) => match TrainConfig::build(&flags, world, String::new()) {
+            Ok(flags) => match crate::cli::validate::train_config(&flags, world, String::new()) {
                 Ok(_) => continue,
                 Err(e) => e.to_string(),
             },

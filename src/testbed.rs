@@ -16,7 +16,7 @@ use crate::metrics::schema::{
     PACKETS_MISSED_DOWN, PACKETS_MISSED_UP, PACKETS_UP, TEST_ACCURACY,
 };
 use crate::metrics::RunFile;
-use crate::plot::{both, font, legend, pick, register_font};
+use crate::plot::style::{both, font, legend, pick, register_font};
 
 /// One run of the index.
 #[derive(Debug, Clone)]

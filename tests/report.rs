@@ -6,8 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::rps;
+use rps::counters::StepCounters;
 use rps::metrics::schema::DiagRecord;
-use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepCounters, StepRow};
+use rps::metrics::{AttrValue, EvalRecord, MetricsWriter, StepRow};
 
 /// A metrics file of `steps` steps with constant drops (1 of 10 messages up), two
 /// evaluations, and a 2×3 per-link matrix.

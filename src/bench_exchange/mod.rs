@@ -13,13 +13,14 @@ use anyhow::{ensure, Context, Result};
 
 use crate::bench::Spread;
 use crate::comm::{Incoming, Outgoing, Transport};
-use crate::drop::{self, DropSpec, RunShape};
-use crate::metrics::StepCounters;
+use crate::counters::StepCounters;
+use crate::drop;
 use crate::rps::{Exchange, Layout, Mode};
 
+pub mod csv;
 mod output;
 pub mod plot;
-pub use output::CSV_HEADER;
+pub use csv::CSV_HEADER;
 
 /// Which role split to benchmark; dedicated's server count depends on the job's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,18 +413,9 @@ fn one_mode<T: Transport + ?Sized>(
     let worker = layout.is_worker(me);
     let mut exchanges = Vec::new();
     for &p in &plan.drop_rates {
-        let shape = RunShape {
-            seed: plan.seed,
-            world_size: n,
-            servers: layout.num_servers(),
-            colocated: mode == Mode::Colocated,
-            num_params: elems,
-            packet_bytes: None,
-            slots_per_step: 1,
-            total_steps: total as u64,
-        };
-        let built = drop::build(&DropSpec::Bernoulli { up: p, down: p }, &shape)?;
-        exchanges.push(Exchange::new(layout.clone(), built.model, None));
+        // The training runs' drop stream (train::drops builds the same Bernoulli model).
+        let model = drop::Bernoulli::with_rates(drop::drop_seed(plan.seed), p, p);
+        exchanges.push(Exchange::new(layout.clone(), Box::new(model), None));
     }
     let mut allreduce = Vec::with_capacity(total);
     let mut fixed = Vec::with_capacity(total);

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 
+use super::csv::CSV_HEADER;
 use super::{Op, Row};
 
 fn opt(x: Option<f64>, digits: usize) -> String {
@@ -106,10 +107,6 @@ pub(super) fn report(rows: &[Row], n: usize) {
         );
     }
 }
-
-/// The CSV header; [`crate::plot`] recognises bench-exchange files by it.
-pub const CSV_HEADER: &str =
-    "op,mode,n,bytes,p,median_ms,p25_ms,p75_ms,min_ms,max_ms,wire_bytes,sent,dropped";
 
 pub(super) fn write_csv(file: &mut File, rows: &[Row], n: usize) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(file);

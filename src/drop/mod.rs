@@ -5,16 +5,16 @@
 //! every rank can evaluate any link's decision without communication (oracle detection)
 //! and runs are reproducible bit for bit, whatever the order in which ranks ask.
 
-pub mod factory;
 pub mod gilbert;
 pub mod links;
+pub mod spec;
 pub mod trace;
 
 use std::fmt;
 
-pub use factory::{build, DropSpec, RunShape};
 pub use gilbert::{GeParams, GilbertElliott};
 pub use links::{LinkRates, LinkRatesError, PerLink};
+pub use spec::{drop_seed, DropSpec, RunShape};
 pub use trace::{Replay, TraceBounds, TraceError, TraceRecord};
 
 use crate::hash::hash_words;

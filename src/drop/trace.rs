@@ -1,25 +1,21 @@
-//! Drop traces: every decision of a run, recorded in its metrics file and replayed later.
+//! Drop traces: every decision of a run, recorded and replayed later.
 //!
 //! A trace lists the *dropped* messages (or packets) of every step as rows
-//! `(step, direction, src, dst, block, packet)` in `/trace/dropped` (u32, N×6); every
-//! attempted message not listed was delivered, so the list encodes every decision.
-//! Replaying it reproduces the original run's drops, and therefore (with oracle
-//! detection) its losses, bit for bit.
+//! `(step, direction, src, dst, block, packet)`; every attempted message not listed was
+//! delivered, so the list encodes every decision. Replaying it reproduces the original
+//! run's drops, and therefore (with oracle detection) its losses, bit for bit. Where a
+//! trace is stored (a dataset of the metrics file) is the metrics layer's business
+//! (`metrics::trace`); this module only knows the rows.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use ndarray::Ix2;
 use thiserror::Error;
 
 use super::{Direction, DropModel, MessageId};
-use crate::metrics::attrs;
 
 /// One dropped message of a trace: (step, direction, src, dst, block, packet).
 pub type TraceRecord = [u32; 6];
-
-/// Name of the trace dataset in a metrics file.
-pub const TRACE_DATASET: &str = "trace/dropped";
 
 #[derive(Debug, Error)]
 pub enum TraceError {
@@ -82,65 +78,18 @@ impl Replay {
         Replay { source, dropped }
     }
 
-    /// Loads the trace of a metrics file, checking that the recording run's integer
-    /// attributes named in `expected` equal this run's, that it recorded at least `steps`
-    /// steps, and that every row names a message this run can send (`bounds`).
+    /// A replay of `records`, read from `path` (its rows named `where_` in errors) where
+    /// `recorded` steps were recorded, for a run that can send what `bounds` allows.
     ///
     /// # Errors
-    /// Not a metrics file with a trace, or recorded under another configuration.
-    pub fn load(
+    /// A row that names a step, rank, block or packet the run does not have.
+    pub fn checked(
         path: &Path,
-        expected: &[(&str, i64)],
-        steps: u64,
+        where_: &str,
+        records: Vec<TraceRecord>,
+        recorded: u64,
         bounds: TraceBounds,
     ) -> Result<Self, TraceError> {
-        let invalid = |why: String| TraceError::Invalid {
-            path: path.to_path_buf(),
-            why,
-        };
-        let file = hdf5::File::open(path)
-            .map_err(|e| invalid(format!("not a readable HDF5 file ({e})")))?;
-        let attr = |name: &str| file.attr(name).and_then(|a| a.read_scalar::<i64>());
-        if attr(attrs::TRACE_RECORDED.name).unwrap_or(0) != 1 {
-            return Err(invalid(
-                "holds no drop trace (record one with --record-trace)".into(),
-            ));
-        }
-        for (name, want) in expected {
-            let found = attr(name).map_err(|_| invalid(format!("has no attribute {name}")))?;
-            if found != *want {
-                return Err(TraceError::Mismatch {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                    found: found.to_string(),
-                    expected: want.to_string(),
-                });
-            }
-        }
-        let recorded = attr(attrs::STEPS_COMPLETED.name).unwrap_or(0).max(0) as u64;
-        if recorded < steps {
-            return Err(TraceError::Mismatch {
-                path: path.to_path_buf(),
-                name: attrs::STEPS_COMPLETED.name.into(),
-                found: recorded.to_string(),
-                expected: format!("at least {steps}"),
-            });
-        }
-        let rows = file
-            .dataset(TRACE_DATASET)
-            .and_then(|d| d.read::<u32, Ix2>())
-            .map_err(|e| invalid(format!("cannot read /{TRACE_DATASET}: {e}")))?;
-        if rows.ncols() != 6 {
-            return Err(invalid(format!(
-                "/{TRACE_DATASET} has {} columns, expected 6",
-                rows.ncols()
-            )));
-        }
-        let records = rows
-            .rows()
-            .into_iter()
-            .map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]])
-            .collect::<Vec<_>>();
         let limits = [
             ("step", recorded),
             ("direction", 2),
@@ -153,9 +102,12 @@ impl Replay {
             if let Some(((name, limit), v)) =
                 limits.iter().zip(r).find(|((_, l), &v)| u64::from(v) >= *l)
             {
-                return Err(invalid(format!(
-                    "row {i} of /{TRACE_DATASET} names {name} {v}, but this run has only {limit} (0..{limit})"
-                )));
+                return Err(TraceError::Invalid {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "row {i} of {where_} names {name} {v}, but this run has only {limit} (0..{limit})"
+                    ),
+                });
             }
         }
         Ok(Self::from_records(path.to_path_buf(), records))

@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::schema::{Column, DIAG_COLUMNS, EVAL_COLUMNS, LINK_MATRICES, STEP_COLUMNS};
+use super::trace::TRACE_DATASET;
 use super::RunFile;
-use crate::drop::trace::TRACE_DATASET;
 
 /// The digest of one dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,11 +7,12 @@ pub mod attrs;
 pub mod digest;
 pub mod read;
 pub mod schema;
+pub mod trace;
 pub mod writer;
 
 pub use attrs::{AttrValue, RunEnv, RunFacts};
 pub use read::{ReadError, RunFile};
-pub use schema::{EvalRecord, StepCounters, StepRow};
+pub use schema::{EvalRecord, StepRow};
 pub use writer::MetricsWriter;
 
 /// The whole metrics reference (docs/metrics.md).

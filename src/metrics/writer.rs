@@ -20,6 +20,7 @@ use super::schema::{
 };
 
 use super::attrs::AttrValue;
+use super::trace::TRACE_DATASET;
 use crate::files::{self, Lock};
 
 /// Rows per chunk of every extendable dataset.
@@ -152,8 +153,8 @@ impl MetricsWriter {
         for c in EVAL_COLUMNS {
             cut(c.name, rows[1])?;
         }
-        if w.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
-            cut(crate::drop::trace::TRACE_DATASET, rows[2])?;
+        if w.file.dataset(TRACE_DATASET).is_ok() {
+            cut(TRACE_DATASET, rows[2])?;
         }
         // Diagnostic rows name their step: keep those of the steps kept.
         if let Ok(ds) = w.file.dataset(DIAG_COLUMNS[0].name) {
@@ -184,8 +185,8 @@ impl MetricsWriter {
     /// HDF5 failures.
     pub fn rows(&self) -> Result<[u64; 3]> {
         let n = |name: &str| -> Result<u64> { Ok(self.file.dataset(name)?.shape()[0] as u64) };
-        let trace = if self.file.dataset(crate::drop::trace::TRACE_DATASET).is_ok() {
-            n(crate::drop::trace::TRACE_DATASET)?
+        let trace = if self.file.dataset(TRACE_DATASET).is_ok() {
+            n(TRACE_DATASET)?
         } else {
             0
         };
@@ -279,7 +280,7 @@ impl MetricsWriter {
     /// # Errors
     /// HDF5 failures.
     pub fn append_trace(&self, rows: &[crate::drop::TraceRecord]) -> Result<()> {
-        let name = crate::drop::trace::TRACE_DATASET;
+        let name = TRACE_DATASET;
         let ds = match self.file.dataset(name) {
             Ok(ds) => ds,
             Err(_) => {
@@ -394,7 +395,7 @@ mod tests {
             .map(|i| StepRow {
                 step: i,
                 ranks: 1,
-                sum: crate::metrics::StepCounters {
+                sum: crate::counters::StepCounters {
                     loss_sum: i as f64,
                     count: 1,
                     sent_up: 2 * i,

@@ -10,10 +10,9 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{both, font, legend, pick, register_font, SIZE};
-use crate::report::claim::{
-    abscissa, family, fit_inverse, fit_points, mean_se, pair, Cell, CellKey, ClaimRun, Outcome,
-};
+use super::style::{both, font, legend, pick, register_font, SIZE};
+use crate::report::claim::{abscissa, family, fit_points, pair, Cell, CellKey, ClaimRun, Outcome};
+use crate::report::stats::{fit_inverse, mean_se};
 
 /// One family's points (x, mean Δ, SE) and fit.
 struct Curve {

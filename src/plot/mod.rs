@@ -1,27 +1,27 @@
 //! Figures of a set of runs (`rps plot`), each written as PNG and SVG with plotters:
 //! smoothed training loss, final accuracy against loss rate, consensus distance, per-link
-//! drop heat maps, and the theory figures of `--diag-every` runs (module `theory`); for
-//! netsim results (CSV), web-flow completion times per size class for both policies and
-//! every load; for `rps bench-exchange --csv` files, the exchange's cost curve
-//! ([`crate::bench_exchange::plot`]). Text is drawn with a TrueType font read at run time
-//! from the system (Debian's fonts-dejavu-core), so no font is compiled in.
+//! drop heat maps, and the theory figures of `--diag-every` runs (module `theory`); the
+//! claim's figures ([`claim`]); netsim results ([`netsim`]). The exchange's cost curve is
+//! `crate::bench_exchange::plot`, the testbed's `crate::testbed`; which of these a list
+//! of files is, is decided once, in `crate::results`. Every figure looks the same way
+//! ([`style`]).
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::bench_exchange;
 use crate::metrics::schema::{CONSENSUS_DISTANCE, EVAL_STEP, LINK_MATRICES, LOSS, STEP};
 use crate::metrics::RunFile;
-use crate::netsim::{is_results_file, Results, CLASSES};
 use crate::report::{group, mean_std, outcome_pairs, RunSummary};
 
 pub mod claim;
+pub mod netsim;
+pub mod style;
 mod theory;
+use style::{both, font, legend, pick, register_font, SIZE};
 use theory::{diag_vs_n, outcome_vs_n};
 
 /// Options of `rps plot`.
@@ -33,36 +33,6 @@ pub struct PlotOptions {
     pub window: usize,
     /// Heat maps of per-link drops for at most this many files (the first ones).
     pub max_link_maps: usize,
-}
-
-/// Where the font may be; the first is Debian's fonts-dejavu-core.
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
-
-/// Registers DejaVu Sans as plotters' "sans-serif" once per process.
-pub(crate) fn register_font() -> Result<()> {
-    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let path = FONT_PATHS
-            .iter()
-            .find(|p| Path::new(p).exists())
-            .ok_or_else(|| {
-                format!(
-                    "no DejaVu Sans font found (looked at {}); install fonts-dejavu-core",
-                    FONT_PATHS.join(", ")
-                )
-            })?;
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        // plotters keeps fonts for the life of the process; this runs once.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{path} is not a usable TrueType font"))
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
 }
 
 /// Trailing moving average: element i is the mean of the last `window` values up to i
@@ -110,29 +80,6 @@ pub(crate) struct Series {
     consensus: Vec<f64>,
 }
 
-const SIZE: (u32, u32) = (1000, 640);
-
-/// Draws `$f(&root, args...)` into `$dir/$name.png` and `$dir/$name.svg`; evaluates to
-/// the two paths.
-macro_rules! both {
-    ($dir:expr, $name:expr, $size:expr, $f:ident ( $($arg:expr),* )) => {{
-        let png = $dir.join(format!("{}.png", $name));
-        let svg = $dir.join(format!("{}.svg", $name));
-        {
-            let root = BitMapBackend::new(&png, $size).into_drawing_area();
-            $f(&root, $($arg),*).with_context(|| format!("drawing {}", png.display()))?;
-            root.present().with_context(|| format!("writing {}", png.display()))?;
-        }
-        {
-            let root = SVGBackend::new(&svg, $size).into_drawing_area();
-            $f(&root, $($arg),*).with_context(|| format!("drawing {}", svg.display()))?;
-            root.present().with_context(|| format!("writing {}", svg.display()))?;
-        }
-        [png, svg]
-    }};
-}
-pub(crate) use both;
-
 /// Writes every figure into `opts.output_dir` (created if needed) and returns the paths.
 ///
 /// # Errors
@@ -140,16 +87,6 @@ pub(crate) use both;
 pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     if opts.files.is_empty() {
         bail!("no metrics files given");
-    }
-    let csv = opts.files.iter().filter(|p| is_results_file(p)).count();
-    if csv == opts.files.len() && opts.files.iter().all(|p| bench_exchange::plot::is_csv(p)) {
-        return bench_exchange::plot::plot(&opts.files, &opts.output_dir);
-    }
-    if csv > 0 {
-        if csv < opts.files.len() {
-            bail!("give either metrics files (.h5) or netsim results (.csv), not both");
-        }
-        return plot_netsim(opts);
     }
     register_font()?;
     let mut runs = Vec::new();
@@ -236,48 +173,6 @@ fn colours(runs: &[Series]) -> Vec<RGBColor> {
             pick(i)
         })
         .collect()
-}
-
-/// Matplotlib's "tab10" colours: distinct, and readable on white.
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
-pub(crate) fn pick(i: usize) -> RGBColor {
-    PALETTE[i % PALETTE.len()]
-}
-
-/// The legend of a chart, drawn the same way in every figure.
-pub(crate) fn legend<'a, DB, CT>(
-    chart: &mut ChartContext<'a, DB, CT>,
-    position: SeriesLabelPosition,
-) -> Result<()>
-where
-    DB: DrawingBackend + 'a,
-    DB::ErrorType: 'static,
-    CT: CoordTranslate,
-{
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(font(15))
-        .position(position)
-        .draw()?;
-    Ok(())
-}
-
-pub(crate) fn font(size: u32) -> TextStyle<'static> {
-    ("sans-serif", size).into_font().into()
 }
 
 /// Legend entries once per configuration: `seeds` lists the seeds sharing a colour.
@@ -488,132 +383,6 @@ where
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
-    Ok(())
-}
-
-/// `rps plot RESULTS.csv...`: `netsim_fct.png` and `.svg`, one panel per flow-size class
-/// with the median and 99th-percentile FCT of each policy against load (means over seeds,
-/// bars from the smallest to the largest seed's value).
-fn plot_netsim(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
-    let results = Results::read(&opts.files)?;
-    register_font()?;
-    let dir = &opts.output_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("--output-dir {}: cannot create it", dir.display()))?;
-    Ok(both!(dir, "netsim_fct", (1500, 560), netsim_fct(&results)).to_vec())
-}
-
-/// (policy, percentile quantity, load, (mean, min, max) FCT over seeds in µs), finite
-/// values only.
-type NetsimPoint = (String, &'static str, f64, (f64, f64, f64));
-
-fn netsim_points(results: &Results, class: &str) -> Vec<NetsimPoint> {
-    let mut points = Vec::new();
-    for (load, policy, runs) in crate::netsim::groups(results) {
-        for q in ["fct_p50_us", "fct_p99_us"] {
-            let vals: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| results.get(r, q, class))
-                .filter(|v| v.is_finite() && *v > 0.0)
-                .collect();
-            if !vals.is_empty() {
-                let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-                let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = vals.iter().copied().fold(0.0, f64::max);
-                points.push((policy.clone(), q, load, (mean, lo, hi)));
-            }
-        }
-    }
-    points
-}
-
-fn netsim_fct<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, results: &Results) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE)?;
-    let root = root.titled(
-        "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP); bars: range over seeds",
-        font(22),
-    )?;
-    let mut policies: Vec<String> = Vec::new();
-    for (_, p, _) in crate::netsim::groups(results) {
-        if !policies.contains(&p) {
-            policies.push(p);
-        }
-    }
-    let loads: Vec<f64> = results.runs().iter().map(|r| r.load).collect();
-    let (lo, hi) = loads
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &l| {
-            (a.min(l), b.max(l))
-        });
-    let pad = ((hi - lo) * 0.15).max(0.05);
-    let panels = root.split_evenly((1, CLASSES.len()));
-    for (panel, class) in panels.iter().zip(CLASSES) {
-        let points = netsim_points(results, class);
-        let (ymin, ymax) = points.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
-            (a.min(p.3 .1), b.max(p.3 .2))
-        });
-        let (ymin, ymax) = if ymin.is_finite() {
-            (ymin / 2.0, ymax * 2.0)
-        } else {
-            (1.0, 10.0)
-        };
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("flows {class}"), font(20))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(75)
-            .build_cartesian_2d(lo - pad..hi + pad, (ymin..ymax).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("web-flow load (fraction of host link)")
-            .y_desc("flow completion time (µs)")
-            .x_label_formatter(&|v| format!("{v:.2}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .label_style(font(14))
-            .axis_desc_style(font(15))
-            .draw()?;
-        for (i, policy) in policies.iter().enumerate() {
-            let c = pick(i);
-            for (q, label, width) in [("fct_p50_us", "median", 3), ("fct_p99_us", "99th pct", 1)] {
-                let mut ranged: Vec<(f64, (f64, f64, f64))> = points
-                    .iter()
-                    .filter(|p| &p.0 == policy && p.1 == q)
-                    .map(|p| (p.2, p.3))
-                    .collect();
-                ranged.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let pts: Vec<(f64, f64)> = ranged.iter().map(|&(x, (m, _, _))| (x, m)).collect();
-                // The seeds' range, where there are several.
-                chart.draw_series(ranged.iter().filter(|(_, (_, lo, hi))| hi > lo).map(
-                    |&(x, (_, lo, hi))| PathElement::new([(x, lo), (x, hi)], c.stroke_width(width)),
-                ))?;
-                chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(width)))?
-                    .label(format!("{policy}, {label}"))
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 20, y)], c.stroke_width(width))
-                    });
-                if q == "fct_p50_us" {
-                    chart.draw_series(pts.iter().map(|p| Circle::new(*p, 5, c.filled())))?;
-                } else {
-                    chart.draw_series(
-                        pts.iter()
-                            .map(|p| TriangleMarker::new(*p, 6, c.stroke_width(2))),
-                    )?;
-                }
-            }
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(13))
-            // Medians sit low and 99th percentiles high: the middle is usually free.
-            .position(SeriesLabelPosition::MiddleRight)
-            .draw()?;
-    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{font, legend, pick, Series};
+use super::style::{font, legend, pick};
+use super::Series;
 use std::collections::BTreeMap;
 
 use crate::report::{family, group, mean_std, GroupKey, RunSummary};

@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{mean_std, standard_error, GroupKey, ReportError, RunSummary};
+use super::stats::{fit_inverse, mean_se, mean_std};
+use super::{GroupKey, ReportError, RunSummary};
 use crate::metrics::attrs::COMPLETED;
 use crate::metrics::schema::{EVAL_STEP, TEST_ACCURACY};
 use crate::metrics::RunFile;
@@ -114,11 +115,6 @@ impl Cell {
     }
 }
 
-/// Mean and standard error (sample sd / √n; `None` for fewer than two values).
-pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
-    standard_error(values).map(|m| (m.mean, m.std))
-}
-
 /// The completed runs with drops, each with its lossless twin (also completed), by cell;
 /// runs without a twin are counted in the second value. A run that did not complete (a
 /// sweep still running, a stopped job) has no final outcome and is left out: see
@@ -184,58 +180,6 @@ pub fn abscissa(cells: &[&CellKey]) -> (&'static str, Count) {
     } else {
         ("workers", workers)
     }
-}
-
-/// The weighted least-squares fit of y = a + b/x.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fit {
-    pub a: f64,
-    pub b: f64,
-    pub se_a: f64,
-    pub se_b: f64,
-    /// Σ w·r² / (points − 2).
-    pub reduced_chi2: f64,
-    pub points: usize,
-}
-
-/// Fits y = a + b/x to `points` (x, y, weight): `None` with fewer than 3 points or fewer
-/// than 2 distinct x. The standard errors are those of the weighted fit scaled by the
-/// reduced χ² (so they stay honest when the weights are only estimates).
-pub fn fit_inverse(points: &[(f64, f64, f64)]) -> Option<Fit> {
-    let xs: Vec<f64> = points.iter().map(|p| 1.0 / p.0).collect();
-    let distinct = xs.iter().any(|&u| (u - xs[0]).abs() > 0.0);
-    if points.len() < 3 || !distinct {
-        return None;
-    }
-    let (mut sw, mut su, mut sy, mut suu, mut suy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (&u, p) in xs.iter().zip(points) {
-        let (y, w) = (p.1, p.2);
-        sw += w;
-        su += w * u;
-        sy += w * y;
-        suu += w * u * u;
-        suy += w * u * y;
-    }
-    let det = sw * suu - su * su;
-    if det <= 0.0 {
-        return None;
-    }
-    let b = (sw * suy - su * sy) / det;
-    let a = (sy - b * su) / sw;
-    let chi2: f64 = xs
-        .iter()
-        .zip(points)
-        .map(|(&u, p)| p.2 * (p.1 - a - b * u).powi(2))
-        .sum();
-    let reduced_chi2 = chi2 / (points.len() - 2) as f64;
-    Some(Fit {
-        a,
-        b,
-        se_a: (reduced_chi2 * suu / det).sqrt(),
-        se_b: (reduced_chi2 * sw / det).sqrt(),
-        reduced_chi2,
-        points: points.len(),
-    })
 }
 
 /// Per family and outcome: the points of the fit (x, Δ, weight), one per pair. A pair's

@@ -144,7 +144,7 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
     let rows: Vec<String> = families
         .iter()
         .filter_map(|(k, points)| {
-            let f = super::claim::fit_inverse(points)?;
+            let f = super::stats::fit_inverse(points)?;
             Some(format!(
                 "| {} | {} | {} | {} | {} | {} | {} ± {} | {} ± {} |\n",
                 k.mode,

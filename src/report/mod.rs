@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use crate::metrics::attrs::{self, Attr};
 pub mod claim;
 mod diag;
+pub mod stats;
 
 pub(crate) use diag::{family, outcome_pairs};
 pub use diag::{DiagSummary, TAIL};
+pub use stats::{mean_std, standard_error, MeanStd};
 
 use crate::metrics::schema::{
     CONSENSUS_DISTANCE, DROPPED_DOWN, DROPPED_UP, PACKETS_DOWN, PACKETS_DROPPED_DOWN,
@@ -169,35 +171,6 @@ pub fn summarize<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<RunSummary>, ReportE
         return Err(ReportError::NoFiles);
     }
     paths.iter().map(|p| RunSummary::read(p.as_ref())).collect()
-}
-
-/// Mean and sample standard deviation (n − 1; `None` for fewer than two values).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MeanStd {
-    pub mean: f64,
-    pub std: Option<f64>,
-    pub n: usize,
-}
-
-/// Mean and sample standard deviation of `values`, `None` when empty.
-pub fn mean_std(values: &[f64]) -> Option<MeanStd> {
-    let n = values.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = values.iter().sum::<f64>() / n as f64;
-    let std = (n > 1)
-        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
-    Some(MeanStd { mean, std, n })
-}
-
-/// Mean and standard error of the mean (sample sd / √n) of `values`, in the shape of
-/// [`MeanStd`] (`std` holds the standard error), `None` when empty.
-pub fn standard_error(values: &[f64]) -> Option<MeanStd> {
-    mean_std(values).map(|m| MeanStd {
-        std: m.std.map(|s| s / (m.n as f64).sqrt()),
-        ..m
-    })
 }
 
 /// Runs sharing a configuration (they differ only by seed).

@@ -12,8 +12,8 @@
 //! have it, a worker keeps its own values where the averaged packet was lost.
 
 use crate::comm::{CommError, Incoming, Outgoing, Transport};
+use crate::counters::StepCounters;
 use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
-use crate::metrics::StepCounters;
 
 use super::{Layout, Mode};
 

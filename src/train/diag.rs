@@ -8,8 +8,8 @@
 use anyhow::Context;
 use ndarray::ArrayView4;
 
+use super::outcome::Failure;
 use super::run::Run;
-use super::Failure;
 use crate::comm::Transport;
 use crate::metrics::schema::DiagRecord;
 
@@ -72,7 +72,7 @@ impl<T: Transport + ?Sized> Run<'_, T> {
             let each = (DIAG_SAMPLES / self.setup.layout.num_workers()).max(1);
             let indices: Vec<usize> = (0..w.train.len().min(each)).collect();
             let (batch, i) = (&mut self.batch, w.train.info);
-            for chunk in indices.chunks(super::record::EVAL_BATCH) {
+            for chunk in indices.chunks(super::setup::EVAL_BATCH) {
                 w.train
                     .fill_batch(chunk, &mut batch.images, &mut batch.labels);
                 let view = ArrayView4::from_shape(

@@ -6,59 +6,24 @@
 //! its role, so no rank ever waits for a peer that took another branch.
 
 mod diag;
+mod drops;
+mod outcome;
 mod outputs;
+mod paths;
 mod record;
 mod run;
 mod setup;
+mod stops;
 pub mod threads;
 mod watchdog;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-
-use thiserror::Error;
 
 use crate::comm::{agree, gather_strings, Disagreement, Transport};
 use crate::config::TrainConfig;
 use crate::metrics::RunEnv;
 
-/// What a finished run reports to the user.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    pub steps: u64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
-    pub consensus_distance: f64,
-    pub wall_s: f64,
-    /// Messages (packets, with `--packet-bytes`) the drop model discarded / attempted.
-    pub dropped: u64,
-    pub attempted: u64,
-}
-
-/// How a run failed, which decides how the process must end.
-#[derive(Debug, Error)]
-pub enum Failure {
-    /// Every rank learned of the failure through a collective; each can finish MPI
-    /// normally and exit non-zero. The lowest failing rank reports it.
-    #[error("{0}")]
-    Agreed(#[from] Disagreement),
-    /// Only this rank knows; the job must be aborted so that the others do not wait
-    /// for it forever.
-    #[error("{0:#}")]
-    Local(#[from] anyhow::Error),
-    /// Every rank stopped together at a step boundary because the job was told to stop
-    /// (SIGTERM, SIGINT, SIGUSR1); metrics are flushed and closed, and a checkpoint
-    /// was written if a checkpoint directory was given.
-    /// Every rank stopped together because the loss or a parameter became non-finite;
-    /// the metrics file says `diverged`.
-    #[error("training diverged at step {step}: {what}")]
-    Diverged { step: u64, what: String },
-    #[error("stopped by a signal after {step} steps")]
-    Interrupted {
-        step: u64,
-        checkpoint: Option<PathBuf>,
-    },
-}
+pub use outcome::{Failure, Summary};
 
 /// Runs training on every rank of `t`.
 ///
@@ -109,9 +74,9 @@ pub fn train<T: Transport + ?Sized>(
 /// # Errors
 /// The first bad path, named by its flag.
 pub fn check_outputs(cfg: &TrainConfig, writer: bool) -> anyhow::Result<()> {
-    outputs::check_paths(cfg)?;
+    paths::check_paths(cfg)?;
     if writer {
-        outputs::check_writable(cfg)?;
+        paths::check_writable(cfg)?;
     }
     Ok(())
 }
@@ -332,7 +297,7 @@ mod tests {
         let flags = |extra: &[&str]| {
             let base = "--dataset d.h5 --metrics m.h5 --colocated".split(' ');
             let f = crate::cli::parse_train(base.chain(extra.iter().copied())).unwrap();
-            TrainConfig::build(&f, 3, String::new()).unwrap()
+            crate::cli::validate::train_config(&f, 3, String::new()).unwrap()
         };
         let cfgs = [
             flags(&["--steps", "5"]),

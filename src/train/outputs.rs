@@ -2,24 +2,18 @@
 //! reopening on --resume) with the run's attributes, checkpoints, the interrupted status,
 //! and the saved model. Output paths are checked before the first step, never after.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use log::info;
 
-use super::run::Run;
+use super::paths::check_writable;
 use super::setup::Setup;
-use super::Failure;
-use crate::checkpoint::{self, RankState};
-use crate::comm::{agree, Transport};
-use crate::config::{DropSpec, TrainConfig};
-use crate::files::{self, Lock};
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::files::Lock;
 use crate::metrics::attrs::{self, AttrValue};
 use crate::metrics::{MetricsWriter, RunEnv, RunFile};
 use crate::nn::Model;
-
-/// Keeps the newest this many complete checkpoints.
-const KEEP_CHECKPOINTS: usize = 2;
 
 /// Rank 0's open outputs: the metrics file and the lock on the checkpoint directory,
 /// both held until the run ends.
@@ -109,168 +103,6 @@ fn check_metrics_of_this_run(cfg: &TrainConfig, fingerprint: &str) -> Result<()>
         checkpoint::fingerprint_diff(&theirs, fingerprint)
     );
     Ok(())
-}
-
-/// Refuses an output that is also an input, or two outputs that are one file, before
-/// anything is written (`--metrics` equal to `--dataset` or to the `--job` file, with
-/// `--force`, would destroy it). The checkpoint directory counts as an output: rps
-/// writes into it.
-///
-/// # Errors
-/// The two flags that name the same file.
-pub(super) fn check_paths(cfg: &TrainConfig) -> Result<()> {
-    let mut outputs = vec![("--metrics", cfg.metrics.clone())];
-    outputs.extend(cfg.save_model.clone().map(|p| ("--save-model", p)));
-    if let Some(dir) = &cfg.checkpoint_dir {
-        // Without --checkpoint-dir, checkpoints go to the --resume directory.
-        let flag = match cfg.resume.as_ref() == Some(dir) {
-            true => "--resume",
-            false => "--checkpoint-dir",
-        };
-        outputs.push((flag, dir.clone()));
-    }
-    let mut inputs = vec![("--dataset", cfg.dataset.clone())];
-    inputs.extend(cfg.job.clone().map(|p| ("--job", p)));
-    match &cfg.drop {
-        DropSpec::Replay { file } => inputs.push(("--replay-trace", file.clone())),
-        DropSpec::PerLink { file, .. } => inputs.push(("--link-rates", file.clone())),
-        _ => {}
-    }
-    let all: Vec<_> = outputs
-        .iter()
-        .chain(&inputs)
-        .map(|(f, p)| (*f, files::same_file_key(p)))
-        .collect();
-    for (i, (out, key)) in all.iter().enumerate().take(outputs.len()) {
-        if let Some((other, _)) = all
-            .iter()
-            .enumerate()
-            .find(|(j, (_, k))| *j != i && k == key)
-            .map(|(_, x)| x)
-        {
-            bail!(
-                "{out} {} is also {other}: choose another path for {out}",
-                outputs[i].1.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Rank 0, before the first step: --metrics and --save-model name files that can be
-/// created where they point (their directories are created), so a bad path stops the job
-/// at once with exit status 2, and a model is never lost to one after training. Whether
-/// the metrics file may be replaced (--force, --resume) is decided when it is opened.
-///
-/// # Errors
-/// A path is a directory, names no file, or no file can be created there; --save-model
-/// exists without --force.
-pub(super) fn check_writable(cfg: &TrainConfig) -> Result<()> {
-    creatable(
-        &format!("--metrics {}", cfg.metrics.display()),
-        &cfg.metrics,
-    )?;
-    let Some(path) = &cfg.save_model else {
-        return Ok(());
-    };
-    let what = format!("--save-model {}", path.display());
-    ensure!(!path.is_dir(), "{what} is a directory: name a file");
-    ensure!(
-        cfg.force || !path.exists(),
-        "{what} already exists (use --force to overwrite it)"
-    );
-    creatable(&what, path)
-}
-
-/// `path` is not a directory, names a file, and a file can be created beside it (its
-/// directory is created if missing).
-fn creatable(what: &str, path: &Path) -> Result<()> {
-    ensure!(!path.is_dir(), "{what} is a directory: name a file");
-    ensure!(path.file_name().is_some(), "{what} names no file");
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("{what}: cannot create directory {}", dir.display()))?;
-    // A file beside it, not the file itself: a failed run must leave nothing behind.
-    let probe = files::sibling(path, &format!("probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .with_context(|| format!("{what}: cannot create a file in {}", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
-impl<T: Transport + ?Sized> Run<'_, T> {
-    /// Every rank writes its state after `done` steps (`evaluated`: the evaluation due at
-    /// `done`, if any, is already in the metrics); once all have, rank 0 marks the
-    /// checkpoint complete. Collective.
-    pub(super) fn checkpoint(&mut self, done: u64, evaluated: bool) -> Result<(), Failure> {
-        let Some(dir) = self.cfg.checkpoint_dir.clone() else {
-            return Ok(());
-        };
-        // The published metrics file must hold at least the rows the checkpoint counts.
-        let rows = match &self.writer {
-            Some(w) => {
-                w.flush()?;
-                w.rows()?
-            }
-            None => [0; 3],
-        };
-        let state = RankState {
-            step: done,
-            params: self.replica.params.clone(),
-            velocity: self.replica.sgd.velocity().to_vec(),
-            links: self.exchange.link_state(),
-            metrics_rows: rows,
-            evaluated,
-            totals: self.totals,
-        };
-        let rank = self.net.rank();
-        let written = checkpoint::write_rank(&dir, rank, &self.setup.fingerprint, &state);
-        agree(self.net, written)?;
-        if rank == 0 {
-            checkpoint::mark_complete(&dir, done, self.net.size(), KEEP_CHECKPOINTS)?;
-            info!(
-                "checkpoint after step {done} in {}",
-                checkpoint::step_dir(&dir, done).display()
-            );
-        }
-        self.net.barrier();
-        self.progress.tick();
-        Ok(())
-    }
-
-    /// Closes the metrics as diverged after `done` steps.
-    pub(super) fn diverged(&mut self, done: u64, what: &str) -> Result<Failure, Failure> {
-        if let Some(w) = self.writer.take() {
-            w.set_attr(attrs::STATUS.name, &attrs::DIVERGED.into())?;
-            w.set_attr(attrs::STEPS_COMPLETED.name, &done.into())?;
-            w.close()?;
-        }
-        Ok(Failure::Diverged {
-            step: done,
-            what: what.to_string(),
-        })
-    }
-
-    /// Closes the metrics as interrupted; the failure says where to resume from.
-    pub(super) fn interrupted(&mut self, done: u64) -> Result<Failure, Failure> {
-        if let Some(w) = self.writer.take() {
-            w.set_attr(attrs::STATUS.name, &attrs::INTERRUPTED.into())?;
-            w.set_attr(attrs::STEPS_COMPLETED.name, &done.into())?;
-            w.close()?;
-        }
-        let checkpoint = self
-            .cfg
-            .checkpoint_dir
-            .as_ref()
-            .map(|d| checkpoint::step_dir(d, done));
-        Ok(Failure::Interrupted {
-            step: done,
-            checkpoint,
-        })
-    }
 }
 
 /// Writes the flat parameter vector and its layout (one attribute per tensor: offset

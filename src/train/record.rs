@@ -6,15 +6,14 @@ use anyhow::Context;
 use log::{debug, info};
 use ndarray::{Array2, ArrayView4};
 
+use super::outcome::{Failure, Summary};
 use super::run::Run;
-use super::{Failure, Summary};
+use super::setup::EVAL_BATCH;
 use crate::comm::Transport;
+use crate::counters::StepCounters;
 use crate::metrics::attrs::{self, AttrValue};
 use crate::metrics::schema::{ACCURACY, LINK_MATRICES, LOSS};
-use crate::metrics::{EvalRecord, StepCounters, StepRow};
-
-/// Samples per forward pass when evaluating the test set.
-pub(super) const EVAL_BATCH: usize = 100;
+use crate::metrics::{EvalRecord, StepRow};
 
 impl<T: Transport + ?Sized> Run<'_, T> {
     /// Reduces the pending per-step counters over ranks; rank 0 appends the rows (and

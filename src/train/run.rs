@@ -10,16 +10,17 @@ use anyhow::Context;
 use log::info;
 use ndarray::ArrayView4;
 
+use super::outcome::{Failure, Summary};
 use super::outputs::Outputs;
 use super::setup::Setup;
 use super::watchdog::{Progress, Watchdog};
-use super::{Failure, Summary};
 use crate::comm::Transport;
 use crate::config::{Algorithm, TrainConfig};
+use crate::counters::StepCounters;
 use crate::data::dataset::epoch_order;
 use crate::drop::TraceRecord;
 use crate::hash::hash_words;
-use crate::metrics::{EvalRecord, MetricsWriter, StepCounters};
+use crate::metrics::{EvalRecord, MetricsWriter};
 use crate::optim::Sgd;
 use crate::rps::{Exchange, Mode};
 

@@ -11,10 +11,13 @@ use crate::config::{Detection, Duration, TrainConfig, TransportKind};
 use crate::data::dataset::{read_labels, shard_range};
 use crate::data::skew::{dirichlet_shards, dominant_share};
 use crate::data::{DatasetInfo, Shard};
-use crate::drop::{self, RunShape};
+use crate::drop::RunShape;
 use crate::metrics::{attrs, RunEnv, RunFacts};
 use crate::nn::Model;
 use crate::rps::{Exchange, Layout, Mode};
+
+/// Samples per forward pass when evaluating the test set (the memory check counts it).
+pub(super) const EVAL_BATCH: usize = 100;
 
 /// This rank's worker index and its shards of the training and test sets.
 pub(super) struct WorkerData {
@@ -82,7 +85,7 @@ pub(super) fn prepare(
     cfg: &TrainConfig,
 ) -> Result<(Setup, Exchange)> {
     check_launcher(size)?;
-    super::outputs::check_paths(cfg)?;
+    super::paths::check_paths(cfg)?;
     let info = DatasetInfo::open(&cfg.dataset)?;
     let model = build_model(cfg, &info)?;
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
@@ -94,7 +97,7 @@ pub(super) fn prepare(
         Mode::Dedicated { servers } => (servers, false),
         Mode::Colocated => (size, true),
     };
-    let drop = drop::build(
+    let drop = super::drops::build(
         &cfg.drop,
         &RunShape {
             seed: cfg.seed,
@@ -193,7 +196,7 @@ fn check_memory(
     let workers = layout.num_workers() as u128;
     let sample = info.train.sample_len() as u128;
     let shard = info.train.count as u128 / workers + (info.test.count as u128).div_ceil(workers);
-    let batches = 2 * (cfg.batch_size.max(super::record::EVAL_BATCH)) as u128 * sample * 4;
+    let batches = 2 * (cfg.batch_size.max(EVAL_BATCH)) as u128 * sample * 4;
     let per_rank = shard * sample + batches + 5 * 4 * model.num_params() as u128;
     let need = per_rank * ranks_here.max(1) as u128;
     let gib = crate::memory::gib;

@@ -142,7 +142,7 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         let flags = crate::cli::parse_train(args).unwrap();
-        TrainConfig::build(&flags, n, "test".into()).unwrap()
+        crate::cli::validate::train_config(&flags, n, "test".into()).unwrap()
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::sync::OnceLock;
 
-use crate::winograd::Tile;
 use crate::NnError;
 
 /// The algorithm of one convolution layer.
@@ -113,6 +112,45 @@ impl ConvAlgo {
             (1, 5) if c >= 16 => ConvAlgo::Winograd(Tile::F4x5),
             _ => ConvAlgo::Im2col,
         }
+    }
+}
+
+/// A Winograd tile: m×m outputs per tile for an r×r kernel, from α = m + r − 1 inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// F(2×2, 3×3): α = 4, 2.25× fewer multiplications than direct.
+    F2x3,
+    /// F(4×4, 3×3): α = 6, 4× fewer.
+    F4x3,
+    /// F(2×2, 5×5): α = 6, 2.78× fewer.
+    F2x5,
+    /// F(4×4, 5×5): α = 8, 6.25× fewer; fp32 error grows with α (see the tests).
+    F4x5,
+}
+
+impl Tile {
+    /// Every tile the engine knows, for tests and measurements.
+    pub const ALL: [Tile; 4] = [Tile::F2x3, Tile::F4x3, Tile::F2x5, Tile::F4x5];
+
+    /// Output tile side m.
+    pub fn m(self) -> usize {
+        match self {
+            Tile::F2x3 | Tile::F2x5 => 2,
+            Tile::F4x3 | Tile::F4x5 => 4,
+        }
+    }
+
+    /// Kernel side r.
+    pub fn r(self) -> usize {
+        match self {
+            Tile::F2x3 | Tile::F4x3 => 3,
+            Tile::F2x5 | Tile::F4x5 => 5,
+        }
+    }
+
+    /// Input tile side α = m + r − 1.
+    pub fn alpha(self) -> usize {
+        self.m() + self.r() - 1
     }
 }
 

@@ -24,7 +24,6 @@ pub mod profile;
 pub mod relu;
 pub mod resnet;
 pub mod simd;
-pub mod winograd;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -16,7 +16,7 @@ use crate::comm::{CommError, Framing, Mailbox, Outgoing, Transport};
 use crate::drop::Direction;
 
 use super::{split_blocks, Exchange};
-use crate::metrics::StepCounters;
+use crate::counters::StepCounters;
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
 /// words, packets sent.

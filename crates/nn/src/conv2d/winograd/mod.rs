@@ -9,7 +9,7 @@ mod transform;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-pub use transform::Tile;
+pub use crate::conv_algo::Tile;
 use transform::{sandwich, Matrices, Planar, CHUNK};
 
 use crate::conv2d::Conv2d;
