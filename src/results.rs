@@ -75,10 +75,22 @@ mod tests {
         let netsim = dir.path().join("r.csv");
         std::fs::write(&netsim, "policy,load\n").unwrap();
         let h5 = PathBuf::from("a.h5");
-        assert_eq!(kind(std::slice::from_ref(&h5), false).unwrap(), Kind::Metrics);
-        assert_eq!(kind(std::slice::from_ref(&bench), false).unwrap(), Kind::BenchExchange);
-        assert_eq!(kind(std::slice::from_ref(&netsim), false).unwrap(), Kind::Netsim);
-        assert_eq!(kind(std::slice::from_ref(&netsim), true).unwrap(), Kind::TestbedIndex);
+        assert_eq!(
+            kind(std::slice::from_ref(&h5), false).unwrap(),
+            Kind::Metrics
+        );
+        assert_eq!(
+            kind(std::slice::from_ref(&bench), false).unwrap(),
+            Kind::BenchExchange
+        );
+        assert_eq!(
+            kind(std::slice::from_ref(&netsim), false).unwrap(),
+            Kind::Netsim
+        );
+        assert_eq!(
+            kind(std::slice::from_ref(&netsim), true).unwrap(),
+            Kind::TestbedIndex
+        );
         assert!(kind(&[h5.clone(), netsim.clone()], false).is_err());
         assert!(kind(&[bench, netsim.clone()], false).is_err());
         assert!(kind(&[h5, netsim], true).is_err());

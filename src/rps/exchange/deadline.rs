@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::comm::{CommError, Framing, Mailbox, Outgoing, Transport};
 use crate::drop::Direction;
 
-use super::{split_blocks, Exchange};
+use super::average::split_blocks;
+use super::Exchange;
 use crate::counters::StepCounters;
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
@@ -60,19 +61,6 @@ pub(super) const fn header_elems(packets: usize, datagrams: bool) -> usize {
 
 fn word(x: u32) -> f32 {
     f32::from_bits(x)
-}
-
-/// Writes header (with the packet mask) + payload into `out`.
-#[cfg(test)]
-fn encode(
-    step: u64,
-    direction: Direction,
-    block: usize,
-    mask: &[bool],
-    payload: &[f32],
-    out: &mut Vec<f32>,
-) {
-    encode_framed(step, direction, block, mask, true, payload, out);
 }
 
 /// Writes header + payload into `out`; the packet mask only `with_mask`.
@@ -435,7 +423,9 @@ impl Deadline {
 }
 
 impl Exchange {
-    /// The exchange of one step with deadline detection (see the module docs).
+    /// The exchange of one step with deadline detection (see the module docs): the four
+    /// phases of [`Exchange::step`], where every receiver waits until what it expects has
+    /// arrived or its deadline has passed.
     pub(super) fn step_deadline<T: Transport + ?Sized>(
         &mut self,
         t: &T,
@@ -445,10 +435,35 @@ impl Exchange {
         counts: &mut StepCounters,
         d: &mut Deadline,
     ) -> Result<(), CommError> {
+        let received = self.uplink_deadline(t, step, params, served, counts, d)?;
+        if let Some(b) = served {
+            self.average_served(b, params, received, false);
+        }
+        let arrived = self.downlink_deadline(t, step, params, served, counts, d)?;
+        for (server, b, m) in &arrived {
+            self.down_links.received[*server] += 1;
+            counts.received_down += 1;
+            counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
+            self.merge_staged(params, *b, m);
+        }
+        self.finish_served(params, served);
+        Ok(())
+    }
+
+    /// Uplink: post what the model keeps; the server waits for every worker. The copies
+    /// that arrived are compacted to the front of the inbox, with their masks; returns
+    /// how many.
+    fn uplink_deadline<T: Transport + ?Sized>(
+        &mut self,
+        t: &T,
+        step: u64,
+        params: &[f32],
+        served: Option<usize>,
+        counts: &mut StepCounters,
+        d: &mut Deadline,
+    ) -> Result<usize, CommError> {
         let me = t.rank();
         let layout = self.layout.clone();
-
-        // ---- Uplink: post what the model keeps; the server waits for every worker. ----
         let uploads = self.uplink_decisions(step, me, counts);
         let sends: Vec<(usize, usize, &[bool], &[f32])> = uploads
             .iter()
@@ -467,14 +482,13 @@ impl Exchange {
             .take(expect.len())
             .collect();
         let tag = |b| layout.tag(step, Direction::Up, b);
-        let pe = self.packet_elems;
         // A pure server computes nothing before the uplink, so it would start its
         // deadline while the workers are still computing: it counts from the first
         // arrival instead.
         let patient = !layout.is_worker(me);
         let arrived = d.phase(
             t,
-            pe,
+            self.packet_elems,
             patient,
             tag,
             step,
@@ -485,7 +499,6 @@ impl Exchange {
             counts,
         )?;
         drop(sends);
-        // Compact the copies that arrived to the front of the inbox, with their masks.
         let mut received = 0;
         self.inbox_masks.clear();
         for (i, m) in arrived.into_iter().enumerate() {
@@ -501,11 +514,22 @@ impl Exchange {
             }
         }
         counts.received_up += received as u64;
-        if let Some(b) = served {
-            self.average_served(b, params, received, false);
-        }
+        Ok(received)
+    }
 
-        // ---- Downlink: servers send what they have; workers wait for every server. ----
+    /// Downlink: servers send what they have; workers wait for every server, staging
+    /// what arrives. Returns (server, block, packet mask) of each block that arrived.
+    fn downlink_deadline<T: Transport + ?Sized>(
+        &mut self,
+        t: &T,
+        step: u64,
+        params: &[f32],
+        served: Option<usize>,
+        counts: &mut StepCounters,
+        d: &mut Deadline,
+    ) -> Result<Vec<(usize, usize, Vec<bool>)>, CommError> {
+        let me = t.rank();
+        let layout = self.layout.clone();
         let replies = self.downlink_decisions(step, me, served, counts);
         let sends: Vec<(usize, usize, &[bool], &[f32])> = match served {
             Some(b) => replies
@@ -537,7 +561,7 @@ impl Exchange {
         // The same phase as the uplink's, with the downlink's direction and buffers.
         let arrived = d.phase(
             t,
-            pe,
+            self.packet_elems,
             false,
             tag,
             step,
@@ -549,201 +573,13 @@ impl Exchange {
         )?;
         drop(sends);
         self.partial = staging;
-        for (i, m) in arrived.iter().enumerate() {
-            if let Some(m) = m {
-                let (server, b, _) = expect[i];
-                self.down_links.received[server] += 1;
-                counts.received_down += 1;
-                counts.packets_received_down += m.iter().filter(|&&x| x).count() as u64;
-                self.merge_staged(params, b, m);
-            }
-        }
-        self.finish_served(params, served);
-        Ok(())
+        Ok(arrived
+            .into_iter()
+            .zip(&expect)
+            .filter_map(|(m, &(server, b, _))| Some((server, b, m?)))
+            .collect())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_round_trip() {
-        let mask: Vec<bool> = (0..40).map(|k| k % 3 == 0).collect();
-        let mut out = Vec::new();
-        encode(
-            (1 << 33) + 5,
-            Direction::Down,
-            7,
-            &mask,
-            &[1.5, -2.0],
-            &mut out,
-        );
-        let m = decode(&out).unwrap();
-        assert_eq!(m.phase, phase((1 << 33) + 5, 1));
-        assert_eq!(m.block, 7);
-        assert_eq!(m.payload, &[1.5, -2.0]);
-        assert_eq!(unpack_mask(m.mask_words, 40), mask);
-        assert!(decode(&out[..3]).is_none());
-    }
-}
-
-#[cfg(test)]
-mod fragment_tests {
-    use super::*;
-
-    /// One awaited message from rank 1, block 2: 10 elements in packets of 4 (3
-    /// packets), the sender's mask `110`.
-    fn message(offset_elems: &[(usize, std::ops::Range<usize>)]) -> (Vec<f32>, u64, Vec<bool>) {
-        let expect = [(1usize, 2usize, 3usize)];
-        let mut buf = vec![0f32; 10];
-        let mut stash = Stash::new();
-        let mut pb = PhaseBox::new(phase(4, 0), 4, &expect, vec![&mut buf[..]], &mut stash);
-        let body: Vec<f32> = (1..=10).map(|x| x as f32).collect();
-        let mask = [true, true, false];
-        for (offset, range) in offset_elems {
-            let mut out = Vec::new();
-            encode(4, Direction::Up, 2, &mask, &body[range.clone()], &mut out);
-            pb.deliver(1, 0, &out, *offset, false);
-        }
-        let invalid = pb.invalid;
-        let arrived = pb.arrived();
-        drop(stash);
-        (buf, invalid, arrived[0].clone().unwrap_or_default())
-    }
-
-    #[test]
-    fn fragments_land_where_they_belong() {
-        let (buf, invalid, arrived) = message(&[(4, 4..8), (0, 0..4)]);
-        assert_eq!(invalid, 0);
-        assert_eq!(&buf[..8], &[1., 2., 3., 4., 5., 6., 7., 8.]);
-        assert_eq!(arrived, vec![true, true, false]);
-        // The last packet is short; a duplicate is harmless.
-        let (buf, invalid, arrived) = message(&[(8, 8..10), (8, 8..10)]);
-        assert_eq!((invalid, &buf[8..]), (0, &[9.0f32, 10.0][..]));
-        // Sent (arrived) but not in the sender's mask: not used.
-        assert_eq!(arrived, Vec::<bool>::new());
-    }
-
-    #[test]
-    fn bad_fragments_never_touch_the_buffer() {
-        for bad in [
-            (12, 0..4),             // past the end
-            (8, 0..4),              // overruns the block
-            (2, 0..4),              // not on a packet boundary
-            (0, 0..3),              // a partial packet
-            (0, 0..0),              // empty
-            (usize::MAX - 1, 0..4), // offset overflow
-        ] {
-            let (buf, invalid, arrived) = message(std::slice::from_ref(&bad));
-            assert_eq!(invalid, 1, "{bad:?}");
-            assert!(buf.iter().all(|&x| x == 0.0), "{bad:?}");
-            assert!(arrived.is_empty(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn foreign_block_sender_or_mask_is_invalid() {
-        let expect = [(1usize, 2usize, 3usize)];
-        let mut buf = [0f32; 10];
-        let mut stash = Stash::new();
-        let mut pb = PhaseBox::new(phase(4, 0), 4, &expect, vec![&mut buf[..]], &mut stash);
-        let mut out = Vec::new();
-        encode(4, Direction::Up, 3, &[true; 3], &[1.0; 4], &mut out);
-        pb.deliver(1, 0, &out, 0, false); // block 3 is not awaited
-        encode(4, Direction::Up, 2, &[true; 3], &[1.0; 4], &mut out);
-        pb.deliver(0, 0, &out, 0, false); // rank 0 is not the sender
-        encode(4, Direction::Up, 2, &[true; 40], &[1.0; 4], &mut out);
-        pb.deliver(1, 0, &out, 0, false); // mask of the wrong size
-        encode(
-            4,
-            Direction::Up,
-            2,
-            &[true, true, true],
-            &[1.0; 4],
-            &mut out,
-        );
-        pb.deliver(1, 0, &out, 0, false); // valid
-        encode(
-            4,
-            Direction::Up,
-            2,
-            &[true, false, true],
-            &[2.0; 4],
-            &mut out,
-        );
-        pb.deliver(1, 0, &out, 4, false); // contradicts the first mask
-        pb.deliver(1, 0, &out[..2], 0, false); // truncated header
-        encode(3, Direction::Up, 2, &[true; 3], &[1.0; 4], &mut out);
-        pb.deliver(1, 0, &out, 4, false); // an earlier step: late
-        assert_eq!((pb.invalid, pb.late), (5, 1));
-        drop(pb);
-        assert_eq!(&buf[..], &[1., 1., 1., 1., 0., 0., 0., 0., 0., 0.]);
-    }
-}
-
-#[cfg(test)]
-mod datagram_tests {
-    use super::*;
-
-    /// A datagram transport's header has no mask, only the count of packets sent: the
-    /// message is complete once that many distinct packets arrived.
-    #[test]
-    fn maskless_fragments_complete_by_count() {
-        let expect = [(1usize, 0usize, 3usize)];
-        let mut buf = vec![0f32; 10];
-        let mut stash = Stash::new();
-        let mut pb = PhaseBox::new(phase(2, 1), 4, &expect, vec![&mut buf[..]], &mut stash);
-        let mask = [true, false, true];
-        let mut out = Vec::new();
-        encode_framed(2, Direction::Down, 0, &mask, false, &[1.0; 4], &mut out);
-        pb.deliver(1, 0, &out, 0, false);
-        assert!(!pb.complete());
-        pb.deliver(1, 0, &out, 0, false); // duplicate
-        assert!(!pb.complete());
-        encode_framed(2, Direction::Down, 0, &mask, false, &[3.0; 2], &mut out);
-        pb.deliver(1, 0, &out, 8, false);
-        assert!(pb.complete());
-        // A fragment claiming another count contradicts the header.
-        encode_framed(
-            2,
-            Direction::Down,
-            0,
-            &[true; 3],
-            false,
-            &[2.0; 4],
-            &mut out,
-        );
-        pb.deliver(1, 0, &out, 4, false);
-        assert_eq!(pb.invalid, 1);
-        assert_eq!(pb.arrived(), vec![Some(vec![true, false, true])]);
-        assert_eq!(buf, [1., 1., 1., 1., 0., 0., 0., 0., 3., 3.]);
-    }
-
-    /// Datagrams of one message arrive in order: once the last packet is in, a message
-    /// all of whose packets were sent is settled at once, not after the idle time. One
-    /// whose sender dropped packets in software cannot be settled that way (its header
-    /// counts what was sent, not which), nor can one whose transport may reorder.
-    #[test]
-    fn an_ordered_message_settles_when_its_last_packet_arrives() {
-        let expect = [(1usize, 0usize, 3usize)];
-        let settles = |ordered: bool, mask: &[bool]| {
-            let mut buf = [0f32; 10];
-            let mut stash = Stash::new();
-            let mut pb = PhaseBox::new(phase(2, 1), 4, &expect, vec![&mut buf[..]], &mut stash);
-            pb.ordered = ordered;
-            let mut out = Vec::new();
-            // Packet 0, then packet 2 (the last): packet 1 was lost or never sent.
-            encode_framed(2, Direction::Down, 0, mask, false, &[1.0; 4], &mut out);
-            pb.deliver(1, 0, &out, 0, false);
-            assert!(!pb.complete());
-            encode_framed(2, Direction::Down, 0, mask, false, &[3.0; 2], &mut out);
-            pb.deliver(1, 0, &out, 8, false);
-            pb.complete()
-        };
-        assert!(settles(true, &[true; 3]));
-        assert!(!settles(false, &[true; 3]));
-        // Two of three sent and both here: complete by count anyway.
-        assert!(settles(false, &[true, false, true]));
-    }
-}
+mod tests;
