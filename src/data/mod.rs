@@ -9,9 +9,11 @@ pub mod cifar;
 pub mod convert;
 pub mod dataset;
 pub mod idx;
+pub mod shard;
 pub mod skew;
 
-pub use dataset::{DatasetError, DatasetInfo, Shard, SplitInfo};
+pub use dataset::{DatasetError, DatasetInfo, SplitInfo};
+pub use shard::Shard;
 
 /// Fashion-MNIST's class names, in label order.
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [

@@ -15,12 +15,11 @@ use crate::comm::{CommError, Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
 
-use super::{Layout, Mode};
+use super::layout::{split_blocks, Layout, Mode};
 
 mod average;
 mod deadline;
 mod decisions;
-use average::split_blocks;
 pub use deadline::Deadline;
 
 /// Bytes of the message header in every datagram of a datagram transport.

@@ -184,6 +184,23 @@ impl Layout {
     }
 }
 
+/// Cuts `params` into the disjoint mutable slices of the (contiguous, ordered) blocks.
+/// An empty `params` (a buffer not needed this step) gives empty slices.
+pub fn split_blocks<'a>(
+    mut rest: &'a mut [f32],
+    blocks: &[std::ops::Range<usize>],
+) -> Vec<&'a mut [f32]> {
+    blocks
+        .iter()
+        .map(|r| {
+            let n = r.len().min(rest.len());
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            head
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

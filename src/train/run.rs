@@ -17,7 +17,7 @@ use super::watchdog::{Progress, Watchdog};
 use crate::comm::Transport;
 use crate::config::{Algorithm, TrainConfig};
 use crate::counters::StepCounters;
-use crate::data::dataset::epoch_order;
+use crate::data::shard::epoch_order;
 use crate::drop::TraceRecord;
 use crate::hash::hash_words;
 use crate::metrics::{EvalRecord, MetricsWriter};

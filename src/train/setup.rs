@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::checkpoint::{self, RankState};
 use crate::comm::udp;
 use crate::config::{Detection, Duration, TrainConfig, TransportKind};
-use crate::data::dataset::{read_labels, shard_range};
+use crate::data::shard::{read_labels, shard_range};
 use crate::data::skew::{dirichlet_shards, dominant_share};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::RunShape;

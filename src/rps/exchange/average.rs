@@ -3,7 +3,7 @@
 //! time.
 
 use super::Exchange;
-use crate::rps::Mode;
+use crate::rps::layout::Mode;
 
 impl Exchange {
     /// Sets `self.available` for block `b`, and the average of the first `received`
@@ -109,21 +109,4 @@ fn average_into(out: &mut [f32], start: Start<'_>, copies: &[&[f32]], scale: Opt
             chunk.iter_mut().for_each(|a| *a *= s);
         }
     }
-}
-
-/// Cuts `params` into the disjoint mutable slices of the (contiguous, ordered) blocks.
-/// An empty `params` (a buffer not needed this step) gives empty slices.
-pub(super) fn split_blocks<'a>(
-    mut rest: &'a mut [f32],
-    blocks: &[std::ops::Range<usize>],
-) -> Vec<&'a mut [f32]> {
-    blocks
-        .iter()
-        .map(|r| {
-            let n = r.len().min(rest.len());
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-            rest = tail;
-            head
-        })
-        .collect()
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::comm::{CommError, Framing, Mailbox, Outgoing, Transport};
 use crate::drop::Direction;
 
-use super::average::split_blocks;
 use super::Exchange;
 use crate::counters::StepCounters;
+use crate::rps::layout::split_blocks;
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
 /// words, packets sent.
