@@ -17,7 +17,7 @@ mkdir -p build
 # One build at a time (tests may call this script from parallel threads).
 exec 9>build/lock
 flock 9
-STAMP="$( (cat rps-netsim.cc build.sh; echo "$CXX $FLAGS") | sha256sum | cut -d' ' -f1)"
+STAMP="$( (cat rps-netsim.cc loss_budget.h build.sh; echo "$CXX $FLAGS") | sha256sum | cut -d' ' -f1)"
 if [ -x build/rps-netsim ] && [ "$(cat build/stamp 2>/dev/null)" = "$STAMP" ]; then
   echo "$PWD/build/rps-netsim"
   exit 0

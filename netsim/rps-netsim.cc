@@ -40,6 +40,7 @@
 #include <string>
 #include <unistd.h>
 #include <vector>
+#include "loss_budget.h"
 
 using namespace ns3;
 
@@ -49,16 +50,13 @@ namespace
 constexpr uint8_t kLowTos = 0x20;           // DSCP CS1 ("lower effort")
 constexpr uint16_t kTcpPort = 9;            // every host listens here for TCP
 constexpr uint16_t kUdpPort = 10;           // and here for learning datagrams
-constexpr uint32_t kDatagramPayload = 1472; // 1500-byte MTU minus IPv4 and UDP headers
-// What rps's UDP transport puts in those 1,472 bytes (src/comm/udp.rs, src/config.rs
-// udp_packet_bytes): a 52-byte datagram header and a 24-byte message header, then a packet
-// of 1,396 bytes of model, exactly the packets of `rps train --packet-bytes 1396`.
-constexpr uint32_t kDatagramHeaders = 52 + 24;
-constexpr uint32_t kPacketBytes = kDatagramPayload - kDatagramHeaders; // 1396
-// A rate report (docs/concepts.md, "The loss budget"): the datagram header and two u64
-// counters (accepted, highest sequence number).
-constexpr uint32_t kReportPayload = 52 + 16;
-constexpr uint32_t kMinInterval = 16; // datagrams: shorter report intervals are not used
+// rps's datagram sizes and the loss budget's rule, shared with the Rust side and checked
+// against it by tests/netsim.rs.
+using rps_budget::kDatagramPayload;
+using rps_budget::kMinInterval;
+using rps_budget::kPacketBytes;
+using rps_budget::kReportPayload;
+constexpr uint32_t kDatagramHeaders = rps_budget::kDatagramHeader + rps_budget::kMessageHeader;
 constexpr uint32_t kTcpSegment = 1448;      // 1500 minus IPv4, TCP and timestamp option
 
 [[noreturn]] void
@@ -1449,15 +1447,9 @@ class Sim
         double loss = std::clamp(1.0 - double(arrived) / sent, 0.0, 1.0);
         link.baseAccepted = report.accepted;
         link.baseHighest = report.highest;
-        double target = opt.lossTarget;
-        double rMax = opt.hostRate;
-        double rMin = rMax / 1000;
-        // f = ((1 - L) / (1 - T))^k, k the quiet intervals (L < T/2) in a row (at most
-        // 8), else 1; f within [1/2, 2], R within [R_min, R_max].
-        link.streak = loss < target / 2 ? link.streak + 1 : 0;
-        double f = std::pow((1 - loss) / (1 - target), double(std::clamp(link.streak, 1u, 8u)));
+        link.streak = rps_budget::NextStreak(loss, opt.lossTarget, link.streak);
         double before = link.rate;
-        link.rate = std::clamp(link.rate * std::clamp(f, 0.5, 2.0), rMin, rMax);
+        link.rate = rps_budget::Update(link.rate, loss, opt.lossTarget, opt.hostRate, link.streak);
         if (link.rate < before)
             stats.backoffs++;
         else if (link.rate > before)

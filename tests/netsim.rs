@@ -480,3 +480,112 @@ fn seeds_give_different_flows_and_report_as_one_row() {
     );
     assert_eq!(report.stdout.lines().count(), 3, "{}", report.stdout);
 }
+
+/// The simulator's copy of rps's facts (netsim/loss_budget.h): every datagram size and
+/// constant of the loss budget equals the Rust one, and the two rules give the same rate
+/// and streak on one table of cases. Needs only a C++ compiler, not ns-3.
+#[test]
+fn the_simulator_shares_the_datagram_sizes_and_the_loss_budget_rule() {
+    use rps::comm::udp::rate::{
+        next_streak, Budget, Report, MAX_STEP, MAX_STREAK, MIN_INTERVAL, RANGE,
+    };
+    let dir = out_dir();
+    let exe = dir.path().join("loss_budget_cases");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let out = Command::new(&cxx)
+        .args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(repo().join("netsim/loss_budget_cases.cc"))
+        .output()
+        .expect("no C++ compiler (g++)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&exe).arg("--constants").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let constants: HashMap<&str, f64> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    let rust = [
+        ("datagram_header", rps::comm::udp::HEADER_BYTES as f64),
+        (
+            "message_header",
+            rps::rps::exchange::DATAGRAM_HEADER_BYTES as f64,
+        ),
+        (
+            "packet_bytes",
+            rps::config::udp_packet_bytes(&rps::comm::udp::UdpOptions::default()) as f64,
+        ),
+        ("report_bytes", Report::BYTES as f64),
+        ("min_interval", MIN_INTERVAL as f64),
+        ("max_step", MAX_STEP),
+        ("max_streak", f64::from(MAX_STREAK)),
+        ("range", RANGE),
+    ];
+    assert_eq!(constants.len(), rust.len(), "{text}");
+    for (name, value) in rust {
+        assert_eq!(
+            constants.get(name),
+            Some(&value),
+            "{name}: ns-3 model vs rps"
+        );
+    }
+    // Losses around the target, streaks up to past the cap, rates at and between bounds.
+    let budget = Budget {
+        target_ppm: 50_000,
+        link_rate: 10_000_000_000,
+    };
+    let max = budget.max_rate();
+    let mut cases = Vec::new();
+    for &rate in &[max, 0.5 * max, max / 999.0, max / RANGE] {
+        for &loss in &[0.0, 0.01, 0.024, 0.025, 0.05, 0.2, 0.6, 1.0] {
+            for streak in [0u32, 1, 3, 7, 8, 12] {
+                cases.push((rate, loss, streak));
+            }
+        }
+    }
+    let input: String = cases
+        .iter()
+        .map(|(r, l, s)| format!("{r:e} {l:e} {:e} {max:e} {s}\n", budget.target()))
+        .collect();
+    let mut child = Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), cases.len());
+    for ((rate, loss, streak), line) in cases.iter().zip(&lines) {
+        let (c_rate, c_streak) = line.split_once(' ').unwrap();
+        let next = next_streak(*loss, budget.target(), *streak);
+        let r = budget.update(*rate, *loss, next);
+        let c: f64 = c_rate.parse().unwrap();
+        assert_eq!(
+            c_streak.parse::<u32>().unwrap(),
+            next,
+            "streak after {rate} {loss} {streak}"
+        );
+        // std::pow and powi may differ in the last bit; nothing more.
+        assert!(
+            (c - r).abs() <= 1e-12 * r,
+            "rate after {rate} {loss} {streak}: C++ {c}, Rust {r}"
+        );
+    }
+}

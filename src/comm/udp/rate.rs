@@ -1,7 +1,8 @@
 //! The loss budget of the lossy class (`--loss-target`): each sender paces each of its
 //! links and adapts the rate from its receiver's reports. The rule is defined once, in
-//! docs/concepts.md ("The loss budget"); the ns-3 model applies the same rule. This file
-//! is its arithmetic, pure so that it is unit-tested.
+//! docs/concepts.md ("The loss budget"); the ns-3 model applies the same rule
+//! (netsim/loss_budget.h; tests/netsim.rs holds the two against each other). This file is
+//! its arithmetic, pure so that it is unit-tested.
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,15 @@ impl Budget {
         }
         let next = rate * f.clamp(1.0 / MAX_STEP, MAX_STEP);
         next.clamp(self.max_rate() / RANGE, self.max_rate())
+    }
+}
+
+/// The quiet intervals in a row (loss below half the target) after one that lost `loss`.
+pub fn next_streak(loss: f64, target: f64, streak: u32) -> u32 {
+    if loss < target / 2.0 {
+        streak + 1
+    } else {
+        0
     }
 }
 
@@ -151,11 +161,7 @@ impl Link {
         // Datagrams of the previous interval that arrived late count here: clamp at 0.
         let got = (r.accepted - self.from.accepted).min(span);
         let loss = 1.0 - got as f64 / span as f64;
-        self.streak = if loss < budget.target() / 2.0 {
-            self.streak + 1
-        } else {
-            0
-        };
+        self.streak = next_streak(loss, budget.target(), self.streak);
         self.rate = budget.update(self.rate, loss, self.streak);
         self.from = r;
         self.last_loss = Some(loss);
