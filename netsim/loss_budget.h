@@ -1,6 +1,6 @@
 // What the ns-3 model shares with rps: the sizes of rps's UDP datagrams and the loss
 // budget's rule (docs/concepts.md, "The loss budget"), written once on this side. The
-// Rust side is src/comm/udp/wire.rs (datagram header), src/rps/exchange.rs
+// Rust side is src/comm/udp/wire.rs (datagram header), src/exchange/mod.rs
 // (DATAGRAM_HEADER_BYTES), src/config.rs (udp_packet_bytes) and src/comm/udp/rate.rs (the
 // rule); tests/netsim.rs compiles netsim/loss_budget_cases.cc against this header and
 // holds every constant and a table of cases against the Rust ones, so neither side can

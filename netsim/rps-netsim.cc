@@ -442,7 +442,7 @@ ReadPattern(const std::string& path)
         Fail("--metrics " + path + ": inconsistent roles (world_size " +
              std::to_string(p.worldSize) + ", servers " + std::to_string(p.servers) +
              ", blocks " + std::to_string(blocks) + ")");
-    // The cut of src/rps/layout.rs: contiguous, the first params % blocks get one more f32.
+    // The cut of src/exchange/layout.rs: contiguous, the first params % blocks get one more f32.
     for (uint64_t b = 0; b < blocks; ++b)
         p.blockBytes.push_back(4 * (params / blocks + (b < params % blocks ? 1 : 0)));
     // Step rate: median interval between consecutive steps of /time/wall_s, so that

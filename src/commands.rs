@@ -428,7 +428,7 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
     if let Err(code) = launch(&mpi, "bench-exchange", Some(&args)) {
         return code;
     }
-    let opts = crate::bench_exchange::Options::from(flags);
+    let opts = crate::bench::exchange::Options::from(flags);
     let mut plan = match agree(&mpi, opts.plan(mpi.size(), rank, mpi.ranks_on_host())) {
         Ok(plan) => plan,
         Err(d) => {
@@ -436,7 +436,7 @@ pub fn bench_exchange(flags: BenchExchangeFlags) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match crate::bench_exchange::run(&mpi, &mut plan) {
+    match crate::bench::exchange::run(&mpi, &mut plan) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             // A rank failing alone would leave the others in the next collective.
@@ -497,7 +497,7 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
         )?),
         Kind::Netsim => crate::netsim::markdown(&crate::netsim::Results::read(files)?),
         Kind::BenchExchange => {
-            crate::bench_exchange::csv::markdown(&crate::bench_exchange::csv::read(files)?)
+            crate::bench::exchange::csv::markdown(&crate::bench::exchange::csv::read(files)?)
         }
         Kind::Metrics if flags.claim => {
             let target = flags.target_accuracy;
@@ -522,7 +522,7 @@ pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
             crate::testbed::plot(&crate::testbed::read_index(index)?, dir)?
         }
         Kind::Netsim => crate::plot::netsim::plot(&flags.files, dir)?,
-        Kind::BenchExchange => crate::bench_exchange::plot::plot(&flags.files, dir)?,
+        Kind::BenchExchange => crate::bench::exchange::plot::plot(&flags.files, dir)?,
         Kind::Metrics if flags.claim => {
             crate::plot::claim::plot(&claim_runs(&flags.files, None)?, dir)?
         }

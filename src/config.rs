@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use crate::comm::udp::{UdpOptions, HEADER_BYTES};
 pub use crate::drop::DropSpec;
+use crate::exchange::Mode;
 use crate::nn::ModelKind;
-use crate::rps::Mode;
 
 /// The longest receive deadline accepted, in milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -152,7 +152,7 @@ impl TransportKind {
 /// default of `--packet-bytes` with UDP (1396 bytes for an MTU of 1500).
 pub fn udp_packet_bytes(opts: &UdpOptions) -> usize {
     opts.max_datagram()
-        .saturating_sub(HEADER_BYTES + crate::rps::exchange::DATAGRAM_HEADER_BYTES)
+        .saturating_sub(HEADER_BYTES + crate::exchange::DATAGRAM_HEADER_BYTES)
         / 4
         * 4
 }

@@ -69,7 +69,7 @@ impl Fingerprint {
             load,
             os,
             kernel: first_line("/proc/sys/kernel/osrelease"),
-            build: crate::build::identity().to_string(),
+            build: crate::build_id::identity().to_string(),
             hdf5: format!("{maj}.{min}.{rel}"),
         }
     }

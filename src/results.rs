@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::bench_exchange::csv::is_csv;
+use crate::bench::exchange::csv::is_csv;
 use crate::netsim::is_results_file;
 
 /// What a list of result files is.
@@ -71,7 +71,7 @@ mod tests {
     fn kinds_are_told_apart_and_mixtures_refused() {
         let dir = tempfile::tempdir().unwrap();
         let bench = dir.path().join("x.csv");
-        std::fs::write(&bench, format!("{}\n", crate::bench_exchange::CSV_HEADER)).unwrap();
+        std::fs::write(&bench, format!("{}\n", crate::bench::exchange::CSV_HEADER)).unwrap();
         let netsim = dir.path().join("r.csv");
         std::fs::write(&netsim, "policy,load\n").unwrap();
         let h5 = PathBuf::from("a.h5");

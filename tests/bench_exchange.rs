@@ -84,7 +84,7 @@ fn ends_with_one_ratio_line_per_size_and_mode() {
             .stdout
             .contains("rank-to-rank bandwidth: ranks 0 and 1 swap 40000 bytes"));
         let text = std::fs::read_to_string(&csv).unwrap();
-        assert!(text.starts_with(rps::bench_exchange::CSV_HEADER), "{text}");
+        assert!(text.starts_with(rps::bench::exchange::CSV_HEADER), "{text}");
         // Per size: pair, memcpy, and per mode the two all-reduces (MPI's and the
         // fixed-order one) and one RPS row per rate.
         assert_eq!(text.lines().count(), 1 + 2 * (2 + 2 * 4), "{text}");

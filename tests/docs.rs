@@ -91,3 +91,46 @@ fn readme_numbers_stand_in_the_pages_they_link() {
         }
     }
 }
+
+/// Every source file of both crates is named in docs/architecture.md by its path (a file
+/// of tests, `tests.rs`, goes with its parent), and every source path it names exists: the
+/// map cannot drift from the tree.
+#[test]
+fn the_architecture_map_names_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("src"), root.join("crates/nn/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && path.file_name().is_some_and(|n| n != "tests.rs")
+            {
+                files.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    files.sort();
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !map.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name these files (add a row to its map): {missing:?}"
+    );
+    let stale: Vec<&str> = map
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|p| (p.starts_with("src/") || p.starts_with("crates/")) && p.ends_with(".rs"))
+        .filter(|p| !root.join(p).exists())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/architecture.md names files that do not exist: {stale:?}"
+    );
+}

@@ -516,7 +516,7 @@ fn the_simulator_shares_the_datagram_sizes_and_the_loss_budget_rule() {
         ("datagram_header", rps::comm::udp::HEADER_BYTES as f64),
         (
             "message_header",
-            rps::rps::exchange::DATAGRAM_HEADER_BYTES as f64,
+            rps::exchange::DATAGRAM_HEADER_BYTES as f64,
         ),
         (
             "packet_bytes",

@@ -356,7 +356,7 @@ pub fn markdown() -> String {
     let root = Cli::command();
     let mut s = String::from(
         "# Command-line reference\n\n\
-         <!-- Generated from src/cli.rs by `cargo test` (RPS_UPDATE_DOCS=1 rewrites it); do not edit. -->\n\n",
+         <!-- Generated from src/cli/ by `cargo test` (RPS_UPDATE_DOCS=1 rewrites it); do not edit. -->\n\n",
     );
     if let Some(about) = root.get_about() {
         let _ = writeln!(s, "{about}\n");

@@ -160,10 +160,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     }
 }
 
-impl From<BenchExchangeFlags> for crate::bench_exchange::Options {
+impl From<BenchExchangeFlags> for crate::bench::exchange::Options {
     fn from(f: BenchExchangeFlags) -> Self {
-        use crate::bench_exchange::Roles;
-        crate::bench_exchange::Options {
+        use crate::bench::exchange::Roles;
+        crate::bench::exchange::Options {
             sizes: f.sizes,
             drop_rates: f.drop_rates,
             modes: f

@@ -301,7 +301,7 @@ pub struct TrainFlags {
     #[arg(long, value_enum, default_value_t = ModelFlag::Cnn)]
     pub model: ModelFlag,
     /// The ids of the flags given on the command line or in the job file (not left at
-    /// their defaults), filled by [`parse`]: a flag given for a mode that is off is
+    /// their defaults), filled by [`super::parse`]: a flag given for a mode that is off is
     /// reported even when its value is the default.
     #[arg(skip)]
     pub given: Vec<String>,

@@ -9,7 +9,7 @@ use crate::config::{
     TransportKind, MAX_TIMEOUT_MS,
 };
 use crate::drop::GeParams;
-use crate::rps::Mode;
+use crate::exchange::Mode;
 
 use super::train::{DetectFlag, DropModelFlag, LrScheduleFlag, TrainFlags, TransportFlag};
 

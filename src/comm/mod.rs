@@ -292,7 +292,7 @@ pub fn handshake<T: Transport + ?Sized>(t: &T, intent: Intent<'_>) -> Result<(),
             // what differs; the others are compared here, arguments and build.
             if let Some(a) = args {
                 slot[40..48].copy_from_slice(&crate::hash::hash_bytes(a.as_bytes()).to_le_bytes());
-                let build = crate::hash::hash_bytes(crate::build::identity().as_bytes());
+                let build = crate::hash::hash_bytes(crate::build_id::identity().as_bytes());
                 slot[48..56].copy_from_slice(&build.to_le_bytes());
             }
         }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::config::{DropSpec, TrainConfig};
 use crate::data::DatasetInfo;
-use crate::rps::Layout;
+use crate::exchange::Layout;
 
 /// Value of a root attribute.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,7 +178,7 @@ attrs! {
         /// `dedicated` (the first ranks serve) or `colocated` (every rank serves one block).
         MODE = "mode", fingerprint, |f| Some(f.cfg.mode.name().into());
         /// 1 in co-located mode, else 0.
-        COLOCATED = "colocated", record, |f| Some((f.cfg.mode == crate::rps::Mode::Colocated).into());
+        COLOCATED = "colocated", record, |f| Some((f.cfg.mode == crate::exchange::Mode::Colocated).into());
         /// Ranks in the job.
         WORLD_SIZE = "world_size", fingerprint, |f| Some(f.layout.size().into());
         /// Ranks that serve blocks.

@@ -2,7 +2,7 @@
 //! smoothed training loss, final accuracy against loss rate, consensus distance, per-link
 //! drop heat maps, and the theory figures of `--diag-every` runs (module `theory`); the
 //! claim's figures ([`claim`]); netsim results ([`netsim`]). The exchange's cost curve is
-//! `crate::bench_exchange::plot`, the testbed's `crate::testbed`; which of these a list
+//! `crate::bench::exchange::plot`, the testbed's `crate::testbed`; which of these a list
 //! of files is, is decided once, in `crate::results`. Every figure looks the same way
 //! ([`style`]).
 

@@ -95,7 +95,7 @@ fn job_identity(cfg: &TrainConfig) -> Vec<(String, String)> {
         .and_then(|(_, rest)| rest.strip_suffix(" }"))
         .unwrap_or(&text);
     let mut fields = top_level_fields(body);
-    fields.push(("build".into(), crate::build::identity().into()));
+    fields.push(("build".into(), crate::build_id::identity().into()));
     fields
 }
 

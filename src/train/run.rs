@@ -19,10 +19,10 @@ use crate::config::{Algorithm, TrainConfig};
 use crate::counters::StepCounters;
 use crate::data::shard::epoch_order;
 use crate::drop::TraceRecord;
+use crate::exchange::{Exchange, Mode};
 use crate::hash::hash_words;
 use crate::metrics::{EvalRecord, MetricsWriter};
 use crate::optim::Sgd;
-use crate::rps::{Exchange, Mode};
 
 /// With deadline detection, the most steps between two checks for a stop or divergence.
 const CHECK_EVERY: u64 = 10;

@@ -12,9 +12,9 @@ use crate::data::shard::{read_labels, shard_range};
 use crate::data::skew::{dirichlet_shards, dominant_share};
 use crate::data::{DatasetInfo, Shard};
 use crate::drop::RunShape;
+use crate::exchange::{Exchange, Layout, Mode};
 use crate::metrics::{attrs, RunEnv, RunFacts};
 use crate::nn::Model;
-use crate::rps::{Exchange, Layout, Mode};
 
 /// Samples per forward pass when evaluating the test set (the memory check counts it).
 pub(super) const EVAL_BATCH: usize = 100;

@@ -55,7 +55,7 @@ const BT: (bool, bool) = (false, true);
 /// The products of one batch-32 step of today's engine (crates/nn): im2col layers take
 /// groups of ~1,536 output columns (conv2d.rs); Winograd layers take, per group of 256
 /// tiles, α² products per pass: forward U·V (F×C·C×T), dW Ȳ·Vᵀ, dX Uᵀ·Ȳ
-/// (winograd/mod.rs), with α² = 64 for F(4×4,5×5) and 36 for F(4×4,3×3).
+/// (crates/nn/src/conv2d/winograd/mod.rs), with α² = 64 for F(4×4,5×5) and 36 for F(4×4,3×3).
 #[rustfmt::skip]
 const SHAPES: &[Shape] = &[
     s("peak", "1024³", (1024, 1024, 1024), N, 0),

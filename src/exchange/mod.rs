@@ -1,4 +1,9 @@
-//! One RPS exchange (steps 2–5 of the algorithm) for one rank, over any transport.
+//! The Robust Parameter Server algorithm: roles, blocks and the per-step exchange.
+//!
+//! [`Layout`] says which ranks are workers and servers and how the flat parameter vector
+//! is cut into blocks ([`layout`]); [`Exchange`] runs steps 2–5 of RPS for one rank over
+//! any [`crate::comm::Transport`], as four phases: uplink, average, downlink, merge
+//! ([`Exchange::step`]).
 //!
 //! Invariants: a dropped message is never posted; a receiver posts a receive exactly
 //! for the messages that its peer will send (both evaluate the same pure drop model:
@@ -15,12 +20,14 @@ use crate::comm::{CommError, Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
 
-use super::layout::{split_blocks, Layout, Mode};
-
 mod average;
 mod deadline;
 mod decisions;
+pub mod layout;
+
 pub use deadline::Deadline;
+use layout::split_blocks;
+pub use layout::{Layout, LayoutError, Mode};
 
 /// Bytes of the message header in every datagram of a datagram transport.
 pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);

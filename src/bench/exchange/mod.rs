@@ -15,7 +15,7 @@ use crate::bench::Spread;
 use crate::comm::{Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop;
-use crate::rps::{Exchange, Layout, Mode};
+use crate::exchange::{Exchange, Layout, Mode};
 
 pub mod csv;
 mod output;

@@ -7,6 +7,8 @@
 //! same binary has measured 0.72 and 1.23 of PyTorch on different days). No MPI: the
 //! benchmark is one process, one thread, like one rank of a training job.
 
+pub mod exchange;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;

@@ -5,7 +5,7 @@
 use super::Exchange;
 use crate::counters::StepCounters;
 use crate::drop::{Direction, MessageId};
-use crate::rps::layout::Mode;
+use crate::exchange::layout::Mode;
 
 impl Exchange {
     /// Fills `mask` with the delivery decision of every packet of one message;

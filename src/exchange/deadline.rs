@@ -17,7 +17,7 @@ use crate::drop::Direction;
 
 use super::Exchange;
 use crate::counters::StepCounters;
-use crate::rps::layout::split_blocks;
+use crate::exchange::layout::split_blocks;
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
 /// words, packets sent.

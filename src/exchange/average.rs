@@ -3,7 +3,7 @@
 //! time.
 
 use super::Exchange;
-use crate::rps::layout::Mode;
+use crate::exchange::layout::Mode;
 
 impl Exchange {
     /// Sets `self.available` for block `b`, and the average of the first `received`
