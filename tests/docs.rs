@@ -134,3 +134,59 @@ fn the_architecture_map_names_every_source_file() {
         "docs/architecture.md names files that do not exist: {stale:?}"
     );
 }
+
+/// The test files name metrics datasets by their literal names (`"train/loss"`), on
+/// purpose: those names are the file-format contract that users' h5py and pandas code
+/// types too (docs/metrics.md, generated from the schema and kept current above). Every
+/// such literal must name a dataset of that contract, so a renamed column fails here, in
+/// one place, listing where the old name is still used. (The dataset file's
+/// `train/images` and `train/labels`, docs/formats.md, share a prefix and are allowed.)
+#[test]
+fn column_names_in_the_tests_are_datasets_of_the_contract() {
+    use rps::metrics::schema::{DIAG_COLUMNS, EVAL_COLUMNS, LINK_MATRICES, STEP_COLUMNS};
+    let mut contract: Vec<&str> = STEP_COLUMNS.iter().map(|c| c.name).collect();
+    contract.extend(EVAL_COLUMNS.iter().map(|c| c.name));
+    contract.extend(DIAG_COLUMNS.iter().map(|c| c.name));
+    contract.extend(LINK_MATRICES.iter().map(|m| m.name));
+    contract.push(rps::metrics::trace::TRACE_DATASET);
+    // The dataset file's groups (docs/formats.md) share the prefix `train/`.
+    contract.extend(["train/images", "train/labels"]);
+    let groups = [
+        "train/", "eval/", "comm/", "time/", "diag/", "links/", "trace/",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut files: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(root.join("common/mod.rs"));
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for file in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (i, literal) in text.split('"').enumerate().filter(|(i, _)| i % 2 == 1) {
+            let is_name = groups.iter().any(|g| literal.starts_with(g))
+                && literal[literal.find('/').unwrap() + 1..]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !literal.ends_with('/');
+            if is_name {
+                seen += 1;
+                if !contract.contains(&literal) {
+                    unknown.push(format!("{} (literal {i}): {literal}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        seen > 100,
+        "the scan found only {seen} column names: is it still reading the tests?"
+    );
+    assert!(
+        unknown.is_empty(),
+        "not datasets of docs/metrics.md: {unknown:#?}"
+    );
+}

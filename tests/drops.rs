@@ -8,18 +8,11 @@ use std::path::Path;
 
 fn run_ok(n: usize, metrics: &Path, extra: &[&str]) -> Run {
     let data = small_dataset();
-    let mut a = vec![
-        "train",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--metrics",
-        metrics.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--eval-every",
-        "4",
-        "--force",
-    ];
+    let mut a = train_args(
+        &data,
+        &metrics,
+        &["--batch-size", "8", "--eval-every", "4", "--force"],
+    );
     a.extend_from_slice(extra);
     let run = mpirun(n, &a);
     run.assert_ok();
@@ -95,23 +88,22 @@ fn replayed_trace_reproduces_the_run_bit_for_bit() {
     let data = small_dataset();
     let mismatch = mpirun(
         4,
-        &[
-            "train",
-            "--dataset",
-            data.to_str().unwrap(),
-            "--metrics",
-            dir.path().join("x.h5").to_str().unwrap(),
-            "--batch-size",
-            "8",
-            "--steps",
-            "8",
-            "--servers",
-            "2",
-            "--packet-bytes",
-            "400000",
-            "--replay-trace",
-            rec.to_str().unwrap(),
-        ],
+        &train_args(
+            &data,
+            &dir.path().join("x.h5"),
+            &[
+                "--batch-size",
+                "8",
+                "--steps",
+                "8",
+                "--servers",
+                "2",
+                "--packet-bytes",
+                "400000",
+                "--replay-trace",
+                rec.to_str().unwrap(),
+            ],
+        ),
     );
     assert!(!mismatch.ok());
     assert!(
@@ -188,17 +180,11 @@ fn per_link_file_can_cut_a_server_off() {
     let data = small_dataset();
     let bad = mpirun(
         5,
-        &[
-            "train",
-            "--dataset",
-            data.to_str().unwrap(),
-            "--metrics",
-            dir.path().join("x.h5").to_str().unwrap(),
-            "--steps",
-            "2",
-            "--link-rates",
-            rates.to_str().unwrap(),
-        ],
+        &train_args(
+            &data,
+            &dir.path().join("x.h5"),
+            &["--steps", "2", "--link-rates", rates.to_str().unwrap()],
+        ),
     );
     assert!(!bad.ok());
     assert!(
@@ -351,21 +337,20 @@ fn a_trace_naming_missing_ranks_is_refused() {
         ds.write(&rows).unwrap();
     }
     let data = small_dataset();
-    let args = vec![
-        "train",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--metrics",
-        rep.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--steps",
-        "4",
-        "--servers",
-        "1",
-        "--replay-trace",
-        rec.to_str().unwrap(),
-    ];
+    let args = train_args(
+        &data,
+        &rep,
+        &[
+            "--batch-size",
+            "8",
+            "--steps",
+            "4",
+            "--servers",
+            "1",
+            "--replay-trace",
+            rec.to_str().unwrap(),
+        ],
+    );
     let run = local_ranks(3, &args);
     assert!(!run.ok());
     assert!(
@@ -413,30 +398,29 @@ fn the_error_in_the_average_is_the_identity_of_the_averaging_rule() {
     for n in [2usize, 8] {
         let c = simulate(n, 0.3, 200_000);
         let m = dir.path().join(format!("n{n}.h5"));
-        let args = [
-            "train",
-            "--dataset",
-            data.to_str().unwrap(),
-            "--metrics",
-            m.to_str().unwrap(),
-            "--model",
-            "mlp",
-            "--colocated",
-            "--batch-size",
-            "8",
-            "--lr",
-            "0.1",
-            "--momentum",
-            "0",
-            "--steps",
-            "300",
-            "--eval-every",
-            "0",
-            "--diag-every",
-            "1",
-            "--drop-rate",
-            "0.3",
-        ];
+        let args = train_args(
+            &data,
+            &m,
+            &[
+                "--model",
+                "mlp",
+                "--colocated",
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.1",
+                "--momentum",
+                "0",
+                "--steps",
+                "300",
+                "--eval-every",
+                "0",
+                "--diag-every",
+                "1",
+                "--drop-rate",
+                "0.3",
+            ],
+        );
         local_ranks(n, &args).assert_ok();
         let (err, spread) = (read_f64(&m, "diag/mean_error"), read_f64(&m, "diag/spread"));
         let r: Vec<f64> = err

@@ -62,18 +62,9 @@ fn expect_failure(how: Launch, n: usize, args: &[&str], needle: &str) -> Run {
     run
 }
 
-fn train_args<'a>(data: &'a str, metrics: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--dataset",
-        data,
-        "--metrics",
-        metrics,
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-    ]
+/// A short run: two steps of batch 4.
+fn short<'a>(data: &'a str, metrics: &'a str) -> Vec<&'a str> {
+    train_args(data, metrics, &["--steps", "2", "--batch-size", "4"])
 }
 
 fn classes(file: &hdf5::File, n: usize) {
@@ -294,7 +285,7 @@ fn dataset_problems() {
         ),
     ];
     for (i, (data, needle)) in cases.into_iter().enumerate() {
-        expect_failure(launch(i), 3, &train_args(&data, m), needle);
+        expect_failure(launch(i), 3, &short(&data, m), needle);
         assert!(
             !metrics.exists(),
             "{needle}: a metrics file was left behind"
@@ -310,7 +301,7 @@ fn truncated_dataset_fails_cleanly() {
     let bytes = std::fs::read(&data).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let m = dir.path().join("m.h5");
-    let run = mpirun(3, &train_args(cut.to_str().unwrap(), m.to_str().unwrap()));
+    let run = mpirun(3, &short(cut.to_str().unwrap(), m.to_str().unwrap()));
     assert!(
         !run.ok() && run.code != Some(110),
         "{:?}\n{}",
@@ -330,7 +321,7 @@ fn flag_problems() {
     let metrics = dir.path().join("m.h5");
     let m = metrics.to_str().unwrap();
     let with = |extra: &[&'static str]| {
-        let mut a = vec!["train", "--dataset", data, "--metrics", m, "--steps", "2"];
+        let mut a = train_args(data, m, &["--steps", "2"]);
         a.extend_from_slice(extra);
         a
     };
@@ -371,17 +362,12 @@ fn flag_problems() {
             "invalid value 'abc' for '--drop-rate <P>'",
         ),
         (
-            vec![
-                "train",
-                "--dataset",
-                data,
-                "--metrics",
-                m,
+            train_args(data, m, &[
                 "--epochs",
                 "288230376151711745",
                 "--batch-size",
                 "1",
-            ],
+            ]),
             "--epochs 288230376151711745 of 256 steps each is more steps than can be counted",
         ),
         (
@@ -435,7 +421,7 @@ fn output_problems() {
     expect_failure(
         Launch::Mpirun,
         3,
-        &train_args(data, below.to_str().unwrap()),
+        &short(data, below.to_str().unwrap()),
         "cannot create directory",
     );
 
@@ -445,11 +431,11 @@ fn output_problems() {
     expect_failure(
         Launch::Local,
         3,
-        &train_args(data, existing.to_str().unwrap()),
+        &short(data, existing.to_str().unwrap()),
         "already exists (use --force",
     );
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
-    let mut forced = train_args(data, existing.to_str().unwrap());
+    let mut forced = short(data, existing.to_str().unwrap());
     forced.push("--force");
     local_ranks(3, &forced).assert_ok();
     assert_eq!(attr_str(&existing, "status"), "completed");
@@ -543,7 +529,7 @@ fn unusable_outputs_are_refused_before_training() {
         (f, vec!["--force"], format!("--metrics {f} is a directory")),
     ];
     for (i, (metrics_flag, extra, needle)) in cases.into_iter().enumerate() {
-        let mut args = train_args(data, metrics_flag);
+        let mut args = short(data, metrics_flag);
         args.extend(["--colocated", "--steps", "3"]);
         args.extend(extra);
         let run = expect_failure(launch(i), 2, &args, &needle);
@@ -565,12 +551,7 @@ fn mpmd(groups: &[(&str, Vec<&str>)]) -> Run {
         }
         cmd.args(["-n", "1", program]).args(args);
     }
-    let out = cmd
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .output()
-        .unwrap();
+    let out = cmd.open_mpi_env().output().unwrap();
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -588,7 +569,7 @@ fn ranks_must_run_the_same_job() {
     let metrics = dir.path().join("m.h5");
     let m = metrics.to_str().unwrap();
     let args = |steps: &'static str, lr: &'static str| {
-        let mut a = train_args(data, m);
+        let mut a = short(data, m);
         a.extend(["--colocated", "--steps", steps, "--lr", lr]);
         a
     };
@@ -626,7 +607,7 @@ fn an_unknown_instruction_set_is_refused() {
     let data = small_dataset();
     let dir = out_dir();
     let m = dir.path().join("m.h5");
-    let args = train_args(data.to_str().unwrap(), m.to_str().unwrap());
+    let args = short(data.to_str().unwrap(), m.to_str().unwrap());
     let run = local_ranks_env(2, &args, &[("RPS_KERNELS", "sse9")]);
     check_failed(
         &run,
@@ -643,7 +624,7 @@ fn ranks_must_run_the_same_command() {
     let data = data.to_str().unwrap();
     let dir = out_dir();
     let metrics = dir.path().join("m.h5");
-    let train = train_args(data, metrics.to_str().unwrap());
+    let train = short(data, metrics.to_str().unwrap());
     let bench = |extra: &[&'static str]| {
         let mut a = vec!["bench-exchange", "--sizes", "1e5", "--repeats", "2"];
         a.extend(extra);
@@ -701,7 +682,7 @@ fn divergence_is_an_error_not_a_result() {
                     .unwrap();
             }
         });
-        expect_failure(launch(i), 2, &train_args(&data, m), needle);
+        expect_failure(launch(i), 2, &short(&data, m), needle);
         assert!(!metrics.exists());
     }
     let data = small_dataset();
@@ -714,7 +695,7 @@ fn divergence_is_an_error_not_a_result() {
     .into_iter()
     .enumerate()
     {
-        let mut args = train_args(data.to_str().unwrap(), m);
+        let mut args = short(data.to_str().unwrap(), m);
         args.extend(["--colocated", "--lr", lr, "--model", model, "--steps", "20"]);
         args.extend(["--batch-size", "8", "--force"]);
         let run = expect_failure(launch(i), 2, &args, "training diverged at step");
@@ -734,7 +715,7 @@ fn local_ranks_under_mpirun_is_refused() {
     let data = small_dataset();
     let dir = out_dir();
     let metrics = dir.path().join("m.h5");
-    let mut args = train_args(data.to_str().unwrap(), metrics.to_str().unwrap());
+    let mut args = short(data.to_str().unwrap(), metrics.to_str().unwrap());
     args.extend(["--local-ranks", "2"]);
     expect_failure(Launch::Mpirun, 2, &args, "but the launcher started 2");
     assert!(!metrics.exists());
@@ -747,7 +728,7 @@ fn flags_of_a_mode_that_is_off_are_named() {
     let data = small_dataset();
     let dir = out_dir();
     let metrics = dir.path().join("m.h5");
-    let mut args = train_args(data.to_str().unwrap(), metrics.to_str().unwrap());
+    let mut args = short(data.to_str().unwrap(), metrics.to_str().unwrap());
     args.extend([
         "--colocated",
         "--lr-gamma",

@@ -95,24 +95,23 @@ fn digests_of(case: &Case, dir: &Path, local: bool, env: &[(&str, &str)]) -> Vec
         dir.join(format!("{}.h5", case.name)),
         dir.join(format!("{}-model.h5", case.name)),
     );
-    let mut args = vec![
-        "train",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--metrics",
-        m.to_str().unwrap(),
-        "--save-model",
-        s.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--steps",
-        "6",
-        "--eval-every",
-        "3",
-        "--seed",
-        "17",
-        "--force",
-    ];
+    let mut args = train_args(
+        &data,
+        &m,
+        &[
+            "--save-model",
+            s.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--seed",
+            "17",
+            "--force",
+        ],
+    );
     args.extend(case.flags);
     let run = if local {
         local_ranks_env(case.ranks, &args, env)

@@ -263,9 +263,7 @@ fn a_stopped_sweep_stops_its_run_and_says_which() {
     let _guard = lock_mpirun();
     let mut sweep = Command::new(RPS)
         .args(["sweep", &job])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .open_mpi_env()
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

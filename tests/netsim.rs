@@ -66,21 +66,20 @@ fn mlp_run(dir: &Path) -> PathBuf {
     let metrics = dir.join("mlp.h5");
     mpirun(
         5,
-        &[
-            "train",
-            "--dataset",
-            small_dataset().to_str().unwrap(),
-            "--metrics",
-            metrics.to_str().unwrap(),
-            "--model",
-            "mlp",
-            "--servers",
-            "1",
-            "--steps",
-            "4",
-            "--eval-every",
-            "0",
-        ],
+        &train_args(
+            &small_dataset(),
+            &metrics,
+            &[
+                "--model",
+                "mlp",
+                "--servers",
+                "1",
+                "--steps",
+                "4",
+                "--eval-every",
+                "0",
+            ],
+        ),
     )
     .assert_ok();
     metrics
@@ -132,19 +131,11 @@ fn both_policies_balance_their_bytes_and_complete_every_web_flow() {
     let data = small_dataset();
     mpirun(
         5,
-        &[
-            "train",
-            "--dataset",
-            data.to_str().unwrap(),
-            "--metrics",
-            metrics.to_str().unwrap(),
-            "--servers",
-            "1",
-            "--steps",
-            "4",
-            "--eval-every",
-            "0",
-        ],
+        &train_args(
+            &data,
+            &metrics,
+            &["--servers", "1", "--steps", "4", "--eval-every", "0"],
+        ),
     )
     .assert_ok();
 
@@ -393,25 +384,24 @@ fn the_simulated_trace_replays_in_rps_train() {
     let steps_arg = (steps as u64).to_string();
     mpirun(
         5,
-        &[
-            "train",
-            "--dataset",
-            small_dataset().to_str().unwrap(),
-            "--metrics",
-            replay.to_str().unwrap(),
-            "--model",
-            "mlp",
-            "--servers",
-            "1",
-            "--steps",
-            &steps_arg,
-            "--eval-every",
-            "0",
-            "--packet-bytes",
-            "1396",
-            "--replay-trace",
-            trace.to_str().unwrap(),
-        ],
+        &train_args(
+            &small_dataset(),
+            &replay,
+            &[
+                "--model",
+                "mlp",
+                "--servers",
+                "1",
+                "--steps",
+                &steps_arg,
+                "--eval-every",
+                "0",
+                "--packet-bytes",
+                "1396",
+                "--replay-trace",
+                trace.to_str().unwrap(),
+            ],
+        ),
     )
     .assert_ok();
     let dropped: u64 = read_u64(&replay, "comm/packets_dropped_up")

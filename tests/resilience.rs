@@ -10,12 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Starts mpirun in the background (the caller must hold no other mpirun).
 fn spawn(n: usize, args: &[&str]) -> Child {
-    Command::new("mpirun")
-        .args(["-n", &n.to_string(), "--timeout", "90", RPS])
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    mpirun_command(n, 90, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -62,20 +57,11 @@ fn wait_for(path: &Path) {
 
 /// `rps train` on two in-process ranks, co-located, batch 4, plus `extra`.
 fn local_job(data: &str, metrics: &str, extra: &[&str]) -> Vec<String> {
-    let base = [
-        "train",
-        "--local-ranks",
-        "2",
-        "--dataset",
-        data,
-        "--metrics",
-        metrics,
-    ];
-    let rest = ["--colocated", "--batch-size", "4"];
-    base.iter()
-        .chain(&rest)
-        .chain(extra)
-        .map(|s| s.to_string())
+    let rest = ["--local-ranks", "2", "--colocated", "--batch-size", "4"];
+    train_args(data, metrics, &rest)
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(String::from)
         .collect()
 }
 
@@ -89,33 +75,33 @@ fn signal(pids: &[i32], sig: &str) {
     assert!(status.success());
 }
 
-fn train_args<'a>(
+/// The resumable run of these tests: 40 steps, one server, 20 % drops, its model saved.
+fn resumable<'a>(
     data: &'a str,
     metrics: &'a str,
     model: &'a str,
     extra: &[&'a str],
 ) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--dataset",
+    let mut a = train_args(
         data,
-        "--metrics",
         metrics,
-        "--save-model",
-        model,
-        "--steps",
-        "40",
-        "--eval-every",
-        "10",
-        "--batch-size",
-        "8",
-        "--servers",
-        "1",
-        "--drop-rate",
-        "0.2",
-        "--seed",
-        "4",
-    ];
+        &[
+            "--save-model",
+            model,
+            "--steps",
+            "40",
+            "--eval-every",
+            "10",
+            "--batch-size",
+            "8",
+            "--servers",
+            "1",
+            "--drop-rate",
+            "0.2",
+            "--seed",
+            "4",
+        ],
+    );
     a.extend_from_slice(extra);
     a
 }
@@ -127,7 +113,7 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
     let dir = out_dir();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let (full, full_model) = (p("full.h5"), p("full-model.h5"));
-    mpirun(4, &train_args(data, &full, &full_model, &[])).assert_ok();
+    mpirun(4, &resumable(data, &full, &full_model, &[])).assert_ok();
 
     // Stop twice — SIGUSR1 to mpirun (forwarded to every rank), then SIGTERM to every
     // rank directly, as Slurm does — and resume each time.
@@ -138,7 +124,7 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
         if round > 0 {
             extra.extend(["--resume", &ckpt, "--force"]);
         }
-        let args = train_args(data, &part, &part_model, &extra);
+        let args = resumable(data, &part, &part_model, &extra);
         let child = spawn(4, &args);
         let marker = Path::new(&ckpt)
             .join(if round == 0 {
@@ -169,33 +155,14 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
         assert_eq!(attr_str(part.as_ref(), "status"), "interrupted");
     }
     drop(_guard);
-    let args = train_args(data, &part, &part_model, &["--resume", &ckpt, "--force"]);
+    let args = resumable(data, &part, &part_model, &["--resume", &ckpt, "--force"]);
     let run = mpirun(4, &args);
     run.assert_ok();
     assert!(run.stderr.contains("resuming after step"), "{}", run.stderr);
 
-    assert_eq!(
-        read_params(part_model.as_ref()),
-        read_params(full_model.as_ref())
-    );
     let (a, b) = (Path::new(&full), Path::new(&part));
+    assert_same_run(a, full_model.as_ref(), b, part_model.as_ref());
     assert_eq!(read_u64(b, "train/step"), (1..=40).collect::<Vec<u64>>());
-    for name in [
-        "train/loss",
-        "train/accuracy",
-        "eval/test_loss",
-        "eval/consensus_distance",
-    ] {
-        assert_eq!(read_f64(a, name), read_f64(b, name), "{name}");
-    }
-    for name in [
-        "comm/dropped_up",
-        "comm/dropped_down",
-        "comm/sent_up",
-        "eval/step",
-    ] {
-        assert_eq!(read_u64(a, name), read_u64(b, name), "{name}");
-    }
     assert_eq!(attr_str(b, "status"), "completed");
     assert_eq!(
         hdf5::File::open(a)
@@ -213,7 +180,7 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
     );
 
     // A checkpoint of another configuration is refused, naming what differs.
-    let args = train_args(
+    let args = resumable(
         data,
         &part,
         &part_model,
@@ -229,7 +196,7 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
     );
     let run = mpirun(
         3,
-        &train_args(data, &part, &part_model, &["--resume", &ckpt, "--force"]),
+        &resumable(data, &part, &part_model, &["--resume", &ckpt, "--force"]),
     );
     assert!(
         run.stderr.contains("world_size: checkpoint 4, now 3"),
@@ -240,7 +207,7 @@ fn stopped_and_resumed_runs_equal_uninterrupted_ones() {
     let other = p("other.h5");
     let run = mpirun(
         4,
-        &train_args(
+        &resumable(
             data,
             &other,
             &p("other-model.h5"),
@@ -281,19 +248,18 @@ fn after_progress_lines(
 fn long_job(n: usize, data: &Path, metrics: &Path) -> Child {
     spawn(
         n,
-        &[
-            "train",
-            "--dataset",
-            data.to_str().unwrap(),
-            "--metrics",
-            metrics.to_str().unwrap(),
-            "--steps",
-            "100000",
-            "--eval-every",
-            "10",
-            "--batch-size",
-            "8",
-        ],
+        &train_args(
+            &data,
+            &metrics,
+            &[
+                "--steps",
+                "100000",
+                "--eval-every",
+                "10",
+                "--batch-size",
+                "8",
+            ],
+        ),
     )
 }
 
@@ -727,9 +693,7 @@ fn a_frozen_rank_is_named_and_the_job_ends() {
             "--stall-abort",
             "6",
         ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .open_mpi_env()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -783,23 +747,21 @@ fn a_signal_during_start_up_stops_cleanly() {
     let m = dir.path().join("m.h5");
     let _guard = lock_mpirun();
     let mut cmd = Command::new(RPS);
-    cmd.args([
-        "train",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--metrics",
-        m.to_str().unwrap(),
-        "--colocated",
-        "--batch-size",
-        "4",
-        "--steps",
-        "1000",
-        "--eval-every",
-        "0",
-    ])
+    cmd.args(train_args(
+        &data,
+        &m,
+        &[
+            "--colocated",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1000",
+            "--eval-every",
+            "0",
+        ],
+    ))
     // One rank without mpirun (a singleton): the signal goes to the rank itself.
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .open_mpi_env()
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, sigprocmask) between

@@ -40,8 +40,7 @@ impl Cluster {
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf)
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .open_mpi_env()
             .env("RPS_BIN", RPS);
         c
     }

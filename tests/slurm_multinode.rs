@@ -72,8 +72,7 @@ impl Cluster {
         c.args(["exec", self.dir.to_str().unwrap(), program])
             .env("TESTBED_NAME", NAME)
             .env("TESTBED_NET", NET)
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .open_mpi_env()
             .env("RPS_BIN", RPS);
         c
     }
@@ -351,27 +350,6 @@ fn resumable(data: &str, model: &str, metrics: Option<&str>) -> Vec<String> {
         a.extend(["--metrics".to_string(), m.to_string()]);
     }
     a
-}
-
-/// Final metrics and model of two runs agree bit for bit.
-fn assert_same_run(a: &Path, a_model: &Path, b: &Path, b_model: &Path) {
-    assert_eq!(read_params(a_model), read_params(b_model), "final models");
-    for name in [
-        "train/loss",
-        "train/accuracy",
-        "eval/test_loss",
-        "eval/consensus_distance",
-    ] {
-        assert_eq!(read_f64(a, name), read_f64(b, name), "{name}");
-    }
-    for name in [
-        "train/step",
-        "comm/dropped_up",
-        "comm/dropped_down",
-        "eval/step",
-    ] {
-        assert_eq!(read_u64(a, name), read_u64(b, name), "{name}");
-    }
 }
 
 #[test]

@@ -7,17 +7,7 @@ use std::path::Path;
 
 /// Flags of a short run on the small dataset.
 fn args<'a>(data: &'a str, metrics: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "train",
-        "--dataset",
-        data,
-        "--metrics",
-        metrics,
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-    ];
+    let mut v = train_args(data, metrics, &["--batch-size", "8", "--seed", "3"]);
     v.extend_from_slice(extra);
     v
 }

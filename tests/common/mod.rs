@@ -48,12 +48,7 @@ pub fn lock_mpirun() -> std::sync::MutexGuard<'static, ()> {
 /// Runs `rps <args>` on `n` ranks with a hard 60 s limit (mpirun kills a hung job).
 pub fn mpirun(n: usize, args: &[&str]) -> Run {
     let _guard = lock_mpirun();
-    let out = Command::new("mpirun")
-        .args(["-n", &n.to_string(), "--timeout", "60", RPS])
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    let out = mpirun_command(n, 60, args)
         .env("RUST_LOG", "info")
         .output()
         .expect("cannot start mpirun (is openmpi-bin installed? run scripts/setup.sh)");
@@ -116,9 +111,7 @@ pub fn rps(args: &[&str]) -> Run {
         Command::new(RPS)
             .args(args)
             // For the mpirun that `rps sweep` starts.
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .open_mpi_env()
             .output()
             .expect("cannot run rps"),
     )
@@ -260,4 +253,79 @@ pub fn attr_str(path: &Path, name: &str) -> String {
         .unwrap()
         .as_str()
         .to_string()
+}
+
+/// `train --dataset DATA --metrics METRICS REST...`: the argument vector of a training
+/// run, for [`mpirun`], [`local_ranks`] and [`rps`].
+pub fn train_args<'a, D, M>(data: &'a D, metrics: &'a M, rest: &[&'a str]) -> Vec<&'a str>
+where
+    D: AsRef<Path> + ?Sized,
+    M: AsRef<Path> + ?Sized,
+{
+    let path = |p: &'a Path| p.to_str().expect("test paths are UTF-8");
+    let mut v = vec![
+        "train",
+        "--dataset",
+        path(data.as_ref()),
+        "--metrics",
+        path(metrics.as_ref()),
+    ];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// Lets Open MPI run as root (CI, containers) and start more ranks than cores: the
+/// environment of every mpirun of the suite, and of every command that starts one.
+pub trait OpenMpiEnv {
+    fn open_mpi_env(&mut self) -> &mut Self;
+}
+
+impl OpenMpiEnv for Command {
+    fn open_mpi_env(&mut self) -> &mut Self {
+        self.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    }
+}
+
+/// `mpirun -n N --timeout SECONDS rps ARGS...`, not started: mpirun kills a job that
+/// outlives the timeout, so a hung rank fails its test instead of the suite.
+pub fn mpirun_command(n: usize, timeout_s: u64, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args([
+        "-n",
+        &n.to_string(),
+        "--timeout",
+        &timeout_s.to_string(),
+        RPS,
+    ])
+    .args(args)
+    .open_mpi_env();
+    c
+}
+
+/// Asserts that two runs are the same run, bit for bit: their final models, the losses,
+/// accuracies and consensus distances, and the step, message and drop counts.
+pub fn assert_same_run(a: &Path, a_model: &Path, b: &Path, b_model: &Path) {
+    use rps::metrics::schema::*;
+    assert_eq!(read_params(a_model), read_params(b_model), "final models");
+    let real = [
+        LOSS.name,
+        ACCURACY.name,
+        TEST_LOSS.name,
+        CONSENSUS_DISTANCE.name,
+    ];
+    for name in real {
+        assert_eq!(read_f64(a, name), read_f64(b, name), "{name}");
+    }
+    let counts = [
+        STEP.name,
+        SENT_UP.name,
+        DROPPED_UP.name,
+        DROPPED_DOWN.name,
+        EVAL_STEP.name,
+    ];
+    for name in counts {
+        assert_eq!(read_u64(a, name), read_u64(b, name), "{name}");
+    }
 }
