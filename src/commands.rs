@@ -487,11 +487,11 @@ fn refuse_repeats(files: &[PathBuf]) -> Option<ExitCode> {
 /// `rps report`: the Markdown table on stdout.
 pub fn report(flags: ReportFlags) -> Result<ExitCode> {
     use crate::results::Kind;
-    let files = &flags.files;
+    let files = &flags.input.files;
     if let Some(code) = refuse_repeats(files) {
         return Ok(code);
     }
-    let text = match crate::results::kind(files, flags.testbed)? {
+    let text = match crate::results::kind(files, flags.input.testbed)? {
         Kind::TestbedIndex => crate::testbed::markdown(&crate::testbed::read_index(
             crate::results::testbed_index(files)?,
         )?),
@@ -499,7 +499,7 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
         Kind::BenchExchange => {
             crate::bench::exchange::csv::markdown(&crate::bench::exchange::csv::read(files)?)
         }
-        Kind::Metrics if flags.claim => {
+        Kind::Metrics if flags.input.claim => {
             let target = flags.target_accuracy;
             crate::report::claim::markdown(&claim_runs(files, target)?, target)
         }
@@ -512,19 +512,19 @@ pub fn report(flags: ReportFlags) -> Result<ExitCode> {
 /// `rps plot`: figures into --output-dir, their paths on stdout.
 pub fn plot(flags: PlotFlags) -> Result<ExitCode> {
     use crate::results::Kind;
-    if let Some(code) = refuse_repeats(&flags.files) {
+    if let Some(code) = refuse_repeats(&flags.input.files) {
         return Ok(code);
     }
     let dir = &flags.output_dir;
-    let paths = match crate::results::kind(&flags.files, flags.testbed)? {
+    let paths = match crate::results::kind(&flags.input.files, flags.input.testbed)? {
         Kind::TestbedIndex => {
-            let index = crate::results::testbed_index(&flags.files)?;
+            let index = crate::results::testbed_index(&flags.input.files)?;
             crate::testbed::plot(&crate::testbed::read_index(index)?, dir)?
         }
-        Kind::Netsim => crate::plot::netsim::plot(&flags.files, dir)?,
-        Kind::BenchExchange => crate::bench::exchange::plot::plot(&flags.files, dir)?,
-        Kind::Metrics if flags.claim => {
-            crate::plot::claim::plot(&claim_runs(&flags.files, None)?, dir)?
+        Kind::Netsim => crate::plot::netsim::plot(&flags.input.files, dir)?,
+        Kind::BenchExchange => crate::bench::exchange::plot::plot(&flags.input.files, dir)?,
+        Kind::Metrics if flags.input.claim => {
+            crate::plot::claim::plot(&claim_runs(&flags.input.files, None)?, dir)?
         }
         Kind::Metrics => crate::plot::plot(&flags.into())?,
     };

@@ -229,7 +229,6 @@ fn draw<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let ls = losses(runs);
     let x_of = |loss: f64| ls.iter().position(|&l| l == loss).unwrap_or(0) as f64;
     let value = |r: &TestbedRun| match what {

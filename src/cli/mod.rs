@@ -72,7 +72,8 @@ pub enum Command {
     /// Example: rps report runs/drop-models/*.h5
     ///
     /// Given netsim results (.csv, from netsim/run.sh), prints their web-flow completion
-    /// times and learning-traffic loss instead.
+    /// times and learning-traffic loss instead; given `rps bench-exchange --csv` files,
+    /// their rows (median time per operation, mode, size and drop rate).
     Report(ReportFlags),
     /// Draw figures (PNG and SVG) of metrics files: training loss, accuracy against loss
     /// rate, consensus distance, per-link drops (no MPI needed).
@@ -233,22 +234,32 @@ pub fn check_job_keys(job: &crate::job::JobFile) -> Result<(), String> {
     Ok(())
 }
 
+/// The result files of `rps report` and `rps plot`, and what to make of them.
 #[derive(Debug, Args)]
-pub struct ReportFlags {
-    /// Metrics files written by `rps train --metrics`, netsim results (.csv), or with
-    /// --testbed one testbed index file.
+pub struct ResultFiles {
+    /// Metrics files written by `rps train --metrics`, netsim results (.csv),
+    /// `rps bench-exchange --csv` files, or with --testbed one testbed index file (what
+    /// they are is told from the files: docs/operations.md, "Reports and figures").
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// FILE is the index of a testbed measurement (`variant,loss,file` lines, written by
-    /// jobs/testbed.sh): print step time and accuracy per variant and loss rate.
+    /// jobs/testbed.sh): step time and accuracy per variant and loss rate (figures
+    /// testbed_step_time, testbed_accuracy).
     #[arg(long)]
     pub testbed: bool,
     /// Test the paper's claim on paired runs: each run with drops against its lossless
     /// twin (same configuration and seed, p = 0; runs of one arm share a directory):
     /// Δ ± standard error per cell, and Δ = a + b/n fitted by weighted least squares over
-    /// every pair (docs/operations.md, "Testing the claim").
+    /// every pair (docs/operations.md, "Testing the claim"; figures claim_loss,
+    /// claim_accuracy).
     #[arg(long, conflicts_with = "testbed")]
     pub claim: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportFlags {
+    #[command(flatten)]
+    pub input: ResultFiles,
     /// With --claim: also the first evaluated step at which each run's test accuracy
     /// reached A.
     #[arg(long, value_name = "A", requires = "claim", value_parser = parse_fraction)]
@@ -257,18 +268,8 @@ pub struct ReportFlags {
 
 #[derive(Debug, Args)]
 pub struct PlotFlags {
-    /// Metrics files written by `rps train --metrics`, netsim results (.csv),
-    /// `rps bench-exchange --csv` files, or with --testbed one testbed index file.
-    #[arg(value_name = "FILE", required = true)]
-    pub files: Vec<PathBuf>,
-    /// FILE is the index of a testbed measurement (jobs/testbed.sh): draw step time and
-    /// accuracy against the loss rate (testbed_step_time, testbed_accuracy).
-    #[arg(long)]
-    pub testbed: bool,
-    /// Draw the paired differences of `rps report --claim` against n, ± standard error,
-    /// with the fitted a + b/n (claim_loss, claim_accuracy).
-    #[arg(long, conflicts_with = "testbed")]
-    pub claim: bool,
+    #[command(flatten)]
+    pub input: ResultFiles,
     /// Directory for the figures (created if needed; existing figures are replaced).
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,
@@ -283,7 +284,7 @@ pub struct PlotFlags {
 impl From<PlotFlags> for crate::plot::PlotOptions {
     fn from(f: PlotFlags) -> Self {
         crate::plot::PlotOptions {
-            files: f.files,
+            files: f.input.files,
             output_dir: f.output_dir,
             window: f.window as usize,
             max_link_maps: f.link_maps,

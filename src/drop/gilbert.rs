@@ -153,30 +153,24 @@ impl DropModel for GilbertElliott {
 mod tests {
     use super::*;
 
-    // Message coordinates are spelled out in full in these tests, for readability.
     fn sequence(model: &GilbertElliott, n: u64) -> Vec<bool> {
         (0..n)
-            .map(|s| {
-                model.drops(&MessageId {
-                    step: s,
-                    direction: Direction::Up,
-                    src: 1,
-                    dst: 0,
-                    block: 0,
-                    packet: 0,
-                })
-            })
+            .map(|s| model.drops(&MessageId::new(s, Direction::Up, 1, 0, 0)))
             .collect()
+    }
+
+    fn ge(p: f64, r: f64, bad_loss: f64, good_loss: f64) -> GeParams {
+        GeParams {
+            p,
+            r,
+            bad_loss,
+            good_loss,
+        }
     }
 
     #[test]
     fn loss_rate_and_burst_length_match_theory() {
-        let params = GeParams {
-            p: 0.02,
-            r: 0.25,
-            bad_loss: 1.0,
-            good_loss: 0.0,
-        };
+        let params = ge(0.02, 0.25, 1.0, 0.0);
         let model = GilbertElliott::new(9, params, 1);
         let n = 400_000;
         let seq = sequence(&model, n);
@@ -207,12 +201,7 @@ mod tests {
 
     #[test]
     fn lossy_good_state_and_partial_bad_state() {
-        let params = GeParams {
-            p: 0.1,
-            r: 0.1,
-            bad_loss: 0.5,
-            good_loss: 0.1,
-        };
+        let params = ge(0.1, 0.1, 0.5, 0.1);
         let model = GilbertElliott::new(2, params, 1);
         let n = 200_000;
         let rate = sequence(&model, n).iter().filter(|&&d| d).count() as f64 / n as f64;
@@ -221,39 +210,19 @@ mod tests {
 
     #[test]
     fn decisions_do_not_depend_on_query_order() {
-        let params = GeParams {
-            p: 0.05,
-            r: 0.3,
-            bad_loss: 1.0,
-            good_loss: 0.0,
-        };
+        let params = ge(0.05, 0.3, 1.0, 0.0);
         let a = GilbertElliott::new(4, params, 3);
         let forward: Vec<bool> = (0..60)
             .flat_map(|s| (0..3).map(move |k| (s, k)))
-            .map(|(s, k)| {
-                a.drops(&MessageId {
-                    step: s,
-                    direction: Direction::Down,
-                    src: 0,
-                    dst: 2,
-                    block: 0,
-                    packet: k,
-                })
-            })
+            .map(|(s, k)| a.drops(&MessageId::new(s, Direction::Down, 0, 2, 0).packet(k)))
             .collect();
         // A fresh model asked in another order (packets backwards, a gap, then the past).
         let b = GilbertElliott::new(4, params, 3);
         let mut other = vec![false; 180];
         for s in (0..60).rev().step_by(7).chain(0..60) {
             for k in (0..3).rev() {
-                other[(s * 3 + k) as usize] = b.drops(&MessageId {
-                    step: s,
-                    direction: Direction::Down,
-                    src: 0,
-                    dst: 2,
-                    block: 0,
-                    packet: k as u32,
-                });
+                other[(s * 3 + k) as usize] =
+                    b.drops(&MessageId::new(s, Direction::Down, 0, 2, 0).packet(k as u32));
             }
         }
         assert_eq!(forward, other);
@@ -261,12 +230,7 @@ mod tests {
 
     #[test]
     fn always_bad_drops_everything() {
-        let params = GeParams {
-            p: 1.0,
-            r: 0.0,
-            bad_loss: 1.0,
-            good_loss: 0.0,
-        };
+        let params = ge(1.0, 0.0, 1.0, 0.0);
         let model = GilbertElliott::new(1, params, 1);
         assert!(sequence(&model, 1000).iter().all(|&d| d));
         assert_eq!(params.mean_loss(), 1.0);

@@ -51,6 +51,25 @@ pub struct MessageId {
     pub packet: u32,
 }
 
+impl MessageId {
+    /// The whole message of `block` from `src` to `dst` at `step` (its packet 0).
+    pub fn new(step: u64, direction: Direction, src: usize, dst: usize, block: usize) -> Self {
+        MessageId {
+            step,
+            direction,
+            src,
+            dst,
+            block,
+            packet: 0,
+        }
+    }
+
+    /// Packet `k` of this message.
+    pub fn packet(self, k: u32) -> Self {
+        MessageId { packet: k, ..self }
+    }
+}
+
 /// Decides, for every message, whether the network drops it.
 ///
 /// Implementations must be pure: the same `MessageId` always gives the same answer on
@@ -205,18 +224,10 @@ mod tests {
     fn coordinates_are_independent() {
         // Decisions for the two directions of the same link must not be correlated.
         let model = Bernoulli::new(3, 0.5);
-        // Message coordinates are spelled out in full in these tests, for readability.
         let n = 100_000u64;
         let both = (0..n)
             .filter(|&s| {
-                let up = MessageId {
-                    step: s,
-                    direction: Direction::Up,
-                    src: 1,
-                    dst: 0,
-                    block: 0,
-                    packet: 0,
-                };
+                let up = MessageId::new(s, Direction::Up, 1, 0, 0);
                 let down = MessageId {
                     direction: Direction::Down,
                     src: 0,

@@ -439,7 +439,7 @@ impl Exchange {
         if let Some(b) = served {
             self.average_served(b, params, received, false);
         }
-        let arrived = self.downlink_deadline(t, step, params, served, counts, d)?;
+        let arrived = self.downlink_deadline(t, step, params.len(), served, counts, d)?;
         for (server, b, m) in &arrived {
             self.down_links.received[*server] += 1;
             counts.received_down += 1;
@@ -518,12 +518,12 @@ impl Exchange {
     }
 
     /// Downlink: servers send what they have; workers wait for every server, staging
-    /// what arrives. Returns (server, block, packet mask) of each block that arrived.
+    /// what arrives (a replica of `replica_len` elements). Returns (server, block, packet mask) of each block that arrived.
     fn downlink_deadline<T: Transport + ?Sized>(
         &mut self,
         t: &T,
         step: u64,
-        params: &[f32],
+        replica_len: usize,
         served: Option<usize>,
         counts: &mut StepCounters,
         d: &mut Deadline,
@@ -546,7 +546,7 @@ impl Exchange {
                 }
             }
         }
-        let staged_len = if expect.is_empty() { 0 } else { params.len() };
+        let staged_len = if expect.is_empty() { 0 } else { replica_len };
         let mut staging = std::mem::take(&mut self.partial);
         staging.resize(staged_len, 0.0);
         let mut blocks: Vec<Option<&mut [f32]>> = split_blocks(&mut staging, layout.blocks())

@@ -22,23 +22,6 @@ impl Exchange {
         }));
     }
 
-    pub(super) fn id(
-        step: u64,
-        direction: Direction,
-        src: usize,
-        dst: usize,
-        block: usize,
-    ) -> MessageId {
-        MessageId {
-            step,
-            direction,
-            src,
-            dst,
-            block,
-            packet: 0,
-        }
-    }
-
     /// Which packets of `block` the server has a value for at `step` (at least one copy
     /// arrived, or its own when co-located).
     pub(super) fn availability(&self, step: u64, block: usize, out: &mut Vec<bool>) {
@@ -52,7 +35,7 @@ impl Exchange {
         let mut mask = Vec::with_capacity(n);
         for w in self.layout.workers() {
             self.decide(
-                Self::id(step, Direction::Up, w, server, block),
+                MessageId::new(step, Direction::Up, w, server, block),
                 None,
                 &mut mask,
             );
@@ -78,7 +61,7 @@ impl Exchange {
                 continue; // a co-located server's own block never crosses the network
             }
             self.decide(
-                Self::id(step, Direction::Up, me, server, b),
+                MessageId::new(step, Direction::Up, me, server, b),
                 None,
                 &mut mask,
             );
@@ -119,7 +102,7 @@ impl Exchange {
         let mut mask = Vec::new();
         for w in self.layout.workers().filter(|&w| w != me) {
             self.decide(
-                Self::id(step, Direction::Down, me, w, b),
+                MessageId::new(step, Direction::Down, me, w, b),
                 Some(&self.available),
                 &mut mask,
             );

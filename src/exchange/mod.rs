@@ -206,7 +206,7 @@ impl Exchange {
         let (mut avail, mut mask) = (Vec::new(), Vec::new());
         for (b, &server) in self.owners.iter().enumerate() {
             for w in self.layout.workers().filter(|&w| w != server) {
-                let id = Self::id(step, Direction::Up, w, server, b);
+                let id = MessageId::new(step, Direction::Up, w, server, b);
                 self.decide(id, None, &mut mask);
                 out.extend(mask.iter().enumerate().filter(|(_, &m)| !m).map(|(k, _)| {
                     trace::record(&MessageId {
@@ -217,7 +217,7 @@ impl Exchange {
             }
             self.availability(step, b, &mut avail);
             for w in self.layout.workers().filter(|&w| w != server) {
-                let id = Self::id(step, Direction::Down, server, w, b);
+                let id = MessageId::new(step, Direction::Down, server, w, b);
                 self.decide(id, Some(&avail), &mut mask);
                 out.extend(
                     mask.iter()
@@ -317,7 +317,7 @@ impl Exchange {
         let mut senders = Vec::new();
         let mut masks = std::mem::take(&mut self.inbox_masks);
         for w in self.layout.workers().filter(|&w| w != me) {
-            self.decide(Self::id(step, Direction::Up, w, me, b), None, mask);
+            self.decide(MessageId::new(step, Direction::Up, w, me, b), None, mask);
             if mask.iter().any(|&m| m) {
                 if masks.len() <= senders.len() {
                     masks.push(Vec::new());
@@ -374,7 +374,7 @@ impl Exchange {
                 }
                 self.availability(step, b, &mut avail);
                 self.decide(
-                    Self::id(step, Direction::Down, server, me, b),
+                    MessageId::new(step, Direction::Down, server, me, b),
                     Some(&avail),
                     mask,
                 );

@@ -120,7 +120,7 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     out.extend(both!(dir, "consensus", SIZE, consensus(&runs)));
     if runs.iter().any(|r| r.summary.diag.is_some()) {
         out.extend(both!(dir, "diag_vs_n", SIZE, diag_vs_n(&runs)));
-        let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
+        let summaries = summaries(&runs);
         let twins = outcome_pairs(&summaries);
         if !twins.is_empty() {
             out.extend(both!(dir, "outcome_vs_n", SIZE, outcome_vs_n(&twins)));
@@ -159,10 +159,15 @@ pub fn plot(opts: &PlotOptions) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The runs' summaries, in order.
+fn summaries(runs: &[Series]) -> Vec<RunSummary> {
+    runs.iter().map(|r| r.summary.clone()).collect()
+}
+
 /// One colour per configuration (runs differing only by seed share it), in the order of
 /// [`group`].
 fn colours(runs: &[Series]) -> Vec<RGBColor> {
-    let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
+    let summaries = summaries(runs);
     let groups = group(&summaries);
     runs.iter()
         .map(|r| {
@@ -197,7 +202,6 @@ fn train_loss<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let smoothed: Vec<Vec<f64>> = runs
         .iter()
         .map(|r| moving_average(&r.train_loss, window))
@@ -252,8 +256,7 @@ fn accuracy_vs_drop<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
-    let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
+    let summaries = summaries(runs);
     // (workers, x, mean, min, max) per configuration with an accuracy.
     let mut points: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
     for g in group(&summaries) {
@@ -328,7 +331,6 @@ fn consensus<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Series])
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let positive = |r: &Series| -> Vec<(f64, f64)> {
         r.eval_step
             .iter()
@@ -403,7 +405,6 @@ fn links<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let (nr, nc) = m.dim();
     if nr == 0 || nc == 0 {
         bail!("empty per-link matrix");

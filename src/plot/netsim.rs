@@ -49,7 +49,6 @@ fn netsim_fct<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, results: &Resul
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let root = root.titled(
         "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP); bars: range over seeds",
         font(22),

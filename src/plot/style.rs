@@ -42,19 +42,21 @@ pub(crate) fn register_font() -> Result<()> {
 /// The size of a one-panel figure, in pixels.
 pub(crate) const SIZE: (u32, u32) = (1000, 640);
 
-/// Draws `$f(&root, args...)` into `$dir/$name.png` and `$dir/$name.svg`; evaluates to
-/// the two paths.
+/// Draws `$f(&root, args...)` on white into `$dir/$name.png` and `$dir/$name.svg`;
+/// evaluates to the two paths.
 macro_rules! both {
     ($dir:expr, $name:expr, $size:expr, $f:ident ( $($arg:expr),* )) => {{
         let png = $dir.join(format!("{}.png", $name));
         let svg = $dir.join(format!("{}.svg", $name));
         {
             let root = BitMapBackend::new(&png, $size).into_drawing_area();
+            root.fill(&WHITE).with_context(|| format!("drawing {}", png.display()))?;
             $f(&root, $($arg),*).with_context(|| format!("drawing {}", png.display()))?;
             root.present().with_context(|| format!("writing {}", png.display()))?;
         }
         {
             let root = SVGBackend::new(&svg, $size).into_drawing_area();
+            root.fill(&WHITE).with_context(|| format!("drawing {}", svg.display()))?;
             $f(&root, $($arg),*).with_context(|| format!("drawing {}", svg.display()))?;
             root.present().with_context(|| format!("writing {}", svg.display()))?;
         }

@@ -7,10 +7,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::style::{font, legend, pick};
-use super::Series;
+use super::{summaries, Series};
 use std::collections::BTreeMap;
 
-use crate::report::{family, group, mean_std, GroupKey, RunSummary};
+use crate::report::{family, group, mean_std, GroupKey};
 
 /// With `--diag-every` runs: n·mean_error/spread (solid; flat when the error drops put
 /// into the average falls as 1/n) and consensus/spread (dashed) against the number of
@@ -22,8 +22,7 @@ pub(super) fn diag_vs_n<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
-    let summaries: Vec<RunSummary> = runs.iter().map(|r| r.summary.clone()).collect();
+    let summaries = summaries(runs);
     // (family label, n, error ratio, consensus ratio), means over seeds.
     let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
     for g in group(&summaries) {
@@ -121,7 +120,6 @@ pub(super) fn outcome_vs_n<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     // (family label, n, mean n·Δ, std n·Δ).
     let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
     for (k, pairs) in twins {

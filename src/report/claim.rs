@@ -240,6 +240,18 @@ fn mean_se_cell(values: &[f64]) -> String {
     }
 }
 
+/// The first cells of a row of the claim's tables: arm, run, drop model, servers /
+/// workers (the row goes on from the trailing space).
+fn key_cells(arm: &str, k: &GroupKey) -> String {
+    let drop = k.drop_model_description.replace('|', "\\|");
+    format!(
+        "| {arm} | {} | {drop} | {} / {} ",
+        describe(k),
+        k.servers,
+        k.workers
+    )
+}
+
 fn describe(k: &GroupKey) -> String {
     let mut s = format!("{} {}", k.model, k.mode);
     if !k.label_skew.is_empty() {
@@ -280,11 +292,8 @@ pub fn markdown(runs: &[ClaimRun], target: Option<f64>) -> String {
             .collect();
         let global = k.batch_size * k.workers;
         out += &format!(
-            "| {arm} | {} | {} | {} / {} | {global} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            describe(k),
-            k.drop_model_description.replace('|', "\\|"),
-            k.servers,
-            k.workers,
+            "{}| {global} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            key_cells(arm, k),
             k.lr,
             k.steps,
             global * k.steps,
@@ -315,11 +324,8 @@ pub fn markdown(runs: &[ClaimRun], target: Option<f64>) -> String {
                 .filter_map(|(l, t)| Some(l.steps_to_target? - t.steps_to_target?))
                 .collect();
             out += &format!(
-                "| {arm} | {} | {} | {} / {} | {} | {} | {} |\n",
-                describe(k),
-                k.drop_model_description.replace('|', "\\|"),
-                k.servers,
-                k.workers,
+                "{}| {} | {} | {} |\n",
+                key_cells(arm, k),
                 steps(|p| &p.1),
                 steps(|p| &p.0),
                 mean_se_cell(&diff),
@@ -395,12 +401,7 @@ mod tests {
         assert!(fit_inverse(&[(2.0, 1.0, 1.0), (2.0, 2.0, 1.0), (2.0, 3.0, 1.0)]).is_none());
         // Noise: symmetric residuals around y = 1 + 0/x give b ≈ 0 with a positive SE;
         // a point weighted 100× pulls the fit towards it.
-        let noisy = [
-            (2.0, 1.1, 1.0),
-            (2.0, 0.9, 1.0),
-            (8.0, 1.1, 1.0),
-            (8.0, 0.9, 1.0),
-        ];
+        let noisy = [(2.0, 1.1), (2.0, 0.9), (8.0, 1.1), (8.0, 0.9)].map(|(x, y)| (x, y, 1.0));
         let f = fit_inverse(&noisy).unwrap();
         assert!(f.b.abs() < 1e-12 && f.se_b > 0.0 && (f.a - 1.0).abs() < 1e-12);
         let weighted = [

@@ -63,18 +63,13 @@ pub(super) fn tables(runs: &[RunSummary], out: &mut String) {
     for g in &groups {
         let k = &g.key;
         let stat = |f: fn(&DiagSummary) -> f64| g.stat(|r| r.diag.as_ref().map(f));
-        *out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            k.mode,
-            k.model,
-            k.workers,
-            k.drop_model_description.replace('|', "\\|"),
-            k.momentum,
-            g.runs.len(),
+        let cells = [
+            g.runs.len().to_string(),
             fmt_stat(stat(|d| d.error_ratio), sci),
             fmt_stat(stat(|d| d.consensus_ratio), sci),
             fmt_stat(stat(|d| d.avg_train_loss), fixed4),
-        );
+        ];
+        *out += &row(k, &cells);
     }
     slopes(&groups, out);
     outcome(runs, out);
@@ -121,18 +116,13 @@ fn outcome(runs: &[RunSummary], out: &mut String) {
         let deltas: Vec<f64> = pairs.iter().map(|p| p.0).collect();
         let rel: Vec<f64> = pairs.iter().map(|p| p.0 / p.1).collect();
         let scaled: Vec<f64> = deltas.iter().map(|d| n * d).collect();
-        *out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            k.mode,
-            k.model,
-            k.workers,
-            k.drop_model_description.replace('|', "\\|"),
-            k.momentum,
-            pairs.len(),
+        let cells = [
+            pairs.len().to_string(),
             fmt_stat(standard_error(&deltas), sci),
             fmt_stat(standard_error(&scaled), sci),
             fmt_stat(standard_error(&rel), sci),
-        );
+        ];
+        *out += &row(k, &cells);
         // Weight 1/variance of the cell (none without a spread: left out of the fit).
         if let Some(var) = mean_std(&deltas).and_then(|m| m.std).map(|s| s * s) {
             if var > 0.0 {
@@ -246,6 +236,24 @@ fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
         .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
         .sum();
     Some((slope, (resid / (n - 2.0) / sxx).sqrt()))
+}
+
+/// A table row: the configuration's mode, model, workers, drop model and momentum, then
+/// `cells`.
+fn row(k: &GroupKey, cells: &[String]) -> String {
+    let drop = k.drop_model_description.replace('|', "\\|");
+    let key = [
+        k.mode.to_string(),
+        k.model.to_string(),
+        k.workers.to_string(),
+        drop,
+    ];
+    let all: Vec<String> = key
+        .into_iter()
+        .chain([k.momentum.to_string()])
+        .chain(cells.iter().cloned())
+        .collect();
+    format!("| {} |\n", all.join(" | "))
 }
 
 #[cfg(test)]

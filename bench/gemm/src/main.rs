@@ -141,8 +141,10 @@ fn product(
             )
         },
         "rps" => rps_nn::matmul::mat_mul(1.0, &a, &b, 0.0, c),
-        "rps-avx2" => rps_nn::matmul::mat_mul_on(Isa::Avx2, 1.0, &a, &b, 0.0, c),
-        "rps-portable" => rps_nn::matmul::mat_mul_on(Isa::Portable, 1.0, &a, &b, 0.0, c),
+        "rps-avx2" => rps_nn::matmul::mat_mul_on(Isa::Avx2, 1.0, a.view(), b.view(), 0.0, c.view_mut()),
+        "rps-portable" => {
+            rps_nn::matmul::mat_mul_on(Isa::Portable, 1.0, a.view(), b.view(), 0.0, c.view_mut())
+        }
         _ => unreachable!(),
     }
 }

@@ -263,7 +263,7 @@ impl BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grad, random_vec, rng};
+    use crate::gradcheck::{assert_grad_close, dot_f64, numeric_grads, random_vec, rng};
 
     /// Training-mode gradients of L = Σ y·R (with and without the fused ReLU masked by the
     /// caller) against central differences, for γ, β and the input.
@@ -290,10 +290,7 @@ mod tests {
                 .expect("forward");
             dot_f64(&y, &proj)
         };
-        let xs = x.clone();
-        let num_p = numeric_grad(&mut params, 1e-2, |p| loss(p, &xs));
-        let pc = params.clone();
-        let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv));
+        let (num_p, num_x) = numeric_grads(&mut params, &mut x, 1e-2, loss);
         assert_grad_close(
             "bn gamma",
             &grads[bn.weight.clone()],

@@ -51,7 +51,8 @@ impl ConvBn {
         relu: bool,
         mode: Mode,
     ) -> Result<(), NnError> {
-        self.conv.forward(params, n, input, col, z)?;
+        self.conv
+            .forward(params, n, input, col, &mut [], z, false)?;
         match mode {
             Mode::Train => self.bn.forward_train(params, n, z, out, saved, relu),
             Mode::Eval => self.bn.forward_eval(params, n, z, out, relu),

@@ -9,7 +9,7 @@ use ndarray::{ArrayView4, ArrayViewMut4};
 
 use crate::linear::{batch_view, batch_view_mut};
 use crate::loss::{softmax_cross_entropy, BatchStats};
-use crate::network::{Mode, Network, Scratch};
+use crate::network::{Mode, Network, Pass, Scratch};
 use crate::profile::Laps;
 use crate::{shape_err, Model, NnError};
 
@@ -35,6 +35,21 @@ impl<N: Network> std::fmt::Debug for Classifier<N> {
 }
 
 impl<N: Network> Classifier<N> {
+    /// The network, and a pass of it with `params` over the loaded batch of `n`.
+    fn pass<'a>(&'a mut self, params: &'a [f32], n: usize) -> (&'a N, Pass<'a, N::Activations>) {
+        let scratch = &mut self.scratch;
+        let laps = &mut self.laps;
+        (
+            &self.net,
+            Pass {
+                params,
+                n,
+                scratch,
+                laps,
+            },
+        )
+    }
+
     /// A classifier over `net`, with empty scratch space.
     pub fn new(net: N) -> Classifier<N> {
         Classifier {
@@ -145,16 +160,17 @@ impl<N: Network> Model for Classifier<N> {
         self.laps.start();
         self.load(n, images)?;
         self.laps.lap("input copy");
-        let (net, s) = (&self.net, &mut self.scratch);
-        net.forward(params, n, Mode::Train, s, &mut self.laps)?;
-        let k = net.spec().classes;
+        let (net, pass) = self.pass(params, n);
+        net.forward(pass, Mode::Train)?;
+        let (k, s) = (self.net.spec().classes, &mut self.scratch);
         let logits = batch_view(&s.logits, n, k, "logits")?;
         let d_logits = batch_view_mut(&mut s.d_logits, n, k, "logit gradient")?;
         let stats = softmax_cross_entropy(logits, labels, Some(d_logits))?;
         self.laps.lap("loss");
-        net.backward(params, grads, n, s, &mut self.laps)?;
+        let (net, pass) = self.pass(params, n);
+        net.backward(pass, grads)?;
         // State (running statistics) changes only after the gradient used the batch's.
-        net.update_state(params, n, &s.acts);
+        self.net.update_state(params, n, &self.scratch.acts);
         Ok(stats)
     }
 
@@ -169,8 +185,9 @@ impl<N: Network> Model for Classifier<N> {
             return Ok(BatchStats::default());
         }
         self.load(n, images)?;
-        let (net, s) = (&self.net, &mut self.scratch);
-        net.forward(params, n, Mode::Eval, s, &mut self.laps)?;
+        let (net, pass) = self.pass(params, n);
+        net.forward(pass, Mode::Eval)?;
+        let (net, s) = (&self.net, &self.scratch);
         let logits = batch_view(&s.logits, n, net.spec().classes, "logits")?;
         softmax_cross_entropy(logits, labels, None)
     }

@@ -3,15 +3,12 @@
 //! Parameters are one flat buffer in the order conv1.weight, conv1.bias, conv2.weight,
 //! conv2.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias (PyTorch layouts); no state.
 
-use std::ops::Range;
-
 use ndarray::{ArrayView1, ArrayView3, ArrayViewMut1, ArrayViewMut3};
 
 use crate::conv2d::Conv2d;
 use crate::linear::Linear;
-use crate::network::{layout_of, uniform_init, Mode, Network, Scratch, Spec, StageFlops, Tensor};
+use crate::network::{Mode, Network, Pass, Spec, StageFlops, Tensor};
 use crate::pool::{maxpool2_backward, maxpool2_forward};
-use crate::profile::Laps;
 use crate::relu::{relu_backward, relu_forward};
 use crate::NnError;
 
@@ -117,22 +114,6 @@ impl Cnn {
             fc2,
         })
     }
-
-    /// (name, range in the flat buffer, fan-in of its layer) for every parameter tensor,
-    /// in layout order.
-    fn tensors(&self) -> [Tensor; 8] {
-        let (c1, c2, f1, f2) = (&self.conv1, &self.conv2, &self.fc1, &self.fc2);
-        [
-            ("conv1.weight", c1.weight.clone(), c1.fan_in()),
-            ("conv1.bias", c1.bias.clone(), c1.fan_in()),
-            ("conv2.weight", c2.weight.clone(), c2.fan_in()),
-            ("conv2.bias", c2.bias.clone(), c2.fan_in()),
-            ("fc1.weight", f1.weight.clone(), f1.fan_in()),
-            ("fc1.bias", f1.bias.clone(), f1.fan_in()),
-            ("fc2.weight", f2.weight.clone(), f2.fan_in()),
-            ("fc2.bias", f2.bias.clone(), f2.fan_in()),
-        ]
-    }
 }
 
 impl Network for Cnn {
@@ -142,14 +123,20 @@ impl Network for Cnn {
         &self.spec
     }
 
-    fn param_layout(&self) -> Vec<(String, Range<usize>)> {
-        layout_of(&self.tensors())
-    }
-
-    /// PyTorch's default: every weight and bias from U(−1/√fan_in, 1/√fan_in), in layout
-    /// order from one seeded stream (`network::uniform_init`).
-    fn init_params(&self, seed: u64) -> Vec<f32> {
-        uniform_init(self.spec.params, &self.tensors(), seed)
+    /// Weights and biases of PyTorch's default layers, so the trait's layout and
+    /// initialisation are PyTorch's.
+    fn tensors(&self) -> Vec<Tensor> {
+        let (c1, c2, f1, f2) = (&self.conv1, &self.conv2, &self.fc1, &self.fc2);
+        vec![
+            ("conv1.weight", c1.weight.clone(), c1.fan_in()),
+            ("conv1.bias", c1.bias.clone(), c1.fan_in()),
+            ("conv2.weight", c2.weight.clone(), c2.fan_in()),
+            ("conv2.bias", c2.bias.clone(), c2.fan_in()),
+            ("fc1.weight", f1.weight.clone(), f1.fan_in()),
+            ("fc1.bias", f1.bias.clone(), f1.fan_in()),
+            ("fc2.weight", f2.weight.clone(), f2.fan_in()),
+            ("fc2.bias", f2.bias.clone(), f2.fan_in()),
+        ]
     }
 
     fn grow(&self, s: &mut Activations, n: usize) {
@@ -174,20 +161,14 @@ impl Network for Cnn {
     /// keeps conv2's transformed input for the backward pass.
     // forward and backward have the trait's signatures, alike in every network and in
     // each other; backward walks forward's stages in reverse.
-    fn forward(
-        &self,
-        params: &[f32],
-        n: usize,
-        mode: Mode,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn forward(&self, p: Pass<'_, Activations>, mode: Mode) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         let (c1, c2) = (&self.conv1, &self.conv2);
         let [_, h, w] = self.spec.image;
 
         // Bias and ReLU are fused into the pass that lays the product out in NCHW.
-        c1.forward_act(params, n, &scratch.x, &mut s.col, &mut s.a1, true)?;
+        c1.forward(params, n, &scratch.x, &mut s.col, &mut [], &mut s.a1, true)?;
         laps.lap("conv1+relu fwd");
         let a1 = &s.a1[..n * c1.out_size()];
         maxpool2_forward(
@@ -206,10 +187,10 @@ impl Network for Cnn {
             if s.kept2.len() < len {
                 s.kept2.resize(len, 0.0);
             }
-            c2.forward_keep(params, n, &s.p1, &mut s.col, &mut s.kept2, &mut s.a2, true)?;
+            c2.forward(params, n, &s.p1, &mut s.col, &mut s.kept2, &mut s.a2, true)?;
             s.kept2_n = Some(n);
         } else {
-            c2.forward_act(params, n, &s.p1, &mut s.col, &mut s.a2, true)?;
+            c2.forward(params, n, &s.p1, &mut s.col, &mut [], &mut s.a2, true)?;
             s.kept2_n = None;
         }
         laps.lap("conv2+relu fwd");
@@ -232,14 +213,8 @@ impl Network for Cnn {
         Ok(())
     }
 
-    fn backward(
-        &self,
-        params: &[f32],
-        grads: &mut [f32],
-        n: usize,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn backward(&self, p: Pass<'_, Activations>, grads: &mut [f32]) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         let (c1, c2) = (&self.conv1, &self.conv2);
         let [_, h, w] = self.spec.image;
@@ -378,24 +353,7 @@ mod tests {
     #[test]
     fn init_is_deterministic_and_bounded() {
         let m = Cnn::new(1, 8, 8, 3).expect("model");
-        let a = m.init_params(42);
-        let b = m.init_params(42);
-        let c = m.init_params(43);
-        assert_eq!(a.len(), m.spec().params);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(a.iter().zip(&c).filter(|(x, y)| x != y).count() > a.len() / 2);
-        let fan_ins = [25, 25, 800, 800, 256, 256, 512, 512];
-        for ((name, range), fan_in) in m.param_layout().into_iter().zip(fan_ins) {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let t = &a[range];
-            assert!(t.iter().all(|v| v.abs() <= bound), "{name} out of bounds");
-            if t.len() < 100 {
-                continue;
-            }
-            // A uniform draw should get near both ends of its interval.
-            let max = t.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(max > 0.8 * bound, "{name} does not span its interval");
-        }
+        crate::gradcheck::assert_pytorch_init(&m, &[25, 25, 800, 800, 256, 256, 512, 512]);
     }
 
     /// Whole-model gradient against central differences on a random subset of every tensor.

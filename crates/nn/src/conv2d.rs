@@ -233,35 +233,7 @@ impl Conv2d {
         Ok(())
     }
 
-    /// Forward pass over a batch of `n` NCHW samples in `input`, writing (N, F, Ho, Wo) to
-    /// `output`. `col` must hold at least [`Conv2d::col_size`] floats.
-    pub fn forward(
-        &self,
-        params: &[f32],
-        n: usize,
-        input: &[f32],
-        col: &mut [f32],
-        output: &mut [f32],
-    ) -> Result<(), NnError> {
-        self.forward_act(params, n, input, col, output, false)
-    }
-
-    // Same arguments as `forward`, which is this pass without the ReLU.
-    /// [`Conv2d::forward`] followed by a ReLU when `relu` is set, fused into the pass that
-    /// adds the bias and moves the product into NCHW order.
-    pub fn forward_act(
-        &self,
-        params: &[f32],
-        n: usize,
-        input: &[f32],
-        col: &mut [f32],
-        output: &mut [f32],
-        relu: bool,
-    ) -> Result<(), NnError> {
-        self.forward_keep(params, n, input, col, &mut [], output, relu)
-    }
-
-    /// Floats [`Conv2d::forward_keep`] keeps for [`Conv2d::backward_kept`] over `n`
+    /// Floats [`Conv2d::forward`] keeps for [`Conv2d::backward_kept`] over `n`
     /// samples: a Winograd layer's transformed input tiles; 0 for im2col.
     pub fn saved_len(&self, n: usize) -> usize {
         match self.algo {
@@ -270,12 +242,15 @@ impl Conv2d {
         }
     }
 
-    /// [`Conv2d::forward_act`] that also keeps in `keep` (at least
-    /// [`Conv2d::saved_len`] floats; empty to keep nothing) what
-    /// [`Conv2d::backward_kept`] can reuse: the weight gradient then skips transforming
-    /// the input again. Costs memory in proportion to the batch; eval passes don't need it.
+    /// Forward pass over a batch of `n` NCHW samples in `input`, writing (N, F, Ho, Wo) to
+    /// `output`, followed by a ReLU when `relu` is set (fused into the pass that adds the
+    /// bias and moves the product into NCHW order). `col` must hold at least
+    /// [`Conv2d::col_size`] floats. `keep` (at least [`Conv2d::saved_len`] floats; empty
+    /// to keep nothing) receives what [`Conv2d::backward_kept`] can reuse: the weight
+    /// gradient then skips transforming the input again. It costs memory in proportion to
+    /// the batch; eval passes don't need it.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_keep(
+    pub fn forward(
         &self,
         params: &[f32],
         n: usize,
@@ -351,7 +326,7 @@ impl Conv2d {
         self.backward_kept(params, n, input, grad_output, &[], col, grads, grad_input)
     }
 
-    /// [`Conv2d::backward`] reusing what [`Conv2d::forward_keep`] kept of the same batch
+    /// [`Conv2d::backward`] reusing what [`Conv2d::forward`] kept of the same batch
     /// (`kept`, or empty for nothing): the caller guarantees it comes from the forward
     /// pass of this `input` and these `params`.
     #[allow(clippy::too_many_arguments)]

@@ -90,6 +90,21 @@ pub fn numeric_grad(x: &mut [f32], eps: f32, f: impl FnMut(&[f32]) -> f64) -> Ve
     numeric_grad_at(x, &all, eps, f)
 }
 
+/// Numeric gradients of `loss(params, x)` with respect to the parameters and to the
+/// input, by central differences with step `eps` (each taken with the other held).
+pub fn numeric_grads(
+    params: &mut [f32],
+    x: &mut [f32],
+    eps: f32,
+    mut loss: impl FnMut(&[f32], &[f32]) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let xs = x.to_vec();
+    let num_p = numeric_grad(params, eps, |p| loss(p, &xs));
+    let ps = params.to_vec();
+    let num_x = numeric_grad(x, eps, |xv| loss(&ps, xv));
+    (num_p, num_x)
+}
+
 /// The first entry where `analytic` and `numeric` disagree beyond `atol + rtol·max(|a|,|n|)`.
 pub fn first_mismatch(analytic: &[f32], numeric: &[f64], atol: f64, rtol: f64) -> Option<String> {
     assert_eq!(analytic.len(), numeric.len(), "gradient length mismatch");
@@ -136,6 +151,31 @@ pub fn train_quadrants(m: &mut dyn crate::Model) -> (f64, f64, usize) {
         after.correct
     );
     (l0, l1, after.correct)
+}
+
+/// PyTorch's default initialisation of a network of default layers: deterministic in the
+/// seed, different across seeds, and every tensor within U(±1/√fan_in) of its layer
+/// (`fan_ins`, in layout order), spanning its interval when it is large enough to tell.
+pub fn assert_pytorch_init<N: crate::network::Network>(m: &N, fan_ins: &[usize]) {
+    let a = m.init_params(42);
+    let b = m.init_params(42);
+    let c = m.init_params(43);
+    assert_eq!(a.len(), m.spec().params);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a.iter().zip(&c).filter(|(x, y)| x != y).count() > a.len() / 2);
+    let layout = m.param_layout();
+    assert_eq!(layout.len(), fan_ins.len());
+    for ((name, range), fan_in) in layout.into_iter().zip(fan_ins) {
+        let bound = 1.0 / (*fan_in as f32).sqrt();
+        let t = &a[range];
+        assert!(t.iter().all(|v| v.abs() <= bound), "{name} out of bounds");
+        if t.len() < 100 {
+            continue;
+        }
+        // A uniform draw should get near both ends of its interval.
+        let max = t.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max > 0.8 * bound, "{name} does not span its interval");
+    }
 }
 
 #[cfg(test)]

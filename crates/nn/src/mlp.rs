@@ -3,13 +3,10 @@
 //! and any number of classes ≥ 2 fit. Parameters are one flat buffer in the order
 //! fc1.weight, fc1.bias, fc2.weight, fc2.bias (PyTorch layouts); no state.
 
-use std::ops::Range;
-
 use ndarray::{ArrayView1, ArrayViewMut1};
 
 use crate::linear::Linear;
-use crate::network::{layout_of, uniform_init, Mode, Network, Scratch, Spec, StageFlops, Tensor};
-use crate::profile::Laps;
+use crate::network::{Mode, Network, Pass, Spec, StageFlops, Tensor};
 use crate::relu::{relu_backward, relu_forward};
 use crate::NnError;
 
@@ -84,18 +81,6 @@ impl Mlp {
             fc2,
         })
     }
-
-    /// (name, range in the flat buffer, fan-in of its layer) for every parameter tensor,
-    /// in layout order.
-    fn tensors(&self) -> [Tensor; 4] {
-        let (f1, f2) = (&self.fc1, &self.fc2);
-        [
-            ("fc1.weight", f1.weight.clone(), f1.fan_in()),
-            ("fc1.bias", f1.bias.clone(), f1.fan_in()),
-            ("fc2.weight", f2.weight.clone(), f2.fan_in()),
-            ("fc2.bias", f2.bias.clone(), f2.fan_in()),
-        ]
-    }
 }
 
 impl Network for Mlp {
@@ -105,14 +90,16 @@ impl Network for Mlp {
         &self.spec
     }
 
-    fn param_layout(&self) -> Vec<(String, Range<usize>)> {
-        layout_of(&self.tensors())
-    }
-
-    /// PyTorch's default: every weight and bias from U(−1/√fan_in, 1/√fan_in), in layout
-    /// order from one seeded stream (`network::uniform_init`).
-    fn init_params(&self, seed: u64) -> Vec<f32> {
-        uniform_init(self.spec.params, &self.tensors(), seed)
+    /// Weights and biases of PyTorch's default layers, so the trait's layout and
+    /// initialisation are PyTorch's.
+    fn tensors(&self) -> Vec<Tensor> {
+        let (f1, f2) = (&self.fc1, &self.fc2);
+        vec![
+            ("fc1.weight", f1.weight.clone(), f1.fan_in()),
+            ("fc1.bias", f1.bias.clone(), f1.fan_in()),
+            ("fc2.weight", f2.weight.clone(), f2.fan_in()),
+            ("fc2.bias", f2.bias.clone(), f2.fan_in()),
+        ]
     }
 
     fn grow(&self, s: &mut Activations, n: usize) {
@@ -122,14 +109,8 @@ impl Network for Mlp {
 
     /// The same in both modes: the MLP has no batch statistics.
     // forward and backward have the trait's signatures, alike in every network.
-    fn forward(
-        &self,
-        params: &[f32],
-        n: usize,
-        _mode: Mode,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn forward(&self, p: Pass<'_, Activations>, _mode: Mode) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         // Each NCHW image is already the row PyTorch's flatten would make of it.
         self.fc1.forward(params, n, &scratch.x, &mut s.h1)?;
@@ -140,14 +121,8 @@ impl Network for Mlp {
         Ok(())
     }
 
-    fn backward(
-        &self,
-        params: &[f32],
-        grads: &mut [f32],
-        n: usize,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn backward(&self, p: Pass<'_, Activations>, grads: &mut [f32]) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         self.fc2.backward(
             params,
@@ -234,24 +209,7 @@ mod tests {
     #[test]
     fn init_is_deterministic_and_bounded() {
         let m = Mlp::new(2, 5, 7, 3).expect("model");
-        let a = m.init_params(42);
-        let b = m.init_params(42);
-        let c = m.init_params(43);
-        assert_eq!(a.len(), m.spec().params);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(a.iter().zip(&c).filter(|(x, y)| x != y).count() > a.len() / 2);
-        let fan_ins = [70, 70, 64, 64];
-        for ((name, range), fan_in) in m.param_layout().into_iter().zip(fan_ins) {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let t = &a[range];
-            assert!(t.iter().all(|v| v.abs() <= bound), "{name} out of bounds");
-            if t.len() < 100 {
-                continue;
-            }
-            // A uniform draw should get near both ends of its interval.
-            let max = t.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(max > 0.8 * bound, "{name} does not span its interval");
-        }
+        crate::gradcheck::assert_pytorch_init(&m, &[70, 70, 64, 64]);
     }
 
     /// Whole-model gradient against central differences on EVERY parameter (the model is

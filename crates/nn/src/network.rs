@@ -57,6 +57,15 @@ pub struct Spec {
     pub params: usize,
 }
 
+/// One pass of a network over a batch: the flat buffer, the batch size, the scratch
+/// (input, activations, logits and their gradients) and the timer its stages go to.
+pub struct Pass<'a, A> {
+    pub params: &'a [f32],
+    pub n: usize,
+    pub scratch: &'a mut Scratch<A>,
+    pub laps: &'a mut Laps,
+}
+
 /// Forward and backward stages of a network with the FLOPs of one training sample each
 /// (a multiply-add counts two; elementwise work is ignored), in execution order.
 pub type StageFlops = Vec<(&'static str, f64)>;
@@ -70,16 +79,30 @@ pub trait Network: std::fmt::Debug + Send {
     /// What the network maps, fixed when it was built.
     fn spec(&self) -> &Spec;
 
+    /// (name, range, fan-in of its layer) of every parameter tensor, in layout order, for
+    /// a network of PyTorch's default layers; [`Network::param_layout`] and
+    /// [`Network::init_params`] follow from it. A network with state (batch norm)
+    /// overrides both and leaves this empty.
+    fn tensors(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
     /// (name, range) of every tensor in the buffer, in layout order (PyTorch names).
-    fn param_layout(&self) -> Vec<(String, Range<usize>)>;
+    fn param_layout(&self) -> Vec<(String, Range<usize>)> {
+        layout_of(&self.tensors())
+    }
 
     /// Ranges the optimizer updates (see [`crate::Model::trainable`]); all by default.
     fn trainable(&self) -> Vec<Range<usize>> {
         std::iter::once(0..self.spec().params).collect()
     }
 
-    /// A deterministic initial buffer from `seed`.
-    fn init_params(&self, seed: u64) -> Vec<f32>;
+    /// A deterministic initial buffer from `seed`: by default PyTorch's, every weight and
+    /// bias from U(−1/√fan_in, 1/√fan_in), in layout order from one seeded stream
+    /// ([`uniform_init`]).
+    fn init_params(&self, seed: u64) -> Vec<f32> {
+        uniform_init(self.spec().params, &self.tensors(), seed)
+    }
 
     /// Rejects a training batch of `n` samples the network cannot learn from.
     ///
@@ -95,33 +118,20 @@ pub trait Network: std::fmt::Debug + Send {
     /// Grows `acts` to hold a batch of `n` (the scratch's own buffers are grown for it).
     fn grow(&self, acts: &mut Self::Activations, n: usize);
 
-    /// Runs the `n` images of `s.x` through the network, filling the activations up to
-    /// `s.logits`, and charges each stage to `laps`.
+    /// Runs the `n` images of the scratch's `x` through the network, filling the
+    /// activations up to its `logits`, and charges each stage to the pass's laps.
     ///
     /// # Errors
     /// Only on a buffer that does not fit its view: a bug, as the batch was checked.
-    fn forward(
-        &self,
-        params: &[f32],
-        n: usize,
-        mode: Mode,
-        s: &mut Scratch<Self::Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError>;
+    fn forward(&self, p: Pass<'_, Self::Activations>, mode: Mode) -> Result<(), NnError>;
 
-    /// Back-propagates `s.d_logits` after a [`Mode::Train`] forward pass, OVERWRITING all
-    /// of `grads` (zero on state entries), and charges each stage to `laps`.
+    /// Back-propagates the scratch's `d_logits` after a [`Mode::Train`] forward pass,
+    /// OVERWRITING all of `grads` (zero on state entries), and charges each stage to the
+    /// pass's laps.
     ///
     /// # Errors
     /// As [`Network::forward`].
-    fn backward(
-        &self,
-        params: &[f32],
-        grads: &mut [f32],
-        n: usize,
-        s: &mut Scratch<Self::Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError>;
+    fn backward(&self, p: Pass<'_, Self::Activations>, grads: &mut [f32]) -> Result<(), NnError>;
 
     /// Updates the state entries of `params` (batch-norm running statistics) once the
     /// gradient of a training batch is done; nothing by default.
@@ -134,10 +144,10 @@ pub trait Network: std::fmt::Debug + Send {
 
 /// A parameter tensor of a network built from PyTorch's default layers: its name, its
 /// range in the flat buffer and the fan-in of its layer.
-pub(crate) type Tensor = (&'static str, Range<usize>, usize);
+pub type Tensor = (&'static str, Range<usize>, usize);
 
 /// The (name, range) layout of `tensors`, in their order.
-pub(crate) fn layout_of(tensors: &[Tensor]) -> Vec<(String, Range<usize>)> {
+fn layout_of(tensors: &[Tensor]) -> Vec<(String, Range<usize>)> {
     tensors
         .iter()
         .map(|(name, range, _)| (name.to_string(), range.clone()))
@@ -148,7 +158,7 @@ pub(crate) fn layout_of(tensors: &[Tensor]) -> Vec<(String, Range<usize>)> {
 /// bias of a layer is drawn from U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5
 /// gives that same bound for weights). Tensors are filled in the order given from one
 /// `StdRng::seed_from_u64(seed)` stream, so the same seed gives a bit-identical buffer.
-pub(crate) fn uniform_init(len: usize, tensors: &[Tensor], seed: u64) -> Vec<f32> {
+pub fn uniform_init(len: usize, tensors: &[Tensor], seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut params = vec![0.0f32; len];

@@ -12,8 +12,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use crate::block::{Block, ConvBn};
 use crate::linear::Linear;
-use crate::network::{Mode, Network, Scratch, Spec, StageFlops};
-use crate::profile::Laps;
+use crate::network::{Mode, Network, Pass, Spec, StageFlops};
 use crate::relu::{relu_backward, relu_forward};
 use crate::{shape_err, NnError};
 
@@ -229,14 +228,8 @@ impl Network for ResNet20 {
 
     // forward and backward have the trait's signatures, alike in every network and in
     // each other; backward walks forward's stages in reverse.
-    fn forward(
-        &self,
-        params: &[f32],
-        n: usize,
-        mode: Mode,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn forward(&self, p: Pass<'_, Activations>, mode: Mode) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         let (z, saved) = (&mut s.z[0], &mut s.saved[0]);
         let stem_out = &mut s.stem;
@@ -283,14 +276,8 @@ impl Network for ResNet20 {
         Ok(())
     }
 
-    fn backward(
-        &self,
-        params: &[f32],
-        grads: &mut [f32],
-        n: usize,
-        scratch: &mut Scratch<Activations>,
-        laps: &mut Laps,
-    ) -> Result<(), NnError> {
+    fn backward(&self, p: Pass<'_, Activations>, grads: &mut [f32]) -> Result<(), NnError> {
+        let (params, n, scratch, laps) = (p.params, p.n, p.scratch, p.laps);
         let s = &mut scratch.acts;
         self.fc.backward(
             params,

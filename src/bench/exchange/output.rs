@@ -13,21 +13,18 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 
 /// The human-readable table and the machine-readable lines.
 pub(super) fn report(rows: &[Row], n: usize) {
-    if let Some(big) = rows.iter().rfind(|r| r.op == Op::Pair) {
-        println!(
-            "rank-to-rank bandwidth: ranks 0 and 1 swap {} bytes in {:.3} ms (median): {:.2} GB/s each way",
-            big.bytes,
-            big.time.median,
-            big.bytes as f64 / big.time.median / 1e6
-        );
-    }
-    if let Some(big) = rows.iter().rfind(|r| r.op == Op::Memcpy) {
-        println!(
-            "memcpy bandwidth: rank 0 copies {} bytes in {:.3} ms (median): {:.2} GB/s",
-            big.bytes,
-            big.time.median,
-            big.bytes as f64 / big.time.median / 1e6
-        );
+    let largest = [
+        (Op::Pair, "rank-to-rank", "ranks 0 and 1 swap", " each way"),
+        (Op::Memcpy, "memcpy", "rank 0 copies", ""),
+    ];
+    for (op, what, who, way) in largest {
+        if let Some(big) = rows.iter().rfind(|r| r.op == op) {
+            let gbps = big.bytes as f64 / big.time.median / 1e6;
+            println!(
+                "{what} bandwidth: {who} {} bytes in {:.3} ms (median): {gbps:.2} GB/s{way}",
+                big.bytes, big.time.median
+            );
+        }
     }
     println!(
         "\n{:<10} {:>11} {:<9} {:>4} {:>10} {:>19} {:>9} {:>13} {:>7} {:>7}",
@@ -63,13 +60,7 @@ pub(super) fn report(rows: &[Row], n: usize) {
     );
     println!("operations cost when no other process takes the core):");
     for (r, a) in pairs(rows) {
-        println!(
-            "  {:<10} {:>11} bytes: {:.3} (medians), {:.3} (minima)",
-            r.mode,
-            r.bytes,
-            r.time.median / a.time.median,
-            r.time.min / a.time.min
-        );
+        println!("{}", ratio_line(r, a));
     }
     println!(
         "\nthe fixed-order all-reduce (rps's, used by --algorithm allreduce) over MPI_Allreduce:"
@@ -79,13 +70,7 @@ pub(super) fn report(rows: &[Row], n: usize) {
             .iter()
             .find(|a| a.op == Op::Allreduce && a.mode == f.mode && a.bytes == f.bytes);
         if let Some(a) = native {
-            println!(
-                "  {:<10} {:>11} bytes: {:.3} (medians), {:.3} (minima)",
-                f.mode,
-                f.bytes,
-                f.time.median / a.time.median,
-                f.time.min / a.time.min
-            );
+            println!("{}", ratio_line(f, a));
         }
     }
     println!();
@@ -131,6 +116,15 @@ pub(super) fn write_csv(file: &mut File, rows: &[Row], n: usize) -> std::io::Res
         )?;
     }
     w.flush()
+}
+
+/// `r` against `a` of the same mode and size: the ratios of their medians and minima.
+fn ratio_line(r: &Row, a: &Row) -> String {
+    let (median, min) = (r.time.median / a.time.median, r.time.min / a.time.min);
+    format!(
+        "  {:<10} {:>11} bytes: {median:.3} (medians), {min:.3} (minima)",
+        r.mode, r.bytes
+    )
 }
 
 /// Each RPS row at p = 0 with the all-reduce row of its mode and size.

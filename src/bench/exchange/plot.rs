@@ -31,7 +31,6 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[CsvRow]) -> R
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
     let root = root.titled(
         "One RPS exchange vs MPI_Allreduce of the same buffer (median, slowest rank)",
         font(22),

@@ -4,7 +4,7 @@
 use super::*;
 use crate::conv_algo::Tile;
 use crate::gradcheck::{
-    assert_grad_close, dot_f64, numeric_grad, random_vec, rng, CONV_CASES as CASES,
+    assert_grad_close, dot_f64, numeric_grad, numeric_grads, random_vec, rng, CONV_CASES as CASES,
 };
 use crate::im2col::{conv2d_backward, conv2d_forward};
 use ndarray::{Array2, Array3, ArrayView1};
@@ -33,7 +33,9 @@ fn layer_backward_matches_finite_differences() {
         let mut col = vec![0.0; layer.col_size()];
         let loss = |p: &[f32], x: &[f32], col: &mut Vec<f32>| {
             let mut y = vec![0.0; n * layer.out_size()];
-            layer.forward(p, n, x, col, &mut y).expect("forward");
+            layer
+                .forward(p, n, x, col, &mut [], &mut y, false)
+                .expect("forward");
             dot_f64(&y, &proj)
         };
         // Garbage in the gradient buffers proves the backward pass overwrites them.
@@ -103,11 +105,11 @@ fn grouped_layer_matches_per_sample_kernels() {
     let mut col = vec![f32::NAN; layer.col_size()];
     let mut y = vec![f32::NAN; n * layer.out_size()];
     layer
-        .forward(&params, n, &x, &mut col, &mut y)
+        .forward(&params, n, &x, &mut col, &mut [], &mut y, false)
         .expect("forward");
     let mut y_relu = vec![f32::NAN; y.len()];
     layer
-        .forward_act(&params, n, &x, &mut col, &mut y_relu, true)
+        .forward(&params, n, &x, &mut col, &mut [], &mut y_relu, true)
         .expect("forward relu");
     let mut grads = vec![f32::NAN; layer.end()];
     let mut gx = vec![f32::NAN; x.len()];
@@ -174,15 +176,14 @@ fn strided_layer_backward_matches_finite_differences() {
     layer
         .backward(&params, n, &x, &proj, &mut col, &mut grads, Some(&mut gx))
         .expect("backward");
-    let mut loss = |p: &[f32], xv: &[f32]| {
+    let loss = |p: &[f32], xv: &[f32]| {
         let mut y = vec![0.0; n * layer.out_size()];
-        layer.forward(p, n, xv, &mut col, &mut y).expect("forward");
+        layer
+            .forward(p, n, xv, &mut col, &mut [], &mut y, false)
+            .expect("forward");
         dot_f64(&y, &proj)
     };
-    let xs = x.clone();
-    let num_p = numeric_grad(&mut params, 1e-2, |p| loss(p, &xs));
-    let pc = params.clone();
-    let num_x = numeric_grad(&mut x, 1e-2, |xv| loss(&pc, xv));
+    let (num_p, num_x) = numeric_grads(&mut params, &mut x, 1e-2, loss);
     assert_grad_close("strided params", &grads, &num_p, 1e-3, 1e-3);
     assert_grad_close("strided input", &gx, &num_x, 1e-3, 1e-3);
 }

@@ -226,42 +226,37 @@ pub(super) unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(
                 cols,
                 alpha,
                 beta,
-            } if rows == MR && cols == NV * w && cs == 1 => {
-                let va = V::splat(alpha);
-                let vb = V::splat(beta);
-                for (i, row) in acc.iter().enumerate() {
-                    for (v, &x) in row.iter().enumerate() {
-                        let p = ptr.offset(i as isize * rs + (v * w) as isize);
-                        let t = V::mul(x, va);
-                        if beta == 0.0 {
-                            t.store(p);
-                        } else {
-                            V::add(t, V::mul(V::load(p), vb)).store(p);
+            } => {
+                if rows == MR && cols == NV * w && cs == 1 {
+                    // A whole tile of row-major C: straight from the registers.
+                    let va = V::splat(alpha);
+                    let vb = V::splat(beta);
+                    for (i, row) in acc.iter().enumerate() {
+                        for (v, &x) in row.iter().enumerate() {
+                            let p = ptr.offset(i as isize * rs + (v * w) as isize);
+                            let t = V::mul(x, va);
+                            if beta == 0.0 {
+                                t.store(p);
+                            } else {
+                                V::add(t, V::mul(V::load(p), vb)).store(p);
+                            }
                         }
                     }
-                }
-            }
-            Out::C {
-                ptr,
-                rs,
-                cs,
-                rows,
-                cols,
-                alpha,
-                beta,
-            } => {
-                let nr = NV * w;
-                let mut buf = [0f32; MAX_TILE];
-                for (i, row) in acc.iter().enumerate() {
-                    for (v, x) in row.iter().enumerate() {
-                        x.store(buf.as_mut_ptr().add(i * nr + v * w));
+                } else {
+                    // An edge tile or a strided C: through a buffer, one element at a time.
+                    let nr = NV * w;
+                    let mut buf = [0f32; MAX_TILE];
+                    for (i, row) in acc.iter().enumerate() {
+                        for (v, x) in row.iter().enumerate() {
+                            x.store(buf.as_mut_ptr().add(i * nr + v * w));
+                        }
                     }
-                }
-                for i in 0..rows {
-                    for j in 0..cols {
-                        let p = ptr.offset(i as isize * rs + j as isize * cs);
-                        let t = alpha * buf[i * nr + j];
-                        *p = if beta == 0.0 { t } else { t + beta * *p };
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            let p = ptr.offset(i as isize * rs + j as isize * cs);
+                            let t = alpha * buf[i * nr + j];
+                            *p = if beta == 0.0 { t } else { t + beta * *p };
+                        }
                     }
                 }
             }

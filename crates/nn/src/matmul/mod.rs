@@ -24,7 +24,7 @@ mod kernel;
 
 use std::cell::RefCell;
 
-use ndarray::{ArrayBase, Data, DataMut, Ix2};
+use ndarray::{ArrayBase, ArrayView2, ArrayViewMut2, Data, DataMut, Ix2};
 
 use crate::simd::{self, Isa};
 use kernel::{tile, Lanes, Out, Portable, Strided};
@@ -56,22 +56,18 @@ pub fn mat_mul<S1, S2, S3>(
     S2: Data<Elem = f32>,
     S3: DataMut<Elem = f32>,
 {
-    mat_mul_on(simd::isa(), alpha, a, b, beta, c);
+    mat_mul_on(simd::isa(), alpha, a.view(), b.view(), beta, c.view_mut());
 }
 
 /// [`mat_mul`] on the kernels of a given instruction set (capped at what the CPU has).
-pub fn mat_mul_on<S1, S2, S3>(
+pub fn mat_mul_on(
     isa: Isa,
     alpha: f32,
-    a: &ArrayBase<S1, Ix2>,
-    b: &ArrayBase<S2, Ix2>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
     beta: f32,
-    c: &mut ArrayBase<S3, Ix2>,
-) where
-    S1: Data<Elem = f32>,
-    S2: Data<Elem = f32>,
-    S3: DataMut<Elem = f32>,
-{
+    mut c: ArrayViewMut2<f32>,
+) {
     let ((m, k), (k2, n)) = (a.dim(), b.dim());
     assert!(
         k == k2 && c.dim() == (m, n),
@@ -109,17 +105,13 @@ pub fn mat_mul_on<S1, S2, S3>(
 
 /// The scalar definition of [`mat_mul`], for tests: the same chains of fused
 /// multiply-adds, one element at a time. Every kernel must agree with it bit for bit.
-pub fn reference<S1, S2, S3>(
+pub fn reference(
     alpha: f32,
-    a: &ArrayBase<S1, Ix2>,
-    b: &ArrayBase<S2, Ix2>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
     beta: f32,
-    c: &mut ArrayBase<S3, Ix2>,
-) where
-    S1: Data<Elem = f32>,
-    S2: Data<Elem = f32>,
-    S3: DataMut<Elem = f32>,
-{
+    mut c: ArrayViewMut2<f32>,
+) {
     let k = a.ncols();
     for ((i, j), x) in c.indexed_iter_mut() {
         let t = (0..k).fold(0f32, |t, p| a[[i, p]].mul_add(b[[p, j]], t));
@@ -202,35 +194,36 @@ unsafe fn run(isa: Isa, p: &Product, s: &mut Scratch) {
     }
 }
 
-/// [`drive`] compiled for AVX-512: 8×32 tiles, or 16×16 for narrow C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn drive_avx512(p: &Product, s: &mut Scratch) {
-    use std::arch::x86_64::__m512;
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if p.n <= 16 {
-            drive::<__m512, 16, 1>(p, s)
-        } else {
-            drive::<__m512, 8, 2>(p, s)
+/// Defines `$name`: [`drive`] compiled for the features `$features`, on vectors `$v`
+/// of `$w` lanes: tiles of `$mr` rows and two vectors, or `$narrow` rows and one vector
+/// when C is at most one vector wide.
+macro_rules! driver {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $v:ident, $w:literal, $mr:literal, $narrow:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(p: &Product, s: &mut Scratch) {
+            use std::arch::x86_64::$v;
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                if p.n <= $w {
+                    drive::<$v, $narrow, 1>(p, s)
+                } else {
+                    drive::<$v, $mr, 2>(p, s)
+                }
+            }
         }
-    }
+    };
 }
 
-/// [`drive`] compiled for AVX2 and FMA: 6×16 tiles, or 12×8 for narrow C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn drive_avx2(p: &Product, s: &mut Scratch) {
-    use std::arch::x86_64::__m256;
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if p.n <= 8 {
-            drive::<__m256, 12, 1>(p, s)
-        } else {
-            drive::<__m256, 6, 2>(p, s)
-        }
-    }
-}
+driver!(
+    /// [`drive`] compiled for AVX-512: 8×32 tiles, or 16×16 for narrow C.
+    drive_avx512, "avx512f,avx2,fma", __m512, 16, 8, 16
+);
+driver!(
+    /// [`drive`] compiled for AVX2 and FMA: 6×16 tiles, or 12×8 for narrow C.
+    drive_avx2, "avx2,fma", __m256, 8, 6, 12
+);
 
 /// The blocked product on MR×(NV·W) tiles. A is read in place through its strides
 /// (only a partial last row panel is copied, zero-padded); B is read in place where its
@@ -477,15 +470,15 @@ mod tests {
             let (at, bt) = (a.t().to_owned(), b.t().to_owned());
             for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (-0.75, 0.5)] {
                 let mut want = c0.clone();
-                reference(alpha, &a, &b, beta, &mut want);
+                reference(alpha, a.view(), b.view(), beta, want.view_mut());
                 for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
                     let mut plain = c0.clone();
-                    mat_mul_on(isa, alpha, &a, &b, beta, &mut plain);
+                    mat_mul_on(isa, alpha, a.view(), b.view(), beta, plain.view_mut());
                     assert_eq!(bits(&plain), bits(&want), "{isa:?} {m}×{n}×{k} β={beta}");
                     // Transposed operands and a transposed C.
                     let mut ct = c0.t().to_owned();
                     let mut ctv = ct.view_mut().reversed_axes();
-                    mat_mul_on(isa, alpha, &at.t(), &bt.t(), beta, &mut ctv);
+                    mat_mul_on(isa, alpha, at.t(), bt.t(), beta, ctv.view_mut());
                     assert_eq!(
                         bits(&ctv.to_owned()),
                         bits(&want),

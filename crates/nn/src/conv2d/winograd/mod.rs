@@ -129,16 +129,8 @@ fn transform_weights(g: &Geo, weight: &[f32], u: &mut [f32], work: &mut [f32]) {
         }
     }
     let mx = g.mx;
-    let src = Planar {
-        data: &*planar,
-        at: 0,
-        stride: fc,
-    };
-    let dst = Planar {
-        data: u,
-        at: 0,
-        stride: fc,
-    };
+    let src = Planar::new(&*planar, 0, fc);
+    let dst = Planar::new(u, 0, fc);
     sandwich(&mx.g, (g.al, g.r), &mx.g, (g.al, g.r), fc, src, tmp, dst);
 }
 
@@ -177,16 +169,8 @@ fn transform_inputs(
                 }
             }
         }
-        let src = Planar {
-            data: &*tiles,
-            at: 0,
-            stride: t_all,
-        };
-        let dst = Planar {
-            data: &mut *v,
-            at: ci * t_all,
-            stride: g.c * t_all,
-        };
+        let src = Planar::new(&*tiles, 0, t_all);
+        let dst = Planar::new(&mut *v, ci * t_all, g.c * t_all);
         sandwich(&g.mx.bt, (al, al), &g.mx.bt, (al, al), t_all, src, tmp, dst);
     }
 }
@@ -216,7 +200,7 @@ fn mat_mut<'s>(
     )?)
 }
 
-/// Forward pass of a stride-1 layer (arguments as [`Conv2d::forward_act`], checked there).
+/// Forward pass of a stride-1 layer (arguments as [`Conv2d::forward`], checked there).
 /// With a `keep` of at least [`saved_len`] floats (checked by the caller), every group's
 /// V stays there for [`backward`];
 /// with an empty one, V lives in the scratch one group at a time.
@@ -252,16 +236,8 @@ pub(crate) fn forward(
         }
         let (tiles, tmp) = work.split_at_mut(m * m * g.gmax * tp);
         for fi in 0..g.f {
-            let src = Planar {
-                data: &*mm,
-                at: fi * t_all,
-                stride: g.f * t_all,
-            };
-            let dst = Planar {
-                data: &mut *tiles,
-                at: 0,
-                stride: t_all,
-            };
+            let src = Planar::new(&*mm, fi * t_all, g.f * t_all);
+            let dst = Planar::new(&mut *tiles, 0, t_all);
             sandwich(&g.mx.at, (m, al), &g.mx.at, (m, al), t_all, src, tmp, dst);
             let b = bias.get(fi).copied().unwrap_or(0.0);
             for j in 0..gs {
@@ -331,16 +307,8 @@ pub(crate) fn backward(
                     }
                 }
             }
-            let src = Planar {
-                data: &*tiles,
-                at: 0,
-                stride: t_all,
-            };
-            let dst = Planar {
-                data: &mut *mm,
-                at: fi * t_all,
-                stride: g.f * t_all,
-            };
+            let src = Planar::new(&*tiles, 0, t_all);
+            let dst = Planar::new(&mut *mm, fi * t_all, g.f * t_all);
             sandwich(&g.mx.a, (al, m), &g.mx.a, (al, m), t_all, src, tmp, dst);
         }
         let vg: &[f32] = if kept.is_empty() {
@@ -363,16 +331,8 @@ pub(crate) fn backward(
         let (plane, rest) = work.split_at_mut(g.ph * g.pw);
         let (tiles, tmp) = rest.split_at_mut(al * al * g.gmax * tp);
         for ci in 0..g.c {
-            let src = Planar {
-                data: &*v,
-                at: ci * t_all,
-                stride: g.c * t_all,
-            };
-            let dst = Planar {
-                data: &mut *tiles,
-                at: 0,
-                stride: t_all,
-            };
+            let src = Planar::new(&*v, ci * t_all, g.c * t_all);
+            let dst = Planar::new(&mut *tiles, 0, t_all);
             sandwich(&g.mx.b, (al, al), &g.mx.b, (al, al), t_all, src, tmp, dst);
             for j in 0..gs {
                 plane.fill(0.0);
@@ -398,16 +358,8 @@ pub(crate) fn backward(
     // dW = Gᵀ Ū G per (filter, channel), from planar [k][l][f·c] back to (F, C, r, r).
     let (fc, rr) = (g.f * g.c, g.r * g.r);
     let (planar, tmp) = work.split_at_mut(rr * fc);
-    let src = Planar {
-        data: &*ub,
-        at: 0,
-        stride: fc,
-    };
-    let dst = Planar {
-        data: &mut *planar,
-        at: 0,
-        stride: fc,
-    };
+    let src = Planar::new(&*ub, 0, fc);
+    let dst = Planar::new(&mut *planar, 0, fc);
     sandwich(&g.mx.gt, (g.r, al), &g.mx.gt, (g.r, al), fc, src, tmp, dst);
     for (k, kernel) in gw.chunks_exact_mut(rr).enumerate() {
         for (e, d) in kernel.iter_mut().enumerate() {

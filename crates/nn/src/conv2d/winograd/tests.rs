@@ -66,7 +66,8 @@ fn errors(l: &Conv2d, n: usize, seed: u64) -> [f64; 4] {
     let dy = random_vec(&mut r, n * l.out_size(), -1.0, 1.0);
     let mut col = vec![f32::NAN; l.col_size()];
     let mut y = vec![f32::NAN; n * l.out_size()];
-    l.forward(&p, n, &x, &mut col, &mut y).expect("forward");
+    l.forward(&p, n, &x, &mut col, &mut [], &mut y, false)
+        .expect("forward");
     let mut grads = vec![f32::NAN; p.len()];
     let mut gx = vec![f32::NAN; x.len()];
     l.backward(&p, n, &x, &dy, &mut col, &mut grads, Some(&mut gx))
@@ -153,12 +154,12 @@ fn kept_tiles_give_the_same_bits_as_transforming_again() {
             );
             match kept {
                 Some(kept) => {
-                    l.forward_keep(&p, n, &x, col, kept, &mut y, true).unwrap();
+                    l.forward(&p, n, &x, col, kept, &mut y, true).unwrap();
                     l.backward_kept(&p, n, &x, &dy, kept, col, &mut g, Some(&mut gx))
                         .unwrap();
                 }
                 None => {
-                    l.forward_act(&p, n, &x, col, &mut y, true).unwrap();
+                    l.forward(&p, n, &x, col, &mut [], &mut y, true).unwrap();
                     l.backward(&p, n, &x, &dy, col, &mut g, Some(&mut gx))
                         .unwrap();
                 }
@@ -181,7 +182,7 @@ fn kept_tiles_give_the_same_bits_as_transforming_again() {
     let (x, mut y) = (vec![0f32; 2 * l.in_size()], vec![0f32; 2 * l.out_size()]);
     let mut short = vec![0f32; l.saved_len(2) - 1];
     assert!(l
-        .forward_keep(
+        .forward(
             &vec![0f32; l.end()],
             2,
             &x,
@@ -212,7 +213,7 @@ fn a_winograd_tile_must_fit_the_layer() {
     let mut col = vec![0.0; bad.col_size()];
     let p = vec![0.0; bad.end()];
     assert!(matches!(
-        bad.forward(&p, 1, &x, &mut col, &mut y),
+        bad.forward(&p, 1, &x, &mut col, &mut [], &mut y, false),
         Err(crate::NnError::Config(_))
     ));
 }
@@ -294,7 +295,7 @@ fn time_layers() {
                 let l = base.clone().with_algo(a).expect("algo");
                 let mut col = vec![0.0; l.col_size()];
                 let t0 = cpu_ms();
-                l.forward_act(&p, n, &x, &mut col, &mut y, true)
+                l.forward(&p, n, &x, &mut col, &mut [], &mut y, true)
                     .expect("fwd");
                 let t1 = cpu_ms();
                 l.backward(&p, n, &x, &dy, &mut col, &mut grads, None)

@@ -139,57 +139,62 @@ pub(crate) struct Planar<S> {
     pub(crate) stride: usize,
 }
 
+impl<S> Planar<S> {
+    /// The matrices of `data` whose entry (a, b) starts at `at + (a·q + b)·stride`.
+    pub(crate) fn new(data: S, at: usize, stride: usize) -> Self {
+        Planar { data, at, stride }
+    }
+}
+
 /// Tiles one [`sandwich`] step handles: its temporary (at most α²·CHUNK floats) stays in
 /// L1 while the whole group's tiles stream through.
 pub(crate) const CHUNK: usize = 128;
 
-/// out = L·X·Rᵀ for each of `nt` small matrices X at once: L is p2×p, R is q2×q (both
-/// row-major), X planar p×q, out planar p2×q2. `tmp` holds p2·q·[`CHUNK`] floats. The
-/// inner loops run along the tiles, so they vectorise whatever α is; zero coefficients
-/// are skipped.
-///
-/// On x86-64 CPUs with AVX2 and FMA the same code is compiled a second time for 8-wide
-/// vectors and picked at run time ([`crate::simd::isa`]). Both versions round the same
-/// fused multiply-adds in the same order, so they give bit-identical results (on a CPU
-/// without FMA the portable one is slow, not different).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sandwich(
-    l: &[f32],
-    lp: (usize, usize),
-    r: &[f32],
-    rq: (usize, usize),
-    nt: usize,
-    x: Planar<&[f32]>,
-    tmp: &mut [f32],
-    out: Planar<&mut [f32]>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::isa() >= crate::simd::Isa::Avx2 {
-        // SAFETY: the CPU supports AVX2 and FMA (`isa` never exceeds what it detected).
-        unsafe { sandwich_avx2(l, lp, r, rq, nt, x, tmp, out) };
-        return;
-    }
-    sandwich_body(l, lp, r, rq, nt, x, tmp, out);
+/// Defines `$name`, which runs `$body` on the widest instruction set it was compiled
+/// for: a second copy of it, `$twin`, is compiled for AVX2 and FMA and picked at run time
+/// on x86-64 CPUs that have them ([`crate::simd::isa`]). The arguments are written once,
+/// here; `$body` is the function that holds the work.
+macro_rules! avx2_twin {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $twin:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::isa() >= crate::simd::Isa::Avx2 {
+                // SAFETY: the CPU supports AVX2 and FMA (`isa` never exceeds what it
+                // detected).
+                unsafe { $twin($($arg),*) };
+                return;
+            }
+            $body($($arg),*);
+        }
+
+        #[doc = concat!("`", stringify!($body), "` compiled for AVX2 and FMA.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $twin($($arg: $ty),*) {
+            $body($($arg),*);
+        }
+    };
 }
 
-/// [`sandwich_body`] compiled for AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sandwich_avx2(
-    l: &[f32],
-    lp: (usize, usize),
-    r: &[f32],
-    rq: (usize, usize),
-    nt: usize,
-    x: Planar<&[f32]>,
-    tmp: &mut [f32],
-    out: Planar<&mut [f32]>,
-) {
-    sandwich_body(l, lp, r, rq, nt, x, tmp, out);
+avx2_twin! {
+    /// out = L·X·Rᵀ for each of `nt` small matrices X at once: L is p2×p, R is q2×q (both
+    /// row-major), X planar p×q, out planar p2×q2. `tmp` holds p2·q·[`CHUNK`] floats. The
+    /// inner loops run along the tiles, so they vectorise whatever α is; zero coefficients
+    /// are skipped.
+    ///
+    /// Both compiled versions round the same fused multiply-adds in the same order, so
+    /// they give bit-identical results (on a CPU without FMA the portable one is slow, not
+    /// different).
+    pub(crate) fn sandwich / sandwich_avx2 => sandwich_body(
+        l: &[f32], lp: (usize, usize), r: &[f32], rq: (usize, usize),
+        nt: usize, x: Planar<&[f32]>, tmp: &mut [f32], out: Planar<&mut [f32]>,
+    )
 }
 
 /// The body of [`sandwich`], inlined into each compiled version.
@@ -338,16 +343,8 @@ mod tests {
         let mut outs = [vec![0.0; 64 * nt], vec![0.0; 64 * nt]];
         for (k, out) in outs.iter_mut().enumerate() {
             let mut tmp = vec![0.0; 64 * CHUNK];
-            let src = Planar {
-                data: &x[..],
-                at: 0,
-                stride: nt,
-            };
-            let dst = Planar {
-                data: &mut out[..],
-                at: 0,
-                stride: nt,
-            };
+            let src = Planar::new(&x[..], 0, nt);
+            let dst = Planar::new(&mut out[..], 0, nt);
             let (l, r) = (&mx.bt, &mx.bt);
             if k == 0 {
                 sandwich(l, (8, 8), r, (8, 8), nt, src, &mut tmp, dst);
