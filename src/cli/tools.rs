@@ -104,13 +104,8 @@ pub enum ExchangeModeFlag {
 #[derive(Debug, Args)]
 pub struct BenchExchangeFlags {
     /// Buffer sizes in bytes (multiples of 4), comma-separated, as integers or 1e6-style.
-    #[arg(
-        long,
-        value_name = "B,B,...",
-        value_delimiter = ',',
-        default_value = "1e5,1e6,1e7,1e8",
-        value_parser = parse_bytes
-    )]
+    #[arg(long, value_name = "B,B,...", value_delimiter = ',', value_parser = parse_bytes)]
+    #[arg(default_value = "1e5,1e6,1e7,1e8")]
     pub sizes: Vec<u64>,
     /// i.i.d. Bernoulli drop rates of the RPS exchange, comma-separated, each in [0, 1);
     /// must include 0.
@@ -118,18 +113,13 @@ pub struct BenchExchangeFlags {
         long,
         value_name = "P,P,...",
         value_delimiter = ',',
-        default_value = "0,0.1",
         allow_negative_numbers = true
     )]
+    #[arg(default_value = "0,0.1")]
     pub drop_rates: Vec<f64>,
     /// Role splits to time, comma-separated.
-    #[arg(
-        long,
-        value_name = "M,M,...",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "dedicated,colocated"
-    )]
+    #[arg(long, value_name = "M,M,...", value_enum, value_delimiter = ',')]
+    #[arg(default_value = "dedicated,colocated")]
     pub modes: Vec<ExchangeModeFlag>,
     /// Servers in dedicated mode [default: half the ranks, at least 1].
     #[arg(long, value_name = "S")]
