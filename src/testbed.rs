@@ -221,14 +221,11 @@ enum Panel {
     Accuracy,
 }
 
-fn draw<DB: DrawingBackend>(
+fn draw<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     runs: &[TestbedRun],
     what: Panel,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let ls = losses(runs);
     let x_of = |loss: f64| ls.iter().position(|&l| l == loss).unwrap_or(0) as f64;
     let value = |r: &TestbedRun| match what {

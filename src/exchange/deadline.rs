@@ -17,7 +17,7 @@ use crate::drop::Direction;
 
 use super::Exchange;
 use crate::counters::StepCounters;
-use crate::exchange::layout::split_blocks;
+use crate::exchange::layout::{split_blocks, Layout};
 
 /// Header words before the mask and payload: step (2 words), direction, block, mask
 /// words, packets sent.
@@ -27,6 +27,8 @@ const HEADER: usize = 6;
 #[derive(Debug)]
 pub struct Deadline {
     timeout: Duration,
+    /// Elements per packet (the exchange's; whole blocks: more than any block).
+    packet_elems: usize,
     /// Messages (or fragments) that arrived before their phase: (sender, phase) →
     /// (body offset, raw data).
     stash: Stash,
@@ -336,9 +338,10 @@ impl Mailbox for Drain {
 }
 
 impl Deadline {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, packet_elems: usize) -> Self {
         Deadline {
             timeout,
+            packet_elems,
             stash: HashMap::new(),
             outbox: Vec::new(),
         }
@@ -356,18 +359,17 @@ impl Deadline {
         drain.0
     }
 
-    /// Runs one phase: posts `sends` (destination, block, mask, payload), waits for the
-    /// `expect`ed messages into `bufs` until the deadline. Returns the packet masks of
-    /// what arrived in time (`None`: lost). Packets are `packet_elems` long.
+    /// Runs one phase, `(step, direction, patient)` (a patient receiver counts its
+    /// deadline from the first arrival): posts `sends` (destination, block, mask,
+    /// payload), waits for the `expect`ed messages into `bufs` until the deadline.
+    /// Returns the packet masks of what arrived in time (`None`: lost). Tags come from
+    /// `layout`; packets are the exchange's `packet_elems` long.
     #[allow(clippy::too_many_arguments)]
     fn phase<T: Transport + ?Sized>(
         &mut self,
         t: &T,
-        packet_elems: usize,
-        patient: bool,
-        tag: impl Fn(usize) -> i32,
-        step: u64,
-        direction: Direction,
+        layout: &Layout,
+        (step, direction, patient): (u64, Direction, bool),
         sends: &[(usize, usize, &[bool], &[f32])],
         expect: &[(usize, usize, usize)],
         bufs: Vec<&mut [f32]>,
@@ -384,17 +386,18 @@ impl Deadline {
             .zip(sends)
             .map(|(data, (to, b, mask, _))| Outgoing {
                 to: *to,
-                tag: tag(*b),
+                tag: layout.tag(step, direction, *b),
                 data,
                 framing: Some(Framing {
                     prefix: header_elems(mask.len(), datagrams),
-                    fragment: packet_elems,
+                    fragment: self.packet_elems,
                     send: mask,
                 }),
             })
             .collect();
         let now_phase = phase(step, direction as u32);
-        let mut mailbox = PhaseBox::new(now_phase, packet_elems, expect, bufs, &mut self.stash);
+        let mut mailbox =
+            PhaseBox::new(now_phase, self.packet_elems, expect, bufs, &mut self.stash);
         let start = Instant::now();
         if datagrams {
             mailbox.idle = (self.timeout / IDLE_FRACTION).max(Duration::from_millis(1));
@@ -481,23 +484,12 @@ impl Exchange {
             .chunks_mut(len.max(1))
             .take(expect.len())
             .collect();
-        let tag = |b| layout.tag(step, Direction::Up, b);
         // A pure server computes nothing before the uplink, so it would start its
         // deadline while the workers are still computing: it counts from the first
         // arrival instead.
         let patient = !layout.is_worker(me);
-        let arrived = d.phase(
-            t,
-            self.packet_elems,
-            patient,
-            tag,
-            step,
-            Direction::Up,
-            &sends,
-            &expect,
-            bufs,
-            counts,
-        )?;
+        let phase = (step, Direction::Up, patient);
+        let arrived = d.phase(t, &layout, phase, &sends, &expect, bufs, counts)?;
         drop(sends);
         let mut received = 0;
         self.inbox_masks.clear();
@@ -557,20 +549,9 @@ impl Exchange {
             .iter()
             .filter_map(|&(_, b, _)| blocks[b].take())
             .collect();
-        let tag = |b| layout.tag(step, Direction::Down, b);
         // The same phase as the uplink's, with the downlink's direction and buffers.
-        let arrived = d.phase(
-            t,
-            self.packet_elems,
-            false,
-            tag,
-            step,
-            Direction::Down,
-            &sends,
-            &expect,
-            bufs,
-            counts,
-        )?;
+        let phase = (step, Direction::Down, false);
+        let arrived = d.phase(t, &layout, phase, &sends, &expect, bufs, counts)?;
         drop(sends);
         self.partial = staging;
         Ok(arrived

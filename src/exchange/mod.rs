@@ -102,7 +102,7 @@ impl Exchange {
     /// Switches to deadline detection: receivers do not consult the drop model, they
     /// wait up to `timeout` per phase and treat what has not arrived as lost.
     pub fn with_deadline(mut self, timeout: std::time::Duration) -> Self {
-        self.deadline = Some(Deadline::new(timeout));
+        self.deadline = Some(Deadline::new(timeout, self.packet_elems));
         self
     }
 

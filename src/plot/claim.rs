@@ -92,15 +92,12 @@ fn span(c: &Curve) -> (f64, f64) {
     )
 }
 
-fn draw<DB: DrawingBackend>(
+fn draw<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     curves: &[Curve],
     o: Outcome,
     x_name: &str,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let all = || curves.iter().flat_map(|c| c.points.iter());
     let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
     let x_max = all().map(|p| p.0).fold(1.0, f64::max);

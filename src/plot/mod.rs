@@ -194,14 +194,11 @@ fn legend_label(runs: &[Series], i: usize) -> Option<String> {
     Some(format!("{} (seed {})", label(r), seeds.join(",")))
 }
 
-fn train_loss<DB: DrawingBackend>(
+fn train_loss<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     runs: &[Series],
     window: usize,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let smoothed: Vec<Vec<f64>> = runs
         .iter()
         .map(|r| moving_average(&r.train_loss, window))
@@ -249,13 +246,10 @@ where
     Ok(())
 }
 
-fn accuracy_vs_drop<DB: DrawingBackend>(
+fn accuracy_vs_drop<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     runs: &[Series],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let summaries = summaries(runs);
     // (workers, x, mean, min, max) per configuration with an accuracy.
     let mut points: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
@@ -327,10 +321,10 @@ where
     Ok(())
 }
 
-fn consensus<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Series]) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn consensus<DB: DrawingBackend<ErrorType: 'static>>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[Series],
+) -> Result<()> {
     let positive = |r: &Series| -> Vec<(f64, f64)> {
         r.eval_step
             .iter()
@@ -395,16 +389,13 @@ fn heat(t: f64) -> RGBColor {
     RGBColor(lerp(255.0, 165.0), lerp(255.0, 0.0), lerp(255.0, 38.0))
 }
 
-fn links<DB: DrawingBackend>(
+fn links<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     m: &ndarray::Array2<u64>,
     rows: &str,
     cols: &str,
     title: &str,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let (nr, nc) = m.dim();
     if nr == 0 || nc == 0 {
         bail!("empty per-link matrix");

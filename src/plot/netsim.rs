@@ -45,10 +45,10 @@ fn netsim_points(results: &Results, class: &str) -> Vec<NetsimPoint> {
     points
 }
 
-fn netsim_fct<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, results: &Results) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn netsim_fct<DB: DrawingBackend<ErrorType: 'static>>(
+    root: &DrawingArea<DB, Shift>,
+    results: &Results,
+) -> Result<()> {
     let root = root.titled(
         "Web-flow completion time by flow size: learning traffic reliable (TCP) vs lossy (low-priority UDP); bars: range over seeds",
         font(22),

@@ -15,13 +15,10 @@ use crate::report::{family, group, mean_std, GroupKey};
 /// With `--diag-every` runs: n·mean_error/spread (solid; flat when the error drops put
 /// into the average falls as 1/n) and consensus/spread (dashed) against the number of
 /// workers, log-log, one colour per drop model and momentum, mean over seeds.
-pub(super) fn diag_vs_n<DB: DrawingBackend>(
+pub(super) fn diag_vs_n<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     runs: &[Series],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let summaries = summaries(runs);
     // (family label, n, error ratio, consensus ratio), means over seeds.
     let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
@@ -113,13 +110,10 @@ fn ticks(n_max: f64) -> Vec<f64> {
 /// twin of the same seed (mean over seeds, bars ± one standard error), log n, one
 /// colour per drop model and momentum. Flat when the cost of drops falls as 1/n; the
 /// dashed line is 0, no cost. `twins` is [`outcome_pairs`] of the runs.
-pub(super) fn outcome_vs_n<DB: DrawingBackend>(
+pub(super) fn outcome_vs_n<DB: DrawingBackend<ErrorType: 'static>>(
     root: &DrawingArea<DB, Shift>,
     twins: &BTreeMap<GroupKey, Vec<(f64, f64)>>,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     // (family label, n, mean n·Δ, std n·Δ).
     let mut points: Vec<(String, f64, f64, f64)> = Vec::new();
     for (k, pairs) in twins {

@@ -75,47 +75,45 @@ pub(super) fn report(rows: &[Row], n: usize) {
     }
     println!();
     for r in rows {
-        println!(
-            "bench-exchange op={} mode={} n={n} bytes={} p={} median_ms={:.6} p25_ms={:.6} p75_ms={:.6} min_ms={:.6} max_ms={:.6} wire_bytes={} sent={} dropped={}",
-            r.op.name(),
-            r.mode,
-            r.bytes,
-            opt(r.p, 3),
-            r.time.median,
-            r.time.p25,
-            r.time.p75,
-            r.time.min,
-            r.time.max,
-            opt(r.wire_bytes, 1),
-            opt(r.sent, 3),
-            opt(r.dropped, 3)
-        );
+        let pairs = fields(r, n, opt).map(|(k, v)| format!("{k}={v}"));
+        println!("bench-exchange {}", pairs.join(" "));
     }
 }
 
 pub(super) fn write_csv(file: &mut File, rows: &[Row], n: usize) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "{CSV_HEADER}")?;
-    let cell = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
+    let cell = |x: Option<f64>, _| x.map_or(String::new(), |v| v.to_string());
     for r in rows {
-        writeln!(
-            w,
-            "{},{},{n},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{}",
-            r.op.name(),
-            r.mode,
-            r.bytes,
-            cell(r.p),
-            r.time.median,
-            r.time.p25,
-            r.time.p75,
-            r.time.min,
-            r.time.max,
-            cell(r.wire_bytes),
-            cell(r.sent),
-            cell(r.dropped)
-        )?;
+        writeln!(w, "{}", fields(r, n, cell).map(|(_, v)| v).join(","))?;
     }
     w.flush()
+}
+
+/// The fields of a row of a job of `n` ranks, named as the CSV header names them, in its
+/// order (the machine-readable lines and the CSV are written from this one list);
+/// `count(value, digits)` writes the optional ones.
+fn fields(
+    r: &Row,
+    n: usize,
+    count: impl Fn(Option<f64>, usize) -> String,
+) -> [(&'static str, String); 13] {
+    let ms = |v: f64| format!("{v:.6}");
+    [
+        ("op", r.op.name().to_string()),
+        ("mode", r.mode.to_string()),
+        ("n", n.to_string()),
+        ("bytes", r.bytes.to_string()),
+        ("p", count(r.p, 3)),
+        ("median_ms", ms(r.time.median)),
+        ("p25_ms", ms(r.time.p25)),
+        ("p75_ms", ms(r.time.p75)),
+        ("min_ms", ms(r.time.min)),
+        ("max_ms", ms(r.time.max)),
+        ("wire_bytes", count(r.wire_bytes, 1)),
+        ("sent", count(r.sent, 3)),
+        ("dropped", count(r.dropped, 3)),
+    ]
 }
 
 /// `r` against `a` of the same mode and size: the ratios of their medians and minima.
@@ -149,5 +147,40 @@ pub(super) fn ratios(rows: &[Row], n: usize) {
             r.bytes,
             r.time.median / a.time.median
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Spread;
+
+    /// The machine-readable lines and the CSV come from one list of fields, named as the
+    /// CSV header names its columns.
+    #[test]
+    fn the_fields_are_the_csv_header_and_both_formats_read_them() {
+        let time = Spread {
+            median: 1.5,
+            p25: 1.0,
+            p75: 2.0,
+            min: 0.5,
+            max: 3.0,
+        };
+        let r = Row {
+            op: Op::Rps,
+            mode: "colocated",
+            bytes: 4000,
+            p: Some(0.1),
+            time,
+            wire_bytes: None,
+            sent: Some(12.0),
+            dropped: Some(1.0),
+        };
+        let names: Vec<&str> = fields(&r, 4, opt).iter().map(|(k, _)| *k).collect();
+        assert_eq!(names.join(","), CSV_HEADER);
+        let values: Vec<String> = fields(&r, 4, opt).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(values[..5], ["rps", "colocated", "4", "4000", "0.100"]);
+        assert_eq!(values[5], "1.500000");
+        assert_eq!(values[10..], ["-", "12.000", "1.000"]);
     }
 }

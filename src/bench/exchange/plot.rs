@@ -27,10 +27,10 @@ pub fn plot(paths: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(both!(dir, "exchange_cost", (1500, 640), draw(&rows)).to_vec())
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[CsvRow]) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn draw<DB: DrawingBackend<ErrorType: 'static>>(
+    root: &DrawingArea<DB, Shift>,
+    rows: &[CsvRow],
+) -> Result<()> {
     let root = root.titled(
         "One RPS exchange vs MPI_Allreduce of the same buffer (median, slowest rank)",
         font(22),
