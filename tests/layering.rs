@@ -240,7 +240,7 @@ fn parse_tree(
         }
         if i == start {
             // `*` or anything else: the prefix is the path.
-            if prefix.len() > depth || !prefix.is_empty() {
+            if !prefix.is_empty() {
                 out.push(prefix.clone());
             }
             prefix.truncate(depth);

@@ -241,19 +241,14 @@ fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
 /// A table row: the configuration's mode, model, workers, drop model and momentum, then
 /// `cells`.
 fn row(k: &GroupKey, cells: &[String]) -> String {
-    let drop = k.drop_model_description.replace('|', "\\|");
     let key = [
         k.mode.to_string(),
         k.model.to_string(),
         k.workers.to_string(),
-        drop,
+        k.drop_model_description.replace('|', "\\|"),
+        k.momentum.to_string(),
     ];
-    let all: Vec<String> = key
-        .into_iter()
-        .chain([k.momentum.to_string()])
-        .chain(cells.iter().cloned())
-        .collect();
-    format!("| {} |\n", all.join(" | "))
+    format!("| {} | {} |\n", key.join(" | "), cells.join(" | "))
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ fn layout_of(tensors: &[Tensor]) -> Vec<(String, Range<usize>)> {
 /// bias of a layer is drawn from U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5
 /// gives that same bound for weights). Tensors are filled in the order given from one
 /// `StdRng::seed_from_u64(seed)` stream, so the same seed gives a bit-identical buffer.
-pub fn uniform_init(len: usize, tensors: &[Tensor], seed: u64) -> Vec<f32> {
+pub(crate) fn uniform_init(len: usize, tensors: &[Tensor], seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut params = vec![0.0f32; len];
