@@ -99,7 +99,7 @@ pub trait Network: std::fmt::Debug + Send {
 
     /// A deterministic initial buffer from `seed`: by default PyTorch's, every weight and
     /// bias from U(−1/√fan_in, 1/√fan_in), in layout order from one seeded stream
-    /// ([`uniform_init`]).
+    /// (`uniform_init`).
     fn init_params(&self, seed: u64) -> Vec<f32> {
         uniform_init(self.spec().params, &self.tensors(), seed)
     }
