@@ -59,6 +59,9 @@ pub struct TrainConfig {
     pub drop: DropSpec,
     /// Bytes per packet when blocks are cut into independently dropped packets.
     pub packet_bytes: Option<usize>,
+    /// Bytes per chunk of the pipelined exchange (`None`: the default,
+    /// `exchange::CHUNK_ELEMS` elements); changes the speed, never the bits.
+    pub chunk_bytes: Option<usize>,
     /// Record every drop decision in the metrics file.
     pub record_trace: bool,
     pub detection: Detection,
@@ -173,6 +176,12 @@ pub enum ConfigError {
     ReplayWith(&'static str),
     #[error("--packet-bytes {0} must be a positive multiple of 4 (one f32 element)")]
     PacketBytes(usize),
+    #[error("--chunk-bytes {0} must be a positive multiple of 4 (one f32 element)")]
+    ChunkBytes(usize),
+    #[error(
+        "--chunk-bytes applies to --detect oracle only (deadline detection does not pipeline)"
+    )]
+    ChunkWithDeadline,
     #[error("--recv-timeout-ms {0} must be from 1 to 60000 (a minute): a deadline is a bound on one exchange phase")]
     Timeout(u64),
     #[error("--transport udp needs --detect deadline: a receiver cannot know what a real network lost, it can only stop waiting")]

@@ -176,3 +176,45 @@ fn deadline_detection_and_udp_equal_the_oracle() {
         }
     }
 }
+
+/// The pipelined exchange over MPI: messages cut into 8 chunks (of 100 bytes, across
+/// packet boundaries) give the bits of the default run, whose messages here are one chunk
+/// each, under message and packet drops, in both modes.
+#[test]
+fn pipelined_chunks_over_mpi_equal_whole_messages() {
+    let data = small_dataset();
+    let data = data.to_str().unwrap();
+    let dir = out_dir();
+    let cases: [(usize, &str, &[&str]); 2] = [
+        (4, "3", &["--colocated", "--drop-rate", "0.2"]),
+        (
+            5,
+            "7",
+            &[
+                "--servers",
+                "2",
+                "--drop-rate",
+                "0.3",
+                "--packet-bytes",
+                "256",
+            ],
+        ),
+    ];
+    for (n, seed, extra) in cases {
+        let mut args = base(data, seed, "6");
+        args.extend(extra);
+        let whole = run(n, &args, false, dir.path(), "whole");
+        args.extend(["--chunk-bytes", "100"]);
+        let piped = run(n, &args, false, dir.path(), "piped");
+        assert_eq!(
+            attr_i64(&dir.path().join("piped.h5"), "chunk_bytes"),
+            100,
+            "the flag reached the run"
+        );
+        let diff = differing(&whole, &piped);
+        assert!(
+            diff.is_empty(),
+            "n = {n}, seed {seed}, {extra:?}: {diff:?} differ"
+        );
+    }
+}

@@ -133,6 +133,10 @@ pub struct BenchExchangeFlags {
     /// Seed of the drop decisions and of co-located mode's block assignment.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Bytes per chunk of the pipelined RPS exchange (at most 8 chunks per message), as
+    /// `rps train --chunk-bytes`: to find the best size for a network [default: 1048576].
+    #[arg(long, value_name = "N")]
+    pub chunk_bytes: Option<usize>,
     /// Also write every measured row to this CSV file (rank 0; parent directories are
     /// created, an existing file is replaced); `rps plot` draws it.
     #[arg(long, value_name = "FILE")]
@@ -168,6 +172,7 @@ impl From<BenchExchangeFlags> for crate::bench::exchange::Options {
             warmup: f.warmup,
             repeats: f.repeats,
             seed: f.seed,
+            chunk_bytes: f.chunk_bytes,
             csv: f.csv,
         }
     }

@@ -29,6 +29,14 @@ pub fn train_config(
             return Err(ConfigError::PacketBytes(n));
         }
     }
+    if let Some(n) = f.chunk_bytes {
+        if n == 0 || n % 4 != 0 {
+            return Err(ConfigError::ChunkBytes(n));
+        }
+        if f.detect != DetectFlag::Oracle {
+            return Err(ConfigError::ChunkWithDeadline);
+        }
+    }
     let detection = match f.detect {
         DetectFlag::Oracle => Detection::Oracle,
         DetectFlag::Deadline if !(1..=MAX_TIMEOUT_MS).contains(&f.recv_timeout_ms) => {
@@ -76,6 +84,7 @@ pub fn train_config(
         drop_rate: f.drop_rate,
         drop,
         packet_bytes,
+        chunk_bytes: f.chunk_bytes,
         record_trace: f.record_trace,
         detection,
         transport,
@@ -304,6 +313,8 @@ fn check_allreduce(f: &TrainFlags, drop: &DropSpec) -> Result<(), ConfigError> {
         })
     } else if f.packet_bytes.is_some() {
         Some("packet-bytes")
+    } else if f.chunk_bytes.is_some() {
+        Some("chunk-bytes")
     } else if f.record_trace {
         Some("record-trace")
     } else {

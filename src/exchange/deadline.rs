@@ -440,7 +440,7 @@ impl Exchange {
     ) -> Result<(), CommError> {
         let received = self.uplink_deadline(t, step, params, served, counts, d)?;
         if let Some(b) = served {
-            self.average_served(b, params, received, false);
+            self.average_served(b, params, received);
         }
         let arrived = self.downlink_deadline(t, step, params.len(), served, counts, d)?;
         for (server, b, m) in &arrived {

@@ -16,7 +16,7 @@
 //! the packets that "arrived": a server averages each packet range over the copies that
 //! have it, a worker keeps its own values where the averaged packet was lost.
 
-use crate::comm::{CommError, Incoming, Outgoing, Transport};
+use crate::comm::{CommError, Transport};
 use crate::counters::StepCounters;
 use crate::drop::{trace, Direction, DropModel, MessageId, TraceRecord};
 
@@ -24,10 +24,11 @@ mod average;
 mod deadline;
 mod decisions;
 pub mod layout;
+mod pipeline;
 
 pub use deadline::Deadline;
-use layout::split_blocks;
 pub use layout::{Layout, LayoutError, Mode};
+pub use pipeline::{CHUNK_ELEMS, MAX_CHUNKS};
 
 /// Bytes of the message header in every datagram of a datagram transport.
 pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);
@@ -60,6 +61,8 @@ pub struct Exchange {
     drop: Box<dyn DropModel>,
     /// Elements per packet (`usize::MAX`: whole blocks are the unit of loss).
     packet_elems: usize,
+    /// Elements per chunk of the pipelined exchange (`pipeline.rs`), before the cap.
+    chunk_elems: usize,
     /// Owner rank of each block at the current step.
     owners: Vec<usize>,
     /// Server side: the received copies, one block length each, and their packet masks.
@@ -86,6 +89,7 @@ impl Exchange {
             layout,
             drop,
             packet_elems: packet_elems.unwrap_or(usize::MAX).max(1),
+            chunk_elems: CHUNK_ELEMS,
             owners: Vec::new(),
             inbox: Vec::new(),
             inbox_masks: Vec::new(),
@@ -103,6 +107,14 @@ impl Exchange {
     /// wait up to `timeout` per phase and treat what has not arrived as lost.
     pub fn with_deadline(mut self, timeout: std::time::Duration) -> Self {
         self.deadline = Some(Deadline::new(timeout, self.packet_elems));
+        self
+    }
+
+    /// Cuts messages into chunks of `elems` elements (at most [`MAX_CHUNKS`]) instead
+    /// of [`CHUNK_ELEMS`]: for tests, which pipeline small blocks. Every rank must use
+    /// the same value.
+    pub fn with_chunk_elems(mut self, elems: usize) -> Self {
+        self.chunk_elems = elems.max(1);
         self
     }
 
@@ -236,8 +248,7 @@ impl Exchange {
     }
 
     /// Runs the exchange of `step` for rank `t.rank()`: the paper's steps 2–5 as four
-    /// phases, each a method below (with deadline detection, their twins in
-    /// `deadline.rs`).
+    /// phases.
     ///
     /// 1. **uplink**: workers send their blocks; each server collects the copies that
     ///    the drop model lets through;
@@ -245,6 +256,11 @@ impl Exchange {
     ///    its own);
     /// 3. **downlink**: servers send the average back; workers receive what survives;
     /// 4. **merge**: workers take what arrived and keep their own values elsewhere.
+    ///
+    /// With oracle detection the first three run pipelined, chunk by chunk
+    /// (`pipeline.rs`: the average of one chunk goes down while the next comes up); with
+    /// deadline detection one after the other, each bounded by its deadline
+    /// (`deadline.rs`).
     ///
     /// `params` is this rank's replica: on entry the locally updated v_i, on return x_i
     /// (packets whose average arrived replaced by it). A pure server (dedicated mode)
@@ -271,170 +287,15 @@ impl Exchange {
             result?;
             return Ok(counts);
         }
-        let mut mask = std::mem::take(&mut self.mask);
-        let received = self.uplink(t, step, params, served, &mut mask, &mut counts)?;
-        // A co-located server averages straight into its replica's block (what
-        // `finish_served` would copy there at the end) and sends it from there.
-        let in_place = self.layout.mode() == Mode::Colocated;
-        if let Some(b) = served {
-            self.average_served(b, params, received, in_place);
-        }
-        let expected = self.downlink(t, step, params, served, in_place, &mut mask, &mut counts)?;
-        self.merge(params, served, in_place, &expected, &mut counts);
-        self.mask = mask;
+        self.step_pipelined(t, step, params, served, &mut counts)?;
         Ok(counts)
     }
 
-    /// Phase 1: this rank's blocks go to their servers (as the drop model decides); if
-    /// it serves a block, the copies posted to it land in the inbox, with their packet
-    /// masks in `inbox_masks`. Returns how many copies arrived.
-    fn uplink<T: Transport + ?Sized>(
-        &mut self,
-        t: &T,
-        step: u64,
-        params: &[f32],
-        served: Option<usize>,
-        mask: &mut Vec<bool>,
-        counts: &mut StepCounters,
-    ) -> Result<usize, CommError> {
-        let me = t.rank();
-        let uploads = self.uplink_decisions(step, me, counts);
-        let sends: Vec<Outgoing> = uploads
-            .iter()
-            .map(|(server, b, _)| Outgoing {
-                to: *server,
-                tag: self.layout.tag(step, Direction::Up, *b),
-                data: &params[self.layout.block(*b)],
-                framing: None,
-            })
-            .collect();
-        let Some(b) = served else {
-            t.exchange(&sends, &mut [])?;
-            return Ok(0);
-        };
-        let len = self.layout.block(b).len();
-        // Senders whose message is posted, with the packets it carries.
-        let mut senders = Vec::new();
-        let mut masks = std::mem::take(&mut self.inbox_masks);
-        for w in self.layout.workers().filter(|&w| w != me) {
-            self.decide(MessageId::new(step, Direction::Up, w, me, b), None, mask);
-            if mask.iter().any(|&m| m) {
-                if masks.len() <= senders.len() {
-                    masks.push(Vec::new());
-                }
-                masks[senders.len()].clone_from(mask);
-                senders.push(w);
-            }
-        }
-        self.inbox_masks = masks;
-        let received = senders.len();
-        self.inbox.resize(received * len, 0.0);
-        let tag = self.layout.tag(step, Direction::Up, b);
-        let mut recvs: Vec<Incoming> = senders
-            .iter()
-            .zip(self.inbox.chunks_mut(len.max(1)))
-            .map(|(&from, buf)| Incoming { from, tag, buf })
-            .collect();
-        t.exchange(&sends, &mut recvs)?;
-        for &w in &senders {
-            self.up_links.received[w] += 1;
-        }
-        counts.received_up += received as u64;
-        counts.packets_received_up += self.inbox_masks[..received]
-            .iter()
-            .map(|m| m.iter().filter(|&&x| x).count() as u64)
-            .sum::<u64>();
-        Ok(received)
-    }
-
-    /// Phase 3: the server of `served` sends its average to the workers (as the drop
-    /// model decides); a worker receives each block's surviving packets, a whole block
-    /// straight into its replica, a partial one into the staging buffer. Returns, per
-    /// block that arrives, its packet mask.
-    #[allow(clippy::too_many_arguments)] // the phase's state, passed by `step`
-    fn downlink<T: Transport + ?Sized>(
-        &mut self,
-        t: &T,
-        step: u64,
-        params: &mut [f32],
-        served: Option<usize>,
-        in_place: bool,
-        mask: &mut Vec<bool>,
-        counts: &mut StepCounters,
-    ) -> Result<Vec<(usize, Vec<bool>)>, CommError> {
-        let me = t.rank();
-        let replies = self.downlink_decisions(step, me, served, counts);
-        // Worker side: for each block, the packets that will arrive.
-        let mut expected: Vec<(usize, Vec<bool>)> = Vec::new();
-        if self.layout.is_worker(me) {
-            let mut avail = Vec::new();
-            for (b, &server) in self.owners.iter().enumerate() {
-                if server == me {
-                    continue;
-                }
-                self.availability(step, b, &mut avail);
-                self.decide(
-                    MessageId::new(step, Direction::Down, server, me, b),
-                    Some(&avail),
-                    mask,
-                );
-                if mask.iter().any(|&m| m) {
-                    expected.push((b, mask.clone()));
-                }
-            }
-        }
-        let partial_len = if expected.iter().any(|(_, m)| m.iter().any(|&x| !x)) {
-            params.len()
-        } else {
-            0
-        };
-        self.partial.resize(partial_len, 0.0);
-        let mut direct = split_blocks(params, self.layout.blocks());
-        let average: &[f32] = match served {
-            Some(b) if in_place => &*std::mem::take::<&mut [f32]>(&mut direct[b]),
-            _ => &self.average,
-        };
-        let sends: Vec<Outgoing> = replies
-            .iter()
-            .filter_map(|(w, _)| {
-                let b = served?;
-                Some(Outgoing {
-                    to: *w,
-                    tag: self.layout.tag(step, Direction::Down, b),
-                    data: average,
-                    framing: None,
-                })
-            })
-            .collect();
-        let mut recvs = Vec::with_capacity(expected.len());
-        let mut staged = split_blocks(&mut self.partial, self.layout.blocks());
-        for (b, m) in &expected {
-            let server = self.owners[*b];
-            let tag = self.layout.tag(step, Direction::Down, *b);
-            // Whole block arrived: receive straight into the replica; else stage it.
-            let buf = if m.iter().all(|&x| x) {
-                std::mem::take(&mut direct[*b])
-            } else {
-                std::mem::take(&mut staged[*b])
-            };
-            recvs.push(Incoming {
-                from: server,
-                tag,
-                buf,
-            });
-        }
-        t.exchange(&sends, &mut recvs)?;
-        Ok(expected)
-    }
-
     /// Phase 4: a worker merges the staged packets of each partly arrived block into
-    /// its replica (whole blocks are already there) and counts what arrived; a server
-    /// that did not average in place puts its average into its own replica.
+    /// its replica (whole blocks are already there) and counts what arrived.
     fn merge(
         &mut self,
         params: &mut [f32],
-        served: Option<usize>,
-        in_place: bool,
         expected: &[(usize, Vec<bool>)],
         counts: &mut StepCounters,
     ) {
@@ -446,9 +307,6 @@ impl Exchange {
             }
         }
         counts.received_down += expected.len() as u64;
-        if !in_place {
-            self.finish_served(params, served);
-        }
     }
 }
 

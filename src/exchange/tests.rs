@@ -1,5 +1,6 @@
 //! The exchange against exact averaging, under drops, packets, traces and deadlines.
 
+use super::average::Target;
 use super::*;
 use crate::comm::local::LocalTransport;
 use crate::drop::Bernoulli;
@@ -25,13 +26,26 @@ fn run_packets(
     steps: u64,
     packet: Option<usize>,
 ) -> Vec<(Vec<f32>, StepCounters)> {
+    run_chunked(size, mode, drop, steps, packet, usize::MAX)
+}
+
+/// [`run_packets`] with messages cut into chunks of `chunk` elements.
+fn run_chunked(
+    size: usize,
+    mode: Mode,
+    drop: Arc<dyn DropModel>,
+    steps: u64,
+    packet: Option<usize>,
+    chunk: usize,
+) -> Vec<(Vec<f32>, StepCounters)> {
     let handles: Vec<_> = LocalTransport::network(size)
         .into_iter()
         .map(|t| {
             let drop = Arc::clone(&drop);
             std::thread::spawn(move || {
                 let layout = Layout::new(size, mode, D, 5).unwrap();
-                let mut ex = Exchange::new(layout, Box::new(Shared(drop)), packet);
+                let mut ex =
+                    Exchange::new(layout, Box::new(Shared(drop)), packet).with_chunk_elems(chunk);
                 let r = t.rank();
                 let mut params: Vec<f32> = (0..D).map(|i| (r * 100 + i) as f32).collect();
                 let mut total = StepCounters::default();
@@ -359,5 +373,92 @@ fn random_packet_drops_never_hang() {
         let dropped: u64 = out.iter().map(|(_, c)| c.packets_dropped_up).sum();
         let rate = dropped as f64 / packets as f64;
         assert!((0.4..0.6).contains(&rate), "{mode:?}: {rate}");
+    }
+}
+
+#[test]
+fn pipelined_chunks_give_the_same_bits_and_counts() {
+    for mode in [Mode::Dedicated { servers: 2 }, Mode::Colocated] {
+        for packet in [None, Some(3)] {
+            for p in [0.0, 0.4] {
+                let drop: Arc<dyn DropModel> = Arc::new(Bernoulli::new(7, p));
+                let whole = run_chunked(5, mode, Arc::clone(&drop), 6, packet, usize::MAX);
+                for chunk in [1, 2, 5] {
+                    let piped = run_chunked(5, mode, Arc::clone(&drop), 6, packet, chunk);
+                    assert_eq!(
+                        whole, piped,
+                        "{mode:?} packet {packet:?} p {p} chunk {chunk}"
+                    );
+                }
+            }
+        }
+    }
+    // The stage count: the longest block over the chunk size, at least 1, at most the cap.
+    let layout = Layout::new(3, Mode::Dedicated { servers: 1 }, 100, 5).unwrap();
+    let ex = |chunk| {
+        Exchange::new(layout.clone(), Box::new(Bernoulli::new(1, 0.0)), None)
+            .with_chunk_elems(chunk)
+    };
+    assert_eq!(ex(1000).chunks(), 1);
+    assert_eq!(ex(30).chunks(), 4);
+    assert_eq!(ex(1).chunks(), MAX_CHUNKS);
+}
+
+/// Copies with −0, NaN, subnormals and rounding in every packet, each packet in both,
+/// one or none of them: the
+/// average in place (in the replica or the first copy), whole or in parts, has the
+/// bits of the average into the buffer.
+#[test]
+fn every_average_target_gives_the_same_bits() {
+    let values = |seed: u32, n: usize| -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| match (i + seed) % 6 {
+                0 => -0.0,
+                1 => f32::from_bits(1 + i), // subnormal
+                2 => 0.1 * (i + seed) as f32,
+                3 => -1e30 / (1 + i) as f32,
+                4 => f32::NAN,
+                _ => 1.0 / 3.0 + i as f32,
+            })
+            .collect()
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Both layouts give block 0 all D elements: one dedicated server over D, or three
+    // co-located ranks over 3 D.
+    for (mode, n, target) in [
+        (Mode::Dedicated { servers: 1 }, D, Target::Inbox),
+        (Mode::Colocated, 3 * D, Target::Replica),
+    ] {
+        let layout = Layout::new(3, mode, n, 5).unwrap();
+        let mut ex = Exchange::new(layout, Box::new(Bernoulli::new(1, 0.0)), Some(6));
+        let range = ex.layout.block(0);
+        let len = range.len();
+        // Packets of 6 elements (every kind of value in each of them): the first copy
+        // only, neither, both, the second only.
+        assert_eq!((len, ex.packets(len)), (D, 4), "{mode:?}");
+        let masks = vec![
+            vec![true, false, true, false],
+            vec![false, false, true, true],
+        ];
+        let inbox: Vec<f32> = [values(1, len), values(4, len)].concat();
+        let own = values(2, n);
+        let colocated = target == Target::Replica;
+        let mut params = if colocated { own.clone() } else { Vec::new() };
+        ex.inbox.clone_from(&inbox);
+        ex.inbox_masks.clone_from(&masks);
+        ex.average_served(0, &mut params, 2);
+        let expected = bits(&ex.average);
+        for cut in [0, 1, 5, len] {
+            let mut params = if colocated { own.clone() } else { Vec::new() };
+            ex.inbox.clone_from(&inbox);
+            ex.average_part(0, &mut params, 2, target, 0..cut);
+            ex.average_part(0, &mut params, 2, target, cut..len);
+            let got = if colocated {
+                &params[range.clone()]
+            } else {
+                &ex.inbox[..len]
+            };
+            assert_eq!(bits(got), expected, "{mode:?}, cut at {cut}");
+        }
     }
 }

@@ -115,6 +115,10 @@ pub(super) fn prepare(
         None => None,
     };
     let exchange = Exchange::new(layout.clone(), drop.model, packet_elems);
+    let exchange = match cfg.chunk_bytes {
+        Some(bytes) => exchange.with_chunk_elems(bytes / 4),
+        None => exchange,
+    };
     let exchange = match cfg.detection {
         Detection::Oracle => exchange,
         Detection::Deadline { timeout } => exchange.with_deadline(timeout),

@@ -15,7 +15,7 @@ use crate::bench::Spread;
 use crate::comm::{Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop;
-use crate::exchange::{Exchange, Layout, Mode};
+use crate::exchange::{Exchange, Layout, Mode, CHUNK_ELEMS, MAX_CHUNKS};
 
 pub mod csv;
 mod output;
@@ -45,6 +45,8 @@ pub struct Options {
     pub repeats: usize,
     /// Seed of the drop decisions and of co-located mode's block assignment.
     pub seed: u64,
+    /// Bytes per chunk of the pipelined exchange [default: `CHUNK_ELEMS` elements].
+    pub chunk_bytes: Option<usize>,
     /// Write every measured row as CSV to this file (rank 0).
     pub csv: Option<PathBuf>,
 }
@@ -58,6 +60,8 @@ pub struct Plan {
     pub warmup: usize,
     pub repeats: usize,
     pub seed: u64,
+    /// Elements per chunk of the pipelined exchange.
+    pub chunk_elems: usize,
     /// The CSV file, opened on rank 0 only.
     pub csv: Option<(PathBuf, File)>,
 }
@@ -74,6 +78,11 @@ impl Options {
         ensure!(!self.drop_rates.is_empty(), "--drop-rates is empty");
         ensure!(!self.modes.is_empty(), "--modes is empty");
         ensure!(self.repeats > 0, "--repeats must be at least 1");
+        let chunk_bytes = self.chunk_bytes.unwrap_or(4 * CHUNK_ELEMS);
+        ensure!(
+            chunk_bytes > 0 && chunk_bytes.is_multiple_of(4),
+            "--chunk-bytes {chunk_bytes} must be a positive multiple of 4 (one f32 element)"
+        );
         for &p in &self.drop_rates {
             ensure!(
                 (0.0..1.0).contains(&p),
@@ -144,6 +153,7 @@ impl Options {
             warmup: self.warmup,
             repeats: self.repeats,
             seed: self.seed,
+            chunk_elems: chunk_bytes / 4,
             csv,
         })
     }
@@ -249,12 +259,13 @@ pub fn run<T: Transport + ?Sized>(t: &T, plan: &mut Plan) -> Result<Vec<Row>> {
     let speak = me == 0;
     if speak {
         println!(
-            "rps bench-exchange: {n} ranks ({} on this host; rank 0 may run on {} core(s)), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier",
+            "rps bench-exchange: {n} ranks ({} on this host; rank 0 may run on {} core(s)), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier; RPS messages pipelined in chunks of {} bytes, at most {MAX_CHUNKS}",
             t.ranks_on_host(),
             std::thread::available_parallelism().map_or(0, |c| c.get()),
             t.library_version().lines().next().unwrap_or_default(),
             plan.warmup,
-            plan.repeats
+            plan.repeats,
+            4 * plan.chunk_elems
         );
         for m in &plan.modes {
             println!("  {}", describe(*m, n));
@@ -415,7 +426,9 @@ fn one_mode<T: Transport + ?Sized>(
     for &p in &plan.drop_rates {
         // The training runs' drop stream (train::drops builds the same Bernoulli model).
         let model = drop::Bernoulli::with_rates(drop::drop_seed(plan.seed), p, p);
-        exchanges.push(Exchange::new(layout.clone(), Box::new(model), None));
+        exchanges.push(
+            Exchange::new(layout.clone(), Box::new(model), None).with_chunk_elems(plan.chunk_elems),
+        );
     }
     let mut allreduce = Vec::with_capacity(total);
     let mut fixed = Vec::with_capacity(total);
@@ -500,6 +513,7 @@ mod tests {
             warmup: 1,
             repeats: 4,
             seed: 3,
+            chunk_bytes: None,
             csv: None,
         }
     }
@@ -509,7 +523,7 @@ mod tests {
 
     #[test]
     fn bad_options_name_their_flag() {
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (|o| o.sizes = vec![0], 4, "--sizes: a buffer of 0 bytes"),
             (|o| o.sizes = vec![10], 4, "--sizes: 10 bytes"),
             (
@@ -524,6 +538,7 @@ mod tests {
             ),
             (|_| {}, 1, "--modes dedicated needs at least 2 ranks"),
             (|o| o.servers = Some(4), 4, "--servers 4"),
+            (|o| o.chunk_bytes = Some(6), 4, "--chunk-bytes 6 must be"),
             (
                 |o| o.sizes = vec![4000, 1 << 50],
                 4,

@@ -29,6 +29,23 @@ fn rejects_bad_values_by_name() {
         (&["--drop-rate", "-0.1"], prob("drop-rate", -0.1)),
         (&["--drop-down", "2"], prob("drop-down", 2.0)),
         (&["--packet-bytes", "6"], ConfigError::PacketBytes(6)),
+        (&["--chunk-bytes", "0"], ConfigError::ChunkBytes(0)),
+        (&["--chunk-bytes", "10"], ConfigError::ChunkBytes(10)),
+        (
+            &["--chunk-bytes", "4096", "--detect", "deadline"],
+            ConfigError::ChunkWithDeadline,
+        ),
+        (
+            &[
+                "--drop-rate",
+                "0",
+                "--chunk-bytes",
+                "4096",
+                "--algorithm",
+                "allreduce",
+            ],
+            ConfigError::DropWithAllreduce("chunk-bytes"),
+        ),
         (
             &["--drop-model", "gilbert-elliott"],
             ConfigError::GilbertElliottWith("drop-rate/--drop-up/--drop-down"),
