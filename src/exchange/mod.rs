@@ -28,7 +28,19 @@ mod pipeline;
 
 pub use deadline::Deadline;
 pub use layout::{Layout, LayoutError, Mode};
-pub use pipeline::{CHUNK_ELEMS, MAX_CHUNKS};
+
+/// Elements per chunk that a message is cut into by the pipelined exchange
+/// (`pipeline.rs`): 1 MiB of `f32`, up to [`MAX_CHUNKS`] (`--chunk-bytes` sets another
+/// size). Every stage is a round of rendezvous among the ranks of a step (some µs, more
+/// where ranks share cores), so a chunk must carry much more than that in copying time:
+/// on the 2-core reference machine 64 KiB chunks made 10^6-byte exchanges slower than
+/// unpipelined ones, while 1 MiB leaves them one stage and pipelines from 10^7 bytes up
+/// (docs/results/exchange-cost.md compares the sizes).
+pub const CHUNK_ELEMS: usize = 256 * 1024;
+
+/// Most chunks per message: every stage is a round trip among the ranks of a step, which
+/// costs most where ranks share cores.
+pub const MAX_CHUNKS: usize = 8;
 
 /// Bytes of the message header in every datagram of a datagram transport.
 pub const DATAGRAM_HEADER_BYTES: usize = 4 * deadline::header_elems(0, true);

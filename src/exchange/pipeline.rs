@@ -20,23 +20,11 @@ use std::ops::Range;
 
 use super::average::Target;
 use super::layout::{split_blocks, Mode};
-use super::Exchange;
+use super::{Exchange, MAX_CHUNKS};
 use crate::comm::reduce::chunk;
 use crate::comm::{CommError, Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop::{Direction, MessageId};
-
-/// Elements per chunk that a message is cut into (1 MiB of `f32`), up to [`MAX_CHUNKS`]
-/// (`--chunk-bytes` sets another size). Every stage is a round of rendezvous among the
-/// ranks of a step (some µs, more where ranks share cores), so a chunk must carry much
-/// more than that in copying time: on the 2-core reference machine 64 KiB chunks made
-/// 10^6-byte exchanges slower than unpipelined ones, while 1 MiB leaves them one stage
-/// and pipelines from 10^7 bytes up (docs/results/exchange-cost.md compares the sizes).
-pub const CHUNK_ELEMS: usize = 256 * 1024;
-
-/// Most chunks per message: every stage is a round trip among the ranks of a step, which
-/// costs most where ranks share cores.
-pub const MAX_CHUNKS: usize = 8;
 
 /// What one stage of a step moves, besides the replica: the served block's copies and
 /// average (server side) and the staging buffer of partly arrived blocks (worker side).
@@ -58,7 +46,7 @@ struct Plan<'p> {
 }
 
 impl Exchange {
-    /// Chunks per message: as many as the longest block needs at [`CHUNK_ELEMS`] (or the
+    /// Chunks per message: as many as the longest block needs at `CHUNK_ELEMS` (or the
     /// size set by [`Exchange::with_chunk_elems`]), at most [`MAX_CHUNKS`], at least one.
     /// Every rank computes the same number from the layout.
     pub fn chunks(&self) -> usize {
