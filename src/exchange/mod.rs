@@ -123,8 +123,9 @@ impl Exchange {
     }
 
     /// Cuts messages into chunks of `elems` elements (at most [`MAX_CHUNKS`]) instead
-    /// of [`CHUNK_ELEMS`]: for tests, which pipeline small blocks. Every rank must use
-    /// the same value.
+    /// of [`CHUNK_ELEMS`]: `--chunk-bytes`, and tests, which pipeline small blocks. The
+    /// result is the same for every value, but every rank must use the same one (the
+    /// stages of a step pair up across ranks).
     pub fn with_chunk_elems(mut self, elems: usize) -> Self {
         self.chunk_elems = elems.max(1);
         self
