@@ -4,7 +4,8 @@
 # of 100 packets), MTU 1,500, no imposed loss: what is lost is congestion. The MLP
 # (50,890 parameters, 139 datagrams per copy), $STEPS steps, seed 1, deadline 1 s:
 #   blast         no budget: every worker sends its copy at once, as fast as it can
-#   budget-T      --loss-target T --udp-link-rate $LINK (each link starts at the port rate)
+#   budget-T      --loss-target T --udp-link-rate $LINK (each link starts at a quarter of
+#                 it, the share of 5 ranks, docs/concepts.md)
 # Usage: jobs/testbed-budget.sh [OUTDIR]   (default runs/testbed-budget; needs root)
 #        then: rps report --testbed OUTDIR/index.csv
 set -euo pipefail

@@ -27,7 +27,7 @@ constexpr uint32_t kReportPayload = kDatagramHeader + kReportBytes;
 
 // The rule's constants.
 constexpr uint32_t kMinInterval = 16; // datagrams: shorter report intervals are not used
-constexpr double kMaxStep = 2.0;      // one update at most halves or doubles the rate
+constexpr double kMaxStep = 2.0;      // one update at most doubles the rate (a cut: no bound)
 constexpr uint32_t kMaxStreak = 8;    // the probe's exponent grows to this
 constexpr double kRange = 1000.0;     // the lowest rate is the highest divided by this
 
@@ -39,12 +39,20 @@ inline uint32_t NextStreak(double loss, double target, uint32_t streak)
 
 // The rate (bytes per second) after an interval that lost `loss`, the `streak`-th quiet
 // one in a row (0: not quiet): f = ((1 - L) / (1 - T))^k with k = streak, at most
-// kMaxStreak, or 1 when not quiet; f within [1/kMaxStep, kMaxStep], the rate within
-// [rMax / kRange, rMax].
+// kMaxStreak, or 1 when not quiet; f at most kMaxStep (a cut has no bound), the rate
+// within [rMax / kRange, rMax].
 inline double Update(double rate, double loss, double target, double rMax, uint32_t streak)
 {
     double f = std::pow((1 - loss) / (1 - target), double(std::clamp(streak, 1u, kMaxStreak)));
-    return std::clamp(rate * std::clamp(f, 1 / kMaxStep, kMaxStep), rMax / kRange, rMax);
+    return std::clamp(rate * std::min(f, kMaxStep), rMax / kRange, rMax);
+}
+
+// The rate a link starts at in a job of `ranks` ranks: rMax / (ranks - 1), its share of a
+// receiver's port if every other rank sent to it at once, within [rMax / kRange, rMax].
+inline double StartRate(double rMax, uint32_t ranks)
+{
+    double share = rMax / double(std::max(ranks, 2u) - 1);
+    return std::clamp(share, rMax / kRange, rMax);
 }
 
 } // namespace rps_budget

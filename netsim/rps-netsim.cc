@@ -1169,11 +1169,12 @@ class Sim
                 uint32_t g = j * pat.worldSize + r;
                 job.host.push_back((g % opt.leaves) * opt.hostsPerLeaf + g / opt.leaves);
             }
-            // Every link starts at R_max under a loss budget (docs/concepts.md), else at
-            // the fixed --udp-share pace.
+            // Under a loss budget every link starts at its share of a receiver's port
+            // (docs/concepts.md), else at the fixed --udp-share pace.
             job.links.assign(pat.worldSize * pat.worldSize, Link{});
             for (Link& l : job.links)
-                l.rate = opt.lossTarget > 0 ? opt.hostRate : StreamRate();
+                l.rate = opt.lossTarget > 0 ? rps_budget::StartRate(opt.hostRate, pat.worldSize)
+                                            : StreamRate();
             jobs.push_back(std::move(job));
         }
     }

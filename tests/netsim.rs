@@ -309,8 +309,8 @@ fn a_loss_budget_moves_the_rate_and_cuts_the_loss() {
     // Fixed pacing: host rate / 4 on every link, no reports.
     assert_eq!(get(&fixed, "lossy", "learning_rate_final_max_gbps"), 0.25);
     assert_eq!(get(&fixed, "lossy", "rate_reports_sent"), 0.0);
-    // The budget: links start at the host rate (1 Gbps), reports come back, the rate
-    // falls under loss and probes back up in between.
+    // The budget: links start at a quarter of the host rate (5 ranks), reports come
+    // back, the rate falls under loss and probes back up in between.
     assert_eq!(get(&budget, t, "loss_target"), 0.05);
     assert!(get(&budget, t, "rate_reports_sent") >= 20.0);
     assert!(get(&budget, t, "rate_backoffs") >= 1.0);
@@ -578,4 +578,29 @@ fn the_simulator_shares_the_datagram_sizes_and_the_loss_budget_rule() {
             "rate after {rate} {loss} {streak}: C++ {c}, Rust {r}"
         );
     }
+    // The start rate, from jobs of one rank to more than the range.
+    let ranks = [1usize, 2, 3, 5, 9, 64, 1001, 5000];
+    let input: String = ranks.iter().map(|n| format!("{max:e} {n}\n")).collect();
+    let mut child = Command::new(&exe)
+        .arg("--start")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let starts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let rust: Vec<f64> = ranks.iter().map(|&n| budget.start_rate(n)).collect();
+    assert_eq!(
+        starts, rust,
+        "start rates for {ranks:?} ranks: C++ against Rust"
+    );
 }

@@ -226,7 +226,8 @@ fn a_loss_budget_holds_incast_near_its_target() {
         missed as f64 / sent as f64
     };
     let blast_loss = share(&uplink(&blast));
-    // After a few steps to converge (each halves the rate at most).
+    // After a few steps to converge (links start at a quarter of the port, then the
+    // reports bring each to what its share carried).
     let paced_loss = share(&uplink(&paced)[6..]);
     assert!(blast_loss > 0.5, "unpaced incast lost only {blast_loss:.3}");
     assert!(

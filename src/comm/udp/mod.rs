@@ -268,7 +268,7 @@ impl<'a, T: Transport + ?Sized> UdpTransport<'a, T> {
             budget: opts.budget,
             links: RefCell::new(
                 opts.budget
-                    .map(|b| vec![Link::new(&b, Instant::now()); size])
+                    .map(|b| vec![Link::new(&b, size, Instant::now()); size])
                     .unwrap_or_default(),
             ),
             rejected: Cell::new(0),

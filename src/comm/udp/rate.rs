@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 /// Intervals of fewer datagrams than this are not used (their loss is mostly noise).
 pub const MIN_INTERVAL: u64 = 16;
-/// One update at most halves or doubles the rate.
+/// One update at most doubles the rate. A cut has no such bound: a report cuts the rate
+/// to what the link carried, less the budget (an update once halved at most, so a link
+/// that started far too fast lost for many steps before it had come down).
 pub const MAX_STEP: f64 = 2.0;
 /// The probe's exponent grows by one per quiet interval up to this.
 pub const MAX_STREAK: u32 = 8;
@@ -37,6 +39,20 @@ impl Budget {
         self.link_rate as f64 / 8.0
     }
 
+    /// The lowest rate of a link, in bytes per second.
+    pub fn min_rate(&self) -> f64 {
+        self.max_rate() / RANGE
+    }
+
+    /// The rate a link starts at in a job of `ranks` ranks: its share of a receiver's port
+    /// if every other rank sent to that receiver at once (R_max / (ranks − 1)), within
+    /// [R_min, R_max]. Quiet intervals probe up from there; a link that started at R_max
+    /// made a parameter server's incast lose half its first steps.
+    pub fn start_rate(&self, ranks: usize) -> f64 {
+        let share = self.max_rate() / ranks.saturating_sub(1).max(1) as f64;
+        share.clamp(self.min_rate(), self.max_rate())
+    }
+
     /// The rule's update of a link's `rate` (bytes per second) after an interval that
     /// lost the fraction `loss` of its datagrams, the `streak`-th quiet one in a row (0
     /// when it was not quiet: `loss` ≥ T/2).
@@ -47,8 +63,8 @@ impl Budget {
         if streak > 0 {
             f = f.powi(streak.min(MAX_STREAK) as i32);
         }
-        let next = rate * f.clamp(1.0 / MAX_STEP, MAX_STEP);
-        next.clamp(self.max_rate() / RANGE, self.max_rate())
+        let next = rate * f.min(MAX_STEP);
+        next.clamp(self.min_rate(), self.max_rate())
     }
 }
 
@@ -121,9 +137,10 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(budget: &Budget, now: Instant) -> Self {
+    /// A link of a job of `ranks` ranks, at [`Budget::start_rate`].
+    pub fn new(budget: &Budget, ranks: usize, now: Instant) -> Self {
         Link {
-            rate: budget.max_rate(),
+            rate: budget.start_rate(ranks),
             next: now,
             from: Report::default(),
             last_loss: None,
@@ -236,8 +253,15 @@ mod tests {
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6 * b;
         // Lost 24 % at R: the link carried 0.76 R, so 0.76 R / 0.95 = 0.8 R loses 5 %.
         assert!(close(b.update(max, 0.24, 0), 0.8 * max));
-        // At most halved.
-        assert_eq!(b.update(max, 0.9, 0), 0.5 * max);
+        // Cut to what the link carried, less the budget, however much was lost (lost
+        // 90 %: 0.1 / 0.95), down to the floor when nothing arrived.
+        assert!(close(b.update(max, 0.9, 0), max * 0.1 / 0.95));
+        assert_eq!(b.update(max, 1.0, 0), max / RANGE);
+        // The start: a share of a receiver's port, within the bounds.
+        assert_eq!(b.start_rate(1), max);
+        assert_eq!(b.start_rate(2), max);
+        assert_eq!(b.start_rate(5), max / 4.0);
+        assert_eq!(b.start_rate(100_000), max / RANGE);
         // At the target: hold.
         assert!(close(b.update(0.5 * max, 0.05, 0), 0.5 * max));
         // Quiet intervals probe, faster with each one in a row, never past the top.
@@ -262,7 +286,7 @@ mod tests {
         let cap = 0.2 * b.max_rate();
         let now = Instant::now();
         let n = 4;
-        let mut links = vec![Link::new(&b, now); n];
+        let mut links = vec![Link::new(&b, n + 1, now); n];
         let mut sent = vec![0u64; n];
         let mut accepted = vec![0u64; n];
         let mut x = 99u64;
@@ -303,7 +327,7 @@ mod tests {
     fn a_link_settles_near_the_budget_behind_a_bottleneck() {
         let b = budget();
         let now = Instant::now();
-        let mut link = Link::new(&b, now);
+        let mut link = Link::new(&b, 2, now);
         let (mut sent, mut accepted) = (0u64, 0u64);
         let mut run = |link: &mut Link, cap: f64, steps: usize| {
             let mut losses = Vec::new();
@@ -341,7 +365,7 @@ mod tests {
     #[test]
     fn reports_are_checked_and_short_intervals_wait() {
         let b = budget();
-        let mut link = Link::new(&b, Instant::now());
+        let mut link = Link::new(&b, 2, Instant::now());
         let r = |accepted, highest| Report { accepted, highest };
         assert_eq!(link.report(&b, r(5, 20), 10), Err(BadReport::Unsent));
         assert_eq!(link.report(&b, r(21, 20), 30), Err(BadReport::TooMany));
@@ -364,7 +388,7 @@ mod tests {
             link_rate: 8_000_000, // 1 MB/s
         };
         let t0 = Instant::now();
-        let mut link = Link::new(&b, t0);
+        let mut link = Link::new(&b, 2, t0);
         assert_eq!(link.pace(1000, t0), t0);
         assert_eq!(link.pace(1000, t0), t0 + Duration::from_millis(1));
         // Idle time is not banked.
