@@ -36,7 +36,7 @@ PAGES=(
   "udp-mac.md|-|-|a comparison of two builds (with and without the MAC), not of one commit"
   "theory-mechanism.md|-|-|superseded by claim-*.md (issue 23); kept as history"
   "theory-outcome.md|-|-|superseded by claim-*.md (issue 23); kept as history"
-  "netsim.md|-|-|hours of ns-3 simulation per seed; issue 25 reruns it"
+  "netsim.md|-|-|hours of ns-3 simulation per seed; measured with the loss-budget rule before issue 25, not rerun"
 )
 
 field() { cut -d'|' -f"$2" <<<"$1"; }
