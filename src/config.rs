@@ -59,8 +59,8 @@ pub struct TrainConfig {
     pub drop: DropSpec,
     /// Bytes per packet when blocks are cut into independently dropped packets.
     pub packet_bytes: Option<usize>,
-    /// Bytes per chunk of the pipelined exchange (`None`: the default,
-    /// `exchange::CHUNK_ELEMS` elements); changes the speed, never the bits.
+    /// Bytes per chunk of the pipelined exchange (`None`: one chunk per message, not
+    /// pipelined); changes the speed, never the bits.
     pub chunk_bytes: Option<usize>,
     /// Record every drop decision in the metrics file.
     pub record_trace: bool,

@@ -471,6 +471,28 @@ fn seeds_give_different_flows_and_report_as_one_row() {
     assert_eq!(report.stdout.lines().count(), 3, "{}", report.stdout);
 }
 
+/// The lines `exe ARGS` prints for `input` on its standard input.
+fn feed(exe: &Path, args: &[&str], input: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// The simulator's copy of rps's facts (netsim/loss_budget.h): every datagram size and
 /// constant of the loss budget equals the Rust one, and the two rules give the same rate
 /// and streak on one table of cases. Needs only a C++ compiler, not ns-3.
@@ -544,23 +566,7 @@ fn the_simulator_shares_the_datagram_sizes_and_the_loss_budget_rule() {
         .iter()
         .map(|(r, l, s)| format!("{r:e} {l:e} {:e} {max:e} {s}\n", budget.target()))
         .collect();
-    let mut child = Command::new(&exe)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines = feed(&exe, &[], &input);
     assert_eq!(lines.len(), cases.len());
     for ((rate, loss, streak), line) in cases.iter().zip(&lines) {
         let (c_rate, c_streak) = line.split_once(' ').unwrap();
@@ -581,21 +587,8 @@ fn the_simulator_shares_the_datagram_sizes_and_the_loss_budget_rule() {
     // The start rate, from jobs of one rank to more than the range.
     let ranks = [1usize, 2, 3, 5, 9, 64, 1001, 5000];
     let input: String = ranks.iter().map(|n| format!("{max:e} {n}\n")).collect();
-    let mut child = Command::new(&exe)
-        .arg("--start")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let starts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let starts: Vec<f64> = feed(&exe, &["--start"], &input)
+        .iter()
         .map(|l| l.parse().unwrap())
         .collect();
     let rust: Vec<f64> = ranks.iter().map(|&n| budget.start_rate(n)).collect();

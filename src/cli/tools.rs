@@ -134,7 +134,8 @@ pub struct BenchExchangeFlags {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Bytes per chunk of the pipelined RPS exchange (at most 8 chunks per message), as
-    /// `rps train --chunk-bytes`: to find the best size for a network [default: 1048576].
+    /// `rps train --chunk-bytes`: to find whether and at what size pipelining pays on a
+    /// network [default: one chunk, not pipelined].
     #[arg(long, value_name = "N")]
     pub chunk_bytes: Option<usize>,
     /// Also write every measured row to this CSV file (rank 0; parent directories are

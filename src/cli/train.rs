@@ -142,8 +142,9 @@ pub struct TrainFlags {
     pub packet_bytes: Option<usize>,
     /// Cut each message into chunks of N bytes (at most 8 per message) that travel
     /// pipelined: a server averages one chunk and sends it down while the next comes up.
-    /// A speed knob only: the same bits and the same drops for every N. Oracle
-    /// detection only [default: 1048576].
+    /// A speed knob only: the same bits and the same drops for every N; faster for large
+    /// blocks within one host, slower over TCP (docs/results/exchange-cost.md). Oracle
+    /// detection only [default: one chunk, not pipelined].
     #[arg(long, value_name = "N")]
     pub chunk_bytes: Option<usize>,
     /// Record every drop decision in the metrics file (/trace/dropped).

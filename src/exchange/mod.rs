@@ -29,15 +29,6 @@ mod pipeline;
 pub use deadline::Deadline;
 pub use layout::{Layout, LayoutError, Mode};
 
-/// Elements per chunk that a message is cut into by the pipelined exchange
-/// (`pipeline.rs`): 1 MiB of `f32`, up to [`MAX_CHUNKS`] (`--chunk-bytes` sets another
-/// size). Every stage is a round of rendezvous among the ranks of a step (some µs, more
-/// where ranks share cores), so a chunk must carry much more than that in copying time:
-/// on the 2-core reference machine 64 KiB chunks made 10^6-byte exchanges slower than
-/// unpipelined ones, while 1 MiB leaves them one stage and pipelines from 10^7 bytes up
-/// (docs/results/exchange-cost.md compares the sizes).
-pub const CHUNK_ELEMS: usize = 256 * 1024;
-
 /// Most chunks per message: every stage is a round trip among the ranks of a step, which
 /// costs most where ranks share cores.
 pub const MAX_CHUNKS: usize = 8;
@@ -73,7 +64,8 @@ pub struct Exchange {
     drop: Box<dyn DropModel>,
     /// Elements per packet (`usize::MAX`: whole blocks are the unit of loss).
     packet_elems: usize,
-    /// Elements per chunk of the pipelined exchange (`pipeline.rs`), before the cap.
+    /// Elements per chunk of the pipelined exchange (`pipeline.rs`), before the cap;
+    /// `usize::MAX` (the default): one chunk, the phases one after the other.
     chunk_elems: usize,
     /// Owner rank of each block at the current step.
     owners: Vec<usize>,
@@ -101,7 +93,7 @@ impl Exchange {
             layout,
             drop,
             packet_elems: packet_elems.unwrap_or(usize::MAX).max(1),
-            chunk_elems: CHUNK_ELEMS,
+            chunk_elems: usize::MAX,
             owners: Vec::new(),
             inbox: Vec::new(),
             inbox_masks: Vec::new(),
@@ -122,10 +114,17 @@ impl Exchange {
         self
     }
 
-    /// Cuts messages into chunks of `elems` elements (at most [`MAX_CHUNKS`]) instead
-    /// of [`CHUNK_ELEMS`]: `--chunk-bytes`, and tests, which pipeline small blocks. The
-    /// result is the same for every value, but every rank must use the same one (the
-    /// stages of a step pair up across ranks).
+    /// Cuts messages into chunks of `elems` elements (at most [`MAX_CHUNKS`]) that
+    /// travel pipelined (`--chunk-bytes`; by default a message is one chunk). The result
+    /// is the same for every value, but every rank must use the same one (the stages of
+    /// a step pair up across ranks).
+    ///
+    /// Not the default because it is not faster everywhere (docs/results/exchange-cost.md,
+    /// 2026-12-07): on one 2-core host, chunks of 1 MiB made a 10^7-byte exchange with one
+    /// server and one worker 0.76× of the all-reduce instead of 1.19×, and 64 KiB chunks
+    /// made 10^6-byte exchanges up to 1.6× slower; over MPI/TCP between the testbed's
+    /// namespaces (3 co-located ranks, the reference CNN, 3 chunks) 1 MiB chunks made
+    /// training steps 23–25 % slower; the quickstart's steps did not change.
     pub fn with_chunk_elems(mut self, elems: usize) -> Self {
         self.chunk_elems = elems.max(1);
         self

@@ -46,8 +46,9 @@ struct Plan<'p> {
 }
 
 impl Exchange {
-    /// Chunks per message: as many as the longest block needs at `CHUNK_ELEMS` (or the
-    /// size set by [`Exchange::with_chunk_elems`]), at most [`MAX_CHUNKS`], at least one.
+    /// Chunks per message: as many as the longest block needs at the size set by
+    /// [`Exchange::with_chunk_elems`] (one by default), at most [`MAX_CHUNKS`], at least
+    /// one.
     /// Every rank computes the same number from the layout.
     pub fn chunks(&self) -> usize {
         let longest = self.layout.blocks().iter().map(|r| r.len()).max();

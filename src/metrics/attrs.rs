@@ -5,10 +5,9 @@
 
 use std::fmt;
 
-use crate::config::{Algorithm, Detection, DropSpec, TrainConfig};
+use crate::config::{DropSpec, TrainConfig};
 use crate::data::DatasetInfo;
 use crate::exchange::Layout;
-use crate::exchange::CHUNK_ELEMS;
 
 /// Value of a root attribute.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,10 +228,10 @@ attrs! {
         LINK_RATES = "link_rates", record, |f| f.link_rates.map(Into::into);
         /// Bytes per packet (0: whole blocks are the unit of loss).
         PACKET_BYTES = "packet_bytes", fingerprint, |f| Some(f.cfg.packet_bytes.unwrap_or(0).into());
-        /// Bytes per chunk of the pipelined exchange (`--chunk-bytes`; absent where
-        /// nothing is pipelined: deadline detection, the all-reduce). The same bits for
-        /// every value, so not part of the fingerprint.
-        CHUNK_BYTES = "chunk_bytes", record, |f| chunk_bytes(f.cfg).map(Into::into);
+        /// Bytes per chunk of the pipelined exchange (`--chunk-bytes`; absent when the
+        /// exchange is not pipelined). The same bits for every value, so not part of the
+        /// fingerprint.
+        CHUNK_BYTES = "chunk_bytes", record, |f| f.cfg.chunk_bytes.map(Into::into);
         /// 1 when every drop decision is recorded in `/trace/dropped`.
         TRACE_RECORDED = "trace_recorded", record, |f| Some(f.cfg.record_trace.into());
         /// `mpi` or `udp`: what carries the exchange.
@@ -358,12 +357,6 @@ pub const RUNNING: &str = "running";
 pub const COMPLETED: &str = "completed";
 pub const INTERRUPTED: &str = "interrupted";
 pub const DIVERGED: &str = "diverged";
-
-/// Bytes per chunk of a run whose exchange is pipelined (RPS with oracle detection).
-fn chunk_bytes(cfg: &TrainConfig) -> Option<usize> {
-    (cfg.algorithm == Algorithm::Rps && cfg.detection == Detection::Oracle)
-        .then(|| cfg.chunk_bytes.unwrap_or(4 * CHUNK_ELEMS))
-}
 
 /// The reference of the root attributes in Markdown (part of docs/metrics.md).
 pub fn markdown() -> String {

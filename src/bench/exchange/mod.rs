@@ -15,7 +15,7 @@ use crate::bench::Spread;
 use crate::comm::{Incoming, Outgoing, Transport};
 use crate::counters::StepCounters;
 use crate::drop;
-use crate::exchange::{Exchange, Layout, Mode, CHUNK_ELEMS, MAX_CHUNKS};
+use crate::exchange::{Exchange, Layout, Mode, MAX_CHUNKS};
 
 pub mod csv;
 mod output;
@@ -45,7 +45,7 @@ pub struct Options {
     pub repeats: usize,
     /// Seed of the drop decisions and of co-located mode's block assignment.
     pub seed: u64,
-    /// Bytes per chunk of the pipelined exchange [default: `CHUNK_ELEMS` elements].
+    /// Bytes per chunk of the pipelined exchange [default: one chunk, not pipelined].
     pub chunk_bytes: Option<usize>,
     /// Write every measured row as CSV to this file (rank 0).
     pub csv: Option<PathBuf>,
@@ -78,11 +78,12 @@ impl Options {
         ensure!(!self.drop_rates.is_empty(), "--drop-rates is empty");
         ensure!(!self.modes.is_empty(), "--modes is empty");
         ensure!(self.repeats > 0, "--repeats must be at least 1");
-        let chunk_bytes = self.chunk_bytes.unwrap_or(4 * CHUNK_ELEMS);
-        ensure!(
-            chunk_bytes > 0 && chunk_bytes.is_multiple_of(4),
-            "--chunk-bytes {chunk_bytes} must be a positive multiple of 4 (one f32 element)"
-        );
+        if let Some(chunk_bytes) = self.chunk_bytes {
+            ensure!(
+                chunk_bytes > 0 && chunk_bytes.is_multiple_of(4),
+                "--chunk-bytes {chunk_bytes} must be a positive multiple of 4 (one f32 element)"
+            );
+        }
         for &p in &self.drop_rates {
             ensure!(
                 (0.0..1.0).contains(&p),
@@ -153,7 +154,7 @@ impl Options {
             warmup: self.warmup,
             repeats: self.repeats,
             seed: self.seed,
-            chunk_elems: chunk_bytes / 4,
+            chunk_elems: self.chunk_bytes.map_or(usize::MAX, |b| b / 4),
             csv,
         })
     }
@@ -259,13 +260,16 @@ pub fn run<T: Transport + ?Sized>(t: &T, plan: &mut Plan) -> Result<Vec<Row>> {
     let speak = me == 0;
     if speak {
         println!(
-            "rps bench-exchange: {n} ranks ({} on this host; rank 0 may run on {} core(s)), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier; RPS messages pipelined in chunks of {} bytes, at most {MAX_CHUNKS}",
+            "rps bench-exchange: {n} ranks ({} on this host; rank 0 may run on {} core(s)), {}; warm-up {}, repeats {}; each time is the slowest rank's, after a barrier; RPS messages {}",
             t.ranks_on_host(),
             std::thread::available_parallelism().map_or(0, |c| c.get()),
             t.library_version().lines().next().unwrap_or_default(),
             plan.warmup,
             plan.repeats,
-            4 * plan.chunk_elems
+            match plan.chunk_elems {
+                usize::MAX => "whole (not pipelined; --chunk-bytes pipelines them)".to_string(),
+                e => format!("pipelined in chunks of {} bytes, at most {MAX_CHUNKS}", 4 * e),
+            }
         );
         for m in &plan.modes {
             println!("  {}", describe(*m, n));
