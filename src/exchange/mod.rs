@@ -269,8 +269,9 @@ impl Exchange {
     /// 3. **downlink**: servers send the average back; workers receive what survives;
     /// 4. **merge**: workers take what arrived and keep their own values elsewhere.
     ///
-    /// With oracle detection the first three run pipelined, chunk by chunk
-    /// (`pipeline.rs`: the average of one chunk goes down while the next comes up); with
+    /// With oracle detection the first three run in `pipeline.rs`: one after the other by
+    /// default, or pipelined chunk by chunk with [`Exchange::with_chunk_elems`] (the
+    /// average of one chunk goes down while the next comes up); with
     /// deadline detection one after the other, each bounded by its deadline
     /// (`deadline.rs`).
     ///
