@@ -148,8 +148,9 @@ fn average_into(out: &mut [f32], start: Start<'_>, copies: &[&[f32]], scale: Opt
                 Start::Copy(first) => chunk.copy_from_slice(&first[lo..hi]),
                 Start::Kept => {}
                 Start::ZeroKept => {
-                    // A dedicated server with one copy: one pass.
-                    zero_scale_pass(chunk, scale);
+                    // A dedicated server with one copy: one pass (the copy counts, so
+                    // there is a scale; × 1 would be exact anyway).
+                    zero_scale_pass(chunk, scale.unwrap_or(1.0));
                     continue;
                 }
             }
@@ -208,8 +209,8 @@ unsafe fn add_pass_avx2(out: &mut [f32], acc: Acc<'_>, x: &[f32], scale: Option<
     add_pass_any(out, acc, x, scale);
 }
 
-/// `out[i] = 0 + out[i]`, times `scale` if given (see [`add_pass`]).
-fn zero_scale_pass(out: &mut [f32], scale: Option<f32>) {
+/// `out[i] = (0 + out[i]) · scale` (see [`add_pass`]).
+fn zero_scale_pass(out: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, just checked.
@@ -225,18 +226,14 @@ fn zero_scale_pass(out: &mut [f32], scale: Option<f32>) {
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn zero_scale_pass_avx2(out: &mut [f32], scale: Option<f32>) {
+unsafe fn zero_scale_pass_avx2(out: &mut [f32], scale: f32) {
     zero_scale_pass_any(out, scale);
 }
 
 /// The body of [`zero_scale_pass`].
 #[inline(always)]
-fn zero_scale_pass_any(out: &mut [f32], scale: Option<f32>) {
-    match scale {
-        Some(s) => out.iter_mut().for_each(|a| *a = (0.0 + *a) * s),
-        // x + 0 is 0 + x bit for bit (−0 becomes +0 either way).
-        None => out.iter_mut().for_each(|a| *a += 0.0),
-    }
+fn zero_scale_pass_any(out: &mut [f32], scale: f32) {
+    out.iter_mut().for_each(|a| *a = (0.0 + *a) * scale);
 }
 
 /// The body of [`add_pass`], inlined into each instruction-set version.

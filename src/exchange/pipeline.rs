@@ -172,7 +172,8 @@ impl Exchange {
         if !self.layout.is_worker(me) {
             return expected;
         }
-        let (mut avail, mut mask) = (Vec::new(), Vec::new());
+        let mut avail = Vec::new();
+        let mut mask = std::mem::take(&mut self.mask);
         for (b, &server) in self.owners.iter().enumerate() {
             if server == me {
                 continue;
@@ -187,6 +188,7 @@ impl Exchange {
                 expected.push((b, mask.clone()));
             }
         }
+        self.mask = mask;
         expected
     }
 

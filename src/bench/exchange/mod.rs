@@ -60,7 +60,7 @@ pub struct Plan {
     pub warmup: usize,
     pub repeats: usize,
     pub seed: u64,
-    /// Elements per chunk of the pipelined exchange.
+    /// Elements per chunk of the pipelined exchange (`usize::MAX`: one chunk).
     pub chunk_elems: usize,
     /// The CSV file, opened on rank 0 only.
     pub csv: Option<(PathBuf, File)>,
