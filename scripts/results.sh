@@ -30,6 +30,7 @@ PAGES=(
   "testbed.md|jobs/pages/testbed.sh|25 min (root, network namespaces)|yes"
   "testbed-mtu.md|jobs/pages/testbed-mtu.sh|8 min (root, network namespaces)|yes"
   "winograd.md|jobs/pages/winograd.sh|8 min|yes"
+  "python.md|jobs/pages/python.sh|25 min (PyTorch from PyPI on first use: several GB)|yes"
   "claim-batch.md|jobs/pages/claim-batch.sh|about 1 h of sweeps (skipped when done)|yes"
   "claim-servers.md|jobs/pages/claim-servers.sh|about 25 min of sweeps (skipped when done)|yes"
   "claim-recipe.md|jobs/pages/claim-recipe.sh|about 2 h 40 min of sweeps (skipped when done)|yes"

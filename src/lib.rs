@@ -34,6 +34,7 @@ pub mod plot;
 pub mod report;
 pub mod results;
 pub mod schedule;
+pub mod session;
 pub mod sweep;
 pub mod testbed;
 pub mod train;

@@ -1,6 +1,6 @@
 //! The sbatch scripts under a real (single-node, localhost) Slurm: a training run, a
 //! clean stop on the batch script's TERM (what `--signal=B:TERM@N` sends before the
-//! time limit), and a sweep as a job array. Needs Debian's slurm-wlm and munge
+//! time limit), a sweep as a job array, and a Python script on the rps package. Needs Debian's slurm-wlm and munge
 //! (scripts/setup-slurm.sh; scripts/test.sh runs it).
 
 mod common;
@@ -41,7 +41,8 @@ impl Cluster {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf)
             .open_mpi_env()
-            .env("RPS_BIN", RPS);
+            .env("RPS_BIN", RPS)
+            .env("RPS_PYTHON", format!("{REPO}/target/python/bin/python"));
         c
     }
 
@@ -225,4 +226,23 @@ fn sbatch_scripts_run_stop_and_sweep_under_slurm() {
         assert_eq!(attr_str(&m, "status"), "completed", "{}", m.display());
         assert_eq!(attr_f64(&m, "drop_rate"), p.parse::<f64>().unwrap());
     }
+
+    // A Python script on the rps package (scripts/python.sh installs it): 1 server and
+    // 2 workers, its metrics file written by rank 0.
+    let m = dir.path().join("python.h5");
+    let id = cluster.sbatch(
+        dir.path(),
+        &[
+            "--ntasks=3",
+            &script("python.sbatch"),
+            &format!("{REPO}/tests/python/metrics.py"),
+            m.to_str().unwrap(),
+        ],
+    );
+    cluster.wait(&id);
+    let info = cluster.job(&id);
+    assert!(info.contains("JobState=COMPLETED"), "{info}");
+    assert_eq!(attr_str(&m, "status"), "completed");
+    assert_eq!(attr_str(&m, "frontend"), "python");
+    assert_eq!(attr_i64(&m, "world_size"), 3);
 }

@@ -156,6 +156,76 @@ pub trait Transport {
     fn library_version(&self) -> String;
 }
 
+/// A borrowed transport is a transport: so that an owner of `Box<dyn Transport + 'a>`
+/// (a [`crate::session::Session`]) can run on a transport that outlives it, such as the
+/// process's one MPI environment. Every method, the provided ones included, is the
+/// borrowed transport's own.
+impl<T: Transport + ?Sized> Transport for &T {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+    fn exchange(
+        &self,
+        sends: &[Outgoing<'_>],
+        recvs: &mut [Incoming<'_>],
+    ) -> Result<(), CommError> {
+        (**self).exchange(sends, recvs)
+    }
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) {
+        (**self).allreduce_sum_f32(buf)
+    }
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) {
+        (**self).allreduce_sum_f64(buf)
+    }
+    fn allreduce_sum_f32_native(&self, send: &[f32], recv: &mut [f32]) {
+        (**self).allreduce_sum_f32_native(send, recv)
+    }
+    fn allgather_bytes(&self, send: &[u8]) -> Vec<u8> {
+        (**self).allgather_bytes(send)
+    }
+    fn gather_bytes(&self, send: &[u8]) -> Option<Vec<u8>> {
+        (**self).gather_bytes(send)
+    }
+    fn barrier(&self) {
+        (**self).barrier()
+    }
+    fn exchange_until(
+        &self,
+        sends: &[Outgoing<'_>],
+        deadline: std::time::Instant,
+        mailbox: &mut dyn Mailbox,
+    ) -> Result<(), CommError> {
+        (**self).exchange_until(sends, deadline, mailbox)
+    }
+    fn quiesce(&self, mailbox: &mut dyn Mailbox) {
+        (**self).quiesce(mailbox)
+    }
+    fn datagrams(&self) -> bool {
+        (**self).datagrams()
+    }
+    fn rejected(&self) -> u64 {
+        (**self).rejected()
+    }
+    fn host_losses(&self) -> u64 {
+        (**self).host_losses()
+    }
+    fn abort(&self, code: i32) -> ! {
+        (**self).abort(code)
+    }
+    fn ranks_on_host(&self) -> usize {
+        (**self).ranks_on_host()
+    }
+    fn processor_name(&self) -> String {
+        (**self).processor_name()
+    }
+    fn library_version(&self) -> String {
+        (**self).library_version()
+    }
+}
+
 /// Receives the messages of a deadline exchange.
 pub trait Mailbox {
     /// A message, or one fragment of it, from rank `from` with `tag`; `late` when its

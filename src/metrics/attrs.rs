@@ -83,7 +83,12 @@ pub struct RunEnv {
 pub struct RunFacts<'a> {
     pub cfg: &'a TrainConfig,
     pub layout: &'a Layout,
-    pub dataset: &'a DatasetInfo,
+    /// The dataset rps trains on; `None` where a front end trains a model of its own and
+    /// calls only the exchange ([`crate::session`]): then the attributes of rps's own
+    /// training (model, optimiser, schedule, dataset) are absent.
+    pub dataset: Option<&'a DatasetInfo>,
+    /// Who runs the steps: `rps train`, or a front end such as `python`.
+    pub frontend: &'a str,
     pub num_params: usize,
     pub total_steps: u64,
     pub steps_per_epoch: u64,
@@ -140,6 +145,11 @@ where
     f.env.map(|e| get(e).into())
 }
 
+/// `value` where rps trains the model itself (`rps train`), else absent.
+fn trains<T: Into<AttrValue>>(f: &RunFacts, value: impl FnOnce() -> T) -> Option<AttrValue> {
+    f.dataset.map(|_| value().into())
+}
+
 fn rates(f: &RunFacts) -> Option<(f64, f64)> {
     match f.cfg.drop {
         DropSpec::Bernoulli { up, down } | DropSpec::PerLink { up, down, .. } => Some((up, down)),
@@ -169,6 +179,8 @@ attrs! {
     RUN_ATTRS {
         /// Version of rps that wrote the file.
         RPS_VERSION = "rps_version", record, |_| Some(env!("CARGO_PKG_VERSION").into());
+        /// Who ran the steps: `rps train`, or `python` (the `rps` Python package, whose script trains a model of its own and calls only the exchange; attributes of rps's own training are then absent).
+        FRONTEND = "frontend", record, |f| Some(f.frontend.into());
         /// The command line of rank 0.
         COMMAND_LINE = "command_line", record, |f| env(f, |e| e.command_line.clone());
         /// Start of training, seconds since the Unix epoch.
@@ -247,41 +259,41 @@ attrs! {
         /// Seed of initialisation, data order, block assignment and drops.
         SEED = "seed", fingerprint, |f| Some(f.cfg.seed.into());
         /// Minibatch size per worker.
-        BATCH_SIZE = "batch_size", fingerprint, |f| Some(f.cfg.batch_size.into());
+        BATCH_SIZE = "batch_size", fingerprint, |f| trains(f, || f.cfg.batch_size);
         /// Learning rate.
-        LR = "lr", fingerprint, |f| Some(f.cfg.lr.into());
+        LR = "lr", fingerprint, |f| trains(f, || f.cfg.lr);
         /// The learning-rate schedule, resolved for this run's length (`constant`, `step(milestones=[..], gamma=..)`, `cosine(..)`, and the warm-up).
-        LR_SCHEDULE = "lr_schedule", fingerprint, |f| Some(f.cfg.lr(f.total_steps).to_string().into());
+        LR_SCHEDULE = "lr_schedule", fingerprint, |f| trains(f, || f.cfg.lr(f.total_steps).to_string());
         /// SGD momentum.
-        MOMENTUM = "momentum", fingerprint, |f| Some(f.cfg.momentum.into());
+        MOMENTUM = "momentum", fingerprint, |f| trains(f, || f.cfg.momentum);
         /// L2 weight decay.
-        WEIGHT_DECAY = "weight_decay", fingerprint, |f| Some(f.cfg.weight_decay.into());
+        WEIGHT_DECAY = "weight_decay", fingerprint, |f| trains(f, || f.cfg.weight_decay);
         /// Steps the run is configured for.
-        STEPS = "steps", record, |f| Some(f.total_steps.into());
+        STEPS = "steps", record, |f| trains(f, || f.total_steps);
         /// Steps per pass over each worker's shard.
-        STEPS_PER_EPOCH = "steps_per_epoch", record, |f| Some(f.steps_per_epoch.into());
+        STEPS_PER_EPOCH = "steps_per_epoch", record, |f| trains(f, || f.steps_per_epoch);
         /// Passes over each worker's shard (steps / steps_per_epoch).
-        EPOCHS = "epochs", record, |f| Some((f.total_steps as f64 / f.steps_per_epoch as f64).into());
+        EPOCHS = "epochs", record, |f| trains(f, || f.total_steps as f64 / f.steps_per_epoch as f64);
         /// Evaluate every this many steps (0: only at the end).
-        EVAL_EVERY = "eval_every", record, |f| Some(f.cfg.eval_every.into());
+        EVAL_EVERY = "eval_every", record, |f| trains(f, || f.cfg.eval_every);
         /// `cnn` or `resnet20`.
-        MODEL = "model", fingerprint, |f| Some(f.cfg.model.name().into());
+        MODEL = "model", fingerprint, |f| trains(f, || f.cfg.model.name());
         /// 1 when training batches are augmented.
-        AUGMENT = "augment", fingerprint, |f| Some(f.cfg.augment.into());
+        AUGMENT = "augment", fingerprint, |f| trains(f, || f.cfg.augment);
         /// With `--label-skew`: the Dirichlet concentration α of the workers' label mixes (absent: contiguous shards).
-        LABEL_SKEW = "label_skew", fingerprint, |f| f.cfg.label_skew.map(Into::into);
+        LABEL_SKEW = "label_skew", fingerprint, |f| f.dataset.and(f.cfg.label_skew).map(Into::into);
         /// Length of the flat parameter (and state) vector.
         NUM_PARAMS = "num_params", fingerprint, |f| Some(f.num_params.into());
         /// The dataset file as given.
-        DATASET = "dataset", record, |f| Some(f.cfg.dataset.display().to_string().into());
+        DATASET = "dataset", record, |f| trains(f, || f.cfg.dataset.display().to_string());
         /// What identifies the dataset's content, whatever its file is called: a hash of its shapes, labels, classes, statistics and first images.
-        DATASET_DIGEST = "dataset_digest", fingerprint, |f| Some(f.dataset.digest().into());
+        DATASET_DIGEST = "dataset_digest", fingerprint, |f| f.dataset.map(|d| d.digest().into());
         /// The dataset's `source` attribute.
-        DATASET_SOURCE = "dataset_source", fingerprint, |f| Some(f.dataset.source.clone().into());
+        DATASET_SOURCE = "dataset_source", fingerprint, |f| f.dataset.map(|d| d.source.clone().into());
         /// Samples in the dataset's training split.
-        TRAIN_SAMPLES = "train_samples", fingerprint, |f| Some(f.dataset.train.count.into());
+        TRAIN_SAMPLES = "train_samples", fingerprint, |f| f.dataset.map(|d| d.train.count.into());
         /// Samples in the dataset's test split.
-        TEST_SAMPLES = "test_samples", fingerprint, |f| Some(f.dataset.test.count.into());
+        TEST_SAMPLES = "test_samples", fingerprint, |f| f.dataset.map(|d| d.test.count.into());
         /// The MPI library (or `in-process`).
         MPI_LIBRARY_VERSION = "mpi_library_version", record, |f| env(f, |e| e.mpi_library_version.clone());
         /// The instruction set of rank 0's kernels (`avx512`, `avx2` or `portable`; `RPS_KERNELS` caps it): a matter of speed only, every one gives the same results.

@@ -144,7 +144,7 @@ columns! {
         TEST_LOSS = "eval/test_loss", F64, "nats", |e| e.test_loss;
         /// Test accuracy of the averaged model x̄.
         TEST_ACCURACY = "eval/test_accuracy", F64, "fraction", |e| e.test_accuracy;
-        /// Mean over workers of ‖x_i − x̄‖², the direct cost of drops.
+        /// Mean over workers of ‖x_i − x̄‖², the direct cost of drops (NaN in runs of the Python package, whose script evaluates its own model).
         CONSENSUS_DISTANCE = "eval/consensus_distance", F64, "parameter²", |e| e.consensus_distance;
         /// Seconds since training started.
         EVAL_WALL_S = "eval/wall_s", F64, "s", |e| e.wall_s;

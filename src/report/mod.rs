@@ -107,10 +107,13 @@ impl RunSummary {
             Some(v) => Some(v),
             None => f.last(&TEST_ACCURACY)?,
         };
+        // Runs of a front end that evaluates its own model (the Python package) record
+        // no consensus distance: NaN in its column.
         let consensus_distance = match f.attr_f64(attrs::FINAL_CONSENSUS_DISTANCE.name)? {
             Some(v) => Some(v),
             None => f.last(&CONSENSUS_DISTANCE)?,
-        };
+        }
+        .filter(|v| !v.is_nan());
         let wall_time_s = match f.attr_f64(attrs::WALL_TIME_S.name)? {
             Some(v) => Some(v),
             None => f.last(&WALL_S)?,

@@ -24,6 +24,7 @@ use crate::config::TrainConfig;
 use crate::metrics::RunEnv;
 
 pub use outcome::{Failure, Summary};
+pub use setup::build_exchange;
 
 /// Runs training on every rank of `t`.
 ///
@@ -131,7 +132,7 @@ fn top_level_fields(body: &str) -> Vec<(String, String)> {
 ///
 /// # Errors
 /// The first field that differs, with the ranks on each side.
-fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyhow::Result<()> {
+pub(crate) fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyhow::Result<()> {
     let mine = job_identity(cfg);
     let text: String = mine
         .iter()
@@ -176,6 +177,25 @@ fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyhow::Result<(
         "the ranks run different jobs: {name} is {} (start every rank with the same flags and the same rps binary)",
         sides.join(", but ")
     )
+}
+
+/// The all-reduce baseline's average: `average` becomes the mean of the worker replicas
+/// (`params`; a pure server passes an empty slice and adds zeros), summed in rank order
+/// by the transport, then scaled by 1/`workers`. Collective.
+pub fn average_workers<T: Transport + ?Sized>(
+    t: &T,
+    params: &[f32],
+    average: &mut [f32],
+    workers: usize,
+) {
+    if params.is_empty() {
+        average.fill(0.0);
+    } else {
+        average.copy_from_slice(params);
+    }
+    t.allreduce_sum_f32(average);
+    let scale = 1.0 / workers as f32;
+    average.iter_mut().for_each(|x| *x *= scale);
 }
 
 /// With --resume: the newest checkpoint step every rank can use (a rank whose newest

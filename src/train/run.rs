@@ -387,14 +387,8 @@ impl<'a, T: Transport + ?Sized> Run<'a, T> {
     /// zeros). Collective.
     pub fn average_replicas(&mut self) {
         let r = &mut self.replica;
-        if r.params.is_empty() {
-            r.average.fill(0.0);
-        } else {
-            r.average.copy_from_slice(&r.params);
-        }
-        self.net.allreduce_sum_f32(&mut r.average);
-        let scale = 1.0 / self.setup.layout.num_workers() as f32;
-        r.average.iter_mut().for_each(|x| *x *= scale);
+        let workers = self.setup.layout.num_workers();
+        super::average_workers(self.net, &r.params, &mut r.average, workers);
     }
 }
 

@@ -61,7 +61,8 @@ impl Setup {
         RunFacts {
             cfg,
             layout: &self.layout,
-            dataset: &self.info,
+            dataset: Some(&self.info),
+            frontend: "rps train",
             num_params: self.model.num_params(),
             total_steps: self.total_steps,
             steps_per_epoch: self.steps_per_epoch,
@@ -91,45 +92,17 @@ pub(super) fn prepare(
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
     check_memory(cfg, &info, &layout, &*model, ranks_here)?;
     let (steps_per_epoch, total_steps) = schedule(cfg, &info, &layout)?;
-    let packet_elems = cfg.packet_bytes.map(|b| b / 4);
-    let max_block = layout.blocks().iter().map(|r| r.len()).max().unwrap_or(1);
-    let (servers, colocated) = match cfg.mode {
-        Mode::Dedicated { servers } => (servers, false),
-        Mode::Colocated => (size, true),
-    };
-    let drop = super::drops::build(
-        &cfg.drop,
-        &RunShape {
-            seed: cfg.seed,
-            world_size: size,
-            servers,
-            colocated,
-            num_params: model.num_params(),
-            packet_bytes: cfg.packet_bytes,
-            slots_per_step: packet_elems.map_or(1, |pe| max_block.div_ceil(pe)) as u64,
-            total_steps,
-        },
-    )?;
     let worker = match layout.worker_index(rank) {
         Some(w) => Some(read_shards(&info, layout.num_workers(), w, cfg)?),
         None => None,
     };
-    let exchange = Exchange::new(layout.clone(), drop.model, packet_elems);
-    let exchange = match cfg.chunk_bytes {
-        Some(bytes) => exchange.with_chunk_elems(bytes / 4),
-        None => exchange,
-    };
-    let exchange = match cfg.detection {
-        Detection::Oracle => exchange,
-        Detection::Deadline { timeout } => exchange.with_deadline(timeout),
-    };
-    check_datagrams(cfg, &exchange)?;
+    let (exchange, link_rates_text) = build_exchange(cfg, &layout, total_steps)?;
     let mut setup = Setup {
         drop_description: exchange.drop_model().describe(),
         info,
         model,
         layout,
-        link_rates_text: drop.link_rates_text,
+        link_rates_text,
         steps_per_epoch,
         total_steps,
         lr: cfg.lr(total_steps),
@@ -290,6 +263,51 @@ fn resume_candidates(rank: usize, cfg: &TrainConfig, s: &Setup) -> Result<Resume
         }
     }
     Ok(resume)
+}
+
+/// The exchange `cfg` asks for over `layout` (drop model, packets, chunks, detection),
+/// for a run of `total_steps` (0 where unknown: a replayed trace is then not checked for
+/// length, and steps past its end drop nothing), and the text of its `--link-rates` file.
+/// The one place the train driver and [`crate::session`] build it.
+///
+/// # Errors
+/// A drop model's file that cannot be used; packets that do not fit a UDP datagram.
+pub fn build_exchange(
+    cfg: &TrainConfig,
+    layout: &Layout,
+    total_steps: u64,
+) -> Result<(Exchange, Option<String>)> {
+    let packet_elems = cfg.packet_bytes.map(|b| b / 4);
+    let max_block = layout.blocks().iter().map(|r| r.len()).max().unwrap_or(1);
+    let (servers, colocated) = match cfg.mode {
+        Mode::Dedicated { servers } => (servers, false),
+        Mode::Colocated => (layout.size(), true),
+    };
+    let num_params = layout.blocks().last().map_or(0, |r| r.end);
+    let drop = super::drops::build(
+        &cfg.drop,
+        &RunShape {
+            seed: cfg.seed,
+            world_size: layout.size(),
+            servers,
+            colocated,
+            num_params,
+            packet_bytes: cfg.packet_bytes,
+            slots_per_step: packet_elems.map_or(1, |pe| max_block.div_ceil(pe)) as u64,
+            total_steps,
+        },
+    )?;
+    let exchange = Exchange::new(layout.clone(), drop.model, packet_elems);
+    let exchange = match cfg.chunk_bytes {
+        Some(bytes) => exchange.with_chunk_elems(bytes / 4),
+        None => exchange,
+    };
+    let exchange = match cfg.detection {
+        Detection::Oracle => exchange,
+        Detection::Deadline { timeout } => exchange.with_deadline(timeout),
+    };
+    check_datagrams(cfg, &exchange)?;
+    Ok((exchange, drop.link_rates_text))
 }
 
 /// With UDP, every packet and its headers must fit one datagram.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The `rps` Python package (crates/py), built from this checkout and installed into its
+# own virtual environment, target/python: what the Python tests and examples run on.
+# Idempotent; rebuilds the package every time (cargo recompiles only what changed).
+#
+#   scripts/python.sh            # target/python/bin/python now imports rps
+#   RPS_PYTHON=python3.11 scripts/python.sh
+#
+# Elsewhere, one command installs it into any environment:
+#   pip install ./crates/py      (needs the Debian packages of scripts/setup.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+venv=target/python
+if [ ! -x "$venv/bin/python" ]; then
+    "${RPS_PYTHON:-python3}" -m venv "$venv"
+fi
+# NumPy is the package's one dependency; maturin is its build backend (pip fetches it
+# into an isolated build environment from PyPI).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./crates/py
+"$venv/bin/python" -c 'import rps; print("rps Python package:", rps.__file__)'
