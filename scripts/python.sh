@@ -18,5 +18,6 @@ fi
 # NumPy is the package's one dependency; maturin is its build backend (pip fetches it
 # into an isolated build environment from PyPI).
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./crates/py
+# Always rebuilt and reinstalled (same version number, new code).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./crates/py
 "$venv/bin/python" -c 'import rps; print("rps Python package:", rps.__file__)'

@@ -1,5 +1,5 @@
 //! The `rps` Python package (crates/py) against the native exchange: same bits and
-//! counts on the same buffers, over mpirun and on in-process ranks; bad input raised on
+//! counts on the same buffers, over mpirun (MPI and UDP) and on in-process ranks; bad input raised on
 //! every rank, nothing hanging; its metrics file read by `rps report`.
 //!
 //! The package is installed into target/python by `scripts/python.sh` (which
@@ -220,6 +220,19 @@ fn the_python_exchange_is_the_native_exchange_bit_for_bit() {
         let got: Vec<_> = (0..n).map(|r| read_rank(dir.path(), r)).collect();
         assert_same(&format!("mpirun, {case}"), &got, &want);
 
+        if let Some(udp) = udp_twin(case) {
+            // The same step over UDP datagrams with deadline detection, on loopback with a
+            // deadline far beyond any delay here: every packet the drop model let through
+            // arrives, so it is the oracle's step, bit for bit (as tests/agreement.rs).
+            let dir = common::out_dir();
+            let d = dir.path().display().to_string();
+            let mut args = vec![script("exchange_bits.py"), d, l.clone(), s.clone()];
+            args.extend(udp.split(' ').map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            mpirun_python(n, &args).run.assert_ok();
+            let got: Vec<_> = (0..n).map(|r| read_rank(dir.path(), r)).collect();
+            assert_same(&format!("UDP, {udp}"), &got, &want);
+        }
         let local = common::out_dir();
         let ld = local.path().display().to_string();
         let n_text = n.to_string();
@@ -237,6 +250,12 @@ fn the_python_exchange_is_the_native_exchange_bit_for_bit() {
         let got: Vec<_> = (0..n).map(|r| read_rank(local.path(), r)).collect();
         assert_same(&format!("in-process, {case}"), &got, &want);
     }
+}
+
+/// The UDP variant of a case with packet loss (in-process ranks have no UDP).
+fn udp_twin(case: &str) -> Option<String> {
+    case.contains("--packet-bytes")
+        .then(|| format!("{case} --transport udp --detect deadline --recv-timeout-ms 20000"))
 }
 
 /// Every line `rank R: CASE: ...` of every rank, for one case.
