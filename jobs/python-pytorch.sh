@@ -10,6 +10,7 @@
 # its own environment, target/python-torch, and the rps package from this checkout.
 # Usage: SEEDS="1 2 3" jobs/python-pytorch.sh [OUTDIR]   (default runs/python-pytorch);
 #        target/release/rps report OUTDIR/*.h5   (results: docs/results/python.md)
+# Runs already completed in OUTDIR are kept, not rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -24,8 +25,16 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./crates/py
 OUT=${1:-runs/python-pytorch}
 mkdir -p "$OUT"
+# A run whose metrics file says `completed` is kept (delete it to rerun it).
+done_already() {
+  "$VENV/bin/python" -c 'import h5py, sys; sys.exit(h5py.File(sys.argv[1], "r").attrs.get("status") != "completed")' "$1" 2>/dev/null
+}
 run() {
   local name=$1; shift
+  if done_already "$OUT/$model-$name-s$seed.h5"; then
+    echo "== $name (seed $seed): completed, kept" >&2
+    return
+  fi
   echo "== $name (seed $seed)" >&2
   mpirun -n 4 "$VENV/bin/python" examples/pytorch_rps.py --data "$DATA" --model "$model" \
     --seed "$seed" --eval-every 117 --metrics "$OUT/$model-$name-s$seed.h5" --force "$@" >&2
