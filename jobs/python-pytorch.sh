@@ -3,12 +3,12 @@
 # Fashion-MNIST, 4 co-located ranks, batch 32, one epoch of each worker's shard, for
 # the reference CNN and a row-by-row LSTM, each under RPS at p = 0 and p = 0.1 and under
 # the all-reduce baseline (the same call, --algorithm allreduce), seeds from $SEEDS
-# (default "1 2 3"). Every configuration of a seed starts from the same model and sees
+# (default "1 2 3"), models from $MODELS (default "cnn lstm"). Every configuration of a seed starts from the same model and sees
 # the same minibatches: RPS at p = 0.1 is paired with its lossless twin.
 #
 # Installs CPU-capable PyTorch (PyPI's torch, a large download once), NumPy and h5py into
 # its own environment, target/python-torch, and the rps package from this checkout.
-# Usage: SEEDS="1 2 3" jobs/python-pytorch.sh [OUTDIR]   (default runs/python-pytorch);
+# Usage: SEEDS="1 2 3" MODELS="cnn lstm" jobs/python-pytorch.sh [OUTDIR]   (default runs/python-pytorch);
 #        target/release/rps report OUTDIR/*.h5   (results: docs/results/python.md)
 # Runs already completed in OUTDIR are kept, not rerun.
 set -euo pipefail
@@ -40,7 +40,7 @@ run() {
     --seed "$seed" --eval-every 117 --metrics "$OUT/$model-$name-s$seed.h5" --force "$@" >&2
 }
 for seed in ${SEEDS:-1 2 3}; do
-  for model in cnn lstm; do
+  for model in ${MODELS:-cnn lstm}; do
     run allreduce --algorithm allreduce
     run rps-p0 --drop-rate 0
     run rps-p0.1 --drop-rate 0.1
