@@ -644,23 +644,10 @@ impl<'a> Session<'a> {
     /// Collective.
     fn flush(&mut self) -> Result<(), SessionError> {
         let t = &*self.net;
-        let n = (self.pending.len() / StepCounters::LEN) as u64;
-        let mut count = [n as f64];
-        // Every rank flushes at the same steps, so this agrees by construction; the
-        // reduction below then has one length everywhere.
-        t.allreduce_sum_f64(&mut count);
+        // Every rank flushes after the same steps, so the reduction has one length
+        // everywhere.
         t.allreduce_sum_f64(&mut self.pending);
-        let first = self.done - n;
-        let rows: Vec<StepRow> = self
-            .pending
-            .chunks_exact(StepCounters::LEN)
-            .enumerate()
-            .map(|(k, flat)| StepRow {
-                step: first + k as u64 + 1,
-                ranks: t.size(),
-                sum: StepCounters::from_flat(flat),
-            })
-            .collect();
+        let rows = StepRow::rows(&self.pending, self.done, t.size());
         self.pending.clear();
         let written = match &self.writer {
             Some(w) => {

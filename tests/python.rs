@@ -335,6 +335,13 @@ fn bad_options_and_ranks_that_disagree_raise_on_every_rank() {
 }
 
 #[test]
+fn an_exchange_collected_without_close_still_ends_the_job_cleanly() {
+    let py = mpirun_python(3, &[&script("errors.py"), "collected"]);
+    py.run.assert_ok();
+    assert_eq!(lines_of(&py.stdout(), "done").len(), 3, "{}", py.stdout());
+}
+
+#[test]
 fn an_error_on_one_rank_only_aborts_the_job_instead_of_hanging() {
     let t0 = std::time::Instant::now();
     let py = mpirun_python(3, &[&script("errors.py"), "uncaught"]);

@@ -29,16 +29,16 @@ for round in 1 2 3 4 5; do
 done
 echo "## The exchange's cost from Python"
 echo
-echo "The reference CNN's buffer ($params parameters, $bytes bytes), 4 co-located ranks under \`mpirun -n 4\`: one step of \`rps.Exchange.step\` from Python (\`bench/python_step.py --bytes $bytes --drop-rates 0,0.1 --repeats 20\`) against the native exchange (\`rps bench-exchange --sizes $bytes --modes colocated --drop-rates 0,0.1 --repeats 20\`), alternated over 5 rounds. Each time is the median over 20 repeats of the slowest rank's time after a barrier; cells are the median over rounds [min–max]. *inside* is the native exchange's own time within the Python step (the \`comm_s\` it returns); the rest is the Python face (the call, the buffer, the ranks' check of their buffers)."
+echo "The reference CNN's buffer ($params parameters, $bytes bytes), 4 co-located ranks under \`mpirun -n 4\`: one step of \`rps.Exchange.step\` from Python (\`bench/python_step.py --bytes $bytes --drop-rates 0,0.1 --repeats 20\`) against the native exchange (\`rps bench-exchange --sizes $bytes --modes colocated --drop-rates 0,0.1 --repeats 20\`), alternated over 5 rounds. Each time is the median over 20 repeats of the slowest rank's time after a barrier; cells are the median over rounds [min–max]. *inside* is the native exchange's own time within the Python step (the \`comm_s\` it returns, slowest rank); the rest is the Python face (the call, the buffer, the ranks' check of their buffers). Python / native compares two programs (\`rps bench-exchange\` times all-reduces between its exchanges, which leaves other data in the caches); Python / inside compares the same steps of one run."
 echo
-echo "| p | native ms | Python ms | of which inside ms | Python / native |"
-echo "|---|---|---|---|---|"
+echo "| p | native ms | Python ms | of which inside ms | Python / native | Python / inside |"
+echo "|---|---|---|---|---|---|"
 python3 - "$OUT" <<'PY'
 import re, statistics, sys
 out = sys.argv[1]
 def cell(v, f="{:.3f}"):
     return f"{f.format(statistics.median(v))} [{f.format(min(v))}–{f.format(max(v))}]"
-native, python, inside, ratio = {}, {}, {}, {}
+native, python, inside, ratio, face = {}, {}, {}, {}, {}
 for r in range(1, 6):
     n = open(f"{out}/native-r{r}.txt").read()
     p = open(f"{out}/python-r{r}.txt").read()
@@ -49,8 +49,9 @@ for r in range(1, 6):
         python.setdefault(a, []).append(float(b))
         inside.setdefault(a, []).append(float(c))
         ratio.setdefault(a, []).append(float(b) / nat[a])
+        face.setdefault(a, []).append(float(b) / float(c))
 for a in sorted(ratio):
-    print(f"| {a:g} | {cell(native[a])} | {cell(python[a])} | {cell(inside[a])} | {cell(ratio[a])} |")
+    print(f"| {a:g} | {cell(native[a])} | {cell(python[a])} | {cell(inside[a])} | {cell(ratio[a])} | {cell(face[a])} |")
 PY
 echo
 echo "## PyTorch models trained under RPS from Python"

@@ -34,6 +34,22 @@ pub struct StepRow {
     pub sum: StepCounters,
 }
 
+impl StepRow {
+    /// The rows of the last steps up to step `done`, from their counters summed over
+    /// `ranks` ranks and laid end to end ([`StepCounters::to_flat`], one block a step).
+    pub fn rows(flat: &[f64], done: u64, ranks: usize) -> Vec<StepRow> {
+        let first = done - (flat.len() / StepCounters::LEN) as u64;
+        flat.chunks_exact(StepCounters::LEN)
+            .enumerate()
+            .map(|(k, f)| StepRow {
+                step: first + k as u64 + 1,
+                ranks,
+                sum: StepCounters::from_flat(f),
+            })
+            .collect()
+    }
+}
+
 /// One evaluation of the averaged model: what [`EVAL_COLUMNS`] are computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EvalRecord {

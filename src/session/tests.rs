@@ -125,7 +125,8 @@ fn buffers_of_different_lengths_fail_the_first_step_everywhere() {
     for e in results {
         assert!(e.agreed);
         assert!(
-            e.message.contains("5 elements on rank(s) 0, 6 elements on rank(s) 1"),
+            e.message
+                .contains("5 elements on rank(s) 0, 6 elements on rank(s) 1"),
             "{}",
             e.message
         );

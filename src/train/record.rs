@@ -10,7 +10,6 @@ use super::outcome::{Failure, Summary};
 use super::run::Run;
 use super::setup::EVAL_BATCH;
 use crate::comm::Transport;
-use crate::counters::StepCounters;
 use crate::metrics::attrs::{self, AttrValue};
 use crate::metrics::schema::{ACCURACY, LINK_MATRICES, LOSS};
 use crate::metrics::{EvalRecord, StepRow};
@@ -20,19 +19,7 @@ impl<T: Transport + ?Sized> Run<'_, T> {
     /// the drop trace) to the metrics file. Collective.
     pub(super) fn flush_steps(&mut self, done: u64) -> Result<Vec<StepRow>, Failure> {
         self.net.allreduce_sum_f64(&mut self.pending);
-        let n = self.pending.len() / StepCounters::LEN;
-        let first = done - n as u64;
-        let ranks = self.net.size();
-        let rows: Vec<StepRow> = self
-            .pending
-            .chunks_exact(StepCounters::LEN)
-            .enumerate()
-            .map(|(k, flat)| StepRow {
-                step: first + k as u64 + 1,
-                ranks,
-                sum: StepCounters::from_flat(flat),
-            })
-            .collect();
+        let rows = StepRow::rows(&self.pending, done, self.net.size());
         self.pending.clear();
         for r in &rows {
             self.totals.add(&r.sum);

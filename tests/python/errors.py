@@ -6,6 +6,7 @@ Prints `rank R: agreed=A: MESSAGE` for every error caught, then `rank R: done`. 
   buffers   bad buffers on one rank each (float64, not contiguous, read-only, a Python
             list, lengths that differ), each caught, then a good step
   options   an option that is not the exchange's, then ranks with other options
+  collected an exchange dropped without close (the job must still end cleanly)
   uncaught  rank 1 alone raises ValueError after a step (the job must be aborted)
   agreed    every rank gets an rps.Error it does not catch (all exit with status 1)
 """
@@ -53,6 +54,14 @@ def options():
     ex = rps.Exchange(colocated=True)
     caught("after", lambda: ex.step(np.ones(4, dtype=np.float32)))
     ex.close()
+
+
+def collected():
+    ex = rps.Exchange(colocated=True)
+    ex.step(np.ones(8, dtype=np.float32))
+    del ex  # never closed: MPI must still be finalised at exit
+    import gc
+    gc.collect()
 
 
 def uncaught():

@@ -162,6 +162,17 @@ impl Exchange {
     }
 }
 
+impl Drop for Exchange {
+    /// An exchange collected without `close` (its metrics file keeps status `running`)
+    /// no longer holds MPI open, so that MPI is still finalised at exit.
+    fn drop(&mut self) {
+        let open = self.inner.get_mut().map_or(true, |inner| inner.is_some());
+        if self.mpi && open {
+            release_world();
+        }
+    }
+}
+
 /// The buffer as `f32` memory, or why it is not usable.
 fn lend(obj: Option<&Bound<'_, PyAny>>) -> Result<(PyBuffer<f32>, Lent), String> {
     let Some(obj) = obj else {
