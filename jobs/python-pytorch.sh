@@ -22,7 +22,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check numpy h5py torch
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./crates/py
+# Always rebuilt and reinstalled (same version number, new code).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./crates/py
 OUT=${1:-runs/python-pytorch}
 mkdir -p "$OUT"
 # A run whose metrics file says `completed` is kept (delete it to rerun it).
