@@ -92,11 +92,12 @@ pub(super) fn prepare(
     let layout = Layout::new(size, cfg.mode, model.num_params(), cfg.seed)?;
     check_memory(cfg, &info, &layout, &*model, ranks_here)?;
     let (steps_per_epoch, total_steps) = schedule(cfg, &info, &layout)?;
+    // The drop model's files are checked before any shard is read.
+    let (exchange, link_rates_text) = build_exchange(cfg, &layout, total_steps)?;
     let worker = match layout.worker_index(rank) {
         Some(w) => Some(read_shards(&info, layout.num_workers(), w, cfg)?),
         None => None,
     };
-    let (exchange, link_rates_text) = build_exchange(cfg, &layout, total_steps)?;
     let mut setup = Setup {
         drop_description: exchange.drop_model().describe(),
         info,
