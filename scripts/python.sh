@@ -13,7 +13,13 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 venv=target/python
 if [ ! -x "$venv/bin/python" ]; then
-    "${RPS_PYTHON:-python3}" -m venv "$venv"
+    if ! "${RPS_PYTHON:-python3}" -m venv "$venv"; then
+        # Debian's own python3 keeps venv in a package of its own.
+        rm -rf "$venv"
+        echo "python: installing Debian's python3-venv" >&2
+        apt-get install -y -qq python3-venv >/dev/null
+        "${RPS_PYTHON:-python3}" -m venv "$venv"
+    fi
 fi
 # NumPy is the package's one dependency; maturin is its build backend (pip fetches it
 # into an isolated build environment from PyPI).
