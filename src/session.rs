@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use thiserror::Error;
 
 use crate::comm::{agree, gather_strings, Disagreement, Transport};
@@ -27,52 +27,17 @@ use crate::config::{Algorithm, TrainConfig};
 use crate::counters::StepCounters;
 use crate::drop::TraceRecord;
 use crate::exchange::{Exchange, Layout};
-use crate::metrics::attrs::{self, AttrValue, RunEnv, RunFacts};
-use crate::metrics::{EvalRecord, MetricsWriter, StepRow};
+use crate::metrics::attrs::{self, RunEnv, RunFacts};
+use crate::metrics::{EvalRecord, MetricsWriter};
 
-/// The flags of `rps train` a session takes (everything about the exchange, its
-/// transport and its metrics file; nothing about rps's model, data or optimiser).
-pub const OPTIONS: &[&str] = &[
-    "servers",
-    "colocated",
-    "algorithm",
-    "drop-rate",
-    "drop-up",
-    "drop-down",
-    "drop-model",
-    "ge-p",
-    "ge-r",
-    "ge-bad-loss",
-    "ge-good-loss",
-    "link-rates",
-    "packet-bytes",
-    "chunk-bytes",
-    "record-trace",
-    "replay-trace",
-    "detect",
-    "recv-timeout-ms",
-    "transport",
-    "udp-subnet",
-    "udp-port",
-    "udp-mtu",
-    "loss-target",
-    "udp-link-rate",
-    "seed",
-    "metrics",
-    "force",
-    "ranks",
-];
+mod options;
+mod record;
+
+pub use options::{config, SessionConfig, OPTIONS};
 
 /// Steps whose counters are kept on every rank before they are reduced and written (and
 /// at [`Session::close`]): one small reduction per this many steps.
 pub const FLUSH_EVERY: u64 = 16;
-
-/// What `--dataset`, which `rps train`'s flags require, holds in a session's
-/// configuration: a session reads no dataset, and records none.
-const NO_DATASET: &str = "(no dataset: a front end trains its own)";
-
-/// What a session's metrics flag holds when no metrics file was asked for.
-const NO_METRICS: &str = "(no metrics file)";
 
 /// A failed call. `agreed`: every rank failed the same call with this message (a bad
 /// input anywhere, found by all ranks together); otherwise only this rank knows, and
@@ -104,54 +69,6 @@ impl From<Disagreement> for SessionError {
             agreed: true,
         }
     }
-}
-
-/// A session's validated configuration.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    pub train: TrainConfig,
-    /// Whether rank 0 writes a metrics file (`--metrics` given).
-    pub metrics: bool,
-}
-
-/// Parses and validates a session's flags (`--name value` or `--name`, names from
-/// [`OPTIONS`]) for a job of `size` ranks, as `rps train` would. Local: every rank runs
-/// it, and the front end agrees on the outcome before it builds a transport.
-///
-/// # Errors
-/// A flag that is not an option of the exchange, or any error `rps train` would give.
-pub fn config(
-    flags: &[String],
-    size: usize,
-    command_line: String,
-) -> anyhow::Result<SessionConfig> {
-    let mut metrics = false;
-    for f in flags.iter().filter(|f| f.starts_with("--")) {
-        let name = f[2..].split('=').next().unwrap_or_default();
-        if !OPTIONS.contains(&name) {
-            bail!(
-                "--{name} is not an option of the exchange (rps.Exchange takes: {})",
-                OPTIONS.join(", ")
-            );
-        }
-        metrics |= name == "metrics";
-    }
-    let mut args: Vec<String> = vec!["--dataset".into(), NO_DATASET.into()];
-    if !metrics {
-        args.extend(["--metrics".into(), NO_METRICS.into()]);
-    }
-    args.extend(flags.iter().cloned());
-    let parsed = crate::cli::parse_train(&args).map_err(|e| {
-        // clap's own text, less its usage line for the whole of `rps train`.
-        let text = e.to_string();
-        let text = text.split("\n\nUsage:").next().unwrap_or(&text);
-        anyhow!("{}", text.trim().trim_start_matches("error: "))
-    })?;
-    let train = crate::cli::validate::train_config(&parsed, size, command_line)?;
-    if metrics {
-        crate::train::check_outputs(&train, false)?;
-    }
-    Ok(SessionConfig { train, metrics })
 }
 
 /// What exists once the first step has told the model's size.
@@ -269,19 +186,13 @@ impl<'a> Session<'a> {
 
     /// This rank's index among the workers (for sharding data), if it is one.
     pub fn worker_index(&self) -> Option<usize> {
-        let r = self.rank();
-        match self.cfg.train.mode {
-            crate::exchange::Mode::Colocated => Some(r),
-            crate::exchange::Mode::Dedicated { servers } => r.checked_sub(servers),
-        }
+        self.rank().checked_sub(self.cfg.train.mode.first_worker())
     }
 
     /// Workers in the job.
     pub fn num_workers(&self) -> usize {
-        match self.cfg.train.mode {
-            crate::exchange::Mode::Colocated => self.size(),
-            crate::exchange::Mode::Dedicated { servers } => self.size().saturating_sub(servers),
-        }
+        self.size()
+            .saturating_sub(self.cfg.train.mode.first_worker())
     }
 
     /// The drop model's description (known from the first step on).
@@ -458,17 +369,8 @@ impl<'a> Session<'a> {
         }
         let expected = self.len.map_or(rows[0].1, |n| n as u64);
         if rows.iter().any(|r| r.1 != expected) {
-            let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
-            for (rank, (_, n)) in rows.iter().enumerate() {
-                match groups.iter_mut().find(|g| g.0 == *n) {
-                    Some(g) => g.1.push(rank),
-                    None => groups.push((*n, vec![rank])),
-                }
-            }
-            let sides: Vec<String> = groups
-                .iter()
-                .map(|(n, ranks)| format!("{n} elements on rank(s) {}", crate::comm::list(ranks)))
-                .collect();
+            let sides =
+                crate::comm::ranks_by_value(rows.iter().map(|r| r.1), |n| format!("{n} elements"));
             let message = match self.len {
                 None => format!(
                     "the buffers differ in length between ranks: {} (every rank passes its copy of the same model)",
@@ -534,189 +436,6 @@ impl<'a> Session<'a> {
         self.clock = Instant::now();
         Ok(())
     }
-
-    /// Records this rank's training values for the step in progress (the next
-    /// [`Session::step`]): the mean loss and the accuracy of `samples` samples. Adds up
-    /// when called more than once for a step. Local.
-    ///
-    /// # Errors
-    /// A non-finite loss, an accuracy outside [0, 1], no samples.
-    pub fn log_train(
-        &mut self,
-        loss: f64,
-        accuracy: f64,
-        samples: u64,
-    ) -> Result<(), SessionError> {
-        if !loss.is_finite() {
-            return Err(SessionError::local(format!(
-                "log: loss {loss} is not a finite number"
-            )));
-        }
-        if !(0.0..=1.0).contains(&accuracy) {
-            return Err(SessionError::local(format!(
-                "log: accuracy {accuracy} is outside [0, 1]"
-            )));
-        }
-        if samples == 0 {
-            return Err(SessionError::local("log: samples must be at least 1"));
-        }
-        self.logged.loss_sum += loss * samples as f64;
-        self.logged.correct += (accuracy * samples as f64).round() as u64;
-        self.logged.count += samples;
-        Ok(())
-    }
-
-    /// Records an evaluation after `step` steps (rank 0's values are written; the other
-    /// ranks' are ignored, so only rank 0 needs to evaluate). Local.
-    ///
-    /// # Errors
-    /// A step not yet exchanged, non-finite values, an accuracy outside [0, 1]; the
-    /// metrics file cannot be written.
-    pub fn log_eval(
-        &mut self,
-        step: u64,
-        test_loss: f64,
-        test_accuracy: f64,
-    ) -> Result<(), SessionError> {
-        if step > self.done {
-            return Err(SessionError::local(format!(
-                "log: step {step} has not been exchanged yet ({} so far)",
-                self.done
-            )));
-        }
-        if !test_loss.is_finite() || !(0.0..=1.0).contains(&test_accuracy) {
-            return Err(SessionError::local(format!(
-                "log: test_loss {test_loss} must be finite and test_accuracy {test_accuracy} in [0, 1]"
-            )));
-        }
-        let e = EvalRecord {
-            step,
-            test_loss,
-            test_accuracy,
-            consensus_distance: f64::NAN,
-            wall_s: self.clock.elapsed().as_secs_f64(),
-        };
-        if let Some(w) = &self.writer {
-            w.append_eval(&e)
-                .and_then(|()| w.flush())
-                .map_err(|e| SessionError::local(format!("{e:#}")))?;
-        }
-        self.last_eval = Some(e);
-        Ok(())
-    }
-
-    /// Root attributes the front end records (the model it trains, its optimiser...):
-    /// only names rps does not write itself. Rank 0 writes them; local.
-    ///
-    /// # Errors
-    /// A name rps writes; before the first step (no file yet); a write failure.
-    pub fn set_attr(&mut self, name: &str, value: AttrValue) -> Result<(), SessionError> {
-        let taken = attrs::RUN_ATTRS.iter().map(|a| a.name);
-        let taken: Vec<&str> = taken
-            .chain(attrs::RESULT_ATTRS.iter().map(|a| a.name))
-            .collect();
-        let training = [
-            attrs::MODEL.name,
-            attrs::BATCH_SIZE.name,
-            attrs::LR.name,
-            attrs::MOMENTUM.name,
-            attrs::WEIGHT_DECAY.name,
-        ];
-        if taken.contains(&name) && !training.contains(&name) {
-            return Err(SessionError::local(format!(
-                "attribute {name:?} is written by rps itself (a front end may set {} or names of its own)",
-                training.join(", ")
-            )));
-        }
-        if self.ready.is_none() {
-            return Err(SessionError::local(
-                "attributes go into the metrics file, which the first step creates: set them after it",
-            ));
-        }
-        if let Some(w) = &self.writer {
-            w.set_attr(name, &value)
-                .map_err(|e| SessionError::local(format!("{e:#}")))?;
-        }
-        Ok(())
-    }
-
-    /// Reduces the pending step counters over the ranks; rank 0 writes the rows.
-    /// Collective.
-    fn flush(&mut self) -> Result<(), SessionError> {
-        let t = &*self.net;
-        // Every rank flushes after the same steps, so the reduction has one length
-        // everywhere.
-        t.allreduce_sum_f64(&mut self.pending);
-        let rows = StepRow::rows(&self.pending, self.done, t.size());
-        self.pending.clear();
-        let written = match &self.writer {
-            Some(w) => {
-                let trace = self.trace.as_mut();
-                w.append_steps(&rows)
-                    .and_then(|()| match trace {
-                        Some(tr) if !tr.is_empty() => {
-                            let r = w.append_trace(tr);
-                            tr.clear();
-                            r
-                        }
-                        _ => Ok(()),
-                    })
-                    .and_then(|()| w.flush())
-            }
-            None => Ok(()),
-        };
-        written.map_err(|e| SessionError::local(format!("{e:#}")))
-    }
-
-    /// Ends the session: writes the last rows and the results (the last logged
-    /// evaluation; status `completed`, or left `running` when not `completed`, as for a
-    /// job that died) and closes the metrics file. Collective; a second call does nothing.
-    ///
-    /// # Errors
-    /// The metrics file cannot be written.
-    pub fn close(&mut self, completed: bool) -> Result<(), SessionError> {
-        if self.closed {
-            return Ok(());
-        }
-        self.closed = true;
-        self.quiesce();
-        let late = std::mem::take(&mut self.late);
-        if late > 0 && self.pending.len() >= StepCounters::LEN {
-            // Stragglers drained at the end belong to the last step's row.
-            let i = self.pending.len() - StepCounters::LEN + counter_index("late");
-            self.pending[i] += late as f64;
-        }
-        self.flush()?;
-        let Some(w) = self.writer.take() else {
-            return Ok(());
-        };
-        let wall = self.clock.elapsed().as_secs_f64();
-        let mut results: Vec<(&str, AttrValue)> = vec![
-            (attrs::STEPS.name, self.done.into()),
-            (attrs::STEPS_COMPLETED.name, self.done.into()),
-            (attrs::WALL_TIME_S.name, wall.into()),
-        ];
-        if let Some(e) = &self.last_eval {
-            results.push((attrs::FINAL_TEST_ACCURACY.name, e.test_accuracy.into()));
-            results.push((attrs::FINAL_TEST_LOSS.name, e.test_loss.into()));
-        }
-        if completed {
-            results.push((attrs::STATUS.name, attrs::COMPLETED.into()));
-        }
-        let written = results
-            .iter()
-            .try_for_each(|(name, v)| w.set_attr(name, v))
-            .and_then(|()| w.close());
-        written.map_err(|e| SessionError::local(format!("{e:#}")))
-    }
-}
-
-/// Where a counter sits in [`StepCounters::to_flat`].
-fn counter_index(name: &str) -> usize {
-    StepCounters::NAMES
-        .iter()
-        .position(|n| *n == name)
-        .unwrap_or_else(|| panic!("no step counter {name}"))
 }
 
 #[cfg(test)]

@@ -435,6 +435,26 @@ pub fn handshake<T: Transport + ?Sized>(t: &T, intent: Intent<'_>) -> Result<(),
     })
 }
 
+/// Every distinct value of `values` (one per rank, in rank order) with the ranks that hold
+/// it, `"{value} on rank(s) 0, 2"` as `describe` writes the value, in order of first
+/// appearance: how an error says where ranks disagree.
+pub fn ranks_by_value<T: PartialEq>(
+    values: impl IntoIterator<Item = T>,
+    describe: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let mut groups: Vec<(T, Vec<usize>)> = Vec::new();
+    for (rank, v) in values.into_iter().enumerate() {
+        match groups.iter_mut().find(|g| g.0 == v) {
+            Some(g) => g.1.push(rank),
+            None => groups.push((v, vec![rank])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(v, ranks)| format!("{} on rank(s) {}", describe(v), list(ranks)))
+        .collect()
+}
+
 /// `0, 1, 3`.
 pub fn list(ranks: &[usize]) -> String {
     ranks

@@ -30,6 +30,14 @@ impl Mode {
             Mode::Colocated => "colocated",
         }
     }
+
+    /// The first worker rank: the ranks before it only serve (none when co-located).
+    pub fn first_worker(self) -> usize {
+        match self {
+            Mode::Dedicated { servers } => servers,
+            Mode::Colocated => 0,
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -127,10 +135,7 @@ impl Layout {
     }
 
     fn first_worker(&self) -> usize {
-        match self.mode {
-            Mode::Dedicated { servers } => servers,
-            Mode::Colocated => 0,
-        }
+        self.mode.first_worker()
     }
 
     /// Worker ranks in increasing order.

@@ -161,18 +161,10 @@ pub(crate) fn same_job<T: Transport + ?Sized>(t: &T, cfg: &TrainConfig) -> anyho
     let Some((i, (name, _))) = first_diff else {
         anyhow::bail!("the ranks run different jobs (their configurations differ)");
     };
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    for (rank, p) in parsed.iter().enumerate() {
-        let v = p.get(i).map(|f| f.1.clone()).unwrap_or_default();
-        match groups.iter_mut().find(|g| g.0 == v) {
-            Some(g) => g.1.push(rank),
-            None => groups.push((v, vec![rank])),
-        }
-    }
-    let sides: Vec<String> = groups
+    let values = parsed
         .iter()
-        .map(|(v, ranks)| format!("{v} on rank(s) {}", crate::comm::list(ranks)))
-        .collect();
+        .map(|p| p.get(i).map(|f| f.1.clone()).unwrap_or_default());
+    let sides = crate::comm::ranks_by_value(values, String::clone);
     anyhow::bail!(
         "the ranks run different jobs: {name} is {} (start every rank with the same flags and the same rps binary)",
         sides.join(", but ")

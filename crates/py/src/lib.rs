@@ -162,6 +162,39 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// Runs a collective call `f` of the session on `buffer`'s memory (or, with `why`,
+    /// on that reason this rank has no usable buffer), with the interpreter lock released.
+    fn on_buffer<R>(
+        &self,
+        py: Python<'_>,
+        buffer: Option<&Bound<'_, PyAny>>,
+        why: Option<String>,
+        f: impl FnOnce(&mut Session<'static>, Result<&mut [f32], String>) -> Result<R, SessionError>,
+    ) -> PyResult<R> {
+        let lent = match why {
+            Some(w) => Err(w),
+            None => lend(buffer),
+        };
+        self.with(py, |s| {
+            let (holder, result) = match lent {
+                Ok((holder, lent)) => (Some(holder), Ok(lent)),
+                Err(w) => (None, Err(w)),
+            };
+            let out = unlocked(py, || {
+                let buffer = result.map(|l| {
+                    // SAFETY: `holder` keeps the exporter's memory alive and in place
+                    // until after this call; the exchange is its only user meanwhile.
+                    unsafe { std::slice::from_raw_parts_mut(l.ptr, l.len) }
+                });
+                f(s, buffer)
+            });
+            drop(holder);
+            out.map_err(|e| py_error(py, e))
+        })
+    }
+}
+
 impl Drop for Exchange {
     /// An exchange collected without `close` (its metrics file keeps status `running`)
     /// no longer holds MPI open, so that MPI is still finalised at exit.
@@ -275,26 +308,7 @@ impl Exchange {
         buffer: Option<&Bound<'py, PyAny>>,
         why: Option<String>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let lent = match why {
-            Some(w) => Err(w),
-            None => lend(buffer),
-        };
-        let counts = self.with(py, |s| {
-            let (holder, result) = match lent {
-                Ok((holder, lent)) => (Some(holder), Ok(lent)),
-                Err(w) => (None, Err(w)),
-            };
-            let out = unlocked(py, || {
-                let buffer = result.map(|l| {
-                    // SAFETY: `holder` keeps the exporter's memory alive and in place
-                    // until after this call; the exchange is its only user meanwhile.
-                    unsafe { std::slice::from_raw_parts_mut(l.ptr, l.len) }
-                });
-                s.step(buffer)
-            });
-            drop(holder);
-            out.map_err(|e| py_error(py, e))
-        })?;
+        let counts = self.on_buffer(py, buffer, why, |s, b| s.step(b))?;
         counters_dict(py, &counts)
     }
 
@@ -307,24 +321,7 @@ impl Exchange {
         buffer: Option<&Bound<'_, PyAny>>,
         why: Option<String>,
     ) -> PyResult<()> {
-        let lent = match why {
-            Some(w) => Err(w),
-            None => lend(buffer),
-        };
-        self.with(py, |s| {
-            let (holder, result) = match lent {
-                Ok((holder, lent)) => (Some(holder), Ok(lent)),
-                Err(w) => (None, Err(w)),
-            };
-            let out = unlocked(py, || {
-                // SAFETY: as in `step`.
-                let buffer =
-                    result.map(|l| unsafe { std::slice::from_raw_parts_mut(l.ptr, l.len) });
-                s.average(buffer)
-            });
-            drop(holder);
-            out.map_err(|e| py_error(py, e))
-        })
+        self.on_buffer(py, buffer, why, |s, b| s.average(b))
     }
 
     /// Waits for every rank. Collective.
